@@ -1,0 +1,42 @@
+"""Numba mirror of the native extension mbpo_fast._C: the same op names and arguments.
+
+Used when the extension is missing or MBPO_FAST_BACKEND=numba. Each submodule mirrors
+one part of the C++ core and is tested against it.
+"""
+
+from __future__ import annotations
+
+import numba as _nb
+
+from .rng import (  # noqa: F401
+    STREAM_MEMBER_CHOICE,
+    STREAM_MODEL_NOISE,
+    STREAM_POLICY_NOISE,
+    STREAM_POOL_SAMPLE,
+    STREAM_ROLLOUT_START,
+    STREAM_USER,
+    philox4x32_10,
+    philox_fill_normal,
+    philox_fill_u32,
+)
+
+# Raised for invalid file contents (truncated, corrupted); a ValueError like the native one.
+class FormatError(ValueError):
+    pass
+
+
+def num_threads() -> int:
+    """Threads Numba's parallel loops use."""
+    return int(_nb.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the threads Numba's parallel loops use (>= 1, at most numba.config.NUMBA_NUM_THREADS)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n: expected n >= 1, got {n}")
+    _nb.set_num_threads(min(n, _nb.config.NUMBA_NUM_THREADS))
+
+
+def cuda_device_count() -> int:
+    return 0
