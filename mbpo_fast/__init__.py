@@ -56,6 +56,35 @@ def build_info() -> dict:
     return info
 
 
+def cmake_dir() -> str:
+    """Directory of the installed CMake package (put it on CMAKE_PREFIX_PATH).
+
+    A C++ consumer then writes ``find_package(mbpo_fast CONFIG REQUIRED)`` and
+    ``target_link_libraries(app PRIVATE mbpo_fast::core)``. Also available as
+    ``python -m mbpo_fast --cmake-dir``. Raises FileNotFoundError when mbpo_fast was not
+    installed by pip (e.g. a developer in-place build): use ``cmake --install`` then.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    roots = []
+    spec = importlib.util.find_spec("mbpo_fast._C")
+    if spec is not None and spec.origin:
+        roots.append(Path(spec.origin).parent)
+    roots.append(Path(__file__).parent)
+    for root in roots:
+        for libdir in ("lib", "lib64"):
+            candidate = root / libdir / "cmake" / "mbpo_fast"
+            if (candidate / "mbpo_fastConfig.cmake").is_file():
+                return str(candidate)
+    raise FileNotFoundError(
+        "mbpo_fast's CMake package is not installed next to the Python package (looked in "
+        + ", ".join(str(r) for r in roots)
+        + "). Install with `pip install .` (or -e .), or run `cmake --install <build> --prefix DIR` "
+        "and use DIR/lib/cmake/mbpo_fast."
+    )
+
+
 def set_num_threads(n: int) -> None:
     """Threads used by the active backend's CPU kernels (torch keeps its own setting)."""
     _backend.ops.set_num_threads(n)
@@ -66,6 +95,7 @@ __all__ = [
     "__version__",
     "backend",
     "build_info",
+    "cmake_dir",
     "has_cuda",
     "set_num_threads",
 ]
