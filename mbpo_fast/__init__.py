@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
 try:
@@ -62,10 +63,12 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = [
+    "KNOWN_ENV_IDS",
     "Transition",
     "__version__",
     "backend",
     "build_info",
     "has_cuda",
     "set_num_threads",
+    "termination_fn",
 ]
