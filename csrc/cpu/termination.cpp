@@ -2,6 +2,7 @@
 // and the batched, threaded CPU loop over the shared element body.
 #include "mbpo_fast/termination.h"
 
+#include <stdexcept>
 #include <string>
 
 #include "mbpo_fast/parallel.h"
@@ -142,5 +143,12 @@ void terminations(TerminationId id, const float* next_obs, int64_t batch, int ob
 void terminations(TerminationId id, const double* next_obs, int64_t batch, int obs_dim, uint8_t* out) {
   terminations_impl<double>(id, next_obs, batch, obs_dim, out);
 }
+
+#if !defined(MBPO_FAST_WITH_CUDA)
+// Built without CUDA: csrc/cuda/termination.cu is not compiled.
+void cuda_terminations(TerminationId, const float*, int64_t, int, uint8_t*, void*) {
+  throw std::runtime_error("cuda_terminations: mbpo_fast was built without CUDA (MBPO_FAST_CUDA=OFF or no nvcc)");
+}
+#endif
 
 }  // namespace mbpo_fast

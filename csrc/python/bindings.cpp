@@ -209,6 +209,24 @@ void bind_termination(py::module_& m) {
       [](const std::string& env_id) { return static_cast<int32_t>(termination_id_from_env(env_id)); },
       py::arg("env_id"),
       "The built-in termination id of a gymnasium env id; ValueError listing the known ids otherwise.");
+  m.def(
+      "cuda_termination",
+      [](int32_t termination_id, uintptr_t next_obs_ptr, int64_t batch, int64_t obs_dim, uintptr_t out_ptr,
+         uintptr_t cuda_stream) {
+        if (batch < 0) throw py::value_error("batch: expected >= 0, got " + std::to_string(batch));
+        check_termination_args(termination_id, obs_dim, "next_obs");
+        if (batch > 0 && (next_obs_ptr == 0 || out_ptr == 0)) {
+          throw py::value_error("next_obs_ptr/out_ptr: expected device pointers, got 0");
+        }
+        py::gil_scoped_release release;
+        cuda_terminations(static_cast<TerminationId>(termination_id), reinterpret_cast<const float*>(next_obs_ptr),
+                          batch, static_cast<int>(obs_dim), reinterpret_cast<uint8_t*>(out_ptr),
+                          reinterpret_cast<void*>(cuda_stream));
+      },
+      py::arg("termination_id"), py::arg("next_obs_ptr"), py::arg("batch"), py::arg("obs_dim"), py::arg("out_ptr"),
+      py::arg("cuda_stream") = 0,
+      "GPU terminations: float32 [batch, obs_dim] at next_obs_ptr -> uint8/bool [batch] at out_ptr "
+      "(device pointers, e.g. torch.Tensor.data_ptr()), asynchronous on cuda_stream.");
   m.def("termination_env_ids", [] {
     std::vector<std::string> ids;
     std::string all = known_termination_envs(), item;

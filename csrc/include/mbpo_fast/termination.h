@@ -145,4 +145,10 @@ void check_termination_args(int32_t id, int64_t obs_dim, const char* arg_name = 
 void terminations(TerminationId id, const float* next_obs, int64_t batch, int obs_dim, uint8_t* out);
 void terminations(TerminationId id, const double* next_obs, int64_t batch, int obs_dim, uint8_t* out);
 
+// The same on the GPU: next_obs and out are device pointers, `cuda_stream` a cudaStream_t
+// (nullptr: the default stream); asynchronous. Validates like terminations(). Without CUDA
+// it throws std::runtime_error.
+void cuda_terminations(TerminationId id, const float* next_obs, int64_t batch, int obs_dim,
+                       uint8_t* out, void* cuda_stream);
+
 }  // namespace mbpo_fast
