@@ -178,6 +178,11 @@ void bind_termination(py::module_& m) {
           throw py::type_error("next_obs: expected a numeric array, got " +
                                std::string(py::str(py::type::handle_of(next_obs).attr("__name__"))));
         }
+        const char kind = arr.dtype().kind();
+        if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
+          throw py::type_error("next_obs: expected a real numeric dtype (float32 preferred), got " +
+                               std::string(py::str(arr.dtype())));
+        }
         if (arr.ndim() != 2) {
           throw py::value_error("next_obs: expected shape (batch, obs_dim), got " + shape_str(shape_of(arr)));
         }
@@ -193,7 +198,9 @@ void bind_termination(py::module_& m) {
           py::gil_scoped_release release;
           terminations(id, p, batch, static_cast<int>(obs_dim), o);
         } else {
-          auto a = as_f32(arr, "next_obs", {-1, -1});
+          // Local conversion (not as_f32) so this section does not depend on that helper.
+          auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+          if (!a) throw py::error_already_set();
           const float* p = a.data();
           py::gil_scoped_release release;
           terminations(id, p, batch, static_cast<int>(obs_dim), o);
