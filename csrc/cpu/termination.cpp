@@ -2,6 +2,7 @@
 // and the batched, threaded CPU loop over the shared element body.
 #include "mbpo_fast/termination.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -46,16 +47,37 @@ bool humanoid_v5_width(int64_t d) {
 
 constexpr int64_t kGrain = 1 << 14;
 
+template <typename T, typename RowFn>
+void rows(const T* next_obs, int64_t batch, int obs_dim, uint8_t* out, RowFn row_fn) {
+  parallel_for(batch, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) out[b] = row_fn(next_obs + b * obs_dim, obs_dim) ? 1 : 0;
+  });
+}
+
 template <typename T>
 void terminations_impl(TerminationId id, const T* next_obs, int64_t batch, int obs_dim, uint8_t* out) {
   require(batch >= 0, "terminations: batch must be >= 0, got " + std::to_string(batch));
   check_termination_args(static_cast<int32_t>(id), obs_dim);
   if (batch == 0) return;
-  parallel_for(batch, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      out[b] = is_terminal<T>(id, next_obs + b * obs_dim, obs_dim) ? 1 : 0;
-    }
-  });
+  // Dispatch once per call, not per row; lambdas (not function pointers) so that each row
+  // loop inlines its task's element body.
+  using detail::ant_terminal, detail::hopper_terminal, detail::humanoid_terminal;
+  using detail::inverted_pendulum_terminal, detail::walker2d_terminal;
+  switch (id) {
+    case TerminationId::kHopper:
+      return rows(next_obs, batch, obs_dim, out, [](const T* x, int d) { return hopper_terminal(x, d); });
+    case TerminationId::kWalker2d:
+      return rows(next_obs, batch, obs_dim, out, [](const T* x, int d) { return walker2d_terminal(x, d); });
+    case TerminationId::kAnt:
+      return rows(next_obs, batch, obs_dim, out, [](const T* x, int d) { return ant_terminal(x, d); });
+    case TerminationId::kHumanoid:
+      return rows(next_obs, batch, obs_dim, out, [](const T* x, int d) { return humanoid_terminal(x, d); });
+    case TerminationId::kInvertedPendulum:
+      return rows(next_obs, batch, obs_dim, out,
+                  [](const T* x, int d) { return inverted_pendulum_terminal(x, d); });
+    default:
+      std::memset(out, 0, static_cast<size_t>(batch));  // never-terminating tasks
+  }
 }
 
 }  // namespace

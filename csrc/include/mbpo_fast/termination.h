@@ -57,16 +57,55 @@ inline constexpr int kAntStateDim = 27;
 
 namespace detail {
 
-// |x| <= DBL_MAX is false exactly for NaN and +-Inf; unlike std::isfinite it compiles
-// unchanged as host and device code.
+// |x| <= max is false exactly for NaN and +-Inf; unlike std::isfinite it compiles unchanged
+// as host and device code. Checked in the input type: a float is finite iff its double is.
+MBPO_HD bool finite(float x) { return fabsf(x) <= FLT_MAX; }
 MBPO_HD bool finite(double x) { return fabs(x) <= DBL_MAX; }
 
+// No early exit: a branch-free reduction the compiler vectorizes.
 template <typename T>
 MBPO_HD bool finite_all(const T* x, int n) {
-  for (int i = 0; i < n; ++i) {
-    if (!finite(static_cast<double>(x[i]))) return false;
-  }
-  return true;
+  bool ok = true;
+  for (int i = 0; i < n; ++i) ok &= finite(x[i]);
+  return ok;
+}
+
+// One function per task so batched loops can dispatch once, outside the row loop.
+// Non-representable bounds (0.7, 0.2, 0.8) are compared in double on the exact value;
+// +-100, +-1, 1 and 2 are exact in float, so those comparisons may stay in T.
+
+template <typename T>
+MBPO_HD bool hopper_terminal(const T* x, int obs_dim) {
+  const double z = static_cast<double>(x[0]);
+  const double angle = static_cast<double>(x[1]);
+  bool state_ok = true;  // state_vector()[2:] = obs[1:] in (-100, 100)
+  for (int i = 1; i < obs_dim; ++i) state_ok &= (T(-100) < x[i]) & (x[i] < T(100));
+  return !(state_ok && 0.7 < z && z < HUGE_VAL && -0.2 < angle && angle < 0.2);
+}
+
+template <typename T>
+MBPO_HD bool walker2d_terminal(const T* x, int) {
+  const double z = static_cast<double>(x[0]);
+  const double angle = static_cast<double>(x[1]);
+  return !(0.8 < z && z < 2.0 && -1.0 < angle && angle < 1.0);
+}
+
+template <typename T>
+MBPO_HD bool ant_terminal(const T* x, int) {
+  const double z = static_cast<double>(x[0]);
+  return !(finite_all(x, kAntStateDim) && 0.2 <= z && z <= 1.0);
+}
+
+template <typename T>
+MBPO_HD bool humanoid_terminal(const T* x, int) {
+  const double z = static_cast<double>(x[0]);
+  return !(1.0 < z && z < 2.0);
+}
+
+template <typename T>
+MBPO_HD bool inverted_pendulum_terminal(const T* x, int obs_dim) {
+  const double angle = static_cast<double>(x[1]);
+  return !finite_all(x, obs_dim) || fabs(angle) > 0.2;
 }
 
 }  // namespace detail
@@ -76,35 +115,12 @@ MBPO_HD bool finite_all(const T* x, int n) {
 template <typename T>
 MBPO_HD bool is_terminal(TerminationId id, const T* next_obs, int obs_dim) {
   switch (id) {
-    case TerminationId::kHopper: {
-      const double z = static_cast<double>(next_obs[0]);
-      const double angle = static_cast<double>(next_obs[1]);
-      bool healthy = 0.7 < z && z < HUGE_VAL && -0.2 < angle && angle < 0.2;
-      for (int i = 1; healthy && i < obs_dim; ++i) {
-        const double s = static_cast<double>(next_obs[i]);
-        healthy = -100.0 < s && s < 100.0;
-      }
-      return !healthy;
-    }
-    case TerminationId::kWalker2d: {
-      const double z = static_cast<double>(next_obs[0]);
-      const double angle = static_cast<double>(next_obs[1]);
-      return !(0.8 < z && z < 2.0 && -1.0 < angle && angle < 1.0);
-    }
-    case TerminationId::kAnt: {
-      const double z = static_cast<double>(next_obs[0]);
-      return !(detail::finite_all(next_obs, kAntStateDim) && 0.2 <= z && z <= 1.0);
-    }
-    case TerminationId::kHumanoid: {
-      const double z = static_cast<double>(next_obs[0]);
-      return !(1.0 < z && z < 2.0);
-    }
-    case TerminationId::kInvertedPendulum: {
-      const double angle = static_cast<double>(next_obs[1]);
-      return !detail::finite_all(next_obs, obs_dim) || fabs(angle) > 0.2;
-    }
-    default:
-      return false;
+    case TerminationId::kHopper: return detail::hopper_terminal(next_obs, obs_dim);
+    case TerminationId::kWalker2d: return detail::walker2d_terminal(next_obs, obs_dim);
+    case TerminationId::kAnt: return detail::ant_terminal(next_obs, obs_dim);
+    case TerminationId::kHumanoid: return detail::humanoid_terminal(next_obs, obs_dim);
+    case TerminationId::kInvertedPendulum: return detail::inverted_pendulum_terminal(next_obs, obs_dim);
+    default: return false;
   }
 }
 
