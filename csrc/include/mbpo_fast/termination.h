@@ -74,12 +74,16 @@ MBPO_HD bool finite_all(const T* x, int n) {
 // Non-representable bounds (0.7, 0.2, 0.8) are compared in double on the exact value;
 // +-100, +-1, 1 and 2 are exact in float, so those comparisons may stay in T.
 
+// Hopper and InvertedPendulum accept a single width: compile-time loop bounds unroll.
+inline constexpr int kHopperObsDim = 11;
+inline constexpr int kInvertedPendulumObsDim = 4;
+
 template <typename T>
-MBPO_HD bool hopper_terminal(const T* x, int obs_dim) {
+MBPO_HD bool hopper_terminal(const T* x, int) {
   const double z = static_cast<double>(x[0]);
   const double angle = static_cast<double>(x[1]);
   bool state_ok = true;  // state_vector()[2:] = obs[1:] in (-100, 100)
-  for (int i = 1; i < obs_dim; ++i) state_ok &= (T(-100) < x[i]) & (x[i] < T(100));
+  for (int i = 1; i < kHopperObsDim; ++i) state_ok &= (T(-100) < x[i]) & (x[i] < T(100));
   return !(state_ok && 0.7 < z && z < HUGE_VAL && -0.2 < angle && angle < 0.2);
 }
 
@@ -103,9 +107,9 @@ MBPO_HD bool humanoid_terminal(const T* x, int) {
 }
 
 template <typename T>
-MBPO_HD bool inverted_pendulum_terminal(const T* x, int obs_dim) {
+MBPO_HD bool inverted_pendulum_terminal(const T* x, int) {
   const double angle = static_cast<double>(x[1]);
-  return !finite_all(x, obs_dim) || fabs(angle) > 0.2;
+  return !finite_all(x, kInvertedPendulumObsDim) || fabs(angle) > 0.2;
 }
 
 }  // namespace detail
