@@ -93,9 +93,15 @@ def interleaved(rounds: int = 31) -> str:
             ref = statistics.median(times["numpy reference"])
             for name, ts in times.items():
                 med = statistics.median(ts)
-                lines.append(
-                    f"| {env} | {batch} | {name} | {med:.1f} | {batch / med:.1f} | {ref / med:.2f}x |"
-                )
+                cells = [
+                    env,
+                    str(batch),
+                    name,
+                    f"{med:.1f}",
+                    f"{batch / med:.1f}",
+                    f"{ref / med:.2f}x",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

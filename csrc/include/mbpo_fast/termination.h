@@ -3,12 +3,12 @@
 // terminate_when_unhealthy=True, exclude_current_positions_from_observation=True).
 //
 // One element body (`is_terminal`, MBPO_HD) is shared by the batched CPU loop, the native
-// rollout engine and CUDA kernels; mbpo_fast/_numba/termination.py mirrors it line by line.
+// rollout engine and CUDA kernels; mbpo_fast/_numba/termination.py mirrors its semantics.
 //
-// Comparisons are done in double precision on the value as given (float or double): a
-// float32 observation is terminal exactly when the real number it holds would make the
-// environment terminal (e.g. float(0.7) = 0.69999998807907... is NOT above Hopper's 0.7).
-// No env threshold is rounded to float.
+// Every test is exact on the value as given (float or double): a float32 observation is
+// terminal exactly when the real number it holds would make the environment terminal
+// (e.g. float(0.7) = 0.69999998807907... is NOT above Hopper's 0.7). Bounds that float cannot
+// represent are compared in double; no env threshold is rounded to float.
 //
 // What each id checks (obs = the observation returned by step, positions x / x,y excluded):
 //   kHopper            not (all(-100 < obs[1:] < 100) and 0.7 < obs[0] < inf and -0.2 < obs[1] < 0.2)
