@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .pool import ReplayPool, sample_mixed
 from .types import Transition
 
 try:
@@ -62,10 +63,12 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = [
+    "ReplayPool",
     "Transition",
     "__version__",
     "backend",
     "build_info",
     "has_cuda",
+    "sample_mixed",
     "set_num_threads",
 ]
