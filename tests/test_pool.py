@@ -283,6 +283,7 @@ def _bad_calls(rng):
         ("sample", (-3,), ValueError, "batch_size"),
         ("sample", (4, 0), ValueError, "num_batches"),
         ("sample", (2.5,), TypeError, "batch_size"),
+        ("sample", (4, 2.0), TypeError, "num_batches"),
         ("sample_obs", (0,), ValueError, "n: expected n >= 1"),
         ("resize", (0,), ValueError, "new_capacity"),
         ("gather", (np.array([0, 7]),), ValueError, r"rows: expected row indices in \[0, 6\)"),

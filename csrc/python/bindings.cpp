@@ -367,6 +367,10 @@ std::vector<int64_t> lead_dims(int64_t batch_size, const py::object& num_batches
     total = batch_size;
     return {batch_size};
   }
+  if (!PyIndex_Check(num_batches.ptr()) || PyBool_Check(num_batches.ptr())) {
+    throw py::type_error("num_batches: expected an int or None, got " +
+                         std::string(py::str(py::type::handle_of(num_batches).attr("__name__"))));
+  }
   const int64_t k = positive_arg(num_batches.cast<int64_t>(), "num_batches");
   total = k * batch_size;
   return {k, batch_size};
