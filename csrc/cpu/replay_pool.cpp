@@ -325,9 +325,7 @@ void ReplayPool::resize(int64_t new_capacity) {
   auto next_obs = allocate<float>(new_capacity * obs_dim_);
   auto term = allocate<uint8_t>(new_capacity);
   const int64_t keep = std::min(size_, new_capacity);
-  std::unique_ptr<int64_t[]> rows(new int64_t[std::max<int64_t>(keep, 1)]);
-  for (int64_t i = 0; i < keep; ++i) rows[i] = size_ - keep + i;
-  gather(rows.get(), keep, obs.get(), act.get(), rew.get(), next_obs.get(), term.get());
+  copy_rows(size_ - keep, keep, obs.get(), act.get(), rew.get(), next_obs.get(), term.get());
   obs_ = std::move(obs);
   act_ = std::move(act);
   rew_ = std::move(rew);
@@ -402,14 +400,21 @@ void ReplayPool::gather(const int64_t* rows, int64_t n, float* obs, float* act, 
   }
 }
 
-void ReplayPool::transitions(float* obs, float* act, float* rew, float* next_obs,
-                             uint8_t* term) const {
-  const int64_t start = start_slot();
-  const int64_t first = std::min(size_, capacity_ - start);
+void ReplayPool::copy_rows(int64_t first_row, int64_t n, float* obs, float* act, float* rew,
+                           float* next_obs, uint8_t* term) const {
+  if (first_row < 0 || n < 0 || first_row > size_ - n) {
+    throw InvalidArgument("copy_rows: rows [" + std::to_string(first_row) + ", " +
+                          std::to_string(first_row + n) + ") are not within [0, " +
+                          std::to_string(size_) + ")");
+  }
+  if (n == 0) return;
+  // At most two contiguous segments: up to the end of the storage, then from slot 0.
+  const int64_t start = slot(first_row);
+  const int64_t first = std::min(n, capacity_ - start);
   auto copy = [&](auto* dst, const auto* src, int64_t dim) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-    if (first > 0) std::memcpy(dst, src + start * dim, sizeof(T) * first * dim);
-    if (size_ > first) std::memcpy(dst + first * dim, src, sizeof(T) * (size_ - first) * dim);
+    std::memcpy(dst, src + start * dim, sizeof(T) * first * dim);
+    if (n > first) std::memcpy(dst + first * dim, src, sizeof(T) * (n - first) * dim);
   };
   if (obs) copy(obs, obs_.get(), obs_dim_);
   if (act) copy(act, act_.get(), act_dim_);

@@ -110,8 +110,15 @@ class ReplayPool {
   void gather(const int64_t* rows, int64_t n, float* obs, float* act, float* rew, float* next_obs,
               uint8_t* term) const;
 
+  // Copies logical rows [first_row, first_row + n) (InvalidArgument when outside
+  // [0, size())) into row-major outputs; any output may be nullptr.
+  void copy_rows(int64_t first_row, int64_t n, float* obs, float* act, float* rew,
+                 float* next_obs, uint8_t* term) const;
+
   // Copies every stored row, oldest first (outputs sized [size(), dim]).
-  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const;
+  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const {
+    copy_rows(0, size_, obs, act, rew, next_obs, term);
+  }
 
   // Changes the capacity (>= 1), keeping the newest min(size, new_capacity) rows in order
   // (laid out from slot 0). Keeps seed and rng_counter. Strong guarantee: on bad_alloc the
