@@ -16,6 +16,7 @@ import sys
 import timeit
 
 import numpy as np
+
 import mbpo_fast as mf
 
 CAP, OD, AD = 1_000_000, 11, 3
