@@ -67,7 +67,10 @@ py::array_t<float, py::array::c_style> as_f32(py::handle obj, const char* name,
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(expected) + ", got " +
                           shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>::ensure(arr);
+  // forcecast: without it ensure() returns null for float64 -> float32 ("unsafe" cast).
+  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return py::array_t<float, py::array::c_style>(std::move(out));
 }
 
 // Raises ValueError when any of the n values is NaN or infinite.
@@ -266,7 +269,7 @@ py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name
     throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) +
                           note + ", got " + pool_shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>(pool_cast<float>(arr));
+  return as_f32(arr, name, got);  // shape already checked: converts only
 }
 
 // The data of `o` when it is already an aligned, C-contiguous, native-order float32
