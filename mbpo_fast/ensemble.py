@@ -72,7 +72,8 @@ def _float_array(name: str, value, shape: Sequence[int | None]) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name}: expected a float32 (or float64) array, got dtype {arr.dtype}")
-    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in zip(shape, arr.shape, strict=True)):
+    pairs = zip(shape, arr.shape, strict=False)
+    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in pairs):
         expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
@@ -259,7 +260,7 @@ class EnsembleDynamics(nn.Module):
         return torch.stack(terms).sum() if terms else self.max_logvar.new_zeros(())
 
     def _nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member Gaussian NLL [E]: mean((mu - y)^2 * exp(-lv)) + mean(lv) over rows, outputs."""
+        """Per-member Gaussian NLL [E]: mean((mu-y)^2 * exp(-lv)) + mean(lv) over rows, outputs."""
         mean, lv = self(x)
         return ((mean - y).square() * torch.exp(-lv) + lv).mean(dim=(1, 2))
 
