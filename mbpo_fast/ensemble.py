@@ -16,6 +16,7 @@ those parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -319,6 +320,11 @@ class EnsembleDynamics(nn.Module):
         except (RuntimeError, TypeError):
             return torch.optim.Adam(params, lr=self.lr, foreach=True)
 
+    def _bootstrap_indices(self, n_train: int, gen: torch.Generator) -> torch.Tensor:
+        """One bootstrap index set per member: int64 [E, n_train], drawn with replacement."""
+        shape = (self.ensemble_size, n_train)
+        return torch.randint(n_train, shape, generator=gen, device=self.device)
+
     @torch.no_grad()
     def _member_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-member MSE [E] of the mean on normalized x [N, in] against targets y [N, out]."""
@@ -418,7 +424,7 @@ class EnsembleDynamics(nn.Module):
         else:
             x_hold, y_hold = x_train, y_train
 
-        boot = torch.randint(n_train, (E, n_train), generator=gen, device=dev)
+        boot = self._bootstrap_indices(n_train, gen)
         if self._optimizer is None:
             self._optimizer = self._make_optimizer()
         opt = self._optimizer
@@ -744,7 +750,11 @@ class EnsembleDynamics(nn.Module):
     def training_state(self) -> dict:
         """Optimizer and generator state for an exact resume (pair with ``state_dict()``)."""
         return {
-            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+            # deep copies: Optimizer.load_state_dict keeps same-device tensors by reference,
+            # so a shared state would let two models step the same Adam moments
+            "optimizer": None
+            if self._optimizer is None
+            else copy.deepcopy(self._optimizer.state_dict()),
             "generator": self._generator.get_state(),
         }
 
@@ -752,7 +762,7 @@ class EnsembleDynamics(nn.Module):
         """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model)."""
         if state.get("optimizer") is not None:
             opt = self._optimizer or self._make_optimizer()
-            opt.load_state_dict(state["optimizer"])
+            opt.load_state_dict(copy.deepcopy(state["optimizer"]))
             self._optimizer = opt
         self._generator.set_state(state["generator"])
         self._invalidate_inference()
