@@ -265,10 +265,15 @@ class EnsembleDynamics(nn.Module):
         mean, lv = self(x)
         return ((mean - y).square() * torch.exp(-lv) + lv).mean(dim=(1, 2))
 
-    def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The minimized objective: summed member NLLs + logvar-bound term + weight decay."""
+    def _data_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed member NLLs + the logvar-bound term: the objective without weight decay.
+
+        The L2 term is applied by Adam's per-layer ``weight_decay`` (see :meth:`_make_optimizer`):
+        Adam adds ``wd * W`` to the gradient, exactly the gradient of ``0.5 * wd * ||W||^2``,
+        inside the fused step instead of as extra autograd work.
+        """
         bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
-        return self._nll(x, y).sum() + bound + self.weight_decay_loss()
+        return self._nll(x, y).sum() + bound
 
     def compute_loss(self, obs, act, rew, next_obs) -> dict[str, float | list[float]]:
         """The training objective on one batch fed to every member (no bootstrap), for inspection.
@@ -313,12 +318,22 @@ class EnsembleDynamics(nn.Module):
         """Parameters with a leading member dimension (snapshotted per member)."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias)]
 
+    def _param_groups(self) -> list[dict]:
+        """Adam groups: each layer weight with its own L2 coefficient; biases and logvar bounds
+        in one group without decay (DESIGN §4: weights only)."""
+        groups = [
+            {"params": [layer.weight], "weight_decay": wd}
+            for wd, layer in zip(self.weight_decays, self.layers, strict=True)
+        ]
+        rest = [layer.bias for layer in self.layers] + [self.max_logvar, self.min_logvar]
+        groups.append({"params": rest, "weight_decay": 0.0})
+        return groups
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = list(self.parameters())
         try:  # fused Adam: one kernel for every parameter (CPU support since torch 2.4)
-            return torch.optim.Adam(params, lr=self.lr, fused=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, fused=True)
         except (RuntimeError, TypeError):
-            return torch.optim.Adam(params, lr=self.lr, foreach=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, foreach=True)
 
     def _bootstrap_indices(self, n_train: int, gen: torch.Generator) -> torch.Tensor:
         """One bootstrap index set per member: int64 [E, n_train], drawn with replacement."""
@@ -374,9 +389,10 @@ class EnsembleDynamics(nn.Module):
         model's own.
 
         Returns {"holdout_mse": list[float] per member (restored weights), "elites": list[int],
-        "epochs": int (training epochs run), "seconds": float, "train_loss": float (mean
-        objective over the last epoch's batches), "holdout_mse_elite_mean": float,
-        "initial_holdout_mse": list[float] (before training, current normalizer)}.
+        "epochs": int (training epochs run), "seconds": float, "train_loss": float (the
+        objective averaged over the last epoch's batches, weight decay at the epoch's end),
+        "holdout_mse_elite_mean": float, "initial_holdout_mse": list[float] (before training,
+        with the refit normalizer)}.
         """
         t0 = time.perf_counter()
         obs, act, rew, next_obs = self._validate_transitions(obs, act, rew, next_obs)
@@ -448,7 +464,7 @@ class EnsembleDynamics(nn.Module):
                 n_batches = 0
                 for s in range(0, n_train, batch_size):
                     b = idx[:, s : s + batch_size]  # [E, b]: one gather per batch for x and y
-                    loss = self._training_loss(x_train[b], y_train[b])
+                    loss = self._data_loss(x_train[b], y_train[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -463,7 +479,9 @@ class EnsembleDynamics(nn.Module):
                         mask = improved.view(E, *([1] * (p.dim() - 1)))
                         snap.copy_(torch.where(mask, p, snap))
                 # the one host sync of the epoch
-                any_improved, train_loss = bool(improved.any()), float(loss_sum) / n_batches
+                any_improved = bool(improved.any())
+                decay = float(self.weight_decay_loss().detach())
+                train_loss = float(loss_sum) / n_batches + decay
                 since_improved = 0 if any_improved else since_improved + 1
                 if bar is not None:
                     bar.update(1)

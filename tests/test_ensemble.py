@@ -227,6 +227,37 @@ def test_weight_decay_per_layer_on_weights_only():
     assert float(model.weight_decay_loss().detach()) == pytest.approx(expected, rel=1e-5)
 
 
+def test_training_applies_weight_decay_through_adam_exactly_as_the_l2_loss_term():
+    decays = [0.05, 0.1, 0.2]  # large, so a missing or misplaced term shows in 3 steps
+    model = _randomize(_small(weight_decays=decays))
+    groups = model._make_optimizer().param_groups
+    for wd, layer, group in zip(model.weight_decays, model.layers, groups, strict=False):
+        assert group["params"] == [layer.weight] and group["weight_decay"] == wd
+    no_decay = groups[-1]
+    assert no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {
+        id(p) for p in [*(layer.bias for layer in model.layers), model.max_logvar,
+                        model.min_logvar]}
+    # one step of the training optimizer on the data loss == plain Adam on loss + L2 term
+    twin = _small(weight_decays=decays)
+    twin.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(model.ensemble_size, 64, model.in_dim, generator=g)
+    y = torch.randn(model.ensemble_size, 64, model.out_dim, generator=g)
+    opt = model._make_optimizer()
+    for _ in range(3):
+        opt.zero_grad()
+        model._data_loss(x, y).backward()
+        opt.step()
+    plain = torch.optim.Adam(twin.parameters(), lr=twin.lr)
+    for _ in range(3):
+        plain.zero_grad()
+        (twin._data_loss(x, y) + twin.weight_decay_loss()).backward()
+        plain.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
 def test_loss_matches_a_float64_hand_computation():
     model = _randomize(_small())
     o, a, r, no = _data(64, seed=5)
