@@ -159,6 +159,8 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
+        self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
 
     # ------------------------------------------------------------------ properties
 

@@ -447,6 +447,12 @@ def test_inference_views_follow_training_without_copies():
         m, _ = model.predict_torch(torch.from_numpy(o[:4]), torch.from_numpy(a[:4]))
     np.testing.assert_allclose(model.predict(o[:4], a[:4])[0], m.numpy(), rtol=1e-4, atol=1e-5)
     assert list(model.inference.elites) == model.elites
+    other = _small(seed=5)
+    other.set_elites([3, 1, 2])
+    _ = model.inference
+    model.load_state_dict(other.state_dict())
+    assert list(model.inference.elites) == [3, 1, 2]
+    np.testing.assert_array_equal(model.predict(o[:4], a[:4])[0], other.predict(o[:4], a[:4])[0])
 
 
 # ---------------------------------------------------------------------------- save / load
