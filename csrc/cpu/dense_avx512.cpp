@@ -5,7 +5,7 @@
 // 4 vectors of W's row k (contiguous in the [in, out] layout, so no packing is needed) and
 // broadcasts 6 inputs: 24 FMAs per 10 loads. Column tails use masked loads/stores, which
 // never touch memory past the row. SiLU uses a vectorized exp (Cephes polynomial, ~1 ulp).
-#include "dense_kernels.h"
+#include "cpu/ensemble_kernels.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -14,6 +14,8 @@
 #include <array>
 #include <utility>
 
+#include "cpu/simd_avx512.h"
+
 namespace mbpo_fast {
 namespace cpu {
 
@@ -21,27 +23,6 @@ namespace {
 
 constexpr int kMr = 6;
 constexpr int kNv = 4;
-
-inline __m512 exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-inline __m512 silu512(__m512 a) {
-  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), a));
-  return _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-}
 
 // MR rows x NV vectors of output; the last vector uses `tail` (all ones when full).
 template <int MR, int NV>

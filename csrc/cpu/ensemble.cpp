@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/dense_kernels.h"
+#include "cpu/ensemble_kernels.h"
 #include "kernels/ensemble_epilogue.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/rng.h"
@@ -57,10 +57,20 @@ std::atomic<int>& kernel_setting() {
   return setting;
 }
 
-cpu::DenseFn active_dense() {
+// The micro-kernels of one call (chosen once per call, so a call never mixes kernels).
+struct Kernels {
+  cpu::DenseFn dense;
+  cpu::StepEpilogueFn step_epilogue;
+  cpu::PredictEpilogueFn predict_epilogue;
+  bool avx512;
+};
+
+Kernels active_kernels() {
   const auto k = static_cast<Kernel>(kernel_setting().load(std::memory_order_relaxed));
-  if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) return &cpu::dense_portable;
-  return &cpu::dense_avx512;
+  if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) {
+    return {&cpu::dense_portable, &cpu::step_epilogue_portable, &cpu::predict_epilogue_portable, false};
+  }
+  return {&cpu::dense_avx512, &cpu::step_epilogue_avx512, &cpu::predict_epilogue_avx512, true};
 }
 
 // ------------------------------------------------------------------ tile forward
@@ -226,26 +236,22 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   }
   const int64_t num_tiles = static_cast<int64_t>(tile_member.size());
 
-  const cpu::DenseFn dense = active_dense();
+  const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
-  const int64_t od = v.obs_dim, out_dim = v.out_dim();
+  const int64_t out_dim = v.out_dim();
   run_tiles(num_tiles, batch, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
     float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
     float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
-    float* eps = s.ensure(s.extra, static_cast<size_t>(out_dim));
+    float* work = s.ensure(s.extra, static_cast<size_t>(2 * out_dim));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t e = tile_member[t], p0 = tile_begin[t];
       const int64_t rows = std::min(kTileRows, start[e + 1] - p0);
       const int64_t* idx = order.data() + p0;
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row = idx[r];
-        if (!deterministic) kernels::row_noise(seed, static_cast<uint64_t>(row), out_dim, eps);
-        kernels::step_row_epilogue(head + r * ld, obs + row * od, v.max_logvar, v.min_logvar, eps, deterministic,
-                                   od, next_obs_out + row * od, reward_out + row);
-      }
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
+                         next_obs_out, reward_out, work);
     }
   });
 }
@@ -260,7 +266,7 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
   require(obs && act, "ensemble_predict: null input pointer");
   const int64_t E = v.ensemble_size, out_dim = v.out_dim();
   const int64_t tiles_per_member = (batch + kTileRows - 1) / kTileRows;
-  const cpu::DenseFn dense = active_dense();
+  const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
   run_tiles(E * tiles_per_member, batch * E, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
@@ -271,12 +277,10 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
       const int64_t row0 = (t % tiles_per_member) * kTileRows;
       const int64_t rows = std::min(kTileRows, batch - row0);
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = (e * batch + row0 + r) * out_dim;
-        kernels::predict_row_epilogue(head + r * ld, v.max_logvar, v.min_logvar, out_dim,
-                                      mean_out ? mean_out + o : nullptr, var_out ? var_out + o : nullptr);
-      }
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      const int64_t o = (e * batch + row0) * out_dim;
+      kern.predict_epilogue(head, ld, rows, out_dim, v.max_logvar, v.min_logvar, mean_out ? mean_out + o : nullptr,
+                            var_out ? var_out + o : nullptr);
     }
   });
 }
@@ -301,7 +305,7 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
   require(obs && act && out, "ensemble_disagreement: null input or output pointer");
   const int64_t out_dim = v.out_dim();
   const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
-  const cpu::DenseFn dense = active_dense();
+  const cpu::DenseFn dense = active_kernels().dense;
   const int64_t ld = round_up16(v.max_width());
   run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
@@ -347,7 +351,7 @@ void ensemble_set_kernel(const std::string& name) {
   kernel_setting().store(static_cast<int>(k));
 }
 
-std::string ensemble_kernel() { return active_dense() == &cpu::dense_avx512 ? "avx512" : "portable"; }
+std::string ensemble_kernel() { return active_kernels().avx512 ? "avx512" : "portable"; }
 
 bool ensemble_avx512_available() { return cpu::dense_avx512_supported(); }
 

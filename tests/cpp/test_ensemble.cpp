@@ -1,9 +1,12 @@
 // The fused ensemble ops of the C++ core (no Python) against a double-precision reference:
 // predict, step (deterministic and sampled), member choice, kernels, threads, bad input.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
+#include "cpu/ensemble_kernels.h"
 #include "harness.h"
 #include "kernels/ensemble_epilogue.h"
 #include "mbpo_fast/ensemble.h"
@@ -235,6 +238,28 @@ TEST_CASE("epilogue: soft clamp saturates near the bounds and is the identity in
   float eps[13];
   kernels::row_noise(42, 5, 13, eps);
   for (int j = 0; j < 13; ++j) CHECK(eps[j] == random_normal(42, kStreamModelNoise, 5 * 13 + j));
+}
+
+TEST_CASE("AVX-512 Box-Muller equals rng.h's random_normal (float rounding, odd widths)") {
+  if (!ensemble_avx512_available()) return;
+  int64_t mismatches = 0, total = 0;
+  double max_diff = 0.0;
+  float eps[40];
+  for (int64_t out_dim : {1, 2, 5, 12, 18, 37}) {
+    for (uint64_t row = 0; row < 20000; ++row) {
+      cpu::model_noise_avx512(0x9e3779b97f4a7c15ull, row, out_dim, eps);
+      for (int64_t j = 0; j < out_dim; ++j) {
+        const float want = random_normal(0x9e3779b97f4a7c15ull, kStreamModelNoise, row * out_dim + j);
+        mismatches += eps[j] != want;
+        max_diff = std::max(max_diff, std::abs(double(eps[j]) - want) / (1.0 + std::abs(want)));
+        ++total;
+      }
+    }
+  }
+  std::printf("    %lld of %lld normals differ from rng.h, max rel diff %.3g\n",
+              static_cast<long long>(mismatches), static_cast<long long>(total), max_diff);
+  CHECK(max_diff < 2e-7);                // float rounding at most
+  CHECK(mismatches * 10000 < total);     // and only in rare double-rounding ties
 }
 
 MBPO_TEST_MAIN
