@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -167,6 +168,13 @@ void bind_core(py::module_& m) {
 // Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
 // dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
 py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
+  if (py::isinstance<py::array>(obj)) {  // fast path: already a contiguous int64 vector
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() == 'i' && a.itemsize() == 8 && a.ndim() == 1 &&
+        (a.flags() & py::array::c_style) == py::array::c_style && (n < 0 || a.shape(0) == n)) {
+      return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(obj);
+    }
+  }
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
                                  std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -186,18 +194,19 @@ py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const cha
 // borrowed with a shape check, no conversion machinery): the per-call overhead of the
 // ensemble ops is ~14 such arrays, which matters at B = 1.
 py::array_t<float, py::array::c_style> borrow_f32(py::handle obj, const char* name,
-                                                  const std::vector<int64_t>& expected) {
+                                                  std::initializer_list<int64_t> expected) {
   if (py::isinstance<py::array>(obj)) {
     auto arr = py::reinterpret_borrow<py::array>(obj);
     if (arr.dtype().num() == py::detail::npy_api::NPY_FLOAT_ &&
         (arr.flags() & py::array::c_style) == py::array::c_style &&
         arr.ndim() == static_cast<py::ssize_t>(expected.size())) {
       bool ok = true;
-      for (size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || expected[i] == arr.shape(i);
+      py::ssize_t i = 0;
+      for (int64_t e : expected) ok = ok && (e < 0 || e == arr.shape(i++));
       if (ok) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(obj);
     }
   }
-  return as_f32(obj, name, expected);  // converts, or raises the standard messages
+  return as_f32(obj, name, std::vector<int64_t>(expected));  // converts, or raises the standard messages
 }
 
 // The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
@@ -243,9 +252,16 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
   v.num_layers = static_cast<int>(n_layers);
   v.widths[0] = in;
   int64_t E = -1;
+  // Argument names for the messages, built once (not per call).
+  static const auto names = [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("weights[" + std::to_string(i) + "]");
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("biases[" + std::to_string(i) + "]");
+    return out;
+  }();
   for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string wname = "weights[" + std::to_string(i) + "]";
-    const std::string bname = "biases[" + std::to_string(i) + "]";
+    const std::string& wname = names[static_cast<size_t>(i)];
+    const std::string& bname = names[static_cast<size_t>(kEnsembleMaxLayers + i)];
     auto w = borrow_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
     if (E < 0) E = dim(w, 0);
     const int64_t n = dim(w, 2);
