@@ -202,8 +202,14 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   MBPO_ENSEMBLE_REQUIRE(obs && act && next_obs_out && reward_out, "ensemble_step: null input or output pointer");
 
   // Index buffers of the calling thread, reused across calls (no allocation per call once
-  // warm; the worker threads only read them).
-  thread_local std::vector<int64_t> local_members, start, order, tile_member, tile_begin;
+  // warm). The worker threads read them through the references below: naming a
+  // thread_local inside the lambda would give each worker its own (empty) instance.
+  thread_local std::vector<int64_t> tl_members, tl_start, tl_order, tl_tile_member, tl_tile_begin;
+  std::vector<int64_t>& local_members = tl_members;
+  std::vector<int64_t>& start = tl_start;
+  std::vector<int64_t>& order = tl_order;
+  std::vector<int64_t>& tile_member = tl_tile_member;
+  std::vector<int64_t>& tile_begin = tl_tile_begin;
 
   // 1. member of each row.
   int64_t* chosen = members_out;
