@@ -616,3 +616,21 @@ def test_constructor_validates_sizes():
         EnsembleDynamics(3, 2, hidden_size=2.5)
     with pytest.raises(ValueError, match="weight_decays"):
         EnsembleDynamics(3, 2, num_layers=2, weight_decays=[1e-4])
+
+
+@pytest.mark.gpu
+def test_cuda_model_trains_and_matches_the_cpu_kernels_after_load(tmp_path):
+    model = _small(device="cuda")
+    st = model.fit(*_data(1000), max_epochs=3)
+    assert model.layers[0].weight.is_cuda and st["epochs"] == 3
+    o, a, _, _ = _data(64, seed=2)
+    mean, var = model.predict(o, a)  # torch path
+    next_obs, rew = model.step(o, a, deterministic=True, members=1)
+    np.testing.assert_allclose(next_obs, o + mean[1, :, :OBS], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="CPU"):
+        _ = model.inference
+    model.save(tmp_path / "gpu.safetensors")
+    cpu = EnsembleDynamics.load(tmp_path / "gpu.safetensors")
+    cpu_mean, cpu_var = cpu.predict(o, a)
+    np.testing.assert_allclose(cpu_mean, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cpu_var, var, rtol=1e-4, atol=1e-8)
