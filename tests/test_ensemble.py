@@ -324,6 +324,23 @@ def test_fit_limits_holdout_cap_and_progress_bar(capsys):
                                atol=1e-6)
 
 
+def test_fit_syncs_with_the_host_once_per_epoch_not_per_batch(monkeypatch):
+    model = _small()
+    syncs = {"n": 0}
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            syncs["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    st = model.fit(*_data(10000), batch_size=128, max_epochs=2, patience=10)  # 63 batches/epoch
+    monkeypatch.undo()
+    assert st["epochs"] == 2
+    assert syncs["n"] <= 12, syncs  # a handful per epoch and per fit, none per batch
+
+
 def test_training_state_resumes_exactly():
     data = _data(800)
     a = _small()
