@@ -565,7 +565,7 @@ def test_load_rejects_truncated_and_corrupted_files(saved, tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
-def test_bad_inference_input_raises_clear_errors(saved):
+def test_bad_inference_input_raises_clear_errors(saved, backend):
     model, _ = saved
     o, a, _, _ = _data(10)
     cases = [
@@ -583,7 +583,7 @@ def test_bad_inference_input_raises_clear_errors(saved):
     for name, bad_value in (("obs", np.nan), ("obs", np.inf), ("act", -np.inf)):
         oo, aa = o.copy(), a.copy()
         (oo if name == "obs" else aa)[3, 1] = bad_value
-        for fn in (model.predict, model.step):
+        for fn in (model.predict, model.step, model.disagreement):
             with pytest.raises(ValueError, match=f"{name}: contains a non-finite"):
                 fn(oo, aa)
     with pytest.raises(ValueError, match="members: entry 2 = 5 is out of range"):
