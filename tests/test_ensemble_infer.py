@@ -39,16 +39,25 @@ def make_model(rng, obs_dim=11, act_dim=3, ensemble=7, hidden=(200, 200, 200, 20
         biases=biases,
         max_logvar=rng.uniform(-0.5, 1.0, od1).astype(np.float32),
         min_logvar=rng.uniform(-8.0, -4.0, od1).astype(np.float32),
-        elites=np.array(elites if elites is not None else [0, 2, 3, 5, 6][: max(1, min(5, ensemble))],
-                        dtype=np.int64) % ensemble,
+        elites=np.array(
+            elites if elites is not None else [0, 2, 3, 5, 6][: max(1, min(5, ensemble))],
+            dtype=np.int64,
+        )
+        % ensemble,
         obs_dim=obs_dim,
         act_dim=act_dim,
     )
 
 
 def params(m):
-    return (m["input_mean"], m["input_std"], m["weights"], m["biases"], m["max_logvar"],
-            m["min_logvar"])
+    return (
+        m["input_mean"],
+        m["input_std"],
+        m["weights"],
+        m["biases"],
+        m["max_logvar"],
+        m["min_logvar"],
+    )
 
 
 def infer(m) -> EnsembleInference:
@@ -56,7 +65,7 @@ def infer(m) -> EnsembleInference:
 
 
 def inputs(rng, m, batch):
-    obs = (m["input_mean"][: m["obs_dim"]] + rng.standard_normal((batch, m["obs_dim"])) * 1.5)
+    obs = m["input_mean"][: m["obs_dim"]] + rng.standard_normal((batch, m["obs_dim"])) * 1.5
     act = rng.uniform(-1, 1, (batch, m["act_dim"]))
     return obs.astype(np.float32), act.astype(np.float32)
 
@@ -216,7 +225,13 @@ def test_disagreement_matches_reference(backend, rng, members):
 
 @pytest.mark.parametrize(
     ("obs_dim", "act_dim", "hidden"),
-    [(1, 1, (37,)), (2, 0, (64, 37)), (5, 2, (200, 64, 37)), (17, 6, (37, 200)), (11, 3, (16,) * 6)],
+    [
+        (1, 1, (37,)),
+        (2, 0, (64, 37)),
+        (5, 2, (200, 64, 37)),
+        (17, 6, (37, 200)),
+        (11, 3, (16,) * 6),
+    ],
 )
 @pytest.mark.parametrize("batch", [1, 7, 33])
 def test_odd_widths_and_batches(backend, rng, obs_dim, act_dim, hidden, batch):
@@ -253,7 +268,9 @@ def test_row_result_does_not_depend_on_the_batch(backend, rng):
     members = rng.integers(0, 7, 40)
     full = model.step(obs, act, deterministic=True, members=members)
     for i in (0, 17, 39):
-        one = model.step(obs[i : i + 1], act[i : i + 1], deterministic=True, members=members[i : i + 1])
+        one = model.step(
+            obs[i : i + 1], act[i : i + 1], deterministic=True, members=members[i : i + 1]
+        )
         np.testing.assert_allclose(one[0][0], full[0][i], rtol=1e-6, atol=1e-6)
 
 
@@ -278,8 +295,11 @@ def test_backends_agree(rng):
     for name in ("native", "numba"):
         with _backend.use(name):
             model = infer(m)
-            results[name] = (model.step(obs, act, seed=99), model.predict(obs, act),
-                             model.disagreement(obs, act))
+            results[name] = (
+                model.step(obs, act, seed=99),
+                model.predict(obs, act),
+                model.disagreement(obs, act),
+            )
     (sn, pn, dn), (sb, pb, db) = results["native"], results["numba"]
     np.testing.assert_array_equal(sn[2], sb[2])  # exact member choices
     assert_close(sn[0] - obs, sb[0] - obs, 2e-5, "delta obs")
@@ -321,8 +341,11 @@ def test_results_do_not_depend_on_the_thread_count(native, rng):
         out = {}
         for threads in (1, 2):
             native.set_num_threads(threads)
-            out[threads] = (*model.step(obs, act, seed=8), *model.predict(obs, act),
-                            model.disagreement(obs, act))
+            out[threads] = (
+                *model.step(obs, act, seed=8),
+                *model.predict(obs, act),
+                model.disagreement(obs, act),
+            )
     finally:
         native.set_num_threads(saved)
     for a, b in zip(out[1], out[2], strict=True):
@@ -334,12 +357,24 @@ def test_results_do_not_depend_on_the_thread_count(native, rng):
 
 def test_parameters_are_borrowed_not_copied(backend, rng):
     m = make_model(rng, hidden=(16, 16))
-    tensors = {k: torch.from_numpy(v.copy()) for k, v in m.items()
-               if k in ("input_mean", "input_std", "max_logvar", "min_logvar")}
+    tensors = {
+        k: torch.from_numpy(v.copy())
+        for k, v in m.items()
+        if k in ("input_mean", "input_std", "max_logvar", "min_logvar")
+    }
     weights = [torch.from_numpy(w.copy()) for w in m["weights"]]
     biases = [torch.from_numpy(b.copy()) for b in m["biases"]]
-    model = EnsembleInference(11, 3, tensors["input_mean"], tensors["input_std"], weights, biases,
-                              tensors["max_logvar"], tensors["min_logvar"], m["elites"])
+    model = EnsembleInference(
+        11,
+        3,
+        tensors["input_mean"],
+        tensors["input_std"],
+        weights,
+        biases,
+        tensors["max_logvar"],
+        tensors["min_logvar"],
+        m["elites"],
+    )
     assert np.shares_memory(model.weights[0], weights[0].numpy())
     obs, act = inputs(rng, m, 5)
     before, _ = model.predict(obs, act)
@@ -351,8 +386,13 @@ def test_parameters_are_borrowed_not_copied(backend, rng):
 
 def test_from_safetensors_round_trip(backend, rng, tmp_path):
     m = make_model(rng, hidden=(32, 32))
-    tensors = {"input_mean": m["input_mean"], "input_std": m["input_std"],
-               "max_logvar": m["max_logvar"], "min_logvar": m["min_logvar"], "elites": m["elites"]}
+    tensors = {
+        "input_mean": m["input_mean"],
+        "input_std": m["input_std"],
+        "max_logvar": m["max_logvar"],
+        "min_logvar": m["min_logvar"],
+        "elites": m["elites"],
+    }
     for i, (w, b) in enumerate(zip(m["weights"], m["biases"], strict=True)):
         tensors[f"layers.{i}.weight"] = w
         tensors[f"layers.{i}.bias"] = b
@@ -368,13 +408,29 @@ def test_from_safetensors_round_trip(backend, rng, tmp_path):
 
 
 def _call_step(ops, m, obs, act, **over):
-    args = dict(zip(("input_mean", "input_std", "weights", "biases", "max_logvar", "min_logvar"),
-                    params(m), strict=True))
+    args = dict(
+        zip(
+            ("input_mean", "input_std", "weights", "biases", "max_logvar", "min_logvar"),
+            params(m),
+            strict=True,
+        )
+    )
     args.update(elites=m["elites"], members=None, seed=0, deterministic=False)
     args.update(over)
-    return ops.ensemble_step(obs, act, args["input_mean"], args["input_std"], args["weights"],
-                             args["biases"], args["max_logvar"], args["min_logvar"],
-                             args["elites"], args["members"], args["seed"], args["deterministic"])
+    return ops.ensemble_step(
+        obs,
+        act,
+        args["input_mean"],
+        args["input_std"],
+        args["weights"],
+        args["biases"],
+        args["max_logvar"],
+        args["min_logvar"],
+        args["elites"],
+        args["members"],
+        args["seed"],
+        args["deterministic"],
+    )
 
 
 def _bad_cases(m, obs, act):
@@ -440,13 +496,29 @@ def test_predict_and_disagreement_validate(backend, rng):
 def test_adapter_rejects_bad_parameters(rng):
     m = make_model(rng, hidden=(16,))
     with pytest.raises(TypeError, match="weights\\[0\\]"):
-        EnsembleInference(11, 3, m["input_mean"], m["input_std"],
-                          [m["weights"][0].astype(np.float64), m["weights"][1]], m["biases"],
-                          m["max_logvar"], m["min_logvar"], m["elites"])
+        EnsembleInference(
+            11,
+            3,
+            m["input_mean"],
+            m["input_std"],
+            [m["weights"][0].astype(np.float64), m["weights"][1]],
+            m["biases"],
+            m["max_logvar"],
+            m["min_logvar"],
+            m["elites"],
+        )
     with pytest.raises(ValueError, match="C-contiguous"):
-        EnsembleInference(11, 3, m["input_mean"], m["input_std"],
-                          [np.asfortranarray(m["weights"][0]), m["weights"][1]], m["biases"],
-                          m["max_logvar"], m["min_logvar"], m["elites"])
+        EnsembleInference(
+            11,
+            3,
+            m["input_mean"],
+            m["input_std"],
+            [np.asfortranarray(m["weights"][0]), m["weights"][1]],
+            m["biases"],
+            m["max_logvar"],
+            m["min_logvar"],
+            m["elites"],
+        )
     with pytest.raises(ValueError, match="elites"):
         EnsembleInference(11, 3, *params(m), np.array([7]))
     with pytest.raises(ValueError, match="activation"):
