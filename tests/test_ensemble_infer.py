@@ -523,3 +523,86 @@ def test_adapter_rejects_bad_parameters(rng):
         EnsembleInference(11, 3, *params(m), np.array([7]))
     with pytest.raises(ValueError, match="activation"):
         EnsembleInference(11, 3, *params(m), m["elites"], activation="relu")
+
+
+# ---------------------------------------------------------------------------- bf16 (opt-in)
+
+
+def test_bf16_packing_layout_and_rounding(backend, rng):
+    m = make_model(rng, hidden=(37,))
+    packed = backend.ensemble_pack_bf16(m["weights"])
+    w = m["weights"][0]  # [E, 14, 37]
+    assert packed[0].shape == (7, 7, 37, 2) and packed[0].dtype == np.uint16
+    widened = (packed[0].astype(np.uint32) << 16).view(np.float32)
+    # pair p of column j holds rows 2p and 2p + 1 of W, each within bf16 rounding (2^-9).
+    np.testing.assert_allclose(widened[:, 3, 5, 0], w[:, 6, 5], rtol=2.0**-8)
+    np.testing.assert_allclose(widened[:, 3, 5, 1], w[:, 7, 5], rtol=2.0**-8)
+    assert (packed[1][:, -1, :, 1] == 0).all()  # odd in = 37: the last pair is zero-padded
+
+
+def test_bf16_error_is_far_below_the_predicted_std(backend, rng):
+    m = make_model(rng)
+    obs, act = inputs(rng, m, 300)
+    model = infer(m)
+    mean, var = model.predict(obs, act)
+    step32 = model.step(obs, act, seed=6)
+    model.use_bf16()
+    mean16, var16 = model.predict(obs, act)
+    step16 = model.step(obs, act, seed=6)
+    err = np.abs(mean16 - mean) / np.sqrt(var)
+    assert err.max() < 0.02 and np.median(err) < 1e-3, (err.max(), np.median(err))
+    np.testing.assert_array_equal(step16[2], step32[2])  # same members
+    model.use_bf16(False)
+    np.testing.assert_array_equal(model.predict(obs, act)[0], mean)
+
+
+def test_bf16_backends_agree(rng):
+    if "native" not in _backend.available():
+        pytest.skip("native extension not built")
+    m = make_model(rng, hidden=(64, 37))
+    obs, act = inputs(rng, m, 100)
+    out = {}
+    for name in ("native", "numba"):
+        with _backend.use(name):
+            model = infer(m)
+            model.use_bf16()
+            out[name] = (model.predict(obs, act), model.weights_bf16)
+    for a, b in zip(out["native"][1], out["numba"][1], strict=True):
+        np.testing.assert_array_equal(a, b)  # identical packing
+    (mn, vn), (mb, vb) = out["native"][0], out["numba"][0]
+    # Both round activations to bf16; a one-ulp float difference can flip a bf16 rounding,
+    # so they agree to bf16 (not float) precision, far below the predicted std.
+    assert (np.abs(mn - mb) / np.sqrt(vn)).max() < 0.02
+    np.testing.assert_allclose(vn, vb, rtol=1e-2)
+
+
+def test_bf16_bad_packed_weights(backend, rng):
+    m = make_model(rng, hidden=(16,))
+    obs, act = inputs(rng, m, 3)
+    packed = backend.ensemble_pack_bf16(m["weights"])
+    with pytest.raises(ValueError, match="weights_bf16"):
+        backend.ensemble_predict(obs, act, *params(m), packed[:1])
+    with pytest.raises(ValueError, match=r"weights_bf16\[1\]"):
+        backend.ensemble_predict(obs, act, *params(m), [packed[0], packed[1][:, :, :-1]])
+    with pytest.raises(TypeError, match=r"weights_bf16\[0\]"):
+        backend.ensemble_predict(obs, act, *params(m), [packed[0].astype(np.int32), packed[1]])
+
+
+def test_bf16_portable_and_avx512_kernels_agree(native, rng):
+    m = make_model(rng, hidden=(200, 37))
+    obs, act = inputs(rng, m, 50)
+    model = infer(m)
+    model.use_bf16()
+    out = {}
+    try:
+        for kernel in ("portable", "avx512"):
+            try:
+                native.ensemble_set_kernel(kernel)
+            except ValueError:
+                pytest.skip("this CPU/build has no AVX-512")
+            out[kernel] = model.predict(obs, act)
+    finally:
+        native.ensemble_set_kernel("auto")
+    (mp, vp), (ma, va) = out["portable"], out["avx512"]
+    assert (np.abs(mp - ma) / np.sqrt(va)).max() < 0.02
+    np.testing.assert_allclose(vp, va, rtol=1e-2)
