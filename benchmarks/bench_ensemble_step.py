@@ -62,9 +62,17 @@ class TorchEnsemble:
         self.elites = torch.tensor([0, 2, 3, 5, 6])
 
     def infer(self) -> EnsembleInference:
-        return EnsembleInference(OBS, ACT, self.input_mean, self.input_std, self.weights,
-                                 self.biases, self.max_logvar, self.min_logvar,
-                                 self.elites.numpy().astype(np.int64))
+        return EnsembleInference(
+            OBS,
+            ACT,
+            self.input_mean,
+            self.input_std,
+            self.weights,
+            self.biases,
+            self.max_logvar,
+            self.min_logvar,
+            self.elites.numpy().astype(np.int64),
+        )
 
     def _head(self, h: torch.Tensor, weights, biases):
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
@@ -118,8 +126,10 @@ class TorchEnsemble:
 
 def _inputs(batch: int, seed: int = 1):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((batch, OBS)).astype(np.float32),
-            rng.standard_normal((batch, ACT)).astype(np.float32))
+    return (
+        rng.standard_normal((batch, OBS)).astype(np.float32),
+        rng.standard_normal((batch, ACT)).astype(np.float32),
+    )
 
 
 def _canary_gflops() -> float:

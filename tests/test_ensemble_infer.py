@@ -39,16 +39,25 @@ def make_model(rng, obs_dim=11, act_dim=3, ensemble=7, hidden=(200, 200, 200, 20
         biases=biases,
         max_logvar=rng.uniform(-0.5, 1.0, od1).astype(np.float32),
         min_logvar=rng.uniform(-8.0, -4.0, od1).astype(np.float32),
-        elites=np.array(elites if elites is not None else [0, 2, 3, 5, 6][: max(1, min(5, ensemble))],
-                        dtype=np.int64) % ensemble,
+        elites=np.array(
+            elites if elites is not None else [0, 2, 3, 5, 6][: max(1, min(5, ensemble))],
+            dtype=np.int64,
+        )
+        % ensemble,
         obs_dim=obs_dim,
         act_dim=act_dim,
     )
 
 
 def params(m):
-    return (m["input_mean"], m["input_std"], m["weights"], m["biases"], m["max_logvar"],
-            m["min_logvar"])
+    return (
+        m["input_mean"],
+        m["input_std"],
+        m["weights"],
+        m["biases"],
+        m["max_logvar"],
+        m["min_logvar"],
+    )
 
 
 def infer(m) -> EnsembleInference:
@@ -56,7 +65,7 @@ def infer(m) -> EnsembleInference:
 
 
 def inputs(rng, m, batch):
-    obs = (m["input_mean"][: m["obs_dim"]] + rng.standard_normal((batch, m["obs_dim"])) * 1.5)
+    obs = m["input_mean"][: m["obs_dim"]] + rng.standard_normal((batch, m["obs_dim"])) * 1.5
     act = rng.uniform(-1, 1, (batch, m["act_dim"]))
     return obs.astype(np.float32), act.astype(np.float32)
 
@@ -216,7 +225,13 @@ def test_disagreement_matches_reference(backend, rng, members):
 
 @pytest.mark.parametrize(
     ("obs_dim", "act_dim", "hidden"),
-    [(1, 1, (37,)), (2, 0, (64, 37)), (5, 2, (200, 64, 37)), (17, 6, (37, 200)), (11, 3, (16,) * 6)],
+    [
+        (1, 1, (37,)),
+        (2, 0, (64, 37)),
+        (5, 2, (200, 64, 37)),
+        (17, 6, (37, 200)),
+        (11, 3, (16,) * 6),
+    ],
 )
 @pytest.mark.parametrize("batch", [1, 7, 33])
 def test_odd_widths_and_batches(backend, rng, obs_dim, act_dim, hidden, batch):
@@ -253,7 +268,9 @@ def test_row_result_does_not_depend_on_the_batch(backend, rng):
     members = rng.integers(0, 7, 40)
     full = model.step(obs, act, deterministic=True, members=members)
     for i in (0, 17, 39):
-        one = model.step(obs[i : i + 1], act[i : i + 1], deterministic=True, members=members[i : i + 1])
+        one = model.step(
+            obs[i : i + 1], act[i : i + 1], deterministic=True, members=members[i : i + 1]
+        )
         np.testing.assert_allclose(one[0][0], full[0][i], rtol=1e-6, atol=1e-6)
 
 
@@ -278,8 +295,11 @@ def test_backends_agree(rng):
     for name in ("native", "numba"):
         with _backend.use(name):
             model = infer(m)
-            results[name] = (model.step(obs, act, seed=99), model.predict(obs, act),
-                             model.disagreement(obs, act))
+            results[name] = (
+                model.step(obs, act, seed=99),
+                model.predict(obs, act),
+                model.disagreement(obs, act),
+            )
     (sn, pn, dn), (sb, pb, db) = results["native"], results["numba"]
     np.testing.assert_array_equal(sn[2], sb[2])  # exact member choices
     assert_close(sn[0] - obs, sb[0] - obs, 2e-5, "delta obs")
@@ -321,8 +341,11 @@ def test_results_do_not_depend_on_the_thread_count(native, rng):
         out = {}
         for threads in (1, 2):
             native.set_num_threads(threads)
-            out[threads] = (*model.step(obs, act, seed=8), *model.predict(obs, act),
-                            model.disagreement(obs, act))
+            out[threads] = (
+                *model.step(obs, act, seed=8),
+                *model.predict(obs, act),
+                model.disagreement(obs, act),
+            )
     finally:
         native.set_num_threads(saved)
     for a, b in zip(out[1], out[2], strict=True):
@@ -334,12 +357,24 @@ def test_results_do_not_depend_on_the_thread_count(native, rng):
 
 def test_parameters_are_borrowed_not_copied(backend, rng):
     m = make_model(rng, hidden=(16, 16))
-    tensors = {k: torch.from_numpy(v.copy()) for k, v in m.items()
-               if k in ("input_mean", "input_std", "max_logvar", "min_logvar")}
+    tensors = {
+        k: torch.from_numpy(v.copy())
+        for k, v in m.items()
+        if k in ("input_mean", "input_std", "max_logvar", "min_logvar")
+    }
     weights = [torch.from_numpy(w.copy()) for w in m["weights"]]
     biases = [torch.from_numpy(b.copy()) for b in m["biases"]]
-    model = EnsembleInference(11, 3, tensors["input_mean"], tensors["input_std"], weights, biases,
-                              tensors["max_logvar"], tensors["min_logvar"], m["elites"])
+    model = EnsembleInference(
+        11,
+        3,
+        tensors["input_mean"],
+        tensors["input_std"],
+        weights,
+        biases,
+        tensors["max_logvar"],
+        tensors["min_logvar"],
+        m["elites"],
+    )
     assert np.shares_memory(model.weights[0], weights[0].numpy())
     obs, act = inputs(rng, m, 5)
     before, _ = model.predict(obs, act)
@@ -351,8 +386,13 @@ def test_parameters_are_borrowed_not_copied(backend, rng):
 
 def test_from_safetensors_round_trip(backend, rng, tmp_path):
     m = make_model(rng, hidden=(32, 32))
-    tensors = {"input_mean": m["input_mean"], "input_std": m["input_std"],
-               "max_logvar": m["max_logvar"], "min_logvar": m["min_logvar"], "elites": m["elites"]}
+    tensors = {
+        "input_mean": m["input_mean"],
+        "input_std": m["input_std"],
+        "max_logvar": m["max_logvar"],
+        "min_logvar": m["min_logvar"],
+        "elites": m["elites"],
+    }
     for i, (w, b) in enumerate(zip(m["weights"], m["biases"], strict=True)):
         tensors[f"layers.{i}.weight"] = w
         tensors[f"layers.{i}.bias"] = b
@@ -368,13 +408,29 @@ def test_from_safetensors_round_trip(backend, rng, tmp_path):
 
 
 def _call_step(ops, m, obs, act, **over):
-    args = dict(zip(("input_mean", "input_std", "weights", "biases", "max_logvar", "min_logvar"),
-                    params(m), strict=True))
+    args = dict(
+        zip(
+            ("input_mean", "input_std", "weights", "biases", "max_logvar", "min_logvar"),
+            params(m),
+            strict=True,
+        )
+    )
     args.update(elites=m["elites"], members=None, seed=0, deterministic=False)
     args.update(over)
-    return ops.ensemble_step(obs, act, args["input_mean"], args["input_std"], args["weights"],
-                             args["biases"], args["max_logvar"], args["min_logvar"],
-                             args["elites"], args["members"], args["seed"], args["deterministic"])
+    return ops.ensemble_step(
+        obs,
+        act,
+        args["input_mean"],
+        args["input_std"],
+        args["weights"],
+        args["biases"],
+        args["max_logvar"],
+        args["min_logvar"],
+        args["elites"],
+        args["members"],
+        args["seed"],
+        args["deterministic"],
+    )
 
 
 def _bad_cases(m, obs, act):
@@ -440,14 +496,113 @@ def test_predict_and_disagreement_validate(backend, rng):
 def test_adapter_rejects_bad_parameters(rng):
     m = make_model(rng, hidden=(16,))
     with pytest.raises(TypeError, match="weights\\[0\\]"):
-        EnsembleInference(11, 3, m["input_mean"], m["input_std"],
-                          [m["weights"][0].astype(np.float64), m["weights"][1]], m["biases"],
-                          m["max_logvar"], m["min_logvar"], m["elites"])
+        EnsembleInference(
+            11,
+            3,
+            m["input_mean"],
+            m["input_std"],
+            [m["weights"][0].astype(np.float64), m["weights"][1]],
+            m["biases"],
+            m["max_logvar"],
+            m["min_logvar"],
+            m["elites"],
+        )
     with pytest.raises(ValueError, match="C-contiguous"):
-        EnsembleInference(11, 3, m["input_mean"], m["input_std"],
-                          [np.asfortranarray(m["weights"][0]), m["weights"][1]], m["biases"],
-                          m["max_logvar"], m["min_logvar"], m["elites"])
+        EnsembleInference(
+            11,
+            3,
+            m["input_mean"],
+            m["input_std"],
+            [np.asfortranarray(m["weights"][0]), m["weights"][1]],
+            m["biases"],
+            m["max_logvar"],
+            m["min_logvar"],
+            m["elites"],
+        )
     with pytest.raises(ValueError, match="elites"):
         EnsembleInference(11, 3, *params(m), np.array([7]))
     with pytest.raises(ValueError, match="activation"):
         EnsembleInference(11, 3, *params(m), m["elites"], activation="relu")
+
+
+# ---------------------------------------------------------------------------- bf16 (opt-in)
+
+
+def test_bf16_packing_layout_and_rounding(backend, rng):
+    m = make_model(rng, hidden=(37,))
+    packed = backend.ensemble_pack_bf16(m["weights"])
+    w = m["weights"][0]  # [E, 14, 37]
+    assert packed[0].shape == (7, 7, 37, 2) and packed[0].dtype == np.uint16
+    widened = (packed[0].astype(np.uint32) << 16).view(np.float32)
+    # pair p of column j holds rows 2p and 2p + 1 of W, each within bf16 rounding (2^-9).
+    np.testing.assert_allclose(widened[:, 3, 5, 0], w[:, 6, 5], rtol=2.0**-8)
+    np.testing.assert_allclose(widened[:, 3, 5, 1], w[:, 7, 5], rtol=2.0**-8)
+    assert (packed[1][:, -1, :, 1] == 0).all()  # odd in = 37: the last pair is zero-padded
+
+
+def test_bf16_error_is_far_below_the_predicted_std(backend, rng):
+    m = make_model(rng)
+    obs, act = inputs(rng, m, 300)
+    model = infer(m)
+    mean, var = model.predict(obs, act)
+    step32 = model.step(obs, act, seed=6)
+    model.use_bf16()
+    mean16, var16 = model.predict(obs, act)
+    step16 = model.step(obs, act, seed=6)
+    err = np.abs(mean16 - mean) / np.sqrt(var)
+    assert err.max() < 0.02 and np.median(err) < 1e-3, (err.max(), np.median(err))
+    np.testing.assert_array_equal(step16[2], step32[2])  # same members
+    model.use_bf16(False)
+    np.testing.assert_array_equal(model.predict(obs, act)[0], mean)
+
+
+def test_bf16_backends_agree(rng):
+    if "native" not in _backend.available():
+        pytest.skip("native extension not built")
+    m = make_model(rng, hidden=(64, 37))
+    obs, act = inputs(rng, m, 100)
+    out = {}
+    for name in ("native", "numba"):
+        with _backend.use(name):
+            model = infer(m)
+            model.use_bf16()
+            out[name] = (model.predict(obs, act), model.weights_bf16)
+    for a, b in zip(out["native"][1], out["numba"][1], strict=True):
+        np.testing.assert_array_equal(a, b)  # identical packing
+    (mn, vn), (mb, vb) = out["native"][0], out["numba"][0]
+    # Both round activations to bf16; a one-ulp float difference can flip a bf16 rounding,
+    # so they agree to bf16 (not float) precision, far below the predicted std.
+    assert (np.abs(mn - mb) / np.sqrt(vn)).max() < 0.02
+    np.testing.assert_allclose(vn, vb, rtol=1e-2)
+
+
+def test_bf16_bad_packed_weights(backend, rng):
+    m = make_model(rng, hidden=(16,))
+    obs, act = inputs(rng, m, 3)
+    packed = backend.ensemble_pack_bf16(m["weights"])
+    with pytest.raises(ValueError, match="weights_bf16"):
+        backend.ensemble_predict(obs, act, *params(m), packed[:1])
+    with pytest.raises(ValueError, match=r"weights_bf16\[1\]"):
+        backend.ensemble_predict(obs, act, *params(m), [packed[0], packed[1][:, :, :-1]])
+    with pytest.raises(TypeError, match=r"weights_bf16\[0\]"):
+        backend.ensemble_predict(obs, act, *params(m), [packed[0].astype(np.int32), packed[1]])
+
+
+def test_bf16_portable_and_avx512_kernels_agree(native, rng):
+    m = make_model(rng, hidden=(200, 37))
+    obs, act = inputs(rng, m, 50)
+    model = infer(m)
+    model.use_bf16()
+    out = {}
+    try:
+        for kernel in ("portable", "avx512"):
+            try:
+                native.ensemble_set_kernel(kernel)
+            except ValueError:
+                pytest.skip("this CPU/build has no AVX-512")
+            out[kernel] = model.predict(obs, act)
+    finally:
+        native.ensemble_set_kernel("auto")
+    (mp, vp), (ma, va) = out["portable"], out["avx512"]
+    assert (np.abs(mp - ma) / np.sqrt(va)).max() < 0.02
+    np.testing.assert_allclose(vp, va, rtol=1e-2)

@@ -60,6 +60,7 @@ std::atomic<int>& kernel_setting() {
 // The micro-kernels of one call (chosen once per call, so a call never mixes kernels).
 struct Kernels {
   cpu::DenseFn dense;
+  cpu::DenseBf16Fn dense_bf16;
   cpu::StepEpilogueFn step_epilogue;
   cpu::PredictEpilogueFn predict_epilogue;
   bool avx512;
@@ -68,9 +69,12 @@ struct Kernels {
 Kernels active_kernels() {
   const auto k = static_cast<Kernel>(kernel_setting().load(std::memory_order_relaxed));
   if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) {
-    return {&cpu::dense_portable, &cpu::step_epilogue_portable, &cpu::predict_epilogue_portable, false};
+    return {&cpu::dense_portable, &cpu::dense_bf16_portable, &cpu::step_epilogue_portable,
+            &cpu::predict_epilogue_portable, false};
   }
-  return {&cpu::dense_avx512, &cpu::step_epilogue_avx512, &cpu::predict_epilogue_avx512, true};
+  const cpu::DenseBf16Fn bf16 =
+      cpu::dense_bf16_avx512_supported() ? &cpu::dense_bf16_avx512 : &cpu::dense_bf16_portable;
+  return {&cpu::dense_avx512, bf16, &cpu::step_epilogue_avx512, &cpu::predict_epilogue_avx512, true};
 }
 
 // ------------------------------------------------------------------ tile forward
@@ -96,10 +100,17 @@ int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
 // Runs member `e` on `rows` normalized inputs held in `x` (row stride ld); returns the
 // buffer ([rows, ld]) holding the output layer (mean, raw logvar). `y` is the other buffer.
 const float* forward_tile(const EnsembleView& v, int64_t e, float* x, float* y, int64_t rows, int64_t ld,
-                          cpu::DenseFn dense) {
+                          const Kernels& kern) {
+  const bool bf16 = v.weights_bf16[0] != nullptr;
   for (int i = 0; i < v.num_layers; ++i) {
     const int64_t k = v.widths[i], n = v.widths[i + 1];
-    dense(x, ld, rows, v.weights[i] + e * k * n, v.biases[i] + e * n, k, n, y, ld, i + 1 < v.num_layers);
+    const bool silu = i + 1 < v.num_layers;
+    if (bf16) {
+      kern.dense_bf16(x, ld, rows, v.weights_bf16[i] + e * ((k + 1) / 2) * n * 2, v.biases[i] + e * n, k, n, y, ld,
+                      silu);
+    } else {
+      kern.dense(x, ld, rows, v.weights[i] + e * k * n, v.biases[i] + e * n, k, n, y, ld, silu);
+    }
     std::swap(x, y);
   }
   return x;
@@ -167,8 +178,9 @@ void EnsembleView::validate(bool need_elites) const {
   }
   MBPO_ENSEMBLE_REQUIRE(input_mean && input_std && max_logvar && min_logvar,
           "ensemble: input_mean, input_std, max_logvar and min_logvar must not be null");
+  const bool bf16 = weights_bf16[0] != nullptr;
   for (int i = 0; i < num_layers; ++i) {
-    MBPO_ENSEMBLE_REQUIRE(weights[i] && biases[i], "ensemble: layer " + std::to_string(i) + " has a null weight or bias");
+    MBPO_ENSEMBLE_REQUIRE((bf16 ? weights_bf16[i] != nullptr : weights[i] != nullptr) && biases[i], "ensemble: layer " + std::to_string(i) + " has a null weight or bias");
   }
   if (need_elites) {
     MBPO_ENSEMBLE_REQUIRE(elites != nullptr && num_elites >= 1,
@@ -262,7 +274,7 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
       const int64_t rows = std::min(kTileRows, start[e + 1] - p0);
       const int64_t* idx = order.data() + p0;
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern);
       kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
                          next_obs_out, reward_out, work);
     }
@@ -290,7 +302,7 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
       const int64_t row0 = (t % tiles_per_member) * kTileRows;
       const int64_t rows = std::min(kTileRows, batch - row0);
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern);
       const int64_t o = (e * batch + row0) * out_dim;
       kern.predict_epilogue(head, ld, rows, out_dim, v.max_logvar, v.min_logvar, mean_out ? mean_out + o : nullptr,
                             var_out ? var_out + o : nullptr);
@@ -318,7 +330,7 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
   MBPO_ENSEMBLE_REQUIRE(obs && act && out, "ensemble_disagreement: null input or output pointer");
   const int64_t out_dim = v.out_dim();
   const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
-  const cpu::DenseFn dense = active_kernels().dense;
+  const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
   run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
@@ -331,7 +343,7 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
       const int64_t rows = std::min(kTileRows, batch - row0);
       for (int64_t m = 0; m < n_members; ++m) {
         gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-        const float* head = forward_tile(v, members[m], xa, xb, rows, ld, dense);
+        const float* head = forward_tile(v, members[m], xa, xb, rows, ld, kern);
         for (int64_t r = 0; r < rows; ++r) {
           std::copy(head + r * ld, head + r * ld + out_dim, means + (m * kTileRows + r) * out_dim);
         }
@@ -353,6 +365,27 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
       }
     }
   });
+}
+
+// ------------------------------------------------------------------ bf16 packing
+
+void ensemble_pack_bf16(const float* w, int64_t E, int64_t in, int64_t out, uint16_t* packed) {
+  MBPO_ENSEMBLE_REQUIRE(E >= 1 && in >= 1 && out >= 1, "ensemble_pack_bf16: dimensions must be >= 1");
+  const int64_t pairs = (in + 1) / 2;
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t p = 0; p < pairs; ++p) {
+      for (int64_t j = 0; j < out; ++j) {
+        for (int64_t t = 0; t < 2; ++t) {
+          const int64_t k = 2 * p + t;
+          packed[((e * pairs + p) * out + j) * 2 + t] = k < in ? cpu::bf16_round(w[(e * in + k) * out + j]) : 0;
+        }
+      }
+    }
+  }
+}
+
+bool ensemble_bf16_native() {
+  return active_kernels().dense_bf16 == &cpu::dense_bf16_avx512 && cpu::dense_bf16_avx512_supported();
 }
 
 // ------------------------------------------------------------------ kernel selection

@@ -29,6 +29,20 @@ void dense_avx512(const float* x, int64_t ldx, int64_t rows, const float* w, con
 // True when the AVX-512 kernel was compiled in and this CPU supports AVX-512F.
 bool dense_avx512_supported();
 
+// bf16-weight variants: w_packed is one member's [ceil(k_dim / 2), n, 2] bf16 weights
+// (ensemble_pack_bf16); inputs are rounded to bf16, products accumulate in float32.
+using DenseBf16Fn = void (*)(const float* x, int64_t ldx, int64_t rows, const uint16_t* w_packed,
+                             const float* b, int64_t k_dim, int64_t n, float* y, int64_t ldy,
+                             bool silu);
+void dense_bf16_portable(const float* x, int64_t ldx, int64_t rows, const uint16_t* w_packed,
+                         const float* b, int64_t k_dim, int64_t n, float* y, int64_t ldy, bool silu);
+void dense_bf16_avx512(const float* x, int64_t ldx, int64_t rows, const uint16_t* w_packed,
+                       const float* b, int64_t k_dim, int64_t n, float* y, int64_t ldy, bool silu);
+// float32 -> bf16, round to nearest even (what vcvtne2ps2bf16 does).
+uint16_t bf16_round(float value);
+// True when the AVX512_BF16 kernel was compiled in and this CPU has AVX512_BF16.
+bool dense_bf16_avx512_supported();
+
 // Step epilogue of a tile: row r < rows of `head` (row stride ld; mean then raw logvar)
 // belongs to the original row idx[r]; writes next_obs[idx[r]], reward[idx[r]] (see
 // kernels::step_row_epilogue). work: 2 * (obs_dim + 1) floats.
