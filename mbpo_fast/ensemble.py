@@ -182,6 +182,7 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        self._bf16 = False
         # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
         self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
 
@@ -242,7 +243,18 @@ class EnsembleDynamics(nn.Module):
                 self.elite_index.numpy().copy(),
                 activation="silu",
             )
+            if self._bf16:
+                self._inference.use_bf16(True)
         return self._inference
+
+    def use_bf16(self, enabled: bool = True) -> None:
+        """Opt-in bf16 weights for inference (predict/step/disagreement on CPU), a rollout speed
+        option: the adapter packs a bf16 snapshot of the weights, re-packed automatically after
+        every ``fit`` and ``load_state_dict``. Training stays float32. After changing the
+        weights any other way, call ``use_bf16(True)`` again."""
+        self._bf16 = bool(enabled)
+        if self._inference is not None:
+            self._inference.use_bf16(self._bf16)
 
     def _invalidate_inference(self) -> None:
         self._inference = None

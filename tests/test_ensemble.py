@@ -472,6 +472,25 @@ def test_inference_views_follow_training_without_copies():
     np.testing.assert_array_equal(model.predict(o[:4], a[:4])[0], other.predict(o[:4], a[:4])[0])
 
 
+def test_bf16_inference_is_repacked_after_fit(backend):
+    model = _small()
+    data = _data(1000)
+    model.fit(*data, max_epochs=2)
+    o, a = data[0][:256], data[1][:256]
+    model.use_bf16(True)
+    mean16, var16 = model.predict(o, a)
+    model.use_bf16(False)
+    mean32, var32 = model.predict(o, a)
+    assert not np.array_equal(mean16, mean32)
+    assert np.abs(mean16 - mean32).max() < 0.05 * np.sqrt(var32).mean()
+    model.use_bf16(True)
+    model.fit(*data, max_epochs=3)  # weights change; the snapshot must follow
+    mean16, _ = model.predict(o, a)
+    model.use_bf16(False)
+    mean32, var32 = model.predict(o, a)
+    assert np.abs(mean16 - mean32).max() < 0.05 * np.sqrt(var32).mean()
+
+
 # ---------------------------------------------------------------------------- save / load
 
 
