@@ -341,6 +341,20 @@ def test_fit_syncs_with_the_host_once_per_epoch_not_per_batch(monkeypatch):
     assert syncs["n"] <= 12, syncs  # a handful per epoch and per fit, none per batch
 
 
+def test_fit_is_reproducible_and_works_without_a_holdout():
+    data = _data(700)
+    a = _small().fit(*data, max_epochs=2)
+    b = _small().fit(*data, max_epochs=2)
+    assert a["holdout_mse"] == b["holdout_mse"] and a["elites"] == b["elites"]
+    c = _small().fit(*data, max_epochs=2, seed=123)
+    assert c["holdout_mse"] != a["holdout_mse"]
+    # no holdout rows: the training split stands in for early stopping and elite selection
+    model = _small()
+    st = model.fit(*data, holdout_ratio=0.0, max_epochs=2)
+    assert st["epochs"] == 2 and np.isfinite(st["holdout_mse"]).all()
+    assert st["elites"] == list(np.argsort(st["holdout_mse"])[:3])
+
+
 def test_training_state_resumes_exactly():
     data = _data(800)
     a = _small()
