@@ -186,6 +186,20 @@ class EnsembleDynamics(nn.Module):
         # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
         self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() would strand the generator, the optimizer state and the
+        # zero-copy inference views: the device and float32 dtype are fixed at construction.
+        probe = fn(torch.empty(0, device=getattr(self, "device", "cpu")))
+        if getattr(self, "device", None) is not None and (
+            probe.device != self.device or probe.dtype != torch.float32
+        ):
+            raise RuntimeError(
+                f"EnsembleDynamics: device ({self.device}) and dtype (float32) are fixed at "
+                f"construction, refusing to move to {probe.device} / {probe.dtype}; build the "
+                "model with device=... or save() it and load(path, device=...)"
+            )
+        return super()._apply(fn, *args, **kwargs)
+
     # ------------------------------------------------------------------ properties
 
     @property

@@ -667,6 +667,17 @@ def test_bad_fit_input_raises_and_changes_nothing():
     assert model._optimizer is None
 
 
+def test_moving_or_casting_the_module_is_refused():
+    model = _small()
+    with pytest.raises(RuntimeError, match="fixed at construction"):
+        model.double()
+    with pytest.raises(RuntimeError, match="fixed at construction"):
+        model.to("meta")
+    model.to("cpu")
+    model.float()  # no-ops are fine
+    assert model.layers[0].weight.dtype == torch.float32
+
+
 def test_constructor_validates_sizes():
     with pytest.raises(ValueError, match="num_elites"):
         EnsembleDynamics(3, 2, ensemble_size=3, num_elites=4)
