@@ -17,6 +17,7 @@ from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .pool import ReplayPool, sample_mixed
+from .ensemble import EnsembleDynamics
 from .types import Transition
 
 try:
@@ -99,6 +100,7 @@ __all__ = [
     "EpisodeStats",
     "StepInfo",
     "ReplayPool",
+    "EnsembleDynamics",
     "Transition",
     "__version__",
     "backend",
