@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .sac import SAC
 from .types import Transition
 
 try:
@@ -62,6 +63,7 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = [
+    "SAC",
     "Transition",
     "__version__",
     "backend",
