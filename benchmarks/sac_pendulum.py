@@ -65,8 +65,25 @@ def evaluate(agent: SAC, episodes: int, seed: int) -> float:
 
 def train(total_steps: int = 10_000, seed: int = 0, eval_every: int = 1_000,
           eval_episodes: int = 5, random_steps: int = 1_000, batch_size: int = 256,
-          autocast_bf16: bool = False, verbose: bool = True) -> list[tuple[int, float]]:
-    """Returns the evaluation curve [(env steps, mean eval return)]."""
+          autocast_bf16: bool = False, verbose: bool = True,
+          threads: int | None = None) -> list[tuple[int, float]]:
+    """Returns the evaluation curve [(env steps, mean eval return)].
+
+    threads: torch intra-op threads during the run (restored afterwards); 1 is the robust
+    choice on a shared machine, where a descheduled OpenMP worker stalls every small op.
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(total_steps, seed, eval_every, eval_episodes, random_steps, batch_size,
+                      autocast_bf16, verbose)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(total_steps, seed, eval_every, eval_episodes, random_steps, batch_size,
+           autocast_bf16, verbose) -> list[tuple[int, float]]:
     torch.manual_seed(seed)
     env = gym.make("Pendulum-v1")
     obs_dim = env.observation_space.shape[0]
@@ -112,8 +129,10 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=1_000)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the SAC update")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args()
-    curve = train(a.steps, a.seed, a.eval_every, a.eval_episodes, autocast_bf16=a.bf16)
+    curve = train(a.steps, a.seed, a.eval_every, a.eval_episodes, autocast_bf16=a.bf16,
+                  threads=a.threads)
     print("final eval return", curve[-1][1], "best", max(r for _, r in curve))
 
 

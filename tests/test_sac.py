@@ -26,6 +26,16 @@ LOW = np.array([-1.0, 0.0, -3.0])
 HIGH = np.array([1.0, 5.0, 2.0])
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These networks are tiny: one intra-op thread is as fast, and it cannot stall on a
+    descheduled OpenMP worker when the machine is shared (2 threads did, by 100x)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _load_benchmark_module(name: str):
     path = ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
@@ -304,11 +314,11 @@ def test_update_is_deterministic_for_a_seed(rng):
 
 @pytest.mark.parametrize("autocast_bf16", [False, True])
 def test_update_reduces_critic_loss_on_a_fixed_batch(rng, autocast_bf16):
-    agent = _agent(hidden_size=64, lr=1e-3, autocast_bf16=autocast_bf16)
-    b = _batch(rng, 64)
+    agent = _agent(lr=3e-3, autocast_bf16=autocast_bf16)
+    b = _batch(rng, 32)
     first = float(agent.update(b)["critic_loss"])
-    for _ in range(60):
-        last = agent.update(b)
+    last = agent.update(Transition(*(np.broadcast_to(x, (25, *x.shape)) for x in b)))
+    last = {k: v[-1] for k, v in last.items()}
     assert float(last["critic_loss"]) < 0.5 * first
     assert agent.actor.layers[0].weight.dtype == torch.float32
 
@@ -536,6 +546,6 @@ def test_learns_pendulum_within_10k_steps():
     """The agent alone (no model) reaches an eval return above -400 on Pendulum-v1."""
     pendulum = _load_benchmark_module("sac_pendulum")
     curve = pendulum.train(total_steps=10_000, seed=0, eval_every=2_000, eval_episodes=5,
-                           verbose=False)
+                           verbose=False, threads=1)
     best = max(ret for _, ret in curve)
     assert curve[-1][1] > -400 or best > -400, curve
