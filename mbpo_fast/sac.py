@@ -35,6 +35,7 @@ sampled in one call, running K updates back to back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -97,22 +98,32 @@ class _MLP(nn.Module):
             for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.layers) - 1
+        *hidden, out = self.layers
         if self.ensemble_size == 1:
             if x.dim() == 3:
                 x = x[0]
-            for i, layer in enumerate(self.layers):
-                x = torch.addmm(layer.bias[0], x, layer.weight[0])
-                if i != last:
-                    x = torch.relu_(x)  # in place: saves a [E,B,H] allocation
-            return x.unsqueeze(0)
+            for layer in hidden:
+                x = torch.relu_(torch.addmm(layer.bias[0], x, layer.weight[0]))  # in place
+            with _float32_output(x) as x:
+                return torch.addmm(out.bias[0], x, out.weight[0]).unsqueeze(0)
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
-        for i, layer in enumerate(self.layers):
-            x = torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight)
-            if i != last:
-                x = torch.relu_(x)  # in place: saves a [E,B,H] allocation
-        return x
+            x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)  # a view, no copy
+        for layer in hidden:
+            x = torch.relu_(torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight))
+        with _float32_output(x) as x:
+            return torch.baddbmm(out.bias.unsqueeze(1), x, out.weight)
+
+
+@contextlib.contextmanager
+def _float32_output(x: torch.Tensor):
+    """Under bf16 autocast, runs the output layer in float32: it is a sliver of the FLOPs,
+    and Q-values / policy means rounded to bf16 (8 bits of mantissa: +-0.25 at |Q| = 64)
+    would put that rounding straight into the TD errors and log-probabilities."""
+    if not torch.is_autocast_enabled(x.device.type):
+        yield x
+        return
+    with torch.autocast(x.device.type, enabled=False):
+        yield x.float()
 
 
 def _as_tensor(x: Any, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -316,12 +327,17 @@ class SAC:
         loss = (alpha * logp - torch.min(q[0], q[1])).mean()
         return loss, logp.detach()
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _update_one(self, obs, act, rew, next_obs, not_done) -> dict[str, torch.Tensor]:
         alpha = self.log_alpha.detach().exp()
         b = obs.shape[0]
         # one draw for both samples, in a fixed order (next-state actions, then policy actions)
         eps = torch.randn((2, b, self.act_dim), generator=self.generator, device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+        with self._autocast():
             critic_loss, mean_q = self._critic_loss_fn(obs, act, rew, next_obs, not_done,
                                                        alpha, eps[0])
         self.critic_optim.zero_grad(set_to_none=True)
@@ -333,8 +349,7 @@ class SAC:
         for p in self._critic_params:
             p.requires_grad_(False)
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.autocast_bf16):
+            with self._autocast():
                 actor_loss, logp = self._actor_loss_fn(obs, alpha, eps[1])
             mean_logp = logp.float().mean()
             alpha_loss = -self.log_alpha * (mean_logp + self.target_entropy)
