@@ -380,7 +380,9 @@ class SAC:
         batch: a :class:`Transition` of numpy arrays or torch tensors, either one batch
         (obs float [B, obs_dim], act [B, act_dim], rew [B], next_obs [B, obs_dim],
         terminated bool [B]) or a block of K batches with a leading [K, B, ...] dimension
-        (K updates run in sequence from that one sampled block).
+        (K updates run in sequence from that one sampled block). Shapes are validated
+        before anything changes; values are not (rows must be finite: checking would cost
+        a host synchronization per update, and the pools never store non-finite rows).
 
         Returns a dict of detached float32 tensors, 0-d for one batch or [K] for a block:
         ``critic_loss``, ``actor_loss``, ``alpha`` (the temperature used in the update),
