@@ -18,6 +18,7 @@ from .collect import EnvCollector, EpisodeStats, StepInfo
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .pool import ReplayPool, sample_mixed
 from .ensemble import EnsembleDynamics
+from .sac import SAC
 from .types import Transition
 
 try:
@@ -101,6 +102,7 @@ __all__ = [
     "StepInfo",
     "ReplayPool",
     "EnsembleDynamics",
+    "SAC",
     "Transition",
     "__version__",
     "backend",
