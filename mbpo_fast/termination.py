@@ -28,8 +28,8 @@ also requires the excluded x, y position to be finite. Neither occurs in real ep
 Custom tasks: anything with the same signature works wherever a termination function is
 accepted, e.g. ``BranchedRollout(model, agent, termination=my_fn)`` with::
 
-    def my_fn(obs, act, next_obs):            # numpy float32 [B, obs_dim], [B, act_dim], [B, obs_dim]
-        return next_obs[:, 0] < 0.3           # -> bool [B]
+    def my_fn(obs, act, next_obs):   # float32 [B, obs_dim], [B, act_dim], [B, obs_dim]
+        return next_obs[:, 0] < 0.3  # -> bool [B]
 
 Built-in functions carry ``env_id`` and ``native_id`` so the native rollout engine evaluates
 the same check in C++ (csrc/include/mbpo_fast/termination.h) without calling back into Python.
@@ -160,7 +160,8 @@ def termination_fn(env_id: str) -> BuiltinTermination:
         raise ValueError(
             f"env_id: no built-in termination function for {env_id!r}; known ids: "
             f"{', '.join(KNOWN_ENV_IDS)}. For another task pass your own callable "
-            "(obs, act, next_obs) -> bool[B], e.g. BranchedRollout(model, agent, termination=my_fn)."
+            "(obs, act, next_obs) -> bool[B], "
+            "e.g. BranchedRollout(model, agent, termination=my_fn)."
         )
     return BuiltinTermination(env_id, _ENV_TO_ID[env_id])
 
@@ -175,6 +176,7 @@ def as_termination_fn(termination: str | TerminationFn) -> TerminationFn:
     if callable(termination):
         return termination
     raise TypeError(
-        "termination: expected a gymnasium env id (str) or a callable (obs, act, next_obs) -> bool[B], "
+        "termination: expected a gymnasium env id (str) or a callable "
+        "(obs, act, next_obs) -> bool[B], "
         f"got {type(termination).__name__}"
     )

@@ -53,7 +53,7 @@ std::vector<int64_t> shape_of(const py::array& a) {
 // Converts `obj` to a C-contiguous float32 array whose shape matches `expected`
 // (-1 = any size). Raises TypeError for non-numeric input and ValueError for a
 // wrong shape. Copies only when the input is not already contiguous float32.
-py::array_t<float, py::array::c_style> as_f32(py::handle obj, const char* name,
+py::array_t<float, py::array::c_style | py::array::forcecast> as_f32(py::handle obj, const char* name,
                                               const std::vector<int64_t>& expected) {
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected a numeric array, got " +
@@ -70,7 +70,11 @@ py::array_t<float, py::array::c_style> as_f32(py::handle obj, const char* name,
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(expected) + ", got " +
                           shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>::ensure(arr);
+  // forcecast: int64/float64 -> float32 is not a "safe" numpy cast, and without the flag
+  // ensure() returns a null array (whose data() then crashes) instead of converting.
+  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return out;
 }
 
 // Raises ValueError when any of the n values is NaN or infinite.
@@ -407,7 +411,8 @@ void bind_termination(py::module_& m) {
         auto out = new_array<bool>({batch});
         auto* o = reinterpret_cast<uint8_t*>(out.mutable_data());
         if (arr.dtype().kind() == 'f' && arr.dtype().itemsize() == 8) {
-          auto a = py::array_t<double, py::array::c_style>::ensure(arr);
+          auto a = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(arr);
+          if (!a) throw py::error_already_set();
           const double* p = a.data();
           py::gil_scoped_release release;
           terminations(id, p, batch, static_cast<int>(obs_dim), o);

@@ -23,7 +23,16 @@ HALF_CHEETAH = 6
 PENDULUM = 7
 NUM_TERMINATION_IDS = 8
 
-_NAMES = ("Never", "Hopper", "Walker2d", "Ant", "Humanoid", "InvertedPendulum", "HalfCheetah", "Pendulum")
+_NAMES = (
+    "Never",
+    "Hopper",
+    "Walker2d",
+    "Ant",
+    "Humanoid",
+    "InvertedPendulum",
+    "HalfCheetah",
+    "Pendulum",
+)
 
 # Same order as kEnvs in csrc/cpu/termination.cpp.
 _ENVS = (
@@ -58,7 +67,8 @@ _EXPECTED = {
     HOPPER: "11",
     WALKER2D: "17",
     ANT: "27 (no contact forces), 105 (Ant-v5 default) or 111 (Ant-v4 use_contact_forces)",
-    HUMANOID: "376 (Humanoid-v4), 348 (Humanoid-v5 default), 45 (the four include_*_in_observation off) "
+    HUMANOID: "376 (Humanoid-v4), 348 (Humanoid-v5 default), "
+    "45 (the four include_*_in_observation off) "
     "or 45 plus any of cinert 130 / cvel 78 / qfrc_actuator 17 / cfrc_ext 78",
     INVERTED_PENDULUM: "4",
     HALF_CHEETAH: "17",
@@ -82,7 +92,7 @@ def termination_env_ids() -> list[str]:
 
 
 def termination_id(env_id: str) -> int:
-    """The built-in termination id of a gymnasium env id; ValueError listing the known ids otherwise."""
+    """The built-in termination id of a gymnasium env id; ValueError listing known ids otherwise."""
     for name, tid in _ENVS:
         if env_id == name:
             return tid
@@ -138,18 +148,21 @@ def _terminations(tid, next_obs, out):
 
 
 def termination(termination_id: int, next_obs) -> np.ndarray:
-    """terminated flags bool[B] of next_obs [B, obs_dim] (float32, or float64 checked in float64)."""
+    """Terminated flags bool[B] of next_obs [B, obs_dim] (float32, or float64 kept in float64)."""
     tid = int(termination_id)
     arr = np.asarray(next_obs)
     if arr.dtype.kind not in "fiub":
-        raise TypeError(f"next_obs: expected a real numeric dtype (float32 preferred), got {arr.dtype}")
+        raise TypeError(
+            f"next_obs: expected a real numeric dtype (float32 preferred), got {arr.dtype}"
+        )
     if arr.ndim != 2:
         raise ValueError(f"next_obs: expected shape (batch, obs_dim), got {arr.shape}")
     if not 0 <= tid < NUM_TERMINATION_IDS:
         raise ValueError(f"termination_id: expected an id in [0, {NUM_TERMINATION_IDS}), got {tid}")
     if not _accepts(tid, arr.shape[1]):
         raise ValueError(
-            f"next_obs: {_NAMES[tid]} termination expects an observation width of {_EXPECTED[tid]}, "
+            f"next_obs: {_NAMES[tid]} termination expects an observation width of "
+            f"{_EXPECTED[tid]}, "
             f"got {arr.shape[1]}"
         )
     dtype = np.float64 if arr.dtype == np.float64 else np.float32
