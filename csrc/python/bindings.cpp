@@ -440,6 +440,8 @@ void bind_termination(py::module_& m) {
     while (std::getline(is, item, ',')) ids.push_back(item.substr(item.find_first_not_of(' ')));
     return ids;
   }, "The gymnasium env ids with a built-in termination function.");
+}
+
 // ------------------------------------------------------------------ section: replay pool
 
 // The Python-facing pool: the C++ pool plus a mutex, because long calls release the GIL
