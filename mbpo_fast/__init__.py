@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .pool import ReplayPool, sample_mixed
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
@@ -93,12 +94,14 @@ def set_num_threads(n: int) -> None:
 
 __all__ = [
     "KNOWN_ENV_IDS",
+    "ReplayPool",
     "Transition",
     "__version__",
     "backend",
     "build_info",
     "cmake_dir",
     "has_cuda",
+    "sample_mixed",
     "set_num_threads",
     "termination_fn",
 ]

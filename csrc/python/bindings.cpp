@@ -509,6 +509,15 @@ std::string pool_shape_str(const std::vector<int64_t>& shape) {
   return s;
 }
 
+// `arr` as a C-contiguous T array (forcecast: float64 -> float32 is what callers want;
+// array_t<T>::ensure without it returns null for such "unsafe" casts).
+template <typename T>
+py::array pool_cast(const py::array& arr) {
+  auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return std::move(out);
+}
+
 // Checks dtype kind and shape, then converts to contiguous float32 (copying only when
 // needed). `note` is appended to a shape error (e.g. where B comes from).
 py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name,
@@ -525,7 +534,7 @@ py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name
     throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) + note +
                           ", got " + pool_shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>::ensure(arr);
+  return py::array_t<float, py::array::c_style>(pool_cast<float>(arr));
 }
 
 // The data of `o` when it is already an aligned, C-contiguous, native-order float32
@@ -557,7 +566,7 @@ bool flag_arg(py::handle obj, const char* name) {
   if (arr.ndim() != 0) {
     throw py::value_error(std::string(name) + ": expected a scalar (shape ()), got shape " + shape_str(shape_of(arr)));
   }
-  const double v = py::array_t<double>::ensure(arr).at();
+  const double v = *py::array_t<double, py::array::c_style>(pool_cast<double>(arr)).data();
   if (v != 0.0 && v != 1.0) {
     throw py::value_error(std::string(name) + ": expected 0 or 1 (a bool), got " + std::to_string(v));
   }
@@ -584,8 +593,8 @@ py::array_t<uint8_t, py::array::c_style> flags_arg(py::handle obj, const char* n
     throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + note + ", got " +
                           shape_str(shape_of(arr)));
   }
-  if (kind == 'b') return py::array_t<uint8_t, py::array::c_style>::ensure(arr.view("uint8"));
-  auto values = py::array_t<double, py::array::c_style>::ensure(arr);
+  if (kind == 'b') return py::array_t<uint8_t, py::array::c_style>(pool_cast<uint8_t>(arr.view("uint8")));
+  py::array_t<double, py::array::c_style> values(pool_cast<double>(arr));
   py::array_t<uint8_t, py::array::c_style> out(n);
   uint8_t* o = out.mutable_data();
   const double* v = values.data();
@@ -741,7 +750,7 @@ void bind_replay_pool(py::module_& m) {
             if (arr.ndim() != 1) {
               throw py::value_error("rows: expected shape (n,), got " + shape_str(shape_of(arr)));
             }
-            auto idx = py::array_t<int64_t, py::array::c_style>::ensure(arr);
+            py::array_t<int64_t, py::array::c_style> idx(pool_cast<int64_t>(arr));
             const int64_t n = idx.shape(0);
             PoolLock lock(p);
             PoolBatch out({n}, p.pool.obs_dim(), p.pool.act_dim());
