@@ -982,6 +982,39 @@ void bind_rollout(py::module_& m) {
       "Noise of element j of row i: random_normal(seed, STREAM_POLICY_NOISE, noise_offset + i*act_dim + j).\n"
       "action_low/high: the clamp box (default bias -/+ scale). Returns (act f32 [B, act_dim], log_prob f32 [B]).");
 
+  py::class_<Actor>(m, "Actor",
+                    "A SAC actor that owns its weights, loaded from a file SAC.export_actor wrote (C++ mbpo_fast::Actor).")
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            const std::string s = py::str(py::module_::import("os").attr("fspath")(path));
+            py::gil_scoped_release release;
+            return Actor::load(s);
+          },
+          py::arg("path"))
+      .def_property_readonly("obs_dim", &Actor::obs_dim)
+      .def_property_readonly("act_dim", &Actor::act_dim)
+      .def_property_readonly("widths", [](const Actor& a) { return a.widths(); })
+      .def(
+          "act",
+          [](const Actor& a, py::handle obs, py::handle seed, uint64_t noise_offset, bool deterministic) {
+            auto o = as_f32(obs, "obs", {-1, a.obs_dim()});
+            const int64_t B = o.shape(0);
+            require_finite(o.data(), B * a.obs_dim(), "obs");
+            const uint64_t s = seed_arg(seed);
+            auto act = new_array<float>({B, a.act_dim()});
+            auto lp = new_array<float>({B});
+            float* pa = act.mutable_data();
+            float* pl = lp.mutable_data();
+            {
+              py::gil_scoped_release release;
+              a.act(o.data(), B, s, noise_offset, deterministic, pa, pl);
+            }
+            return py::make_tuple(act, lp);
+          },
+          py::arg("obs"), py::arg("seed") = 0, py::arg("noise_offset") = 0, py::arg("deterministic") = false,
+          "Like actor_act: (act f32 [B, act_dim], log_prob f32 [B]).");
+
   m.def(
       "rollout_step_seed",
       [](py::handle seed, int64_t step) {
