@@ -52,7 +52,7 @@ def take(rows, idx):
 
 def assert_rows_equal(got, want):
     assert isinstance(got, mf.Transition)
-    for g, w, name in zip(got, want, mf.Transition._fields):
+    for g, w, name in zip(got, want, mf.Transition._fields, strict=False):
         want_dtype = np.bool_ if name == "terminated" else np.float32
         assert g.dtype == want_dtype, name
         np.testing.assert_array_equal(g, np.asarray(w).astype(want_dtype), err_msg=name)
@@ -117,7 +117,8 @@ def test_add_accepts_scalars_and_arrays_of_any_layout(backend, rng):
 
 def test_add_batch_of_zero_rows_is_a_no_op(backend):
     pool = mf.ReplayPool(5, OD, AD)
-    pool.add_batch(np.zeros((0, OD)), np.zeros((0, AD)), np.zeros(0), np.zeros((0, OD)), np.zeros(0, bool))
+    pool.add_batch(np.zeros((0, OD)), np.zeros((0, AD)), np.zeros(0), np.zeros((0, OD)),
+                   np.zeros(0, bool))
     assert len(pool) == 0 and pool.write_pos == 0
 
 
@@ -250,9 +251,11 @@ def test_sample_mixed_ratio_edges_and_errors(backend, rng):
 def _bad_calls(rng):
     o, a, r, n, t = make_rows(rng, 5)
     return [
-        ("add_batch", (o[:, :3], a, r, n, t), ValueError, r"obs: expected shape \(B, 4\), got \(5, 3\)"),
+        ("add_batch", (o[:, :3], a, r, n, t), ValueError,
+         r"obs: expected shape \(B, 4\), got \(5, 3\)"),
         ("add_batch", (o[0], a, r, n, t), ValueError, r"obs: expected shape \(B, 4\), got \(4,\)"),
-        ("add_batch", (o, a[:4], r, n, t), ValueError, r"act: expected shape \(5, 2\).*got \(4, 2\)"),
+        ("add_batch", (o, a[:4], r, n, t), ValueError,
+         r"act: expected shape \(5, 2\).*got \(4, 2\)"),
         ("add_batch", (o, a, r[:, None], n, t), ValueError, r"rew: expected shape \(5,\)"),
         ("add_batch", (o, a, r, n.T, t), ValueError, r"next_obs: expected shape \(5, 4\)"),
         ("add_batch", (o, a, r, n, t[:3]), ValueError, r"terminated: expected shape \(5,\)"),
@@ -264,11 +267,14 @@ def _bad_calls(rng):
          r"rew: non-finite value \(NaN or Inf\) in row 3"),
         ("add_batch", (o, a, r, np.where(np.arange(5)[:, None] == 1, np.inf, n), t), ValueError,
          "next_obs: non-finite"),
-        ("add", (o[0], a[0], 1.0, n[0][:3], True), ValueError, r"next_obs: expected shape \(4,\), got \(3,\)"),
-        ("add", (o[0], a, 1.0, n[0], True), ValueError, r"act: expected shape \(2,\), got \(5, 2\)"),
+        ("add", (o[0], a[0], 1.0, n[0][:3], True), ValueError,
+         r"next_obs: expected shape \(4,\), got \(3,\)"),
+        ("add", (o[0], a, 1.0, n[0], True), ValueError,
+         r"act: expected shape \(2,\), got \(5, 2\)"),
         ("add", (o[0], a[0], np.ones(2), n[0], True), ValueError, "rew: expected shape"),
         ("add", (o[0], a[0], float("nan"), n[0], True), ValueError, "rew: non-finite"),
-        ("add", (np.full(OD, np.inf, np.float32), a[0], 1.0, n[0], True), ValueError, "obs: non-finite"),
+        ("add", (np.full(OD, np.inf, np.float32), a[0], 1.0, n[0], True), ValueError,
+         "obs: non-finite"),
         ("add", (o[0], a[0], "1.0", n[0], True), TypeError, "rew"),
         ("add", (o[0], a[0], 1.0, n[0], 2), ValueError, "terminated: expected 0 or 1"),
         ("add", (o[0], a[0], 1.0, n[0], "yes"), TypeError, "terminated"),
@@ -296,8 +302,9 @@ def test_bad_input_raises_and_changes_nothing(backend, rng):
 
 
 def test_bad_constructor_and_empty_pool(backend):
-    for args, pattern in [((0, 4, 2), "capacity"), ((-5, 4, 2), "capacity"), ((5, 0, 2), "obs_dim"),
-                          ((5, 4, 0), "act_dim"), ((5, 4, 2, -1), "seed"), ((5, 4, 2, 2**64), "seed")]:
+    for args, pattern in [((0, 4, 2), "capacity"), ((-5, 4, 2), "capacity"),
+                          ((5, 0, 2), "obs_dim"), ((5, 4, 0), "act_dim"),
+                          ((5, 4, 2, -1), "seed"), ((5, 4, 2, 2**64), "seed")]:
         with pytest.raises(ValueError, match=pattern):
             mf.ReplayPool(*args)
     with pytest.raises(TypeError):
@@ -420,8 +427,8 @@ def test_backends_agree_exactly_and_share_files(rng, tmp_path):
             pool.save(files[name])
             results[name] = out
     native, numba = results["native"], results["numba"]
-    for a, b in zip(native, numba):
-        for x, y in zip(a, b):
+    for a, b in zip(native, numba, strict=False):
+        for x, y in zip(a, b, strict=False):
             np.testing.assert_array_equal(x, y)
     assert files["native"].read_bytes() == files["numba"].read_bytes()
     stored = numba[-1]  # transitions() after the resize
@@ -431,7 +438,8 @@ def test_backends_agree_exactly_and_share_files(rng, tmp_path):
                 loaded = mf.ReplayPool.load(files[writer])
             assert_rows_equal(loaded.transitions(), stored)
             counter = loaded.rng_counter
-            assert_rows_equal(loaded.sample(9), take(stored, expected_rows(123456789, counter, 9, 20)))
+            want = take(stored, expected_rows(123456789, counter, 9, 20))
+            assert_rows_equal(loaded.sample(9), want)
 
 
 @pytest.mark.skipif(len(_backend.available()) < 2, reason="needs the native extension and Numba")
@@ -531,7 +539,8 @@ class PoolMachine(RuleBasedStateMachine):
         got = self.pool.sample(n, num_batches=k)
         total = n * (k or 1)
         idx = expected_rows(self.seed, self.counter, total, len(self.rows))
-        want = tuple(f[idx].reshape(((k, n) if k else (n,)) + f.shape[1:]) for f in self._ref_table())
+        lead = (k, n) if k else (n,)
+        want = tuple(f[idx].reshape(lead + f.shape[1:]) for f in self._ref_table())
         assert_rows_equal(got, want)
         self.counter += total
 

@@ -97,8 +97,7 @@ class ReplayPool {
   // Draws n >= 0 rows uniformly with replacement (rng_counter += n) into row-major outputs.
   // Throws InvalidArgument when n > 0 and the pool is empty. Any output may be nullptr
   // (that field is skipped; the draws are the same).
-  void sample(int64_t n, float* obs, float* act, float* rew, float* next_obs,
-              uint8_t* term);
+  void sample(int64_t n, float* obs, float* act, float* rew, float* next_obs, uint8_t* term);
 
   // Like sample() but copies obs only (rollout start states).
   void sample_obs(int64_t n, float* obs) { sample(n, obs, nullptr, nullptr, nullptr, nullptr); }
