@@ -770,9 +770,11 @@ void bind_replay_pool(py::module_& m) {
            [](NativePool& p) {
              PoolLock lock(p);
              PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
-             std::optional<py::gil_scoped_release> release;
-             if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
-             p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             {  // the GIL must be held again before out.tuple() builds Python objects
+               std::optional<py::gil_scoped_release> release;
+               if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+               p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             }
              return out.tuple();
            })
       .def(
