@@ -41,7 +41,8 @@ def actor_params(agent: Any) -> dict[str, Any]:
 
 def model_params(model: Any) -> dict[str, Any]:
     """The ensemble arguments of the native ops from an :class:`mbpo_fast.EnsembleDynamics`
-    (through its ``inference`` adapter) or an :class:`mbpo_fast.ensemble_infer.EnsembleInference`."""
+    (through its ``inference`` adapter) or an
+    :class:`mbpo_fast.ensemble_infer.EnsembleInference`."""
     inf = model if hasattr(model, "input_mean") and hasattr(model, "weights") else model.inference
     return {"input_mean": inf.input_mean, "input_std": inf.input_std, "weights": inf.weights,
             "biases": inf.biases, "max_logvar": inf.max_logvar, "min_logvar": inf.min_logvar,
@@ -63,7 +64,8 @@ def resolve_termination(termination: Any) -> int | Any:
     if callable(termination):
         return termination
     raise TypeError("termination: expected an env id (str), a built-in termination id (int) or "
-                    f"a callable (obs, act, next_obs) -> bool [n], got {type(termination).__name__}")
+                    "a callable (obs, act, next_obs) -> bool [n], got "
+                    f"{type(termination).__name__}")
 
 
 def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any, model_pool: Any,

@@ -120,10 +120,13 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         if obs.shape[0] == 0:
             break
         seed_t = rollout_step_seed(seed, t)
-        act, _ = actor.act(obs, seed_t, 0, False)
-        next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
-                                              ens.weights, ens.biases, ens.max_logvar,
-                                              ens.min_logvar, ens.elites, None, seed_t, False)
+        # Overflowing predictions are expected input here (dropped and counted below).
+        with np.errstate(over="ignore", invalid="ignore"):
+            act, _ = actor.act(obs, seed_t, 0, False)
+            next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
+                                                  ens.weights, ens.biases, ens.max_logvar,
+                                                  ens.min_logvar, ens.elites, None, seed_t,
+                                                  False)
         if builtin:
             term = _termination(int(termination), next_obs)
         else:
@@ -136,10 +139,11 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
             obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
         n = obs.shape[0]
         if compute_disagreement and n > 0:
-            dis = _ens.ensemble_disagreement(obs, act, ens.input_mean, ens.input_std, ens.weights,
-                                             ens.biases, ens.max_logvar, ens.min_logvar,
-                                             ens.elites)
-            dis_sum += float(np.sum(dis, dtype=np.float64))
+            with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
+                dis = _ens.ensemble_disagreement(obs, act, ens.input_mean, ens.input_std,
+                                                 ens.weights, ens.biases, ens.max_logvar,
+                                                 ens.min_logvar, ens.elites)
+                dis_sum += float(np.sum(dis, dtype=np.float64))
         if n > 0:
             if builtin:
                 model.add_batch(obs, act, rew, next_obs, term)
