@@ -136,11 +136,12 @@ class TorchModelEnv:
             out = torch.empty(n, OD + 1)
             out[perm] = sample.reshape(n, OD + 1)
             next_obs = obs + out[:, :OD]
-            return (next_obs.numpy(), out[:, OD:].numpy(), self.termination(next_obs)[:, None].numpy())
+            done = self.termination(next_obs)[:, None]
+            return next_obs.numpy(), out[:, OD:].numpy(), done.numpy()
 
 
-def reference_rollout(model_env: TorchModelEnv, agent: SAC, real: RingBuffer, sac_buffer: RingBuffer,
-                      num_starts: int, horizon: int) -> int:
+def reference_rollout(model_env: TorchModelEnv, agent: SAC, real: RingBuffer,
+                      sac_buffer: RingBuffer, num_starts: int, horizon: int) -> int:
     """mbrl-lib's rollout_model_and_populate_sac_buffer; returns rows stepped."""
     obs = real.sample_obs(num_starts)
     accum_dones = np.zeros(num_starts, dtype=bool)
