@@ -70,7 +70,8 @@ def resolve_termination(termination: Any) -> int | Any:
 
 def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any, model_pool: Any,
                        num_starts: int, horizon: int, seed: int,
-                       compute_disagreement: bool = True) -> dict[str, float | int]:
+                       compute_disagreement: bool = True,
+                       disagreement_rows: int = -1) -> dict[str, float | int]:
     """One MBPO branched rollout in a single native call; appends to ``model_pool``.
 
     Args:
@@ -83,17 +84,21 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
         horizon: steps per rollout (the horizon end is a truncation, not terminal).
         seed: drives start states, actions, members and model noise (see rollout.h).
         compute_disagreement: also compute ``mean_disagreement`` (one forward of every
-            elite per stored row); NaN otherwise.
+            elite per measured row); NaN otherwise.
+        disagreement_rows: measure it on the first ``disagreement_rows`` stored rows of each
+            step (< 0: on every stored row).
 
     Returns:
         dict: ``num_starts``, ``rows_added``, ``mean_length`` (stored steps per start row),
         ``frac_terminated``, ``num_terminated``, ``nonfinite`` (rows dropped),
-        ``mean_disagreement``, ``steps_run``, ``seconds``.
+        ``mean_disagreement``, ``disagreement_rows`` (rows it was measured on), ``steps_run``,
+        ``seconds``.
     """
     return _backend.ops.branched_rollout(
         getattr(real_pool, "_impl", real_pool), getattr(model_pool, "_impl", model_pool),
         termination=resolve_termination(termination), num_starts=int(num_starts),
         horizon=int(horizon), seed=int(seed), compute_disagreement=bool(compute_disagreement),
+        disagreement_rows=int(disagreement_rows),
         **actor_params(agent), **model_params(model))
 
 

@@ -137,7 +137,7 @@ def ref_disagreement(inf, obs, act):
     return mus.std(axis=0).mean(axis=1)
 
 
-def ref_rollout(ops, inf, agent, termination, real_obs, num_starts, horizon, seed):
+def ref_rollout(ops, inf, agent, termination, real_obs, num_starts, horizon, seed, dis_rows=-1):
     """Step-by-step rollout following rollout.h; returns stored transitions and stats."""
     rows = bounded(u64_words(ops, seed, ops.STREAM_ROLLOUT_START, num_starts), len(real_obs))
     obs = real_obs[rows]
@@ -162,13 +162,16 @@ def ref_rollout(ops, inf, agent, termination, real_obs, num_starts, horizon, see
             nonfinite += int((~ok).sum())
             obs, act, rew, nxt, term = obs[ok], act[ok], rew[ok], nxt[ok], term[ok]
             parts.append((obs, act, rew, nxt, term))
-            if len(obs):
-                dis.append(ref_disagreement(inf, obs, act))
+            m = len(obs) if dis_rows < 0 else min(len(obs), dis_rows)
+            if m:
+                dis.append(ref_disagreement(inf, obs[:m], act[:m]))
             terminated += int(term.sum())
             obs = nxt[~term]
     stored = [np.concatenate(p) for p in zip(*parts, strict=True)] if parts else None
     n = 0 if stored is None else len(stored[2])
-    stats = dict(rows_added=n, nonfinite=nonfinite, num_terminated=terminated, steps_run=steps,
+    stats = dict(rows_added=n, nonfinite=nonfinite,
+                 disagreement_rows=sum(len(d) for d in dis), num_terminated=terminated,
+                 steps_run=steps,
                  mean_length=n / num_starts, frac_terminated=terminated / num_starts,
                  mean_disagreement=float(np.concatenate(dis).mean()) if dis else math.nan)
     return stored, stats, members_per_step
@@ -308,7 +311,7 @@ def test_rollout_matches_step_by_step_reference(backend, rng):
     stored, ref, members = ref_rollout(backend, inf, agent, HOPPER, real.transitions().obs, 400, 4,
                                        2024)
     assert_pool_equals(model_pool, stored)
-    for key in ("rows_added", "nonfinite", "num_terminated", "steps_run"):
+    for key in ("rows_added", "nonfinite", "num_terminated", "steps_run", "disagreement_rows"):
         assert stats[key] == ref[key], key
     assert stats["mean_length"] == pytest.approx(ref["mean_length"])
     assert stats["frac_terminated"] == pytest.approx(ref["frac_terminated"])
@@ -318,6 +321,22 @@ def test_rollout_matches_step_by_step_reference(backend, rng):
     assert 0 < ref["num_terminated"] < 400 and ref["steps_run"] == 4
     assert len(np.unique(np.concatenate(members))) == 4
     assert len(real) == 300 and real.rng_counter == 0  # the real pool is only read
+
+
+def test_disagreement_on_the_first_rows_of_each_step(backend, rng):
+    agent, inf = make_agent(), make_model(rng)
+    real = filled_pool(rng, 100)
+    pool = mf.ReplayPool(2000, OD, AD)
+    stats = run_native_rollout(inf, agent, "Hopper-v5", real, pool, 150, 3, 5,
+                               disagreement_rows=40)
+    _, ref, _ = ref_rollout(backend, inf, agent, HOPPER, real.transitions().obs, 150, 3, 5,
+                            dis_rows=40)
+    assert stats["disagreement_rows"] == ref["disagreement_rows"] <= 3 * 40
+    assert stats["mean_disagreement"] == pytest.approx(ref["mean_disagreement"], rel=1e-4)
+    off = run_native_rollout(inf, agent, "Hopper-v5", real, pool, 150, 3, 5,
+                             compute_disagreement=False)
+    assert math.isnan(off["mean_disagreement"]) and off["disagreement_rows"] == 0
+    assert off["rows_added"] == stats["rows_added"]  # the statistic never changes the rollout
 
 
 def test_rollout_callable_termination_equals_builtin(backend, rng):

@@ -9,6 +9,7 @@
 // compacted in place into obs for the next step: no per-step allocation, no masked copies.
 #include "mbpo_fast/rollout.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -87,7 +88,7 @@ void check_args(const ActorView& actor, const EnsembleView& model, const ReplayP
 template <typename TermFn>
 RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn& terminate,
                  const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
-                 bool compute_disagreement, bool staged) {
+                 bool compute_disagreement, int64_t disagreement_rows, bool staged) {
   const auto t_start = std::chrono::steady_clock::now();
   RolloutStats st;
   st.num_starts = num_starts;
@@ -143,9 +144,11 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     st.nonfinite += B - stored;
     st.steps_run += 1;
 
-    if (compute_disagreement && stored > 0) {
-      ensemble_disagreement(model, obs.data(), act.data(), stored, model.elites, model.num_elites, dis.data());
-      for (int64_t i = 0; i < stored; ++i) dis_sum += static_cast<double>(dis[i]);
+    const int64_t measured = disagreement_rows < 0 ? stored : std::min(stored, disagreement_rows);
+    if (compute_disagreement && measured > 0) {
+      ensemble_disagreement(model, obs.data(), act.data(), measured, model.elites, model.num_elites, dis.data());
+      for (int64_t i = 0; i < measured; ++i) dis_sum += static_cast<double>(dis[i]);
+      st.disagreement_rows += measured;
     }
     sink.append(obs.data(), act.data(), rew.data(), next.data(), term.data(), stored);
     st.rows_added += stored;
@@ -168,7 +171,9 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     st.mean_length = static_cast<double>(st.rows_added) / static_cast<double>(num_starts);
     st.frac_terminated = static_cast<double>(st.num_terminated) / static_cast<double>(num_starts);
   }
-  if (compute_disagreement && st.rows_added > 0) st.mean_disagreement = dis_sum / static_cast<double>(st.rows_added);
+  if (compute_disagreement && st.disagreement_rows > 0) {
+    st.mean_disagreement = dis_sum / static_cast<double>(st.disagreement_rows);
+  }
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return st;
 }
@@ -182,7 +187,7 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step) {
 
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement) {
+                              uint64_t seed, bool compute_disagreement, int64_t disagreement_rows) {
   check_args(actor, model, real, model_pool, num_starts, horizon);
   check_termination_args(static_cast<int32_t>(termination), model.obs_dim, "model obs_dim");
   const int od = static_cast<int>(model.obs_dim);
@@ -190,12 +195,12 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
     terminations(termination, next, n, od, out);
   };
   return run(actor, model, terminate, real, model_pool, num_starts, horizon, seed, compute_disagreement,
-             /*staged=*/false);
+             disagreement_rows, /*staged=*/false);
 }
 
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, const TerminationCallback& termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement) {
+                              uint64_t seed, bool compute_disagreement, int64_t disagreement_rows) {
   check_args(actor, model, real, model_pool, num_starts, horizon);
   require(static_cast<bool>(termination), "termination: expected a callable, got an empty function");
   auto terminate = [&](const float* o, const float* a, const float* next, int64_t n, uint8_t* out) {
@@ -206,7 +211,7 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
     }
   };
   return run(actor, model, terminate, real, model_pool, num_starts, horizon, seed, compute_disagreement,
-             /*staged=*/true);
+             disagreement_rows, /*staged=*/true);
 }
 
 }  // namespace mbpo_fast

@@ -924,6 +924,7 @@ py::dict rollout_stats_dict(const RolloutStats& s) {
   d["num_terminated"] = s.num_terminated;
   d["nonfinite"] = s.nonfinite;
   d["mean_disagreement"] = s.mean_disagreement;
+  d["disagreement_rows"] = s.disagreement_rows;
   d["steps_run"] = s.steps_run;
   d["seconds"] = s.seconds;
   return d;
@@ -1041,7 +1042,8 @@ void bind_rollout(py::module_& m) {
          py::handle action_scale, py::handle action_bias, py::handle input_mean, py::handle input_std,
          py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites,
          py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed, bool compute_disagreement,
-         py::handle action_low, py::handle action_high, double log_std_min, double log_std_max) {
+         int64_t disagreement_rows, py::handle action_low, py::handle action_high, double log_std_min,
+         double log_std_max) {
         NativePool& real = native_pool_arg(real_pool, "real_pool");
         NativePool& model = native_pool_arg(model_pool, "model_pool");
         ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low, action_high,
@@ -1068,13 +1070,13 @@ void bind_rollout(py::module_& m) {
         if (builtin) {
           py::gil_scoped_release release;
           stats = branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
-                                   num_starts, horizon, s, compute_disagreement);
+                                   num_starts, horizon, s, compute_disagreement, disagreement_rows);
         } else {
           TerminationCallback cb =
               python_termination(py::reinterpret_borrow<py::function>(termination), ens.view.obs_dim, ens.view.act_dim);
           py::gil_scoped_release release;
           stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
-                                   compute_disagreement);
+                                   compute_disagreement, disagreement_rows);
         }
         return rollout_stats_dict(stats);
       },
@@ -1082,13 +1084,14 @@ void bind_rollout(py::module_& m) {
       py::arg("action_scale"), py::arg("action_bias"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
       py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("termination"),
       py::arg("num_starts"), py::arg("horizon"), py::arg("seed") = 0, py::arg("compute_disagreement") = false,
-      py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
+      py::arg("disagreement_rows") = -1, py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
       py::arg("log_std_max") = 2.0,
       "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` steps of\n"
       "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool objects).\n"
       "termination: a built-in id (int) or a callable (obs, act, next_obs) -> bool [n] (called per step with the\n"
       "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, frac_terminated,\n"
-      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement), steps_run, seconds.\n"
+      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every stored\n"
+      "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, seconds.\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
 

@@ -69,7 +69,8 @@ def _flags_from_callable(fn, obs, act, next_obs) -> np.ndarray:
 def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_scale,
                      action_bias, input_mean, input_std, weights, biases, max_logvar, min_logvar,
                      elites, termination, num_starts, horizon, seed=0,
-                     compute_disagreement=False, action_low=None, action_high=None,
+                     compute_disagreement=False, disagreement_rows=-1, action_low=None,
+                     action_high=None,
                      log_std_min=-20.0, log_std_max=2.0) -> dict:
     """MBPO branched rollout (see the native op and rollout.h). Returns the stats dict."""
     t_start = time.perf_counter()
@@ -109,8 +110,9 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         raise ValueError("real_pool: is empty; a rollout needs start states")
 
     stats = dict(num_starts=num_starts, rows_added=0, mean_length=0.0, frac_terminated=0.0,
-                 num_terminated=0, nonfinite=0, mean_disagreement=math.nan, steps_run=0,
-                 seconds=0.0)
+                 num_terminated=0, nonfinite=0, mean_disagreement=math.nan,
+                 disagreement_rows=0, steps_run=0, seconds=0.0)
+    disagreement_rows = int(disagreement_rows)
     staged: list[tuple[np.ndarray, ...]] = []
     dis_sum = 0.0
     obs = np.empty((0, od), np.float32)
@@ -138,12 +140,14 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         if not ok.all():
             obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
         n = obs.shape[0]
-        if compute_disagreement and n > 0:
+        m = n if disagreement_rows < 0 else min(n, disagreement_rows)
+        if compute_disagreement and m > 0:
             with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
-                dis = _ens.ensemble_disagreement(obs, act, ens.input_mean, ens.input_std,
+                dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,
                                                  ens.weights, ens.biases, ens.max_logvar,
                                                  ens.min_logvar, ens.elites)
                 dis_sum += float(np.sum(dis, dtype=np.float64))
+            stats["disagreement_rows"] += m
         if n > 0:
             if builtin:
                 model.add_batch(obs, act, rew, next_obs, term)
@@ -157,7 +161,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
     if num_starts > 0:
         stats["mean_length"] = stats["rows_added"] / num_starts
         stats["frac_terminated"] = stats["num_terminated"] / num_starts
-    if compute_disagreement and stats["rows_added"] > 0:
-        stats["mean_disagreement"] = dis_sum / stats["rows_added"]
+    if compute_disagreement and stats["disagreement_rows"] > 0:
+        stats["mean_disagreement"] = dis_sum / stats["disagreement_rows"]
     stats["seconds"] = time.perf_counter() - t_start
     return stats

@@ -19,11 +19,13 @@
 //         next_obs, term) - terminated rows once, with terminated = 1;
 //      f. rows that are not terminated continue with obs = next_obs, compacted in order.
 //      Reaching the horizon is a truncation: the last transitions are stored with term = 0.
-//   3. Stats (RolloutStats). mean_disagreement (when requested) is the mean, over every
-//      stored transition, of ensemble_disagreement(model, obs, act) over the elites: the
-//      population std across elites of the predicted mean (Δobs, reward), averaged over
-//      the obs_dim + 1 outputs, at the state-action pairs the rollout visited; it costs one
-//      forward of every elite per stored row.
+//   3. Stats (RolloutStats). mean_disagreement (when requested) is the mean, over the
+//      measured stored transitions, of ensemble_disagreement(model, obs, act) over the
+//      elites: the population std across elites of the predicted mean (Δobs, reward),
+//      averaged over the obs_dim + 1 outputs, at the state-action pairs the rollout
+//      visited. Measured: every stored transition (disagreement_rows < 0), or the first
+//      min(disagreement_rows, stored) stored transitions of each step; it costs one
+//      forward of every elite per measured row.
 //
 // Results do not depend on the thread count (discrete choices never; values only to float
 // rounding through the kernel choice AVX-512 / portable).
@@ -47,7 +49,8 @@ struct RolloutStats {
   int64_t steps_run = 0;       // steps with at least one alive row
   double mean_length = 0.0;      // rows_added / num_starts: stored steps per start row
   double frac_terminated = 0.0;  // num_terminated / num_starts
-  double mean_disagreement = 0.0;  // NaN when not computed or when nothing was stored
+  double mean_disagreement = 0.0;  // NaN when not computed or when nothing was measured
+  int64_t disagreement_rows = 0;   // transitions mean_disagreement was measured on
   double seconds = 0.0;            // wall time of the call
 };
 
@@ -69,13 +72,13 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step);
 // `real` and `model_pool` may be the same pool.
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement = false);
+                              uint64_t seed, bool compute_disagreement = false, int64_t disagreement_rows = -1);
 
 // Same with a custom termination callback (called once per step with the alive rows).
 // All transitions are staged and appended once at the end, so an exception from the
 // callback leaves the model pool unchanged; the final pool contents are identical.
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, const TerminationCallback& termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement = false);
+                              uint64_t seed, bool compute_disagreement = false, int64_t disagreement_rows = -1);
 
 }  // namespace mbpo_fast
