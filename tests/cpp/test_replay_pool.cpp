@@ -141,6 +141,11 @@ TEST_CASE("resize keeps the newest rows in order") {
   Rows(3, 14).add_to(p);
   CHECK(ids(p) == range(8, 17));
   CHECK(p.nbytes() == 20 * (4 * (2 * kOd + kAd + 1) + 1));
+  float rew[3];
+  p.copy_rows(6, 3, nullptr, nullptr, rew, nullptr, nullptr);  // logical rows 6..8 = ids 14..16
+  CHECK(rew[0] == 7.0f && rew[2] == 8.0f);
+  CHECK_THROWS(p.copy_rows(7, 3, nullptr, nullptr, rew, nullptr, nullptr));
+  CHECK_THROWS(p.copy_rows(-1, 1, nullptr, nullptr, rew, nullptr, nullptr));
 }
 
 TEST_CASE("sample_mixed fills real rows first and advances each counter") {

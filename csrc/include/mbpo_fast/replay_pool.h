@@ -1,11 +1,14 @@
 // ReplayPool: a fixed-capacity FIFO ring buffer of transitions that owns its memory.
 //
-// Storage is five preallocated, contiguous, aligned arrays (nothing else; arrays of 4 MB
-// or more are 2 MB-aligned and advised as transparent huge pages, which removes most TLB
-// misses of random row gathers):
-//   obs[capacity, obs_dim]  act[capacity, act_dim]  rew[capacity]
-//   next_obs[capacity, obs_dim]  terminated[capacity] (uint8, 0 or 1)
-// i.e. nbytes() == capacity * (4 * (2 * obs_dim + act_dim + 1) + 1).
+// Storage is two preallocated, contiguous, aligned arrays and nothing else:
+//   records[capacity, 2 * obs_dim + act_dim + 1] float32, one record per row holding
+//     obs (obs_dim), act (act_dim), rew (1), next_obs (obs_dim) side by side;
+//   terminated[capacity] uint8 (0 or 1);
+// i.e. nbytes() == capacity * (4 * (2 * obs_dim + act_dim + 1) + 1), the same bytes as five
+// separate field arrays. The record layout is for sampling: a random row is one record
+// (~2.6 cache lines, one page) instead of ~6 lines in four arrays, which measured
+// 1.3-4x faster gathers from a 1e6-row pool on the 2-core VM. Arrays of 4 MB or more are
+// 2 MB-aligned and advised as transparent huge pages (as numpy does) for fewer TLB misses.
 //
 // Rows are addressed LOGICALLY: row 0 is the oldest stored row, row size()-1 the newest.
 // (Physically, row r lives in slot (write_pos - size + r) mod capacity.)
@@ -110,8 +113,15 @@ class ReplayPool {
   void gather(const int64_t* rows, int64_t n, float* obs, float* act, float* rew, float* next_obs,
               uint8_t* term) const;
 
+  // Copies logical rows [first_row, first_row + n) (InvalidArgument when outside
+  // [0, size())) into row-major outputs; any output may be nullptr.
+  void copy_rows(int64_t first_row, int64_t n, float* obs, float* act, float* rew, float* next_obs,
+                 uint8_t* term) const;
+
   // Copies every stored row, oldest first (outputs sized [size(), dim]).
-  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const;
+  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const {
+    copy_rows(0, size_, obs, act, rew, next_obs, term);
+  }
 
   // Changes the capacity (>= 1), keeping the newest min(size, new_capacity) rows in order
   // (laid out from slot 0). Keeps seed and rng_counter. Strong guarantee: on bad_alloc the
@@ -134,11 +144,11 @@ class ReplayPool {
     int64_t p = start_slot() + r;
     return p >= capacity_ ? p - capacity_ : p;
   }
-  // Raw storage (physical slots), for zero-copy readers in C++; see slot().
-  const float* obs_data() const noexcept { return obs_.get(); }
-  const float* act_data() const noexcept { return act_.get(); }
-  const float* rew_data() const noexcept { return rew_.get(); }
-  const float* next_obs_data() const noexcept { return next_obs_.get(); }
+  // Raw storage for zero-copy readers in C++: physical slot s holds the record
+  // record_data() + s * record_floats() = [obs (obs_dim), act (act_dim), rew, next_obs
+  // (obs_dim)] and terminated_data()[s]; see slot().
+  int64_t record_floats() const noexcept { return 2 * obs_dim_ + act_dim_ + 1; }
+  const float* record_data() const noexcept { return rec_.get(); }
   const uint8_t* terminated_data() const noexcept { return term_.get(); }
 
  private:
@@ -151,6 +161,12 @@ class ReplayPool {
     const int64_t s = write_pos_ - size_;
     return s < 0 ? s + capacity_ : s;
   }
+  // Copies n input rows into the records of slots slot0 .. slot0+n-1 (null fields skipped).
+  void pack_rows(int64_t slot0, int64_t n, const float* obs, const float* act, const float* rew,
+                 const float* next_obs);
+  // Copies the records of slots slot0 .. slot0+n-1 into row-major outputs (null skipped).
+  void unpack_rows(int64_t slot0, int64_t n, float* obs, float* act, float* rew,
+                   float* next_obs) const;
   void check_rows(const float* obs, const float* act, const float* rew, const float* next_obs,
                   const uint8_t* term, int64_t n) const;
 
@@ -163,7 +179,7 @@ class ReplayPool {
   int64_t write_pos_ = 0;
   uint64_t seed_;
   uint64_t rng_counter_ = 0;
-  Buffer<float> obs_, act_, rew_, next_obs_;
+  Buffer<float> rec_;  // capacity records of record_floats() floats
   Buffer<uint8_t> term_;
 };
 
