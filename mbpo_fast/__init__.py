@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
 from .pool import ReplayPool, sample_mixed
+from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
@@ -98,6 +99,7 @@ __all__ = [
     "EnvCollector",
     "EpisodeStats",
     "ReplayPool",
+    "SAC",
     "StepInfo",
     "Transition",
     "__version__",
