@@ -102,6 +102,7 @@ class EnsembleInference:
                 f"got shape {self.weights[-1].shape}"
             )
         self.ensemble_size = int(self.weights[0].shape[0])
+        self.weights_bf16: list[np.ndarray] | None = None
         self.set_elites(elites)
 
     # ------------------------------------------------------------------ construction
@@ -168,6 +169,15 @@ class EnsembleInference:
             )
         self.elites = arr
 
+    def use_bf16(self, enabled: bool = True) -> None:
+        """Opt-in bf16 weights: packs a SNAPSHOT of the current weights (ensemble_pack_bf16,
+        round to nearest even) that step/predict/disagreement use from now on; inputs are
+        rounded to bf16 per layer and products accumulate in float32. Call again after the
+        weights change (e.g. after every model training); ``use_bf16(False)`` returns to the
+        borrowed float32 weights. The error is far below the predicted std (see
+        docs/readme_ensemble_inference.md); it is a speed option for rollouts only."""
+        self.weights_bf16 = _backend.ops.ensemble_pack_bf16(self.weights) if enabled else None
+
     # ------------------------------------------------------------------ ops
 
     def _params(self) -> tuple:
@@ -203,7 +213,14 @@ class EnsembleInference:
             if single and members.ndim == 0:
                 members = members.reshape(1)
         next_obs, rew, used = _backend.ops.ensemble_step(
-            obs, act, *self._params(), self.elites, members, int(seed), bool(deterministic)
+            obs,
+            act,
+            *self._params(),
+            self.elites,
+            members,
+            int(seed),
+            bool(deterministic),
+            self.weights_bf16,
         )
         if single:
             return next_obs[0], rew[0], used[0]
@@ -212,7 +229,7 @@ class EnsembleInference:
     def predict(self, obs, act):
         """Every member's prediction: (mean, var) float32 [E, B, obs_dim + 1] of (Δobs, reward)."""
         obs, act, single = self._rows(obs, act)
-        mean, var = _backend.ops.ensemble_predict(obs, act, *self._params())
+        mean, var = _backend.ops.ensemble_predict(obs, act, *self._params(), self.weights_bf16)
         if single:
             return mean[:, 0], var[:, 0]
         return mean, var
@@ -222,5 +239,5 @@ class EnsembleInference:
         elites) of the predicted means, averaged over the obs_dim + 1 outputs."""
         obs, act, single = self._rows(obs, act)
         mem = self.elites if members is None else np.asarray(members)
-        out = _backend.ops.ensemble_disagreement(obs, act, *self._params(), mem)
+        out = _backend.ops.ensemble_disagreement(obs, act, *self._params(), mem, self.weights_bf16)
         return out[0] if single else out

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -178,6 +179,13 @@ void bind_core(py::module_& m) {
 // Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
 // dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
 py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
+  if (py::isinstance<py::array>(obj)) {  // fast path: already a contiguous int64 vector
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() == 'i' && a.itemsize() == 8 && a.ndim() == 1 &&
+        (a.flags() & py::array::c_style) == py::array::c_style && (n < 0 || a.shape(0) == n)) {
+      return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(obj);
+    }
+  }
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
                                  std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -193,10 +201,30 @@ py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const cha
   return py::array_t<int64_t, py::array::c_style>::ensure(arr);
 }
 
+// as_f32 with a fast path for the common case (already a C-contiguous float32 ndarray:
+// borrowed with a shape check, no conversion machinery): the per-call overhead of the
+// ensemble ops is ~14 such arrays, which matters at B = 1.
+py::array_t<float, py::array::c_style> borrow_f32(py::handle obj, const char* name,
+                                                  std::initializer_list<int64_t> expected) {
+  if (py::isinstance<py::array>(obj)) {
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.dtype().num() == py::detail::npy_api::NPY_FLOAT_ &&
+        (arr.flags() & py::array::c_style) == py::array::c_style &&
+        arr.ndim() == static_cast<py::ssize_t>(expected.size())) {
+      bool ok = true;
+      py::ssize_t i = 0;
+      for (int64_t e : expected) ok = ok && (e < 0 || e == arr.shape(i++));
+      if (ok) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(obj);
+    }
+  }
+  return as_f32(obj, name, std::vector<int64_t>(expected));  // converts, or raises the standard messages
+}
+
 // The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
 // when they already are contiguous float32) and the raw-pointer view over them.
 struct EnsembleArgs {
   std::vector<py::array_t<float, py::array::c_style>> keep;
+  std::vector<py::array> keep_any;  // packed bf16 weights
   py::array_t<int64_t, py::array::c_style> elites;
   EnsembleView view;
 };
@@ -218,10 +246,10 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
                           std::to_string(py::len(biases)));
   }
   args.keep.reserve(static_cast<size_t>(2 * n_layers + 4));
-  auto mean = as_f32(input_mean, "input_mean", {-1});
+  auto mean = borrow_f32(input_mean, "input_mean", {-1});
   const int64_t in = dim(mean, 0);
-  auto std_ = as_f32(input_std, "input_std", {in});
-  auto last = as_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
+  auto std_ = borrow_f32(input_std, "input_std", {in});
+  auto last = borrow_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
   const int64_t out_width = dim(last, 2);
   if (out_width < 4 || out_width % 2 != 0) {
     throw py::value_error("weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), got " +
@@ -236,14 +264,21 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
   v.num_layers = static_cast<int>(n_layers);
   v.widths[0] = in;
   int64_t E = -1;
+  // Argument names for the messages, built once (not per call).
+  static const auto names = [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("weights[" + std::to_string(i) + "]");
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("biases[" + std::to_string(i) + "]");
+    return out;
+  }();
   for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string wname = "weights[" + std::to_string(i) + "]";
-    const std::string bname = "biases[" + std::to_string(i) + "]";
-    auto w = as_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
+    const std::string& wname = names[static_cast<size_t>(i)];
+    const std::string& bname = names[static_cast<size_t>(kEnsembleMaxLayers + i)];
+    auto w = borrow_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
     if (E < 0) E = dim(w, 0);
     const int64_t n = dim(w, 2);
     if (E < 1 || n < 1) throw py::value_error(wname + ": expected non-empty dimensions, got " + shape_str(shape_of(w)));
-    auto b = as_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
+    auto b = borrow_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
     v.widths[i + 1] = n;
     v.weights[i] = w.data();
     v.biases[i] = b.data();
@@ -251,8 +286,8 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
     args.keep.push_back(std::move(b));
   }
   v.ensemble_size = E;
-  auto maxlv = as_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
-  auto minlv = as_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
+  auto maxlv = borrow_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
+  auto minlv = borrow_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
   require_finite(mean.data(), in, "input_mean");
   require_finite(std_.data(), in, "input_std");
   for (int64_t c = 0; c < in; ++c) {
@@ -280,12 +315,39 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
   return args;
 }
 
+// Attaches optional packed bf16 weights (ensemble_pack_bf16): a list of uint16 arrays
+// [E, ceil(in_i / 2), out_i, 2], one per layer, kept alive in args.
+void attach_bf16(EnsembleArgs& args, py::handle weights_bf16) {
+  if (weights_bf16.is_none()) return;
+  EnsembleView& v = args.view;
+  auto seq = py::reinterpret_borrow<py::sequence>(weights_bf16);
+  if (!py::isinstance<py::sequence>(weights_bf16) || static_cast<int64_t>(py::len(seq)) != v.num_layers) {
+    throw py::value_error("weights_bf16: expected a list of " + std::to_string(v.num_layers) +
+                          " packed arrays (ensemble_pack_bf16(weights)) or None");
+  }
+  for (int i = 0; i < v.num_layers; ++i) {
+    const std::string name = "weights_bf16[" + std::to_string(i) + "]";
+    py::handle item = seq[static_cast<size_t>(i)];
+    if (!py::isinstance<py::array_t<uint16_t>>(item)) {
+      throw py::type_error(name + ": expected a uint16 numpy array from ensemble_pack_bf16");
+    }
+    auto arr = py::reinterpret_borrow<py::array>(item);
+    const std::vector<int64_t> expected{v.ensemble_size, (v.widths[i] + 1) / 2, v.widths[i + 1], 2};
+    if (shape_of(arr) != expected || (arr.flags() & py::array::c_style) != py::array::c_style) {
+      throw py::value_error(name + ": expected a C-contiguous array of shape " + shape_str(expected) + ", got " +
+                            shape_str(shape_of(arr)));
+    }
+    v.weights_bf16[i] = static_cast<const uint16_t*>(arr.data());
+    args.keep_any.push_back(arr);
+  }
+}
+
 // obs [B, obs_dim] and act [B, act_dim], finite.
 std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::c_style>> ensemble_inputs(
     py::handle obs, py::handle act, const EnsembleView& v) {
-  auto o = as_f32(obs, "obs", {-1, v.obs_dim});
+  auto o = borrow_f32(obs, "obs", {-1, v.obs_dim});
   const int64_t B = dim(o, 0);
-  auto a = as_f32(act, "act", {B, v.act_dim});
+  auto a = borrow_f32(act, "act", {B, v.act_dim});
   require_finite(o.data(), B * v.obs_dim, "obs");
   require_finite(a.data(), B * v.act_dim, "act");
   return {std::move(o), std::move(a)};
@@ -296,8 +358,9 @@ void bind_ensemble(py::module_& m) {
       "ensemble_step",
       [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
          py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, py::handle members,
-         uint64_t seed, bool deterministic) {
+         uint64_t seed, bool deterministic, py::handle weights_bf16) {
         EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        attach_bf16(args, weights_bf16);
         const EnsembleView& v = args.view;
         auto [o, a] = ensemble_inputs(obs, act, v);
         const int64_t B = dim(o, 0);
@@ -331,6 +394,7 @@ void bind_ensemble(py::module_& m) {
       py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
       py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
       py::arg("members") = py::none(), py::arg("seed") = 0, py::arg("deterministic") = false,
+      py::arg("weights_bf16") = py::none(),
       "One sampled model step per row, running only the chosen member.\n"
       "obs f32 [B, obs_dim], act f32 [B, act_dim]; weights[i] f32 [E, in_i, out_i], biases[i] f32 [E, out_i];\n"
       "elites int64 [K]; members None (uniform elite per row from Philox) or int64 [B].\n"
@@ -338,9 +402,10 @@ void bind_ensemble(py::module_& m) {
   m.def(
       "ensemble_predict",
       [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
-         py::sequence biases, py::handle max_logvar, py::handle min_logvar) {
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle weights_bf16) {
         EnsembleArgs args =
             ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        attach_bf16(args, weights_bf16);
         const EnsembleView& v = args.view;
         auto [o, a] = ensemble_inputs(obs, act, v);
         const int64_t B = dim(o, 0);
@@ -355,14 +420,16 @@ void bind_ensemble(py::module_& m) {
         return py::make_tuple(mean, var);
       },
       py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
-      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("weights_bf16") = py::none(),
       "Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward).");
   m.def(
       "ensemble_disagreement",
       [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
-         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle members) {
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle members,
+         py::handle weights_bf16) {
         EnsembleArgs args =
             ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        attach_bf16(args, weights_bf16);
         const EnsembleView& v = args.view;
         auto [o, a] = ensemble_inputs(obs, act, v);
         const int64_t B = dim(o, 0);
@@ -385,8 +452,35 @@ void bind_ensemble(py::module_& m) {
       },
       py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
       py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("members"),
+      py::arg("weights_bf16") = py::none(),
       "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
       "predicted means, averaged over the obs_dim + 1 outputs.");
+  m.def(
+      "ensemble_pack_bf16",
+      [](py::sequence weights) {
+        py::list out;
+        for (size_t i = 0; i < py::len(weights); ++i) {
+          const std::string name = "weights[" + std::to_string(i) + "]";
+          auto w = as_f32(weights[i], name.c_str(), {-1, -1, -1});
+          const int64_t E = dim(w, 0), in = dim(w, 1), n = dim(w, 2);
+          if (E < 1 || in < 1 || n < 1) throw py::value_error(name + ": expected non-empty dimensions");
+          require_finite(w.data(), E * in * n, name.c_str());
+          auto packed = new_array<uint16_t>({E, (in + 1) / 2, n, 2});
+          uint16_t* p = packed.mutable_data();
+          {
+            py::gil_scoped_release release;
+            ensemble_pack_bf16(w.data(), E, in, n, p);
+          }
+          out.append(packed);
+        }
+        return out;
+      },
+      py::arg("weights"),
+      "Packs float32 weights [E, in, out] into bf16 [E, ceil(in/2), out, 2] (k pairs interleaved,\n"
+      "round to nearest even) for the weights_bf16 argument of the ensemble ops. A snapshot:\n"
+      "pack again after the weights change.");
+  m.def("ensemble_bf16_native", &ensemble_bf16_native,
+        "True when bf16 weights run on AVX512_BF16 instructions (else a slow portable emulation).");
   m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
         "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
   m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numba as _nb
 
 from .ensemble import (  # noqa: F401
+    ensemble_bf16_native,
     ensemble_disagreement,
     ensemble_kernel,
+    ensemble_pack_bf16,
     ensemble_predict,
     ensemble_set_kernel,
     ensemble_step,

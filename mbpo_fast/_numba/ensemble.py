@@ -78,7 +78,17 @@ def _require_range(arr: np.ndarray, name: str, n: int) -> None:
 class _Params:
     """The validated parameters of one call (contiguous float32; copied only when they are not)."""
 
-    def __init__(self, input_mean, input_std, weights, biases, max_logvar, min_logvar, elites=None):
+    def __init__(
+        self,
+        input_mean,
+        input_std,
+        weights,
+        biases,
+        max_logvar,
+        min_logvar,
+        elites=None,
+        weights_bf16=None,
+    ):
         weights, biases = list(weights), list(biases)
         if not 1 <= len(weights) <= _MAX_LAYERS:
             raise ValueError(
@@ -131,6 +141,11 @@ class _Params:
             )
         _require_finite(self.max_logvar, "max_logvar")
         _require_finite(self.min_logvar, "min_logvar")
+        self.bf16 = weights_bf16 is not None
+        if self.bf16:
+            # The bf16 path: weights widened from the packed bf16 values, inputs of every
+            # layer rounded to bf16, products accumulated in float32 (as the native kernel).
+            self.weights = _unpack_bf16(weights_bf16, self.weights)
         self.elites = None
         if elites is not None:
             self.elites = _as_i64(elites, "elites", -1)
@@ -152,12 +167,77 @@ class _Params:
         h = x
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if self.bf16:
+                h = _widen(_round_bf16(h))
             h = h @ w[member]
             h += b[member]
             if i < last:
                 with np.errstate(over="ignore"):  # exp(-h) = inf for h < -88: SiLU -> -0, correct
                     h = h / (np.float32(1.0) + np.exp(-h))
         return h
+
+
+# ---------------------------------------------------------------------------- bf16
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), round to nearest even (finite inputs)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> 16).astype(
+        np.uint16
+    )
+
+
+def _widen(h: np.ndarray) -> np.ndarray:
+    return (h.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _unpack_bf16(weights_bf16, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """float32 [E, in, out] weights from the packed [E, ceil(in/2), out, 2] bf16 arrays."""
+    weights_bf16 = list(weights_bf16)
+    if len(weights_bf16) != len(weights):
+        raise ValueError(
+            f"weights_bf16: expected a list of {len(weights)} packed arrays "
+            "(ensemble_pack_bf16(weights)) or None"
+        )
+    out = []
+    for i, (packed, w) in enumerate(zip(weights_bf16, weights, strict=True)):
+        ens, k, n = w.shape
+        expected = (ens, (k + 1) // 2, n, 2)
+        if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16:
+            raise TypeError(
+                f"weights_bf16[{i}]: expected a uint16 numpy array from ensemble_pack_bf16"
+            )
+        if packed.shape != expected or not packed.flags.c_contiguous:
+            raise ValueError(
+                f"weights_bf16[{i}]: expected a C-contiguous array of shape "
+                f"{_shape_str(expected)}, got {_shape_str(packed.shape)}"
+            )
+        full = packed.transpose(0, 1, 3, 2).reshape(ens, 2 * expected[1], n)[:, :k]
+        out.append(np.ascontiguousarray(_widen(full)))
+    return out
+
+
+def ensemble_pack_bf16(weights) -> list[np.ndarray]:
+    """Packs float32 weights [E, in, out] into bf16 [E, ceil(in/2), out, 2] (k pairs
+    interleaved, round to nearest even) for the weights_bf16 argument of the ensemble ops."""
+    out = []
+    for i, w in enumerate(weights):
+        w = _as_f32(w, f"weights[{i}]", (-1, -1, -1))
+        ens, k, n = w.shape
+        if min(ens, k, n) < 1:
+            raise ValueError(f"weights[{i}]: expected non-empty dimensions")
+        _require_finite(w, f"weights[{i}]")
+        padded = np.zeros((ens, 2 * ((k + 1) // 2), n), dtype=np.float32)
+        padded[:, :k] = w
+        bits = _round_bf16(padded).reshape(ens, -1, 2, n).transpose(0, 1, 3, 2)
+        out.append(np.ascontiguousarray(bits))
+    return out
+
+
+def ensemble_bf16_native() -> bool:
+    """False: the Numba backend emulates bf16 (same rounding) in float32."""
+    return False
 
 
 # ---------------------------------------------------------------------------- njit parts
@@ -251,12 +331,15 @@ def ensemble_step(
     members=None,
     seed: int = 0,
     deterministic: bool = False,
+    weights_bf16=None,
 ):
     """One sampled model step per row, running only the chosen member (see the native op).
 
     Returns (next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]).
     """
-    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites)
+    p = _Params(
+        input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16
+    )
     obs, act = p.inputs(obs, act)
     batch = obs.shape[0]
     seed = int(seed)
@@ -299,9 +382,11 @@ def ensemble_step(
     return next_obs, rew, used
 
 
-def ensemble_predict(obs, act, input_mean, input_std, weights, biases, max_logvar, min_logvar):
+def ensemble_predict(
+    obs, act, input_mean, input_std, weights, biases, max_logvar, min_logvar, weights_bf16=None
+):
     """Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward)."""
-    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar)
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, None, weights_bf16)
     obs, act = p.inputs(obs, act)
     batch, od1 = obs.shape[0], p.obs_dim + 1
     mean = np.empty((p.ensemble_size, batch, od1), dtype=np.float32)
@@ -317,11 +402,20 @@ def ensemble_predict(obs, act, input_mean, input_std, weights, biases, max_logva
 
 
 def ensemble_disagreement(
-    obs, act, input_mean, input_std, weights, biases, max_logvar, min_logvar, members
+    obs,
+    act,
+    input_mean,
+    input_std,
+    weights,
+    biases,
+    max_logvar,
+    min_logvar,
+    members,
+    weights_bf16=None,
 ):
     """Per-row disagreement f32 [B]: population std across `members` of the predicted means,
     averaged over the obs_dim + 1 outputs (reduced in float64)."""
-    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar)
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, None, weights_bf16)
     obs, act = p.inputs(obs, act)
     mem = _as_i64(members, "members", -1)
     if mem.shape[0] < 1:
