@@ -15,6 +15,7 @@ from importlib import metadata as _metadata
 
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
+from .ensemble import EnsembleDynamics
 from .pool import ReplayPool, sample_mixed
 from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
@@ -96,6 +97,7 @@ def set_num_threads(n: int) -> None:
 
 __all__ = [
     "KNOWN_ENV_IDS",
+    "EnsembleDynamics",
     "EnvCollector",
     "EpisodeStats",
     "ReplayPool",

@@ -16,6 +16,7 @@ those parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -158,6 +159,8 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
+        self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
 
     # ------------------------------------------------------------------ properties
 
@@ -264,10 +267,15 @@ class EnsembleDynamics(nn.Module):
         mean, lv = self(x)
         return ((mean - y).square() * torch.exp(-lv) + lv).mean(dim=(1, 2))
 
-    def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The minimized objective: summed member NLLs + logvar-bound term + weight decay."""
+    def _data_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed member NLLs + the logvar-bound term: the objective without weight decay.
+
+        The L2 term is applied by Adam's per-layer ``weight_decay`` (see :meth:`_make_optimizer`):
+        Adam adds ``wd * W`` to the gradient, exactly the gradient of ``0.5 * wd * ||W||^2``,
+        inside the fused step instead of as extra autograd work.
+        """
         bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
-        return self._nll(x, y).sum() + bound + self.weight_decay_loss()
+        return self._nll(x, y).sum() + bound
 
     def compute_loss(self, obs, act, rew, next_obs) -> dict[str, float | list[float]]:
         """The training objective on one batch fed to every member (no bootstrap), for inspection.
@@ -312,12 +320,27 @@ class EnsembleDynamics(nn.Module):
         """Parameters with a leading member dimension (snapshotted per member)."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias)]
 
+    def _param_groups(self) -> list[dict]:
+        """Adam groups: each layer weight with its own L2 coefficient; biases and logvar bounds
+        in one group without decay (DESIGN §4: weights only)."""
+        groups = [
+            {"params": [layer.weight], "weight_decay": wd}
+            for wd, layer in zip(self.weight_decays, self.layers, strict=True)
+        ]
+        rest = [layer.bias for layer in self.layers] + [self.max_logvar, self.min_logvar]
+        groups.append({"params": rest, "weight_decay": 0.0})
+        return groups
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = list(self.parameters())
         try:  # fused Adam: one kernel for every parameter (CPU support since torch 2.4)
-            return torch.optim.Adam(params, lr=self.lr, fused=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, fused=True)
         except (RuntimeError, TypeError):
-            return torch.optim.Adam(params, lr=self.lr, foreach=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, foreach=True)
+
+    def _bootstrap_indices(self, n_train: int, gen: torch.Generator) -> torch.Tensor:
+        """One bootstrap index set per member: int64 [E, n_train], drawn with replacement."""
+        shape = (self.ensemble_size, n_train)
+        return torch.randint(n_train, shape, generator=gen, device=self.device)
 
     @torch.no_grad()
     def _member_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -368,9 +391,10 @@ class EnsembleDynamics(nn.Module):
         model's own.
 
         Returns {"holdout_mse": list[float] per member (restored weights), "elites": list[int],
-        "epochs": int (training epochs run), "seconds": float, "train_loss": float (mean
-        objective over the last epoch's batches), "holdout_mse_elite_mean": float,
-        "initial_holdout_mse": list[float] (before training, current normalizer)}.
+        "epochs": int (training epochs run), "seconds": float, "train_loss": float (the
+        objective averaged over the last epoch's batches, weight decay at the epoch's end),
+        "holdout_mse_elite_mean": float, "initial_holdout_mse": list[float] (before training,
+        with the refit normalizer)}.
         """
         t0 = time.perf_counter()
         obs, act, rew, next_obs = self._validate_transitions(obs, act, rew, next_obs)
@@ -418,7 +442,7 @@ class EnsembleDynamics(nn.Module):
         else:
             x_hold, y_hold = x_train, y_train
 
-        boot = torch.randint(n_train, (E, n_train), generator=gen, device=dev)
+        boot = self._bootstrap_indices(n_train, gen)
         if self._optimizer is None:
             self._optimizer = self._make_optimizer()
         opt = self._optimizer
@@ -442,7 +466,7 @@ class EnsembleDynamics(nn.Module):
                 n_batches = 0
                 for s in range(0, n_train, batch_size):
                     b = idx[:, s : s + batch_size]  # [E, b]: one gather per batch for x and y
-                    loss = self._training_loss(x_train[b], y_train[b])
+                    loss = self._data_loss(x_train[b], y_train[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -457,7 +481,9 @@ class EnsembleDynamics(nn.Module):
                         mask = improved.view(E, *([1] * (p.dim() - 1)))
                         snap.copy_(torch.where(mask, p, snap))
                 # the one host sync of the epoch
-                any_improved, train_loss = bool(improved.any()), float(loss_sum) / n_batches
+                any_improved = bool(improved.any())
+                decay = float(self.weight_decay_loss().detach())
+                train_loss = float(loss_sum) / n_batches + decay
                 since_improved = 0 if any_improved else since_improved + 1
                 if bar is not None:
                     bar.update(1)
@@ -744,7 +770,11 @@ class EnsembleDynamics(nn.Module):
     def training_state(self) -> dict:
         """Optimizer and generator state for an exact resume (pair with ``state_dict()``)."""
         return {
-            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+            # deep copies: Optimizer.load_state_dict keeps same-device tensors by reference,
+            # so a shared state would let two models step the same Adam moments
+            "optimizer": None
+            if self._optimizer is None
+            else copy.deepcopy(self._optimizer.state_dict()),
             "generator": self._generator.get_state(),
         }
 
@@ -752,7 +782,7 @@ class EnsembleDynamics(nn.Module):
         """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model)."""
         if state.get("optimizer") is not None:
             opt = self._optimizer or self._make_optimizer()
-            opt.load_state_dict(state["optimizer"])
+            opt.load_state_dict(copy.deepcopy(state["optimizer"]))
             self._optimizer = opt
         self._generator.set_state(state["generator"])
         self._invalidate_inference()
