@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/dense_kernels.h"
+#include "cpu/ensemble_kernels.h"
 #include "kernels/actor_epilogue.h"
 #include "mbpo_fast/ensemble.h"
 #include "mbpo_fast/parallel.h"
