@@ -1,6 +1,6 @@
 """Native branched rollout vs an mbrl-lib-style Python/torch rollout loop, Hopper sizes.
 
-Run:  PYTHONPATH=. pytest benchmarks/bench_rollout.py --benchmark-only
+Run:  PYTHONPATH=. pytest benchmarks/bench_rollout.py --benchmark-only -s
       PYTHONPATH=. python benchmarks/bench_rollout.py        # markdown table only
 
 Sizes: obs 11, act 3, ensemble 7 members x 4 hidden SiLU layers of 200 (5 elites), SAC actor
@@ -8,16 +8,18 @@ Sizes: obs 11, act 3, ensemble 7 members x 4 hidden SiLU layers of 200 (5 elites
 
 Candidate: ``run_native_rollout`` (one native call: start sampling, actor, one elite per
 row, Hopper termination, compaction, appends to the model pool; GIL released).
-Reference (the loop of mbrl-lib's ``rollout_model_and_populate_sac_buffer``): sample start
-states from a numpy ring buffer; per step ``agent.act`` (torch), the model step in torch
-with mbrl-lib's "random_model" propagation (rows permuted and split across the elites,
-elite weights gathered per call, one baddbmm per layer), the termination function in torch,
-``.numpy()`` round trips, masked copies ``x[~accum_dones]`` and ``add_batch`` into a numpy
-ring buffer. Like mbrl-lib it keeps stepping rows that are done.
+Reference "mbrl-lib style": a compact transcription of mbrl-lib's MBPO rollout code path
+(``rollout_model_and_populate_sac_buffer`` with ReplayBuffer, ModelEnv,
+OneDTransitionRewardModel, GaussianMLP "random_model" propagation with per-call elite weight
+gathering, the Normalizer, termination_fns.hopper, SACAgent over pytorch_sac_pranz24's
+GaussianPolicy); like mbrl-lib it keeps stepping rows that are done and masks them at
+``add_batch``. Reference "lean torch": the same loop with the Python layers stripped (elite
+weights pre-gathered, one baddbmm per layer, mbpo_fast.SAC.act), to show the margin over
+plain torch as well.
 
-Both are timed interleaved (A B A B ...) in one process; medians and ratios are reported
-with effective GFLOP/s (ensemble 255,200 + actor 139,776 FLOP per stepped row) and the
-matmul canary rate before and after (tools/matmul_canary.py).
+All three are timed in turn in one process (blocks of calls, repeated); medians and ratios
+are reported with effective GFLOP/s (ensemble 255,200 + actor 139,776 FLOP per stepped row)
+and the matmul canary rate before and after (tools/matmul_canary.py).
 """
 
 from __future__ import annotations
