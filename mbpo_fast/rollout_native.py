@@ -42,11 +42,12 @@ def actor_params(agent: Any) -> dict[str, Any]:
 def model_params(model: Any) -> dict[str, Any]:
     """The ensemble arguments of the native ops from an :class:`mbpo_fast.EnsembleDynamics`
     (through its ``inference`` adapter) or an
-    :class:`mbpo_fast.ensemble_infer.EnsembleInference`."""
+    :class:`mbpo_fast.ensemble_infer.EnsembleInference`; includes its packed bf16 weights
+    when ``use_bf16()`` was called (the rollout then runs the opt-in bf16 kernels)."""
     inf = model if hasattr(model, "input_mean") and hasattr(model, "weights") else model.inference
     return {"input_mean": inf.input_mean, "input_std": inf.input_std, "weights": inf.weights,
             "biases": inf.biases, "max_logvar": inf.max_logvar, "min_logvar": inf.min_logvar,
-            "elites": inf.elites}
+            "elites": inf.elites, "weights_bf16": getattr(inf, "weights_bf16", None)}
 
 
 def resolve_termination(termination: Any) -> int | Any:

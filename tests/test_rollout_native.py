@@ -478,6 +478,35 @@ def test_backends_agree_on_rollout(rng):
     assert s0["mean_disagreement"] == pytest.approx(s1["mean_disagreement"], rel=1e-4)
 
 
+def test_bf16_model_weights(rng):
+    """Opt-in bf16 ensemble weights (EnsembleInference.use_bf16) run inside the rollout:
+    identical member choices and terminations across backends, values close to float32."""
+    agent = make_agent()
+    states = hopper_states(rng, 300)
+    out = {}
+    for name in _backend.available():
+        with _backend.use(name):
+            inf = make_model(np.random.default_rng(1))
+            real = mf.ReplayPool(300, OD, AD)
+            real.add_batch(states, np.zeros((300, AD), np.float32), np.zeros(300, np.float32),
+                           states, np.zeros(300, bool))
+            res = []
+            for bf16 in (False, True):
+                inf.use_bf16(bf16)
+                pool = mf.ReplayPool(2000, OD, AD)
+                run_native_rollout(inf, agent, NEVER, real, pool, 400, 1, 12)
+                res.append(pool.transitions())
+            out[name] = res
+    for name, (f32, bf16) in out.items():
+        np.testing.assert_array_equal(f32.obs, bf16.obs)
+        np.testing.assert_array_equal(f32.act, bf16.act)
+        assert not np.array_equal(f32.next_obs, bf16.next_obs), name  # bf16 really ran
+        np.testing.assert_allclose(bf16.next_obs, f32.next_obs, atol=0.02)
+    if len(out) == 2:
+        np.testing.assert_allclose(out["native"][1].next_obs, out["numba"][1].next_obs,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_native_rollout_independent_of_thread_count(rng):
     if "native" not in _backend.available():
         pytest.skip("native extension not built")

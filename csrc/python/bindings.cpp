@@ -1175,7 +1175,7 @@ void bind_rollout(py::module_& m) {
          py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites,
          py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed, bool compute_disagreement,
          int64_t disagreement_rows, py::handle action_low, py::handle action_high, double log_std_min,
-         double log_std_max) {
+         double log_std_max, py::handle weights_bf16) {
         NativePool& real = native_pool_arg(real_pool, "real_pool");
         NativePool& model = native_pool_arg(model_pool, "model_pool");
         ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low, action_high,
@@ -1183,6 +1183,7 @@ void bind_rollout(py::module_& m) {
         if (elites.is_none()) throw py::value_error("elites: a rollout needs the elite indices, got None");
         EnsembleArgs ens = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
         if (ens.view.num_elites < 1) throw py::value_error("elites: expected at least one elite index, got none");
+        attach_bf16(ens, weights_bf16);
         const uint64_t s = seed_arg(seed);
         if (num_starts < 0) throw py::value_error("num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
         if (horizon < 0) throw py::value_error("horizon: expected horizon >= 0, got " + std::to_string(horizon));
@@ -1216,14 +1217,15 @@ void bind_rollout(py::module_& m) {
       py::arg("action_scale"), py::arg("action_bias"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
       py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("termination"),
       py::arg("num_starts"), py::arg("horizon"), py::arg("seed") = 0, py::arg("compute_disagreement") = false,
-      py::arg("disagreement_rows") = -1, py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
-      py::arg("log_std_max") = 2.0,
+      py::arg("disagreement_rows") = -1, py::arg("action_low") = py::none(), py::arg("action_high") = py::none(),
+      py::arg("log_std_min") = -20.0, py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
       "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` steps of\n"
       "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool objects).\n"
       "termination: a built-in id (int) or a callable (obs, act, next_obs) -> bool [n] (called per step with the\n"
       "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, frac_terminated,\n"
       "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every stored\n"
       "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, seconds.\n"
+      "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
 

@@ -70,8 +70,8 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                      action_bias, input_mean, input_std, weights, biases, max_logvar, min_logvar,
                      elites, termination, num_starts, horizon, seed=0,
                      compute_disagreement=False, disagreement_rows=-1, action_low=None,
-                     action_high=None,
-                     log_std_min=-20.0, log_std_max=2.0) -> dict:
+                     action_high=None, log_std_min=-20.0, log_std_max=2.0,
+                     weights_bf16=None) -> dict:
     """MBPO branched rollout (see the native op and rollout.h). Returns the stats dict."""
     t_start = time.perf_counter()
     real = _pool_arg(real_pool, "real_pool")
@@ -80,7 +80,8 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                         action_high, log_std_min, log_std_max, "actor_weights", "actor_biases")
     if elites is None:
         raise ValueError("elites: a rollout needs the elite indices, got None")
-    ens = _ens._Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites)
+    ens = _ens._Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                       weights_bf16)
     if ens.elites is None or ens.elites.shape[0] < 1:
         raise ValueError("elites: expected at least one elite index, got none")
     seed = _check_u64("seed", seed)
@@ -128,7 +129,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
             next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
                                                   ens.weights, ens.biases, ens.max_logvar,
                                                   ens.min_logvar, ens.elites, None, seed_t,
-                                                  False)
+                                                  False, weights_bf16)
         if builtin:
             term = _termination(int(termination), next_obs)
         else:
@@ -145,7 +146,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
             with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
                 dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,
                                                  ens.weights, ens.biases, ens.max_logvar,
-                                                 ens.min_logvar, ens.elites)
+                                                 ens.min_logvar, ens.elites, weights_bf16)
                 dis_sum += float(np.sum(dis, dtype=np.float64))
             stats["disagreement_rows"] += m
         if n > 0:
