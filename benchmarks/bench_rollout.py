@@ -399,7 +399,9 @@ def setup() -> dict:
         real.add_batch(states, zeros_a, zeros_r, states, no)
         ref_real = ReplayBuffer(REAL_ROWS)
         ref_real.add_batch(states, zeros_a, states, zeros_r, no, no)
-        _SETUP.update(model=model, agent=agent, real=real, ref_real=ref_real,
+        model_bf16 = make_model()  # the same weights, opt-in bf16 kernels (DESIGN §7)
+        model_bf16.use_bf16(True)
+        _SETUP.update(model=model, model_bf16=model_bf16, agent=agent, real=real, ref_real=ref_real,
                       model_pool=mf.ReplayPool(CAPACITY, OD, AD), mbrl_pool=ReplayBuffer(CAPACITY),
                       lean_pool=ReplayBuffer(CAPACITY), model_env=ModelEnv(model),
                       sac_agent=SACAgent(agent), lean_model=LeanTorchModel(model))
@@ -438,6 +440,12 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
         stepped["native"] = s["rows_added"] + s["nonfinite"]
         stepped["frac_terminated"] = s["frac_terminated"]
 
+    def native_bf16():
+        s = run_native_rollout(st["model_bf16"], st["agent"], "Hopper-v5", st["real"],
+                               st["model_pool"], num_starts, horizon, next(seeds),
+                               compute_disagreement=False)
+        stepped["native_bf16"] = s["rows_added"] + s["nonfinite"]
+
     def mbrl():
         stepped["mbrl"] = mbrl_rollout(st["model_env"], st["ref_real"], st["sac_agent"],
                                        st["mbrl_pool"], horizon, num_starts)
@@ -446,7 +454,7 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
         stepped["lean"] = lean_rollout(st["lean_model"], st["agent"], st["ref_real"],
                                        st["lean_pool"], num_starts, horizon)
 
-    fns = {"native": native, "mbrl": mbrl, "lean": lean}
+    fns = {"native": native, "native_bf16": native_bf16, "mbrl": mbrl, "lean": lean}
     before = canary()
     for f in fns.values():  # warm up (allocations, page faults, torch kernels)
         f()
@@ -468,6 +476,7 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
         res[f"{k}_gflops"] = stepped[k] * ROW_FLOP / med[k] / 1e9
     res["speedup_vs_mbrl"] = med["mbrl"] / med["native"]
     res["speedup_vs_lean"] = med["lean"] / med["native"]
+    res["bf16_speedup_vs_mbrl"] = med["mbrl"] / med["native_bf16"]
     RESULTS[f"{num_starts:,} x {horizon}"] = res
     if benchmark is not None:
         benchmark.extra_info.update(res)
@@ -490,8 +499,9 @@ def test_rollout_400_h1(benchmark):
 def table() -> str:
     lines = ["| num_starts x horizon | native (ms) | mbrl-lib style (ms) | lean torch (ms) | "
              "speedup vs mbrl-lib style | vs lean torch | GFLOP/s native / mbrl / lean | "
-             "rows stepped native / torch | frac terminated | canary before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "rows stepped native / torch | frac terminated | canary before / after | "
+             "native, bf16 model weights (ms) | bf16 speedup vs mbrl-lib style |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in RESULTS.items():
         lines.append(
             f"| {name} | {1e3 * r['native_s']:.2f} | {1e3 * r['mbrl_s']:.2f} | "
@@ -499,7 +509,8 @@ def table() -> str:
             f"{r['speedup_vs_lean']:.2f}x | {r['native_gflops']:.0f} / {r['mbrl_gflops']:.0f} / "
             f"{r['lean_gflops']:.0f} | {r['native_rows_stepped']:,} / {r['mbrl_rows_stepped']:,} | "
             f"{r['frac_terminated']:.3f} | {r['canary_before_gflops']:.0f} / "
-            f"{r['canary_after_gflops']:.0f} |")
+            f"{r['canary_after_gflops']:.0f} | {1e3 * r['native_bf16_s']:.2f} | "
+            f"{r['bf16_speedup_vs_mbrl']:.2f}x |")
     return "\n".join(lines)
 
 
