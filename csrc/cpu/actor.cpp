@@ -74,16 +74,17 @@ int64_t ActorView::max_width() const {
 void ActorView::validate() const {
   require(obs_dim >= 1, "actor: obs_dim must be >= 1, got " + std::to_string(obs_dim));
   require(act_dim >= 1, "actor: act_dim must be >= 1, got " + std::to_string(act_dim));
-  require(num_layers >= 1 && num_layers <= kActorMaxLayers,
-          "actor: num_layers must be in [1, " + std::to_string(kActorMaxLayers) + "], got " +
-              std::to_string(num_layers));
-  require(widths[0] == obs_dim,
-          "actor: widths[0] must be obs_dim = " + std::to_string(obs_dim) + ", got " + std::to_string(widths[0]));
-  require(widths[num_layers] == 2 * act_dim, "actor: output width must be 2 * act_dim = " +
-                                                 std::to_string(2 * act_dim) + " (mean, log_std), got " +
-                                                 std::to_string(widths[num_layers]));
+  require(num_layers >= 1 && num_layers <= kActorMaxLayers, "actor: num_layers must be in [1, " +
+                                                                std::to_string(kActorMaxLayers) + "], got " +
+                                                                std::to_string(num_layers));
+  require(widths[0] == obs_dim, "actor: widths[0] must be obs_dim = " + std::to_string(obs_dim) + ", got " +
+                                    std::to_string(widths[0]));
+  require(widths[num_layers] == 2 * act_dim,
+          "actor: output width must be 2 * act_dim = " + std::to_string(2 * act_dim) +
+              " (mean, log_std), got " + std::to_string(widths[num_layers]));
   for (int i = 0; i <= num_layers; ++i) {
-    require(widths[i] >= 1, "actor: widths[" + std::to_string(i) + "] must be >= 1, got " + std::to_string(widths[i]));
+    require(widths[i] >= 1,
+            "actor: widths[" + std::to_string(i) + "] must be >= 1, got " + std::to_string(widths[i]));
   }
   for (int i = 0; i < num_layers; ++i) {
     require(weights[i] && biases[i], "actor: layer " + std::to_string(i) + " has a null weight or bias");
@@ -95,16 +96,18 @@ void ActorView::validate() const {
     require(std::isfinite(action_scale[j]) && action_scale[j] > 0.0f,
             "action_scale: every entry must be finite and > 0, got " + fmt(action_scale[j]) + " at index " +
                 std::to_string(j));
-    require(std::isfinite(action_bias[j]),
-            "action_bias: every entry must be finite, got " + fmt(action_bias[j]) + " at index " + std::to_string(j));
+    require(std::isfinite(action_bias[j]), "action_bias: every entry must be finite, got " +
+                                               fmt(action_bias[j]) + " at index " + std::to_string(j));
     if (action_low) {
-      require(std::isfinite(action_low[j]) && std::isfinite(action_high[j]) && action_low[j] <= action_high[j],
-              "action_low/action_high: expected finite low <= high, got low=" + fmt(action_low[j]) +
-                  ", high=" + fmt(action_high[j]) + " at index " + std::to_string(j));
+      require(
+          std::isfinite(action_low[j]) && std::isfinite(action_high[j]) && action_low[j] <= action_high[j],
+          "action_low/action_high: expected finite low <= high, got low=" + fmt(action_low[j]) +
+              ", high=" + fmt(action_high[j]) + " at index " + std::to_string(j));
     }
   }
-  require(std::isfinite(log_std_min) && std::isfinite(log_std_max) && log_std_min <= log_std_max,
-          "actor: expected finite log_std_min <= log_std_max, got " + fmt(log_std_min) + ", " + fmt(log_std_max));
+  require(
+      std::isfinite(log_std_min) && std::isfinite(log_std_max) && log_std_min <= log_std_max,
+      "actor: expected finite log_std_min <= log_std_max, got " + fmt(log_std_min) + ", " + fmt(log_std_max));
 }
 
 int64_t actor_macs_per_row(const ActorView& v) {
@@ -171,9 +174,9 @@ void actor_act(const ActorView& v, const float* obs, int64_t batch, uint64_t see
         if (!deterministic) {
           kernels::policy_noise(seed, noise_offset + static_cast<uint64_t>(row) * ua, A, eps);
         }
-        const float lp = kernels::actor_row_epilogue(x + r * ld, A, eps, deterministic, v.action_scale,
-                                                     v.action_bias, low, high, v.log_std_min, v.log_std_max,
-                                                     act_out + row * A);
+        const float lp =
+            kernels::actor_row_epilogue(x + r * ld, A, eps, deterministic, v.action_scale, v.action_bias, low,
+                                        high, v.log_std_min, v.log_std_max, act_out + row * A);
         if (log_prob_out) log_prob_out[row] = lp;
       }
     }
@@ -187,9 +190,10 @@ void actor_act(const ActorView& v, const float* obs, int64_t batch, uint64_t see
 
 // ------------------------------------------------------------------ Actor
 
-Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, std::vector<std::vector<float>> layer_weights,
-             std::vector<std::vector<float>> layer_biases, std::vector<float> action_scale,
-             std::vector<float> action_bias, float log_std_min, float log_std_max)
+Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
+             std::vector<std::vector<float>> layer_weights, std::vector<std::vector<float>> layer_biases,
+             std::vector<float> action_scale, std::vector<float> action_bias, float log_std_min,
+             float log_std_max)
     : obs_dim_(obs_dim),
       act_dim_(act_dim),
       widths_(std::move(widths)),
@@ -204,8 +208,8 @@ Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, std:
           "Actor: expected 1.." + std::to_string(kActorMaxLayers) + " layers, got " + std::to_string(L));
   require(biases_.size() == L, "Actor: expected one bias per layer (" + std::to_string(L) + "), got " +
                                    std::to_string(biases_.size()));
-  require(widths_.size() == L + 1, "Actor: expected " + std::to_string(L + 1) + " widths, got " +
-                                       std::to_string(widths_.size()));
+  require(widths_.size() == L + 1,
+          "Actor: expected " + std::to_string(L + 1) + " widths, got " + std::to_string(widths_.size()));
   require(act_dim_ >= 1 && scale_.size() == static_cast<size_t>(act_dim_) &&
               bias_.size() == static_cast<size_t>(act_dim_),
           "Actor: action_scale and action_bias must have act_dim = " + std::to_string(act_dim_) + " entries");
@@ -213,9 +217,10 @@ Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, std:
     require(widths_[i] >= 1 && widths_[i + 1] >= 1 &&
                 weights_[i].size() == static_cast<size_t>(widths_[i] * widths_[i + 1]) &&
                 biases_[i].size() == static_cast<size_t>(widths_[i + 1]),
-            "Actor: layer " + std::to_string(i) + " has " + std::to_string(weights_[i].size()) + " weights and " +
-                std::to_string(biases_[i].size()) + " biases; expected " + std::to_string(widths_[i]) + " x " +
-                std::to_string(widths_[i + 1]) + " and " + std::to_string(widths_[i + 1]));
+            "Actor: layer " + std::to_string(i) + " has " + std::to_string(weights_[i].size()) +
+                " weights and " + std::to_string(biases_[i].size()) + " biases; expected " +
+                std::to_string(widths_[i]) + " x " + std::to_string(widths_[i + 1]) + " and " +
+                std::to_string(widths_[i + 1]));
   }
   // The action box as the agent computes it: low = bias - scale, high = bias + scale.
   low_.resize(scale_.size());
@@ -232,7 +237,8 @@ ActorView Actor::view() const {
   v.obs_dim = obs_dim_;
   v.act_dim = act_dim_;
   v.num_layers = static_cast<int>(weights_.size());
-  for (size_t i = 0; i < widths_.size() && i <= static_cast<size_t>(kActorMaxLayers); ++i) v.widths[i] = widths_[i];
+  for (size_t i = 0; i < widths_.size() && i <= static_cast<size_t>(kActorMaxLayers); ++i)
+    v.widths[i] = widths_[i];
   for (size_t i = 0; i < weights_.size() && i < static_cast<size_t>(kActorMaxLayers); ++i) {
     v.weights[i] = weights_[i].data();
     v.biases[i] = biases_[i].data();
@@ -304,8 +310,8 @@ Actor Actor::load(const std::string& path) {
   std::vector<float> scale = f.f32("action_scale", {act_dim});
   std::vector<float> bias = f.f32("action_bias", {act_dim});
   try {
-    return Actor(obs_dim, act_dim, std::move(widths), std::move(ws), std::move(bs), std::move(scale), std::move(bias),
-                 ls_min, ls_max);
+    return Actor(obs_dim, act_dim, std::move(widths), std::move(ws), std::move(bs), std::move(scale),
+                 std::move(bias), ls_min, ls_max);
   } catch (const InvalidArgument& e) {
     fail(e.what());
   }

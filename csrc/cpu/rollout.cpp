@@ -36,8 +36,8 @@ class Sink {
  public:
   Sink(ReplayPool& pool, bool staged) : pool_(pool), staged_(staged) {}
 
-  void append(const float* obs, const float* act, const float* rew, const float* next_obs, const uint8_t* term,
-              int64_t n) {
+  void append(const float* obs, const float* act, const float* rew, const float* next_obs,
+              const uint8_t* term, int64_t n) {
     if (n == 0) return;
     if (!staged_) {
       pool_.add_batch(obs, act, rew, next_obs, term, n);
@@ -76,8 +76,8 @@ void check_args(const ActorView& actor, const EnsembleView& model, const ReplayP
     const char* name = p == &real ? "real_pool" : "model_pool";
     require(p->obs_dim() == model.obs_dim && p->act_dim() == model.act_dim,
             std::string(name) + ": expected obs_dim " + std::to_string(model.obs_dim) + " and act_dim " +
-                std::to_string(model.act_dim) + " (the model's), got " + std::to_string(p->obs_dim()) + " and " +
-                std::to_string(p->act_dim()));
+                std::to_string(model.act_dim) + " (the model's), got " + std::to_string(p->obs_dim()) +
+                " and " + std::to_string(p->act_dim()));
   }
   require(num_starts >= 0, "num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
   require(horizon >= 0 && horizon < static_cast<int64_t>(0xffffffffu),
@@ -87,8 +87,8 @@ void check_args(const ActorView& actor, const EnsembleView& model, const ReplayP
 
 template <typename TermFn>
 RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn& terminate,
-                 const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
-                 bool compute_disagreement, int64_t disagreement_rows, bool staged) {
+                 const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
+                 uint64_t seed, bool compute_disagreement, int64_t disagreement_rows, bool staged) {
   const auto t_start = std::chrono::steady_clock::now();
   RolloutStats st;
   st.num_starts = num_starts;
@@ -146,7 +146,8 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
 
     const int64_t measured = disagreement_rows < 0 ? stored : std::min(stored, disagreement_rows);
     if (compute_disagreement && measured > 0) {
-      ensemble_disagreement(model, obs.data(), act.data(), measured, model.elites, model.num_elites, dis.data());
+      ensemble_disagreement(model, obs.data(), act.data(), measured, model.elites, model.num_elites,
+                            dis.data());
       for (int64_t i = 0; i < measured; ++i) dis_sum += static_cast<double>(dis[i]);
       st.disagreement_rows += measured;
     }
@@ -186,8 +187,9 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step) {
 }
 
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
-                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement, int64_t disagreement_rows) {
+                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
+                              int64_t horizon, uint64_t seed, bool compute_disagreement,
+                              int64_t disagreement_rows) {
   check_args(actor, model, real, model_pool, num_starts, horizon);
   check_termination_args(static_cast<int32_t>(termination), model.obs_dim, "model obs_dim");
   const int od = static_cast<int>(model.obs_dim);
@@ -198,9 +200,10 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
              disagreement_rows, /*staged=*/false);
 }
 
-RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, const TerminationCallback& termination,
-                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement, int64_t disagreement_rows) {
+RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
+                              const TerminationCallback& termination, const ReplayPool& real,
+                              ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
+                              bool compute_disagreement, int64_t disagreement_rows) {
   check_args(actor, model, real, model_pool, num_starts, horizon);
   require(static_cast<bool>(termination), "termination: expected a callable, got an empty function");
   auto terminate = [&](const float* o, const float* a, const float* next, int64_t n, uint8_t* out) {

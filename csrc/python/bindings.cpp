@@ -964,7 +964,7 @@ void bind_replay_pool(py::module_& m) {
       "model_pool.");
 }
 
-// ------------------------------------------------------------------ section: rollout (actor + branched rollout)
+// ------------------------------------------------------------------ section: rollout
 
 // The borrowed actor parameters of one call and the raw-pointer view over them.
 struct ActorArgs {
@@ -975,8 +975,9 @@ struct ActorArgs {
 // weights[i]: [in_i, out_i] or the ensemble-of-one layout [1, in_i, out_i] (SAC.actor_weights);
 // biases[i]: [out_i] or [1, out_i].
 ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py::handle action_scale,
-                     py::handle action_bias, py::handle action_low, py::handle action_high, double log_std_min,
-                     double log_std_max, const char* wname = "actor_weights", const char* bname = "actor_biases") {
+                     py::handle action_bias, py::handle action_low, py::handle action_high,
+                     double log_std_min, double log_std_max, const char* wname = "actor_weights",
+                     const char* bname = "actor_biases") {
   ActorArgs args;
   ActorView& v = args.view;
   const auto L = static_cast<int64_t>(py::len(weights));
@@ -985,8 +986,8 @@ ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py
                           " layer weights, got " + std::to_string(L));
   }
   if (static_cast<int64_t>(py::len(biases)) != L) {
-    throw py::value_error(std::string(bname) + ": expected " + std::to_string(L) + " arrays (one per weight), got " +
-                          std::to_string(py::len(biases)));
+    throw py::value_error(std::string(bname) + ": expected " + std::to_string(L) +
+                          " arrays (one per weight), got " + std::to_string(py::len(biases)));
   }
   v.num_layers = static_cast<int>(L);
   args.keep.reserve(static_cast<size_t>(2 * L + 4));
@@ -996,9 +997,11 @@ ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py
     py::array w = py::array::ensure(weights[static_cast<size_t>(i)]);
     const bool batched = w && w.ndim() == 3;
     const int64_t k_expected = i == 0 ? -1 : v.widths[i];
-    auto wa = batched ? as_f32(w, wn.c_str(), {1, k_expected, -1}) : as_f32(weights[static_cast<size_t>(i)], wn.c_str(), {k_expected, -1});
+    auto wa = batched ? as_f32(w, wn.c_str(), {1, k_expected, -1})
+                      : as_f32(weights[static_cast<size_t>(i)], wn.c_str(), {k_expected, -1});
     const int64_t k = wa.shape(batched ? 1 : 0), n = wa.shape(batched ? 2 : 1);
-    if (k < 1 || n < 1) throw py::value_error(wn + ": expected non-empty dimensions, got " + shape_str(shape_of(wa)));
+    if (k < 1 || n < 1)
+      throw py::value_error(wn + ": expected non-empty dimensions, got " + shape_str(shape_of(wa)));
     auto ba = batched ? as_f32(biases[static_cast<size_t>(i)], bn.c_str(), {1, n})
                       : as_f32(biases[static_cast<size_t>(i)], bn.c_str(), {n});
     if (i == 0) v.widths[0] = k;
@@ -1011,7 +1014,8 @@ ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py
   v.obs_dim = v.widths[0];
   const int64_t out = v.widths[L];
   if (out < 2 || out % 2 != 0) {
-    throw py::value_error(std::string(wname) + "[-1]: the output width must be 2 * act_dim (mean, log_std), got " +
+    throw py::value_error(std::string(wname) +
+                          "[-1]: the output width must be 2 * act_dim (mean, log_std), got " +
                           std::to_string(out));
   }
   v.act_dim = out / 2;
@@ -1040,7 +1044,8 @@ ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py
 
 NativePool& native_pool_arg(py::handle obj, const char* name) {
   if (!py::isinstance<NativePool>(obj)) {
-    throw py::type_error(std::string(name) + ": expected a native pool (mbpo_fast._C.ReplayPool, e.g. "
+    throw py::type_error(std::string(name) +
+                         ": expected a native pool (mbpo_fast._C.ReplayPool, e.g. "
                          "mbpo_fast.ReplayPool(...)._impl on the native backend), got " +
                          std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   }
@@ -1065,7 +1070,8 @@ py::dict rollout_stats_dict(const RolloutStats& s) {
 // A custom termination written in Python: fn(obs, act, next_obs) -> bool [n]. Called with
 // the GIL held and fresh copies of the rows (the callee may keep them).
 TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) {
-  return [fn = std::move(fn), od, ad](const float* o, const float* a, const float* next, int64_t n, uint8_t* out) {
+  return [fn = std::move(fn), od, ad](const float* o, const float* a, const float* next, int64_t n,
+                                      uint8_t* out) {
     py::gil_scoped_acquire gil;
     auto copy = [](const float* p, int64_t rows, int64_t cols) {
       auto arr = new_array<float>({rows, cols});
@@ -1076,7 +1082,8 @@ TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) 
     py::array arr = py::array::ensure(res);
     if (!arr || (arr.dtype().kind() != 'b' && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
       throw py::type_error("termination: the callable must return a bool array, got " +
-                           (arr ? std::string(py::str(arr.dtype())) : std::string(py::str(py::type::handle_of(res).attr("__name__")))));
+                           (arr ? std::string(py::str(arr.dtype()))
+                                : std::string(py::str(py::type::handle_of(res).attr("__name__")))));
     }
     if (arr.ndim() != 1 || arr.shape(0) != n) {
       throw py::value_error("termination: the callable must return shape " + shape_str({n}) + ", got " +
@@ -1097,11 +1104,11 @@ TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) 
 void bind_rollout(py::module_& m) {
   m.def(
       "actor_act",
-      [](py::handle obs, py::sequence weights, py::sequence biases, py::handle action_scale, py::handle action_bias,
-         py::handle seed, uint64_t noise_offset, bool deterministic, py::handle action_low, py::handle action_high,
-         double log_std_min, double log_std_max) {
-        ActorArgs args = actor_args(weights, biases, action_scale, action_bias, action_low, action_high, log_std_min,
-                                    log_std_max, "weights", "biases");
+      [](py::handle obs, py::sequence weights, py::sequence biases, py::handle action_scale,
+         py::handle action_bias, py::handle seed, uint64_t noise_offset, bool deterministic,
+         py::handle action_low, py::handle action_high, double log_std_min, double log_std_max) {
+        ActorArgs args = actor_args(weights, biases, action_scale, action_bias, action_low, action_high,
+                                    log_std_min, log_std_max, "weights", "biases");
         const ActorView& v = args.view;
         const uint64_t s = seed_arg(seed);
         auto o = as_f32(obs, "obs", {-1, v.obs_dim});
@@ -1121,13 +1128,16 @@ void bind_rollout(py::module_& m) {
       py::arg("seed") = 0, py::arg("noise_offset") = 0, py::arg("deterministic") = false,
       py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
       py::arg("log_std_max") = 2.0,
-      "SAC policy actions: obs f32 [B, obs_dim]; weights[i] f32 [in_i, out_i] or [1, in_i, out_i]; biases[i]\n"
+      "SAC policy actions: obs f32 [B, obs_dim]; weights[i] f32 [in_i, out_i] or [1, in_i, out_i]; "
+      "biases[i]\n"
       "[out_i] or [1, out_i] (last width 2 * act_dim: mean, log_std); action_scale/bias f32 [act_dim].\n"
       "Noise of element j of row i: random_normal(seed, STREAM_POLICY_NOISE, noise_offset + i*act_dim + j).\n"
-      "action_low/high: the clamp box (default bias -/+ scale). Returns (act f32 [B, act_dim], log_prob f32 [B]).");
+      "action_low/high: the clamp box (default bias -/+ scale). Returns (act f32 [B, act_dim], log_prob f32 "
+      "[B]).");
 
-  py::class_<Actor>(m, "Actor",
-                    "A SAC actor that owns its weights, loaded from a file SAC.export_actor wrote (C++ mbpo_fast::Actor).")
+  py::class_<Actor>(
+      m, "Actor",
+      "A SAC actor that owns its weights, loaded from a file SAC.export_actor wrote (C++ mbpo_fast::Actor).")
       .def_static(
           "load",
           [](const py::object& path) {
@@ -1166,32 +1176,38 @@ void bind_rollout(py::module_& m) {
         return rollout_step_seed(seed_arg(seed), step);
       },
       py::arg("seed"), py::arg("step"),
-      "The seed of rollout step `step`: words 0 and 1 of (seed, STREAM_ROLLOUT_START + 1 + step), w1 << 32 | w0.");
+      "The seed of rollout step `step`: words 0 and 1 of (seed, STREAM_ROLLOUT_START + 1 + step), w1 << 32 | "
+      "w0.");
 
   m.def(
       "branched_rollout",
       [](py::handle real_pool, py::handle model_pool, py::sequence actor_weights, py::sequence actor_biases,
          py::handle action_scale, py::handle action_bias, py::handle input_mean, py::handle input_std,
-         py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites,
-         py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed, bool compute_disagreement,
-         int64_t disagreement_rows, py::handle action_low, py::handle action_high, double log_std_min,
-         double log_std_max, py::handle weights_bf16) {
+         py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar,
+         py::handle elites, py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed,
+         bool compute_disagreement, int64_t disagreement_rows, py::handle action_low, py::handle action_high,
+         double log_std_min, double log_std_max, py::handle weights_bf16) {
         NativePool& real = native_pool_arg(real_pool, "real_pool");
         NativePool& model = native_pool_arg(model_pool, "model_pool");
-        ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low, action_high,
-                                     log_std_min, log_std_max);
+        ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low,
+                                     action_high, log_std_min, log_std_max);
         if (elites.is_none()) throw py::value_error("elites: a rollout needs the elite indices, got None");
-        EnsembleArgs ens = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
-        if (ens.view.num_elites < 1) throw py::value_error("elites: expected at least one elite index, got none");
+        EnsembleArgs ens =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        if (ens.view.num_elites < 1)
+          throw py::value_error("elites: expected at least one elite index, got none");
         attach_bf16(ens, weights_bf16);
         const uint64_t s = seed_arg(seed);
-        if (num_starts < 0) throw py::value_error("num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
-        if (horizon < 0) throw py::value_error("horizon: expected horizon >= 0, got " + std::to_string(horizon));
+        if (num_starts < 0)
+          throw py::value_error("num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
+        if (horizon < 0)
+          throw py::value_error("horizon: expected horizon >= 0, got " + std::to_string(horizon));
         const bool builtin = PyLong_Check(termination.ptr()) && !PyBool_Check(termination.ptr());
         if (!builtin && !PyCallable_Check(termination.ptr())) {
-          throw py::type_error("termination: expected a built-in termination id (int, see termination_id) or a "
-                               "callable (obs, act, next_obs) -> bool [n], got " +
-                               std::string(py::str(py::type::handle_of(termination).attr("__name__"))));
+          throw py::type_error(
+              "termination: expected a built-in termination id (int, see termination_id) or a "
+              "callable (obs, act, next_obs) -> bool [n], got " +
+              std::string(py::str(py::type::handle_of(termination).attr("__name__"))));
         }
         int32_t tid = 0;
         if (builtin) {
@@ -1202,11 +1218,12 @@ void bind_rollout(py::module_& m) {
         PoolLock lock(real, &model);
         if (builtin) {
           py::gil_scoped_release release;
-          stats = branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
-                                   num_starts, horizon, s, compute_disagreement, disagreement_rows);
+          stats =
+              branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
+                               num_starts, horizon, s, compute_disagreement, disagreement_rows);
         } else {
-          TerminationCallback cb =
-              python_termination(py::reinterpret_borrow<py::function>(termination), ens.view.obs_dim, ens.view.act_dim);
+          TerminationCallback cb = python_termination(py::reinterpret_borrow<py::function>(termination),
+                                                      ens.view.obs_dim, ens.view.act_dim);
           py::gil_scoped_release release;
           stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
                                    compute_disagreement, disagreement_rows);
@@ -1214,17 +1231,24 @@ void bind_rollout(py::module_& m) {
         return rollout_stats_dict(stats);
       },
       py::arg("real_pool"), py::arg("model_pool"), py::arg("actor_weights"), py::arg("actor_biases"),
-      py::arg("action_scale"), py::arg("action_bias"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
-      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("termination"),
-      py::arg("num_starts"), py::arg("horizon"), py::arg("seed") = 0, py::arg("compute_disagreement") = false,
-      py::arg("disagreement_rows") = -1, py::arg("action_low") = py::none(), py::arg("action_high") = py::none(),
-      py::arg("log_std_min") = -20.0, py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
-      "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` steps of\n"
-      "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool objects).\n"
-      "termination: a built-in id (int) or a callable (obs, act, next_obs) -> bool [n] (called per step with the\n"
-      "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, frac_terminated,\n"
-      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every stored\n"
-      "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, seconds.\n"
+      py::arg("action_scale"), py::arg("action_bias"), py::arg("input_mean"), py::arg("input_std"),
+      py::arg("weights"), py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
+      py::arg("termination"), py::arg("num_starts"), py::arg("horizon"), py::arg("seed") = 0,
+      py::arg("compute_disagreement") = false, py::arg("disagreement_rows") = -1,
+      py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
+      py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
+      "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` "
+      "steps of\n"
+      "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool "
+      "objects).\n"
+      "termination: a built-in id (int) or a callable (obs, act, next_obs) -> bool [n] (called per step with "
+      "the\n"
+      "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, "
+      "frac_terminated,\n"
+      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every "
+      "stored\n"
+      "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, "
+      "seconds.\n"
       "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }

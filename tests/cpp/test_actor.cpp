@@ -31,7 +31,8 @@ Actor make_actor(uint64_t seed) {
   Lcg g{seed};
   std::vector<std::vector<float>> w, b;
   for (size_t i = 0; i + 1 < kWidths.size(); ++i) {
-    std::vector<float> wi(static_cast<size_t>(kWidths[i] * kWidths[i + 1])), bi(static_cast<size_t>(kWidths[i + 1]));
+    std::vector<float> wi(static_cast<size_t>(kWidths[i] * kWidths[i + 1])),
+        bi(static_cast<size_t>(kWidths[i + 1]));
     for (auto& x : wi) x = g.uniform() * 1.2f;
     for (auto& x : bi) x = g.uniform() * 0.3f;
     w.push_back(wi);
@@ -50,8 +51,8 @@ std::vector<float> random_obs(int64_t n, uint64_t seed) {
 }
 
 // Scalar double reference of one row.
-void reference_row(const Actor& actor, const float* obs, uint64_t seed, uint64_t first_noise, bool det, double* act,
-                   double* log_prob) {
+void reference_row(const Actor& actor, const float* obs, uint64_t seed, uint64_t first_noise, bool det,
+                   double* act, double* log_prob) {
   const ActorView v = actor.view();
   std::vector<double> h(obs, obs + 5);
   for (int i = 0; i < v.num_layers; ++i) {
@@ -76,7 +77,8 @@ void reference_row(const Actor& actor, const float* obs, uint64_t seed, uint64_t
     }
     const double t = std::tanh(u);
     lp += gauss - std::log(v.action_scale[j] * (1.0 - t * t));
-    act[j] = std::fmin(std::fmax(t * v.action_scale[j] + v.action_bias[j], v.action_low[j]), v.action_high[j]);
+    act[j] =
+        std::fmin(std::fmax(t * v.action_scale[j] + v.action_bias[j], v.action_low[j]), v.action_high[j]);
   }
   *log_prob = lp;
 }
@@ -129,9 +131,12 @@ TEST_CASE("rows are independent of batch splits and thread counts") {
 
 TEST_CASE("validation") {
   CHECK_THROWS(Actor(5, 2, {5, 4}, {std::vector<float>(19)}, {std::vector<float>(4)}, {1, 1}, {0, 0}));
-  CHECK_THROWS(Actor(5, 2, {5, 6}, {std::vector<float>(30)}, {std::vector<float>(6)}, {1, 1}, {0, 0}));  // 6 != 2*2
-  CHECK_THROWS(Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 0}, {0, 0}));  // scale 0
-  CHECK_THROWS(Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 1}, {0, 0}, 3.f, 2.f));
+  CHECK_THROWS(
+      Actor(5, 2, {5, 6}, {std::vector<float>(30)}, {std::vector<float>(6)}, {1, 1}, {0, 0}));  // 6 != 2*2
+  CHECK_THROWS(
+      Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 0}, {0, 0}));  // scale 0
+  CHECK_THROWS(
+      Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 1}, {0, 0}, 3.f, 2.f));
   const Actor ok(5, 2, {5, 4}, {std::vector<float>(20, 0.1f)}, {std::vector<float>(4)}, {1, 1}, {0, 0});
   float o[5] = {1, 2, 3, 4, 5}, a[2];
   CHECK_THROWS(ok.act(o, -1, 0, 0, false, a));

@@ -84,7 +84,8 @@ Actor make_actor() {
 ReplayPool real_pool(int64_t n) {
   ReplayPool pool(n, kOd, kAd, 0);
   Lcg g{5};
-  std::vector<float> o(static_cast<size_t>(n * kOd)), a(static_cast<size_t>(n * kAd), 0.f), r(static_cast<size_t>(n), 0.f);
+  std::vector<float> o(static_cast<size_t>(n * kOd)), a(static_cast<size_t>(n * kAd), 0.f),
+      r(static_cast<size_t>(n), 0.f);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < kOd; ++j) o[static_cast<size_t>(i * kOd + j)] = g.uniform();
     o[static_cast<size_t>(i * kOd)] = 1.2f + 0.2f * g.uniform();  // healthy Hopper height
@@ -118,7 +119,8 @@ TEST_CASE("horizon end is a truncation; rows continue in order") {
   const Actor actor = make_actor();
   ReplayPool real = real_pool(100);
   ReplayPool pool(10000, kOd, kAd);
-  const RolloutStats s = branched_rollout(actor.view(), m.view, TerminationId::kNever, real, pool, 300, 4, 42, true);
+  const RolloutStats s =
+      branched_rollout(actor.view(), m.view, TerminationId::kNever, real, pool, 300, 4, 42, true);
   CHECK(s.rows_added == 1200 && pool.size() == 1200 && s.num_terminated == 0 && s.nonfinite == 0);
   CHECK(s.steps_run == 4 && s.mean_length == 4.0 && s.frac_terminated == 0.0);
   CHECK(std::isfinite(s.mean_disagreement) && s.mean_disagreement > 0.0);
@@ -214,7 +216,8 @@ TEST_CASE("validation throws before anything changes") {
   CHECK(pool.size() == 0);
   const auto s = branched_rollout(av, m.view, TerminationId::kNever, empty, pool, 0, 2, 0);  // nothing to do
   CHECK(s.rows_added == 0 && s.steps_run == 0 && std::isnan(s.mean_disagreement));
-  CHECK(rollout_step_seed(1, 0) != rollout_step_seed(1, 1) && rollout_step_seed(1, 0) != rollout_step_seed(2, 0));
+  CHECK(rollout_step_seed(1, 0) != rollout_step_seed(1, 1) &&
+        rollout_step_seed(1, 0) != rollout_step_seed(2, 0));
 }
 
 MBPO_TEST_MAIN

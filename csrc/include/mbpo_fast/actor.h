@@ -64,9 +64,10 @@ class Actor {
  public:
   // layer_weights[i] row-major [widths[i], widths[i + 1]], layer_biases[i] [widths[i + 1]];
   // widths[0] = obs_dim, last = 2 * act_dim. Validated (InvalidArgument).
-  Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, std::vector<std::vector<float>> layer_weights,
-        std::vector<std::vector<float>> layer_biases, std::vector<float> action_scale, std::vector<float> action_bias,
-        float log_std_min = -20.0f, float log_std_max = 2.0f);
+  Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
+        std::vector<std::vector<float>> layer_weights, std::vector<std::vector<float>> layer_biases,
+        std::vector<float> action_scale, std::vector<float> action_bias, float log_std_min = -20.0f,
+        float log_std_max = 2.0f);
 
   // Reads the file SAC.export_actor writes: layers.{i}.weight [in, out], layers.{i}.bias
   // [out] (i = 0..num_layers), action_scale, action_bias [act_dim]; metadata format

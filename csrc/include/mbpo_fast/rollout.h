@@ -9,7 +9,8 @@
 //   2. For step t = 0 .. horizon - 1, with B alive rows (in order) and the step seed
 //        seed_t = rollout_step_seed(seed, t)
 //      a. act  = actor_act(actor, obs, B, seed_t, /*noise_offset=*/0, stochastic)
-//                (noise of element j of alive row i: random_normal(seed_t, kStreamPolicyNoise, i*act_dim + j))
+//                (noise of element j of alive row i: random_normal(seed_t, kStreamPolicyNoise, i*act_dim +
+//                j))
 //      b. (next_obs, rew) = ensemble_step(model, obs, act, B, seed_t, stochastic) (member of
 //                alive row i: elites[random_index(seed_t, kStreamMemberChoice, i, K)])
 //      c. term = termination(next_obs) (built-in id, or a custom callback (obs, act, next_obs))
@@ -43,12 +44,12 @@ namespace mbpo_fast {
 
 struct RolloutStats {
   int64_t num_starts = 0;
-  int64_t rows_added = 0;      // transitions appended to the model pool (before any ring wrap)
-  int64_t num_terminated = 0;  // start rows whose rollout ended in a terminal transition
-  int64_t nonfinite = 0;       // rows dropped for a non-finite action, reward or next_obs
-  int64_t steps_run = 0;       // steps with at least one alive row
-  double mean_length = 0.0;      // rows_added / num_starts: stored steps per start row
-  double frac_terminated = 0.0;  // num_terminated / num_starts
+  int64_t rows_added = 0;          // transitions appended to the model pool (before any ring wrap)
+  int64_t num_terminated = 0;      // start rows whose rollout ended in a terminal transition
+  int64_t nonfinite = 0;           // rows dropped for a non-finite action, reward or next_obs
+  int64_t steps_run = 0;           // steps with at least one alive row
+  double mean_length = 0.0;        // rows_added / num_starts: stored steps per start row
+  double frac_terminated = 0.0;    // num_terminated / num_starts
   double mean_disagreement = 0.0;  // NaN when not computed or when nothing was measured
   int64_t disagreement_rows = 0;   // transitions mean_disagreement was measured on
   double seconds = 0.0;            // wall time of the call
@@ -71,14 +72,16 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step);
 // The transitions of each step are appended directly to the model pool.
 // `real` and `model_pool` may be the same pool.
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
-                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement = false, int64_t disagreement_rows = -1);
+                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
+                              int64_t horizon, uint64_t seed, bool compute_disagreement = false,
+                              int64_t disagreement_rows = -1);
 
 // Same with a custom termination callback (called once per step with the alive rows).
 // All transitions are staged and appended once at the end, so an exception from the
 // callback leaves the model pool unchanged; the final pool contents are identical.
-RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, const TerminationCallback& termination,
-                              const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                              uint64_t seed, bool compute_disagreement = false, int64_t disagreement_rows = -1);
+RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
+                              const TerminationCallback& termination, const ReplayPool& real,
+                              ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
+                              bool compute_disagreement = false, int64_t disagreement_rows = -1);
 
 }  // namespace mbpo_fast
