@@ -162,6 +162,9 @@ def sample_mixed(real_pool: ReplayPool, model_pool: ReplayPool, batch_size: int,
     call, identical to K successive calls stacked. real_ratio in [0, 1]; a pool that must
     supply rows must be non-empty (ValueError); both pools must share dims and backend.
     """
+    for pool, name in ((real_pool, "real_pool"), (model_pool, "model_pool")):
+        if not isinstance(pool, ReplayPool):
+            raise TypeError(f"{name}: expected a ReplayPool, got {type(pool).__name__}")
     if real_pool._ops is not model_pool._ops:
         raise TypeError("model_pool: expected a pool of the same backend as real_pool")
     return _make(real_pool._ops.sample_mixed(real_pool._impl, model_pool._impl, batch_size,

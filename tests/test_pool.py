@@ -241,6 +241,8 @@ def test_sample_mixed_ratio_edges_and_errors(backend, rng):
         mf.sample_mixed(real, model, 0, 0.5)
     with pytest.raises(ValueError, match="num_batches"):
         mf.sample_mixed(real, model, 8, 0.5, num_batches=0)
+    with pytest.raises(TypeError, match="model_pool: expected a ReplayPool"):
+        mf.sample_mixed(real, "pool", 8, 0.5)
     with pytest.raises(ValueError, match="model_pool: expected obs_dim"):
         mf.sample_mixed(real, mf.ReplayPool(10, OD + 1, AD), 8, 0.0)
     assert (state(real), state(model)) == before
@@ -310,6 +312,10 @@ def test_bad_constructor_and_empty_pool(backend):
             mf.ReplayPool(*args)
     with pytest.raises(TypeError):
         mf.ReplayPool(10.5, 4, 2)
+    with pytest.raises(TypeError, match="seed"):
+        mf.ReplayPool(10, 4, 2, seed=1.5)
+    numpy_ints = mf.ReplayPool(np.int64(10), np.int32(4), np.uint8(2), seed=np.uint64(2**63))
+    assert (numpy_ints.capacity, numpy_ints.seed) == (10, 2**63)
     empty = mf.ReplayPool(5, OD, AD)
     for call in (lambda: empty.sample(4), lambda: empty.sample_obs(2), lambda: empty.sample(4, 3)):
         with pytest.raises(ValueError, match="empty"):

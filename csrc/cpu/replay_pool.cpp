@@ -8,12 +8,9 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <limits>
 #include <new>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "mbpo_fast/crc32.h"

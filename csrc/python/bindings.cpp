@@ -78,6 +78,10 @@ py::array_t<float, py::array::c_style | py::array::forcecast> as_f32(py::handle 
   auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
   if (!out) throw py::error_already_set();
   return out;
+  // forcecast: without it ensure() returns null for float64 -> float32 ("unsafe" cast).
+  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return py::array_t<float, py::array::c_style>(std::move(out));
 }
 
 // Raises ValueError when any of the n values is NaN or infinite.
@@ -615,20 +619,23 @@ class PoolLock {
   std::unique_lock<std::mutex> a_, b_;
 };
 
+// A seed in [0, 2**64) from any integer (Python int, numpy integer); floats are refused.
 uint64_t seed_arg(py::handle seed) {
-  if (!PyLong_Check(seed.ptr())) {
+  if (!PyIndex_Check(seed.ptr()) || PyBool_Check(seed.ptr())) {
     throw py::type_error("seed: expected an int in [0, 2**64), got " +
                          std::string(py::str(py::type::handle_of(seed).attr("__name__"))));
   }
+  const py::object value = py::reinterpret_steal<py::object>(PyNumber_Index(seed.ptr()));
+  if (!value) throw py::error_already_set();
   int overflow = 0;
-  const long long s = PyLong_AsLongLongAndOverflow(seed.ptr(), &overflow);
+  const long long s = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
   if (overflow == 0 && s >= 0) return static_cast<uint64_t>(s);
   if (overflow > 0) {
-    const unsigned long long u = PyLong_AsUnsignedLongLong(seed.ptr());
+    const unsigned long long u = PyLong_AsUnsignedLongLong(value.ptr());
     if (!PyErr_Occurred()) return u;
     PyErr_Clear();
   }
-  throw py::value_error("seed: expected an int in [0, 2**64), got " + std::string(py::str(seed)));
+  throw py::value_error("seed: expected an int in [0, 2**64), got " + std::string(py::str(value)));
 }
 
 // Shapes with the batch dimension (-1) printed as "B": "(B, 11)".
@@ -663,7 +670,7 @@ py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name
     throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) +
                           note + ", got " + pool_shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>(pool_cast<float>(arr));
+  return as_f32(arr, name, got);  // shape already checked: converts only
 }
 
 // The data of `o` when it is already an aligned, C-contiguous, native-order float32
