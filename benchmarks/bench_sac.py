@@ -7,7 +7,7 @@ separate critic nn.Sequential modules, default torch.optim.Adam, a Python Polyak
 we report medians and ratios, the effective matmul GFLOP/s, and the matmul canary before
 and after (distrust a run where it dropped).
 
-    PYTHONPATH=. python benchmarks/bench_sac.py            # the interleaved table
+    PYTHONPATH=. python benchmarks/bench_sac.py [--threads 1]   # the interleaved table
     PYTHONPATH=. pytest benchmarks/bench_sac.py --benchmark-only   # pytest-benchmark view
 """
 
@@ -147,9 +147,16 @@ def bf16_numerical_difference(updates: int = 50) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    import argparse
+
+    p = argparse.ArgumentParser(description="SAC update / act() benchmark")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch intra-op threads (1 is robust when the machine is shared)")
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
     before = _canary()
-    res = interleaved()
+    res = interleaved(rounds=args.rounds)
     after = _canary()
     ms, act_us = res["ms"], res["act_us"]
     ref_ms = ms["reference (CleanRL-style)"]
