@@ -532,12 +532,15 @@ def test_bf16_packing_layout_and_rounding(backend, rng):
     m = make_model(rng, hidden=(37,))
     packed = backend.ensemble_pack_bf16(m["weights"])
     w = m["weights"][0]  # [E, 14, 37]
-    assert packed[0].shape == (7, 7, 37, 2) and packed[0].dtype == np.uint16
+    # [E, P, C, 2]: P = ceil(ceil(14 / 2) / 16) * 16, C = ceil(37 / 16) * 16, zero padded
+    assert packed[0].shape == (7, 16, 48, 2) and packed[0].dtype == np.uint16
+    assert (packed[0][:, 7:] == 0).all() and (packed[0][:, :, 37:] == 0).all()
     widened = (packed[0].astype(np.uint32) << 16).view(np.float32)
     # pair p of column j holds rows 2p and 2p + 1 of W, each within bf16 rounding (2^-9).
     np.testing.assert_allclose(widened[:, 3, 5, 0], w[:, 6, 5], rtol=2.0**-8)
     np.testing.assert_allclose(widened[:, 3, 5, 1], w[:, 7, 5], rtol=2.0**-8)
-    assert (packed[1][:, -1, :, 1] == 0).all()  # odd in = 37: the last pair is zero-padded
+    assert (packed[1][:, 18, :, 1] == 0).all()  # odd in = 37: the last pair is zero-padded
+    assert (packed[1][:, 18, :24, 0] != 0).any()
 
 
 def test_bf16_error_is_far_below_the_predicted_std(backend, rng):

@@ -59,6 +59,7 @@ void dense_bf16_portable(const float* x, int64_t ldx, int64_t rows, const uint16
     std::memcpy(&f, &bits, sizeof f);
     return f;
   };
+  const int64_t ldw = bf16_cols_padded(n);
   float acc[kCols];
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
@@ -67,7 +68,7 @@ void dense_bf16_portable(const float* x, int64_t ldx, int64_t rows, const uint16
       for (int64_t j = 0; j < nc; ++j) acc[j] = b[j0 + j];
       for (int64_t k = 0; k < k_dim; ++k) {
         const float xv = widen(bf16_round(xr[k]));
-        const uint16_t* wk = w_packed + ((k / 2) * n + j0) * 2 + (k & 1);
+        const uint16_t* wk = w_packed + ((k / 2) * ldw + j0) * 2 + (k & 1);
         for (int64_t j = 0; j < nc; ++j) acc[j] += xv * widen(wk[2 * j]);
       }
       float* yr = y + r * ldy + j0;

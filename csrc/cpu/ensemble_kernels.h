@@ -29,8 +29,11 @@ void dense_avx512(const float* x, int64_t ldx, int64_t rows, const float* w, con
 // True when the AVX-512 kernel was compiled in and this CPU supports AVX-512F.
 bool dense_avx512_supported();
 
-// bf16-weight variants: w_packed is one member's [ceil(k_dim / 2), n, 2] bf16 weights
-// (ensemble_pack_bf16); inputs are rounded to bf16, products accumulate in float32.
+// bf16-weight variants: w_packed is one member's [bf16_pairs_padded(k_dim),
+// bf16_cols_padded(n), 2] bf16 weights (ensemble_pack_bf16; zero padding, so whole 16x16
+// AMX tiles can be loaded); inputs are rounded to bf16, products accumulate in float32.
+inline int64_t bf16_pairs_padded(int64_t k_dim) { return ((k_dim + 1) / 2 + 15) / 16 * 16; }
+inline int64_t bf16_cols_padded(int64_t n) { return (n + 15) / 16 * 16; }
 using DenseBf16Fn = void (*)(const float* x, int64_t ldx, int64_t rows, const uint16_t* w_packed,
                              const float* b, int64_t k_dim, int64_t n, float* y, int64_t ldy,
                              bool silu);
@@ -42,6 +45,9 @@ void dense_bf16_avx512(const float* x, int64_t ldx, int64_t rows, const uint16_t
 uint16_t bf16_round(float value);
 // True when the AVX512_BF16 kernel was compiled in and this CPU has AVX512_BF16.
 bool dense_bf16_avx512_supported();
+// True when tiles of >= 16 rows run on AMX (compiled in, CPU has AMX-BF16, and the OS
+// granted the tile state to this process).
+bool dense_bf16_amx_supported();
 
 // Step epilogue of a tile: row r < rows of `head` (row stride ld; mean then raw logvar)
 // belongs to the original row idx[r]; writes next_obs[idx[r]], reward[idx[r]] (see

@@ -336,7 +336,8 @@ void attach_bf16(EnsembleArgs& args, py::handle weights_bf16) {
       throw py::type_error(name + ": expected a uint16 numpy array from ensemble_pack_bf16");
     }
     auto arr = py::reinterpret_borrow<py::array>(item);
-    const std::vector<int64_t> expected{v.ensemble_size, (v.widths[i] + 1) / 2, v.widths[i + 1], 2};
+    const std::vector<int64_t> expected{v.ensemble_size, ((v.widths[i] + 1) / 2 + 15) / 16 * 16,
+                                        (v.widths[i + 1] + 15) / 16 * 16, 2};
     if (shape_of(arr) != expected || (arr.flags() & py::array::c_style) != py::array::c_style) {
       throw py::value_error(name + ": expected a C-contiguous array of shape " + shape_str(expected) + ", got " +
                             shape_str(shape_of(arr)));
@@ -469,7 +470,7 @@ void bind_ensemble(py::module_& m) {
           const int64_t E = dim(w, 0), in = dim(w, 1), n = dim(w, 2);
           if (E < 1 || in < 1 || n < 1) throw py::value_error(name + ": expected non-empty dimensions");
           require_finite(w.data(), E * in * n, name.c_str());
-          auto packed = new_array<uint16_t>({E, (in + 1) / 2, n, 2});
+          auto packed = new_array<uint16_t>({E, ((in + 1) / 2 + 15) / 16 * 16, (n + 15) / 16 * 16, 2});
           uint16_t* p = packed.mutable_data();
           {
             py::gil_scoped_release release;
@@ -480,11 +481,13 @@ void bind_ensemble(py::module_& m) {
         return out;
       },
       py::arg("weights"),
-      "Packs float32 weights [E, in, out] into bf16 [E, ceil(in/2), out, 2] (k pairs interleaved,\n"
-      "round to nearest even) for the weights_bf16 argument of the ensemble ops. A snapshot:\n"
-      "pack again after the weights change.");
+      "Packs float32 weights [E, in, out] into bf16 [E, P, C, 2], P = ceil(ceil(in/2)/16)*16,\n"
+      "C = ceil(out/16)*16 (k pairs interleaved, zero padding, round to nearest even) for the\n"
+      "weights_bf16 argument of the ensemble ops. A snapshot: pack again after the weights change.");
   m.def("ensemble_bf16_native", &ensemble_bf16_native,
-        "True when bf16 weights run on AVX512_BF16 instructions (else a slow portable emulation).");
+        "True when bf16 weights run on AVX512_BF16/AMX instructions (else a slow portable emulation).");
+  m.def("ensemble_bf16_amx", &ensemble_bf16_amx,
+        "True when tiles of >= 16 rows with bf16 weights run on AMX tiles.");
   m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
         "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
   m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");

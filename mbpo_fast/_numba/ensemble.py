@@ -203,7 +203,7 @@ def _unpack_bf16(weights_bf16, weights: list[np.ndarray]) -> list[np.ndarray]:
     out = []
     for i, (packed, w) in enumerate(zip(weights_bf16, weights, strict=True)):
         ens, k, n = w.shape
-        expected = (ens, (k + 1) // 2, n, 2)
+        expected = (ens, _pad16((k + 1) // 2), _pad16(n), 2)
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint16:
             raise TypeError(
                 f"weights_bf16[{i}]: expected a uint16 numpy array from ensemble_pack_bf16"
@@ -213,14 +213,19 @@ def _unpack_bf16(weights_bf16, weights: list[np.ndarray]) -> list[np.ndarray]:
                 f"weights_bf16[{i}]: expected a C-contiguous array of shape "
                 f"{_shape_str(expected)}, got {_shape_str(packed.shape)}"
             )
-        full = packed.transpose(0, 1, 3, 2).reshape(ens, 2 * expected[1], n)[:, :k]
+        full = packed.transpose(0, 1, 3, 2).reshape(ens, 2 * expected[1], expected[2])[:, :k, :n]
         out.append(np.ascontiguousarray(_widen(full)))
     return out
 
 
+def _pad16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
 def ensemble_pack_bf16(weights) -> list[np.ndarray]:
-    """Packs float32 weights [E, in, out] into bf16 [E, ceil(in/2), out, 2] (k pairs
-    interleaved, round to nearest even) for the weights_bf16 argument of the ensemble ops."""
+    """Packs float32 weights [E, in, out] into bf16 [E, P, C, 2], P = ceil(ceil(in/2)/16)*16,
+    C = ceil(out/16)*16 (k pairs interleaved, zero padding, round to nearest even) for the
+    weights_bf16 argument of the ensemble ops. A snapshot: pack again after the weights change."""
     out = []
     for i, w in enumerate(weights):
         w = _as_f32(w, f"weights[{i}]", (-1, -1, -1))
@@ -228,15 +233,20 @@ def ensemble_pack_bf16(weights) -> list[np.ndarray]:
         if min(ens, k, n) < 1:
             raise ValueError(f"weights[{i}]: expected non-empty dimensions")
         _require_finite(w, f"weights[{i}]")
-        padded = np.zeros((ens, 2 * ((k + 1) // 2), n), dtype=np.float32)
-        padded[:, :k] = w
-        bits = _round_bf16(padded).reshape(ens, -1, 2, n).transpose(0, 1, 3, 2)
+        padded = np.zeros((ens, 2 * _pad16((k + 1) // 2), _pad16(n)), dtype=np.float32)
+        padded[:, :k, :n] = w
+        bits = _round_bf16(padded).reshape(ens, -1, 2, padded.shape[2]).transpose(0, 1, 3, 2)
         out.append(np.ascontiguousarray(bits))
     return out
 
 
 def ensemble_bf16_native() -> bool:
     """False: the Numba backend emulates bf16 (same rounding) in float32."""
+    return False
+
+
+def ensemble_bf16_amx() -> bool:
+    """False: no AMX in the Numba backend."""
     return False
 
 

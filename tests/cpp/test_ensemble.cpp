@@ -240,6 +240,41 @@ TEST_CASE("epilogue: soft clamp saturates near the bounds and is the identity in
   for (int j = 0; j < 13; ++j) CHECK(eps[j] == random_normal(42, kStreamModelNoise, 5 * 13 + j));
 }
 
+TEST_CASE("bf16 weights: AMX (>= 16-row tiles), vdpbf16ps (1 row) and portable stay far below the std") {
+  KernelGuard guard;
+  const Model m(11, 3, 3, {200, 200, 200}, 21);
+  const int64_t B = 40, od1 = 12;
+  const auto obs = random_vec(B * 11, 22), act = random_vec(B * 3, 23);
+  std::vector<std::vector<uint16_t>> packed(m.w.size());
+  EnsembleView v = m.view();
+  for (size_t i = 0; i < m.w.size(); ++i) {
+    const int64_t k = m.widths[i], n = m.widths[i + 1];
+    packed[i].assign(static_cast<size_t>(3 * (((k + 1) / 2 + 15) / 16 * 16) * ((n + 15) / 16 * 16) * 2), 1);
+    ensemble_pack_bf16(m.w[i].data(), 3, k, n, packed[i].data());
+    v.weights_bf16[i] = packed[i].data();
+  }
+  std::vector<double> mu, vr;
+  for (const char* kernel : {"auto", "portable"}) {
+    ensemble_set_kernel(kernel);
+    std::vector<float> mean(3 * B * od1), var(3 * B * od1), one_mean(3 * od1), one_var(3 * od1);
+    ensemble_predict(v, obs.data(), act.data(), B, mean.data(), var.data());
+    double worst = 0.0;
+    for (int64_t i = 0; i < B; ++i) {
+      ensemble_predict(v, &obs[i * 11], &act[i * 3], 1, one_mean.data(), one_var.data());
+      for (int64_t e = 0; e < 3; ++e) {
+        m.reference(e, &obs[i * 11], &act[i * 3], mu, vr);
+        for (int64_t j = 0; j < od1; ++j) {
+          const double sd = std::sqrt(vr[j]);
+          worst = std::max(worst, std::abs(mean[(e * B + i) * od1 + j] - mu[j]) / sd);
+          worst = std::max(worst, std::abs(one_mean[e * od1 + j] - mu[j]) / sd);
+        }
+      }
+    }
+    std::printf("    %s: max |mean_bf16 - mean| / std = %.3g\n", kernel, worst);
+    CHECK(worst < 0.02);
+  }
+}
+
 TEST_CASE("AVX-512 Box-Muller equals rng.h's random_normal (float rounding, odd widths)") {
   if (!ensemble_avx512_available()) return;
   int64_t mismatches = 0, total = 0;

@@ -35,7 +35,7 @@ struct EnsembleView {
   const float* max_logvar = nullptr;  // [obs_dim + 1]
   const float* min_logvar = nullptr;  // [obs_dim + 1]
   // Optional bf16 weights (ensemble_pack_bf16): when weights_bf16[0] is set, every layer
-  // uses them ([E, ceil(widths[i] / 2), widths[i + 1], 2]) instead of `weights`.
+  // uses them instead of `weights` (layout: ensemble_pack_bf16).
   const uint16_t* weights_bf16[kEnsembleMaxLayers] = {};
   const int64_t* elites = nullptr;    // [num_elites], each in [0, E); may be null for predict
   int64_t num_elites = 0;
@@ -73,13 +73,17 @@ void ensemble_predict(const EnsembleView& view, const float* obs, const float* a
 void ensemble_disagreement(const EnsembleView& view, const float* obs, const float* act,
                            int64_t batch, const int64_t* members, int64_t n_members, float* out);
 
-// Packs float32 weights [E, in, out] into the bf16 layout of EnsembleView::weights_bf16:
-// packed[e, p, j, t] = bf16(w[e, 2p + t, j]) (round to nearest even; 0 for 2p + t = in).
-// packed holds E * ((in + 1) / 2) * out * 2 values.
+// Packs float32 weights [E, in, out] into the bf16 layout of EnsembleView::weights_bf16,
+// [E, P, C, 2] with P = ceil(ceil(in / 2) / 16) * 16 and C = ceil(out / 16) * 16:
+// packed[e, p, j, t] = bf16(w[e, 2p + t, j]) (round to nearest even), 0 in the padding.
+// The (k pair, column) interleave is the VNNI layout that vdpbf16ps and AMX tiles read.
 void ensemble_pack_bf16(const float* w, int64_t E, int64_t in, int64_t out, uint16_t* packed);
 // Whether the bf16 weights run on the AVX512_BF16 instructions (otherwise: a portable
 // emulation with the same rounding, much slower).
 bool ensemble_bf16_native();
+// Whether tiles of >= 16 rows with bf16 weights use AMX (Sapphire Rapids+; MBPO_FAST_AMX=0
+// turns it off).
+bool ensemble_bf16_amx();
 
 // Kernel selection (for tests and benchmarks): "auto" (AVX-512 when the CPU has it),
 // "avx512" (throws InvalidArgument when unsupported) or "portable". The environment
