@@ -90,8 +90,12 @@ class PerMemberReference:
                 if i < len(widths) - 2:
                     layers.append(nn.SiLU())
             net = nn.Sequential(*layers)
-            bounds = nn.ParameterList([nn.Parameter(torch.full((OBS + 1,), 0.5)),
-                                       nn.Parameter(torch.full((OBS + 1,), -10.0))])
+            bounds = nn.ParameterList(
+                [
+                    nn.Parameter(torch.full((OBS + 1,), 0.5)),
+                    nn.Parameter(torch.full((OBS + 1,), -10.0)),
+                ]
+            )
             self.members.append(net)
             self.bounds.append(bounds)
             self.optims.append(torch.optim.Adam([*net.parameters(), *bounds], lr=1e-3))
@@ -104,8 +108,10 @@ class PerMemberReference:
         lv = max_lv - nn.functional.softplus(max_lv - raw)
         lv = min_lv + nn.functional.softplus(lv - min_lv)
         nll = ((mean - y) ** 2 * torch.exp(-lv)).mean() + lv.mean()
-        l2 = sum(0.5 * wd * lin.weight.pow(2).sum()
-                 for wd, lin in zip(self.decays, self.members[m][::2], strict=True))
+        l2 = sum(
+            0.5 * wd * lin.weight.pow(2).sum()
+            for wd, lin in zip(self.decays, self.members[m][::2], strict=True)
+        )
         return nll + 0.01 * (max_lv.sum() - min_lv.sum()) + l2
 
     def fit_epoch(self, obs, act, rew, next_obs) -> float:
@@ -132,16 +138,18 @@ class PerMemberReference:
                 self.log.append(loss.item())
         with torch.no_grad():
             xh, yh = torch.from_numpy(xn[ho]), torch.from_numpy(y[ho])
-            self.holdout_mse = [float(((self.members[m](xh)[:, : OBS + 1] - yh) ** 2).mean())
-                                for m in range(E)]
+            self.holdout_mse = [
+                float(((self.members[m](xh)[:, : OBS + 1] - yh) ** 2).mean()) for m in range(E)
+            ]
         return time.perf_counter() - t0
 
 
 def run(rows: int = 100_000, reps: int = 3) -> dict:
     data = make_data(rows)
     train_rows = rows - min(int(0.2 * rows), 5000)
-    cand = EnsembleDynamics(OBS, ACT, ensemble_size=E, num_elites=5, hidden_size=HIDDEN,
-                            num_layers=LAYERS, seed=0)
+    cand = EnsembleDynamics(
+        OBS, ACT, ensemble_size=E, num_elites=5, hidden_size=HIDDEN, num_layers=LAYERS, seed=0
+    )
     ref = PerMemberReference(seed=0)
     small = [d[:2000] for d in data]  # warm up both (allocator, Adam state, thread pool)
     cand.fit(*small, max_epochs=1)
@@ -155,28 +163,37 @@ def run(rows: int = 100_000, reps: int = 3) -> dict:
     c, r = statistics.median(c_times), statistics.median(r_times)
     flops = epoch_flops(train_rows)
     return {
-        "rows": rows, "reps": reps, "threads": torch.get_num_threads(),
-        "candidate_s": c, "reference_s": r, "ratio": r / c,
-        "candidate_gflops": flops / c / 1e9, "reference_gflops": flops / r / 1e9,
-        "candidate_all": c_times, "reference_all": r_times,
-        "canary_before": canary_before, "canary_after": canary_after,
+        "rows": rows,
+        "reps": reps,
+        "threads": torch.get_num_threads(),
+        "candidate_s": c,
+        "reference_s": r,
+        "ratio": r / c,
+        "candidate_gflops": flops / c / 1e9,
+        "reference_gflops": flops / r / 1e9,
+        "candidate_all": c_times,
+        "reference_all": r_times,
+        "canary_before": canary_before,
+        "canary_after": canary_after,
     }
 
 
 def format_table(res: dict) -> str:
-    return "\n".join([
-        f"| {res['rows']:,} rows, E={E}, 4x200, batch {BATCH} | s / epoch (median of "
-        f"{res['reps']}) | effective GFLOP/s |",
-        "|---|---|---|",
-        f"| EnsembleDynamics.fit | {res['candidate_s']:.2f} | {res['candidate_gflops']:.0f} |",
-        f"| per-member torch loop | {res['reference_s']:.2f} | {res['reference_gflops']:.0f} |",
-        f"| speed-up | {res['ratio']:.2f}x | |",
-        "",
-        f"torch threads {res['threads']}; matmul canary {res['canary_before']:.0f} -> "
-        f"{res['canary_after']:.0f} GFLOP/s; all runs (s): candidate "
-        f"{[round(t, 2) for t in res['candidate_all']]}, reference "
-        f"{[round(t, 2) for t in res['reference_all']]}",
-    ])
+    return "\n".join(
+        [
+            f"| {res['rows']:,} rows, E={E}, 4x200, batch {BATCH} | s / epoch (median of "
+            f"{res['reps']}) | effective GFLOP/s |",
+            "|---|---|---|",
+            f"| EnsembleDynamics.fit | {res['candidate_s']:.2f} | {res['candidate_gflops']:.0f} |",
+            f"| per-member torch loop | {res['reference_s']:.2f} | {res['reference_gflops']:.0f} |",
+            f"| speed-up | {res['ratio']:.2f}x | |",
+            "",
+            f"torch threads {res['threads']}; matmul canary {res['canary_before']:.0f} -> "
+            f"{res['canary_after']:.0f} GFLOP/s; all runs (s): candidate "
+            f"{[round(t, 2) for t in res['candidate_all']]}, reference "
+            f"{[round(t, 2) for t in res['reference_all']]}",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- pytest-benchmark

@@ -63,23 +63,45 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _float_array(name: str, value, shape: Sequence[int | None]) -> np.ndarray:
+_F32 = np.dtype(np.float32)
+
+
+def _float_array(
+    name: str, value, shape: Sequence[int | None], check_finite: bool = True
+) -> np.ndarray:
     """`value` as a float32 numpy array with `shape` (None = any), finite; else a clear error.
 
-    Accepts float32/float64 numpy arrays, CPU torch tensors and nested sequences of floats.
+    Accepts float32/float64 numpy arrays, torch tensors and nested sequences of floats. A
+    C-contiguous float32 array passes through without a copy (the common, per-step case).
     """
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name}: expected a float32 (or float64) array, got dtype {arr.dtype}")
-    pairs = zip(shape, arr.shape, strict=False)
-    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in pairs):
+    if type(value) is np.ndarray:
+        arr = value
+    elif isinstance(value, torch.Tensor):
+        arr = value.detach().cpu().numpy()
+    else:
+        arr = np.asarray(value)
+    dtype = arr.dtype
+    if dtype != _F32 and (dtype.kind != "f" or dtype.itemsize != 8):
+        raise TypeError(f"{name}: expected a float32 (or float64) array, got dtype {dtype}")
+    got = arr.shape
+    ok = len(got) == len(shape)
+    if ok:
+        for e, g in zip(shape, got, strict=True):
+            if e is not None and e != g:
+                ok = False
+                break
+    if not ok:
         expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
-        raise ValueError(f"{name}: expected shape {expected}, got {tuple(arr.shape)}")
-    if not np.isfinite(arr).all():
-        bad = int(np.argmax(~np.isfinite(arr.reshape(-1))))
-        raise ValueError(f"{name}: contains a non-finite value (NaN or Inf) at flat index {bad}")
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(got)}")
+    if check_finite:
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(np.argmax(~finite.reshape(-1)))
+            raise ValueError(
+                f"{name}: contains a non-finite value (NaN or Inf) at flat index {bad}"
+            )
+    if dtype == _F32 and arr.flags.c_contiguous:
+        return arr
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -140,6 +162,7 @@ class EnsembleDynamics(nn.Module):
             raise ValueError(f"weight_decays: expected {n_linear} finite values >= 0, got {decays}")
         self.weight_decays = [float(d) for d in decays]
         self.device = torch.device(device)
+        self._on_cpu = self.device.type == "cpu"
 
         in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
         widths = [in_dim] + [self.hidden_size] * self.num_layers + [2 * out_dim]
@@ -159,8 +182,23 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        self._bf16 = False
         # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
         self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() would strand the generator, the optimizer state and the
+        # zero-copy inference views: the device and float32 dtype are fixed at construction.
+        probe = fn(torch.empty(0, device=getattr(self, "device", "cpu")))
+        if getattr(self, "device", None) is not None and (
+            probe.device != self.device or probe.dtype != torch.float32
+        ):
+            raise RuntimeError(
+                f"EnsembleDynamics: device ({self.device}) and dtype (float32) are fixed at "
+                f"construction, refusing to move to {probe.device} / {probe.dtype}; build the "
+                "model with device=... or save() it and load(path, device=...)"
+            )
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ properties
 
@@ -201,7 +239,7 @@ class EnsembleDynamics(nn.Module):
         In-place parameter updates (optimizer steps, snapshot restores, normalizer refits) are
         seen by the next call without rebuilding. Raises RuntimeError for a non-CPU model.
         """
-        if self.device.type != "cpu":
+        if not self._on_cpu:
             raise RuntimeError(
                 f"inference: the native kernels run on CPU parameters; this model is on "
                 f"{self.device}. Use predict()/step() (torch path) or load the file on CPU."
@@ -219,7 +257,18 @@ class EnsembleDynamics(nn.Module):
                 self.elite_index.numpy().copy(),
                 activation="silu",
             )
+            if self._bf16:
+                self._inference.use_bf16(True)
         return self._inference
+
+    def use_bf16(self, enabled: bool = True) -> None:
+        """Opt-in bf16 weights for inference (predict/step/disagreement on CPU), a rollout speed
+        option: the adapter packs a bf16 snapshot of the weights, re-packed automatically after
+        every ``fit`` and ``load_state_dict``. Training stays float32. After changing the
+        weights any other way, call ``use_bf16(True)`` again."""
+        self._bf16 = bool(enabled)
+        if self._inference is not None:
+            self._inference.use_bf16(self._bf16)
 
     def _invalidate_inference(self) -> None:
         self._inference = None
@@ -522,14 +571,19 @@ class EnsembleDynamics(nn.Module):
     # ------------------------------------------------------------------ inference
 
     def _validate_rows(self, obs, act) -> tuple[np.ndarray, np.ndarray, bool]:
-        """float32 obs [B, obs_dim], act [B, act_dim] (a single [obs_dim] row is accepted)."""
-        single = np.ndim(obs) == 1
+        """float32 obs [B, obs_dim], act [B, act_dim] (a single [obs_dim] row is accepted).
+
+        On CPU the kernels check finiteness themselves (same ValueError, naming obs/act), so
+        the per-call Python check is skipped there.
+        """
+        fin = not self._on_cpu
+        single = getattr(obs, "ndim", None) == 1 or (not hasattr(obs, "ndim") and np.ndim(obs) == 1)
         if single:
-            obs = _float_array("obs", obs, (self.obs_dim,))[None]
-            act = _float_array("act", act, (self.act_dim,))[None]
+            obs = _float_array("obs", obs, (self.obs_dim,), fin)[None]
+            act = _float_array("act", act, (self.act_dim,), fin)[None]
         else:
-            obs = _float_array("obs", obs, (None, self.obs_dim))
-            act = _float_array("act", act, (obs.shape[0], self.act_dim))
+            obs = _float_array("obs", obs, (None, self.obs_dim), fin)
+            act = _float_array("act", act, (obs.shape[0], self.act_dim), fin)
         return obs, act, single
 
     def predict(self, obs, act) -> tuple[np.ndarray, np.ndarray]:
@@ -539,7 +593,7 @@ class EnsembleDynamics(nn.Module):
         [act_dim] -> [E, obs_dim + 1]). Native kernels on CPU; torch forward on other devices.
         """
         obs, act, single = self._validate_rows(obs, act)
-        if self.device.type == "cpu":
+        if self._on_cpu:
             mean, var = self.inference.predict(obs, act)
         else:
             with torch.no_grad():
@@ -597,7 +651,7 @@ class EnsembleDynamics(nn.Module):
             or not 0 <= seed < 2**64
         ):
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
-        if self.device.type == "cpu":
+        if self._on_cpu:
             next_obs, rew, used = self.inference.step(
                 obs, act, seed=int(seed), deterministic=bool(deterministic), members=mem
             )

@@ -51,10 +51,17 @@ def _system(seed: int = 0):
     return truth, noise_std, sample
 
 
-def _data(n, seed=1):
+def _inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh float32 obs [n, OBS] ~ N(0, 1) and act [n, ACT] ~ U(-1, 1)."""
     rng = np.random.default_rng(seed)
-    o = rng.normal(size=(n, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(n, ACT)).astype(np.float32)
+    return (
+        rng.normal(size=(n, OBS)).astype(np.float32),
+        rng.uniform(-1, 1, size=(n, ACT)).astype(np.float32),
+    )
+
+
+def _data(n, seed=1):
+    o, a = _inputs(n, seed)
     r = (np.sin(o[:, 0]) + a[:, 0]).astype(np.float32)
     no = (o + 0.1 * np.tanh(o + a[:, :1])).astype(np.float32)
     return o, a, r, no
@@ -107,9 +114,7 @@ def test_fit_identifies_a_nonlinear_system_and_its_noise_levels():
     st = model.fit(*sample(5000), max_epochs=80, seed=0)
     assert st["epochs"] >= 5 and st["elites"] == model.elites
 
-    rng = np.random.default_rng(99)
-    o = rng.normal(size=(4000, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(4000, ACT)).astype(np.float32)
+    o, a = _inputs(4000, seed=99)
     mean, var = model.predict(o, a)
     target = truth(o.astype(np.float64), a.astype(np.float64))
     mu = mean[model.elites].mean(0)
@@ -133,13 +138,16 @@ def test_early_stopping_stops_and_restores_each_members_best_snapshot(monkeypatc
     E = model.ensemble_size
     # Scripted holdout MSE per evaluation (row 0 = before training): member 0 improves at
     # epochs 1 and 3, member 1 only at 2, member 2 never by > 1 %, member 3 at 1 and 4.
-    script = np.array([
-        [1.00, 1.00, 1.00, 1.00],
-        [0.50, 1.20, 0.995, 0.80],
-        [0.60, 0.70, 0.999, 0.90],
-        [0.40, 0.71, 0.992, 0.85],
-        [0.45, 0.90, 1.000, 0.50],
-    ] + [[0.9, 0.9, 0.9995, 0.9]] * 10)
+    script = np.array(
+        [
+            [1.00, 1.00, 1.00, 1.00],
+            [0.50, 1.20, 0.995, 0.80],
+            [0.60, 0.70, 0.999, 0.90],
+            [0.40, 0.71, 0.992, 0.85],
+            [0.45, 0.90, 1.000, 0.50],
+        ]
+        + [[0.9, 0.9, 0.9995, 0.9]] * 10
+    )
     states = []
     calls = {"n": 0}
 
@@ -222,8 +230,10 @@ def test_weight_decay_per_layer_on_weights_only():
         torch.testing.assert_close(layer.weight.grad, wd * layer.weight.detach())
         assert layer.bias.grad is None
     assert model.max_logvar.grad is None and model.min_logvar.grad is None
-    expected = sum(0.5 * wd * float((layer.weight.detach().double() ** 2).sum())
-                   for wd, layer in zip(model.weight_decays, model.layers, strict=True))
+    expected = sum(
+        0.5 * wd * float((layer.weight.detach().double() ** 2).sum())
+        for wd, layer in zip(model.weight_decays, model.layers, strict=True)
+    )
     assert float(model.weight_decay_loss().detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -236,8 +246,8 @@ def test_training_applies_weight_decay_through_adam_exactly_as_the_l2_loss_term(
     no_decay = groups[-1]
     assert no_decay["weight_decay"] == 0.0
     assert {id(p) for p in no_decay["params"]} == {
-        id(p) for p in [*(layer.bias for layer in model.layers), model.max_logvar,
-                        model.min_logvar]}
+        id(p) for p in [*(layer.bias for layer in model.layers), model.max_logvar, model.min_logvar]
+    }
     # one step of the training optimizer on the data loss == plain Adam on loss + L2 term
     twin = _small(weight_decays=decays)
     twin.load_state_dict(model.state_dict())
@@ -262,8 +272,9 @@ def test_loss_matches_a_float64_hand_computation():
     model = _randomize(_small())
     o, a, r, no = _data(64, seed=5)
     got = model.compute_loss(o, a, r, no)
-    x = (np.concatenate([o, a], 1).astype(np.float64) - model.input_mean.double().numpy()) \
-        / model.input_std.double().numpy()
+    x = (
+        np.concatenate([o, a], 1).astype(np.float64) - model.input_mean.double().numpy()
+    ) / model.input_std.double().numpy()
     y = np.concatenate([no - o, r[:, None]], 1).astype(np.float64)
     nll = []
     for m in range(model.ensemble_size):
@@ -280,8 +291,10 @@ def test_loss_matches_a_float64_hand_computation():
         lv = mn + np.log1p(np.exp(lv - mn))
         nll.append(np.mean((mu - y) ** 2 * np.exp(-lv)) + np.mean(lv))
     bound = 0.01 * (model.max_logvar.double().sum() - model.min_logvar.double().sum()).item()
-    decay = sum(0.5 * wd * (layer.weight.double() ** 2).sum().item()
-                for wd, layer in zip(model.weight_decays, model.layers, strict=True))
+    decay = sum(
+        0.5 * wd * (layer.weight.double() ** 2).sum().item()
+        for wd, layer in zip(model.weight_decays, model.layers, strict=True)
+    )
     np.testing.assert_allclose(got["nll"], nll, rtol=1e-4)
     assert got["logvar_bound"] == pytest.approx(bound, rel=1e-6)
     assert got["total"] == pytest.approx(sum(nll) + bound + decay, rel=1e-4)
@@ -320,8 +333,9 @@ def test_fit_limits_holdout_cap_and_progress_bar(capsys):
     o, a, r, no = _data(1000)
     model.fit(o, a, r, no, max_holdout=50, max_epochs=1, seed=8)
     train = torch.randperm(1000, generator=torch.Generator().manual_seed(8))[50:].numpy()
-    np.testing.assert_allclose(model.input_mean.numpy()[:OBS], o[train].mean(0), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.input_mean.numpy()[:OBS], o[train].mean(0), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_fit_syncs_with_the_host_once_per_epoch_not_per_batch(monkeypatch):
@@ -339,6 +353,20 @@ def test_fit_syncs_with_the_host_once_per_epoch_not_per_batch(monkeypatch):
     monkeypatch.undo()
     assert st["epochs"] == 2
     assert syncs["n"] <= 12, syncs  # a handful per epoch and per fit, none per batch
+
+
+def test_fit_is_reproducible_and_works_without_a_holdout():
+    data = _data(700)
+    a = _small().fit(*data, max_epochs=2)
+    b = _small().fit(*data, max_epochs=2)
+    assert a["holdout_mse"] == b["holdout_mse"] and a["elites"] == b["elites"]
+    c = _small().fit(*data, max_epochs=2, seed=123)
+    assert c["holdout_mse"] != a["holdout_mse"]
+    # no holdout rows: the training split stands in for early stopping and elite selection
+    model = _small()
+    st = model.fit(*data, holdout_ratio=0.0, max_epochs=2)
+    assert st["epochs"] == 2 and np.isfinite(st["holdout_mse"]).all()
+    assert st["elites"] == list(np.argsort(st["holdout_mse"])[:3])
 
 
 def test_training_state_resumes_exactly():
@@ -372,9 +400,7 @@ def saved(tmp_path):
 
 def test_predict_matches_a_float64_forward_of_the_saved_file(saved, backend):
     model, path = saved
-    rng = np.random.default_rng(3)
-    o = rng.normal(size=(300, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(300, ACT)).astype(np.float32)
+    o, a = _inputs(300, seed=3)
     mean, var = model.predict(o, a)
     assert mean.dtype == var.dtype == np.float32 and mean.shape == (5, 300, OBS + 1)
     ref_mean, ref_var = _reference_forward(path, o, a)
@@ -388,11 +414,9 @@ def test_predict_matches_a_float64_forward_of_the_saved_file(saved, backend):
 
 def test_deterministic_step_is_obs_plus_the_members_mean(saved, backend):
     model, _ = saved
-    rng = np.random.default_rng(4)
-    o = rng.normal(size=(200, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(200, ACT)).astype(np.float32)
+    o, a = _inputs(200, seed=4)
     mean, _ = model.predict(o, a)
-    members = rng.integers(0, model.ensemble_size, size=200)
+    members = np.random.default_rng(4).integers(0, model.ensemble_size, size=200)
     next_obs, rew = model.step(o, a, deterministic=True, members=members)
     rows = np.arange(200)
     np.testing.assert_allclose(next_obs, o + mean[members, rows, :OBS], rtol=1e-6, atol=1e-6)
@@ -408,10 +432,8 @@ def test_deterministic_step_is_obs_plus_the_members_mean(saved, backend):
 
 def test_stochastic_step_z_scores_are_standard_normal(saved, backend):
     model, _ = saved
-    rng = np.random.default_rng(5)
     n = 20000
-    o = rng.normal(size=(n, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(n, ACT)).astype(np.float32)
+    o, a = _inputs(n, seed=5)
     mean, var = model.predict(o, a)
     next_obs, rew, used = model.step(o, a, seed=123, return_members=True)
     rows = np.arange(n)
@@ -424,17 +446,16 @@ def test_stochastic_step_z_scores_are_standard_normal(saved, backend):
     assert np.array_equal(again, next_obs) and not np.array_equal(other, next_obs)
     # the torch path samples the same distribution
     t_next, t_rew, t_used = model._step_torch(o, a, 7, False, None)
-    tz = (np.concatenate([t_next - o, t_rew[:, None]], 1) - mean[t_used, rows]) \
-        / np.sqrt(var[t_used, rows])
+    tz = (np.concatenate([t_next - o, t_rew[:, None]], 1) - mean[t_used, rows]) / np.sqrt(
+        var[t_used, rows]
+    )
     assert abs(tz.mean()) < 0.02 and abs(tz.std() - 1) < 0.02
 
 
 def test_member_choices_cover_exactly_the_elites_uniformly(saved, backend):
     model, _ = saved
     n = 30000
-    rng = np.random.default_rng(6)
-    o = rng.normal(size=(n, OBS)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(n, ACT)).astype(np.float32)
+    o, a = _inputs(n, seed=6)
     _, _, used = model.step(o, a, seed=9, return_members=True)
     assert set(used.tolist()) == set(model.elites) == {0, 2, 4}
     counts = np.array([(used == e).sum() for e in model.elites])
@@ -472,6 +493,25 @@ def test_inference_views_follow_training_without_copies():
     np.testing.assert_array_equal(model.predict(o[:4], a[:4])[0], other.predict(o[:4], a[:4])[0])
 
 
+def test_bf16_inference_is_repacked_after_fit(backend):
+    model = _small()
+    data = _data(1000)
+    model.fit(*data, max_epochs=2)
+    o, a = data[0][:256], data[1][:256]
+    model.use_bf16(True)
+    mean16, var16 = model.predict(o, a)
+    model.use_bf16(False)
+    mean32, var32 = model.predict(o, a)
+    assert not np.array_equal(mean16, mean32)
+    assert np.abs(mean16 - mean32).max() < 0.05 * np.sqrt(var32).mean()
+    model.use_bf16(True)
+    model.fit(*data, max_epochs=3)  # weights change; the snapshot must follow
+    mean16, _ = model.predict(o, a)
+    model.use_bf16(False)
+    mean32, var32 = model.predict(o, a)
+    assert np.abs(mean16 - mean32).max() < 0.05 * np.sqrt(var32).mean()
+
+
 # ---------------------------------------------------------------------------- save / load
 
 
@@ -507,8 +547,11 @@ def _rewrite(src, dst, edit_tensors=None, edit_meta=None):
 @pytest.mark.parametrize(
     ("edit_tensors", "edit_meta", "message"),
     [
-        (lambda t: t.__setitem__("layers.1.weight", t["layers.1.weight"][:, :-1]), None,
-         "'layers.1.weight' expected shape"),
+        (
+            lambda t: t.__setitem__("layers.1.weight", t["layers.1.weight"][:, :-1]),
+            None,
+            "'layers.1.weight' expected shape",
+        ),
         (lambda t: t.pop("layers.2.bias"), None, "missing tensor 'layers.2.bias'"),
         (lambda t: t.pop("max_logvar"), None, "missing tensor 'max_logvar'"),
         (lambda t: t.__setitem__("elites", t["elites"].astype(np.int32)), None, "'elites'"),
@@ -551,11 +594,11 @@ def test_load_rejects_truncated_and_corrupted_files(saved, tmp_path):
         with pytest.raises(ValueError):
             EnsembleDynamics.load(p)
     (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
+    header = json.loads(blob[8 : 8 + n])
     header["layers.0.weight"]["shape"][1] += 1  # offsets no longer match the shape
     raw = json.dumps(header).encode()
     p = tmp_path / "hdr.safetensors"
-    p.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n:])
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n :])
     with pytest.raises(ValueError):
         EnsembleDynamics.load(p)
     with pytest.raises(FileNotFoundError):
@@ -565,7 +608,7 @@ def test_load_rejects_truncated_and_corrupted_files(saved, tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
-def test_bad_inference_input_raises_clear_errors(saved):
+def test_bad_inference_input_raises_clear_errors(saved, backend):
     model, _ = saved
     o, a, _, _ = _data(10)
     cases = [
@@ -583,7 +626,7 @@ def test_bad_inference_input_raises_clear_errors(saved):
     for name, bad_value in (("obs", np.nan), ("obs", np.inf), ("act", -np.inf)):
         oo, aa = o.copy(), a.copy()
         (oo if name == "obs" else aa)[3, 1] = bad_value
-        for fn in (model.predict, model.step):
+        for fn in (model.predict, model.step, model.disagreement):
             with pytest.raises(ValueError, match=f"{name}: contains a non-finite"):
                 fn(oo, aa)
     with pytest.raises(ValueError, match="members: entry 2 = 5 is out of range"):
@@ -622,6 +665,17 @@ def test_bad_fit_input_raises_and_changes_nothing():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model._optimizer is None
+
+
+def test_moving_or_casting_the_module_is_refused():
+    model = _small()
+    with pytest.raises(RuntimeError, match="fixed at construction"):
+        model.double()
+    with pytest.raises(RuntimeError, match="fixed at construction"):
+        model.to("meta")
+    model.to("cpu")
+    model.float()  # no-ops are fine
+    assert model.layers[0].weight.dtype == torch.float32
 
 
 def test_constructor_validates_sizes():
