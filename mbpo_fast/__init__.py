@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
 try:
@@ -91,6 +92,7 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = [
+    "KNOWN_ENV_IDS",
     "Transition",
     "__version__",
     "backend",
@@ -98,4 +100,5 @@ __all__ = [
     "cmake_dir",
     "has_cuda",
     "set_num_threads",
+    "termination_fn",
 ]

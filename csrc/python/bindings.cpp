@@ -20,6 +20,7 @@
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
 #include "mbpo_fast/rng.h"
+#include "mbpo_fast/termination.h"
 
 namespace py = pybind11;
 using namespace mbpo_fast;
@@ -47,7 +48,7 @@ std::vector<int64_t> shape_of(const py::array& a) {
 // Converts `obj` to a C-contiguous float32 array whose shape matches `expected`
 // (-1 = any size). Raises TypeError for non-numeric input and ValueError for a
 // wrong shape. Copies only when the input is not already contiguous float32.
-py::array_t<float, py::array::c_style> as_f32(py::handle obj, const char* name,
+py::array_t<float, py::array::c_style | py::array::forcecast> as_f32(py::handle obj, const char* name,
                                               const std::vector<int64_t>& expected) {
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected a numeric array, got " +
@@ -64,7 +65,11 @@ py::array_t<float, py::array::c_style> as_f32(py::handle obj, const char* name,
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(expected) + ", got " +
                           shape_str(got));
   }
-  return py::array_t<float, py::array::c_style>::ensure(arr);
+  // forcecast: int64/float64 -> float32 is not a "safe" numpy cast, and without the flag
+  // ensure() returns a null array (whose data() then crashes) instead of converting.
+  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return out;
 }
 
 // Raises ValueError when any of the n values is NaN or infinite.
@@ -160,6 +165,59 @@ void bind_core(py::module_& m) {
       "Fills n floats of device memory at out_ptr (e.g. torch.Tensor.data_ptr()) on the GPU.");
 }
 
+// ------------------------------------------------------------------ section: termination
+
+void bind_termination(py::module_& m) {
+  m.def(
+      "termination",
+      [](int32_t termination_id, py::handle next_obs) -> py::array {
+        // float64 observations (what gymnasium returns) are checked in float64, never rounded
+        // to float32 first; everything else goes through the float32 path.
+        py::array arr = py::array::ensure(next_obs);
+        if (!arr) {
+          throw py::type_error("next_obs: expected a numeric array, got " +
+                               std::string(py::str(py::type::handle_of(next_obs).attr("__name__"))));
+        }
+        if (arr.ndim() != 2) {
+          throw py::value_error("next_obs: expected shape (batch, obs_dim), got " + shape_str(shape_of(arr)));
+        }
+        const int64_t batch = arr.shape(0), obs_dim = arr.shape(1);
+        check_termination_args(termination_id, obs_dim, "next_obs");
+        const auto id = static_cast<TerminationId>(termination_id);
+        auto out = new_array<bool>({batch});
+        auto* o = reinterpret_cast<uint8_t*>(out.mutable_data());
+        if (arr.dtype().kind() == 'f' && arr.dtype().itemsize() == 8) {
+          auto a = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(arr);
+          if (!a) throw py::error_already_set();
+          const double* p = a.data();
+          py::gil_scoped_release release;
+          terminations(id, p, batch, static_cast<int>(obs_dim), o);
+        } else {
+          auto a = as_f32(arr, "next_obs", {-1, -1});
+          const float* p = a.data();
+          py::gil_scoped_release release;
+          terminations(id, p, batch, static_cast<int>(obs_dim), o);
+        }
+        return out;
+      },
+      py::arg("termination_id"), py::arg("next_obs"),
+      "terminated flags bool[B] of next_obs [B, obs_dim] (float32, or float64 checked in float64) "
+      "for a built-in termination id (see termination_id). ValueError for an unknown id or an "
+      "observation width the task does not produce.");
+  m.def(
+      "termination_id",
+      [](const std::string& env_id) { return static_cast<int32_t>(termination_id_from_env(env_id)); },
+      py::arg("env_id"),
+      "The built-in termination id of a gymnasium env id; ValueError listing the known ids otherwise.");
+  m.def("termination_env_ids", [] {
+    std::vector<std::string> ids;
+    std::string all = known_termination_envs(), item;
+    std::istringstream is(all);
+    while (std::getline(is, item, ',')) ids.push_back(item.substr(item.find_first_not_of(' ')));
+    return ids;
+  }, "The gymnasium env ids with a built-in termination function.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -175,4 +233,5 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   bind_core(m);
+  bind_termination(m);
 }

@@ -1,0 +1,528 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018) with automatic entropy tuning, tuned for speed.
+
+The math is the standard SAC of the MBPO paper (softlearning / CleanRL / SB3):
+
+* Actor: an MLP ``obs -> (mean, log_std)`` with ReLU hidden layers; ``log_std`` is clamped
+  to ``[LOG_STD_MIN, LOG_STD_MAX] = [-20, 2]`` with ``torch.clamp`` (a hard clamp, not a
+  tanh rescale: a native rollout engine replicates exactly this).
+  A pre-squash sample ``u = mean + exp(log_std) * eps`` (``eps ~ N(0, I)``) becomes the action
+  ``a = tanh(u) * scale + bias`` with ``scale = (high - low) / 2``, ``bias = (high + low) / 2``.
+  By the change of variables its log-density is::
+
+      log pi(a|s) = sum_i [ -eps_i^2 / 2 - log_std_i - log(2 pi) / 2 ]            (Normal(u))
+                  - sum_i [ log(scale_i) + 2 * (log 2 - u_i - softplus(-2 u_i)) ]  (|da/du|)
+
+  where ``2 * (log 2 - u - softplus(-2u)) == log(1 - tanh(u)^2)`` exactly, but stays finite
+  and accurate for large ``|u|`` (actions at the bounds), unlike ``log(1 - tanh^2 + 1e-6)``.
+* Critics: twin Q networks ``concat(obs, act) -> Q``, held as ONE 2-member batched ensemble
+  (:class:`mbpo_fast.nn.BatchedLinear`: weight ``[2, in, out]``), with Polyak-averaged targets.
+* Critic target: ``y = r + gamma * (1 - terminated) * (min_j Qtarg_j(s', a') - alpha * log pi(a'|s'))``
+  with ``a' ~ pi(.|s')`` from the current actor; bootstrapping stops on ``terminated`` only
+  (time-limit truncation is not terminal). Loss: ``sum_j mean_B (Q_j(s, a) - y)^2``.
+* Actor loss (after the critic step, with the updated critics): ``mean(alpha * log pi(a|s) -
+  min_j Q_j(s, a))``, ``a ~ pi(.|s)``.
+* Temperature: ``alpha = exp(log_alpha)``, loss ``-mean(log_alpha * (log pi(a|s) + H_target))``
+  using the actor step's sample; ``H_target`` defaults to ``-act_dim``.
+
+Where the speed comes from (see benchmarks/RESULTS_sac.md): both critics run as one batched
+matmul per layer; the critic weights are frozen while the actor loss is back-propagated
+(no wasted weight gradients); Adam is the fused CPU/GPU kernel; Polyak averaging is one
+``torch._foreach_lerp_``; nothing in :meth:`SAC.update` synchronizes with the host (the stats
+are returned as 0-d tensors); and ``update`` accepts a ``[K, B, ...]`` block of K batches
+sampled in one call, running K updates back to back.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .io import atomic_write, save_safetensors
+from .nn import BatchedLinear
+from .types import Transition
+
+LOG_STD_MIN = -20.0
+LOG_STD_MAX = 2.0
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG2 = math.log(2.0)
+_FORMAT = "mbpo_fast.SAC/1"
+
+
+def squashed_gaussian(mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor | None,
+                      scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples ``a = tanh(mean + exp(log_std) * eps) * scale + bias`` and returns ``(a, log pi(a))``.
+
+    mean, log_std, eps: float [B, act_dim] (``log_std`` already clamped); scale, bias:
+    [act_dim]. ``eps=None`` gives the deterministic action ``tanh(mean) * scale + bias`` (its
+    log-density is evaluated at ``u = mean``). Returns a [B, act_dim] and log pi [B]; the
+    formula is in the module docstring.
+    """
+    if eps is None:
+        u = mean
+        gauss = -log_std - _HALF_LOG_2PI
+    else:
+        u = mean + log_std.exp() * eps
+        gauss = -0.5 * eps.square() - log_std - _HALF_LOG_2PI
+    # log|da/du| = log(scale) + log(1 - tanh(u)^2) = log(scale) + 2*(log 2 - u - softplus(-2u))
+    log_det = 2.0 * (_LOG2 - u - F.softplus(-2.0 * u)) + scale.log()
+    action = torch.tanh(u) * scale + bias
+    return action, (gauss - log_det).sum(-1)
+
+
+class _MLP(nn.Module):
+    """A stack of :class:`BatchedLinear` layers with ReLU between them.
+
+    ``forward(x)``: x float32 [E, B, in] (or [B, in], broadcast to every member with
+    ``expand``, no copy) -> [E, B, out]. With ``E == 1`` the layers run as plain ``addmm``
+    on the member's [in, out] weight (the same numbers, a better-shaped kernel).
+    """
+
+    def __init__(self, ensemble_size: int, sizes: list[int], generator: torch.Generator) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.layers = nn.ModuleList(
+            BatchedLinear(ensemble_size, n_in, n_out, init="torch", generator=generator)
+            for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        if self.ensemble_size == 1:
+            if x.dim() == 3:
+                x = x[0]
+            for i, layer in enumerate(self.layers):
+                x = torch.addmm(layer.bias[0], x, layer.weight[0])
+                if i != last:
+                    x = torch.relu(x)
+            return x.unsqueeze(0)
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.ensemble_size, *x.shape)
+        for i, layer in enumerate(self.layers):
+            x = torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight)
+            if i != last:
+                x = torch.relu(x)
+        return x
+
+
+def _as_tensor(x: Any, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__} ({exc})") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                       or arr.dtype == np.bool_):
+            raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            arr = arr.copy()
+        t = torch.from_numpy(arr)  # zero-copy where the dtype already matches
+    return t.to(device=device, dtype=dtype, non_blocking=True)
+
+
+class SAC:
+    """Soft Actor-Critic agent (see the module docstring for the exact math).
+
+    Args:
+        obs_dim, act_dim: observation / action sizes (> 0).
+        action_low, action_high: float [act_dim] bounds, finite, ``low < high`` elementwise.
+        hidden_size, num_layers: actor and critics have ``num_layers`` hidden ReLU layers of
+            ``hidden_size`` units (MBPO: 2 x 256).
+        lr: Adam learning rate of actor, critics and ``log_alpha``.
+        gamma: discount; tau: Polyak rate of the target critics (per update).
+        target_entropy: entropy target of the temperature; None -> ``-act_dim``.
+        init_alpha: initial temperature (> 0).
+        device: torch device of the networks (``act`` always returns numpy on the host).
+        seed: seeds the parameter initialization and the agent's own ``torch.Generator``,
+            which drives all action noise (``act`` and ``update``): two agents built with the
+            same arguments behave identically.
+        autocast_bf16: run the forward passes of :meth:`update` under bf16 autocast
+            (parameters, optimizer state and losses stay float32).
+        compile: wrap the two loss computations in ``torch.compile``.
+
+    Attributes ``actor`` (ensemble-of-one :class:`_MLP`), ``critic``, ``critic_target`` (2-member
+    ensembles), ``log_alpha`` and the optimizers are public for inspection.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Any,
+        action_high: Any,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 5e-3,
+        target_entropy: float | None = None,
+        init_alpha: float = 1.0,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        autocast_bf16: bool = False,
+        compile: bool = False,
+    ) -> None:
+        for arg, value in (("obs_dim", obs_dim), ("act_dim", act_dim),
+                           ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"SAC: {arg} must be a positive int, got {value!r}")
+        obs_dim, act_dim = int(obs_dim), int(act_dim)
+        low = np.asarray(action_low, dtype=np.float64)
+        high = np.asarray(action_high, dtype=np.float64)
+        for name, b in (("action_low", low), ("action_high", high)):
+            if b.shape != (act_dim,):
+                raise ValueError(f"SAC: {name} must have shape ({act_dim},) (act_dim), "
+                                 f"got {b.shape}")
+            if not np.all(np.isfinite(b)):
+                raise ValueError(f"SAC: {name} must be finite, got {b}")
+        if not np.all(low < high):
+            raise ValueError(f"SAC: action_low must be < action_high elementwise, got "
+                             f"low={low}, high={high}")
+        for arg, value, lo, hi in (("lr", lr, 0.0, math.inf), ("gamma", gamma, 0.0, 1.0),
+                                   ("tau", tau, 0.0, 1.0), ("init_alpha", init_alpha, 0.0, math.inf)):
+            if not (lo < float(value) <= hi) or not math.isfinite(float(value)):
+                raise ValueError(f"SAC: {arg} must be in ({lo}, {hi}], got {value!r}")
+        if target_entropy is None:
+            target_entropy = -float(act_dim)
+        if not math.isfinite(float(target_entropy)):
+            raise ValueError(f"SAC: target_entropy must be finite, got {target_entropy!r}")
+
+        self.device = torch.device(device)
+        self.config: dict[str, Any] = dict(
+            obs_dim=obs_dim, act_dim=act_dim, action_low=low.tolist(),
+            action_high=high.tolist(), hidden_size=int(hidden_size), num_layers=int(num_layers),
+            lr=float(lr), gamma=float(gamma), tau=float(tau),
+            target_entropy=float(target_entropy), init_alpha=float(init_alpha),
+            seed=int(seed), autocast_bf16=bool(autocast_bf16), compile=bool(compile))
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.gamma, self.tau = float(gamma), float(tau)
+        self.target_entropy = float(target_entropy)
+        self.autocast_bf16 = bool(autocast_bf16)
+
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        init_gen = torch.Generator().manual_seed(int(seed))  # init on CPU, then move
+        hidden = [int(hidden_size)] * int(num_layers)
+        self.actor = _MLP(1, [obs_dim, *hidden, 2 * act_dim], init_gen).to(self.device)
+        self.critic = _MLP(2, [obs_dim + act_dim, *hidden, 1], init_gen).to(self.device)
+        self.critic_target = _MLP(2, [obs_dim + act_dim, *hidden, 1], init_gen).to(self.device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(init_alpha), device=self.device,
+                                      requires_grad=True)
+
+        self._low_np = low.astype(np.float32)
+        self._high_np = high.astype(np.float32)
+        self.action_scale = torch.tensor((high - low) / 2.0, dtype=torch.float32,
+                                         device=self.device)
+        self.action_bias = torch.tensor((high + low) / 2.0, dtype=torch.float32,
+                                        device=self.device)
+        self._low = torch.tensor(self._low_np, device=self.device)
+        self._high = torch.tensor(self._high_np, device=self.device)
+
+        # fused Adam exists for CPU and CUDA float tensors in torch >= 2.4; foreach otherwise.
+        opt_kw = _fast_adam_kwargs(self.device)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=lr, **opt_kw)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr, **opt_kw)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=lr, **opt_kw)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self.num_updates = 0
+
+        self._critic_loss_fn = self._critic_loss
+        self._actor_loss_fn = self._actor_loss
+        if compile:
+            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False)
+            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False)
+
+    # ------------------------------------------------------------------ acting
+    def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B, obs_dim] -> (mean, clamped log_std), each [B, act_dim]."""
+        out = self.actor(obs)[0]
+        mean, log_std = out[:, :self.act_dim], out[:, self.act_dim:]
+        return mean, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+    def _sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self._policy(obs)
+        eps = torch.randn(mean.shape, generator=self.generator, device=self.device)
+        return squashed_gaussian(mean, log_std, eps, self.action_scale, self.action_bias)
+
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        """Policy action(s) for ``obs``.
+
+        obs: float [obs_dim] or [B, obs_dim] (numpy, list or torch tensor).
+        Returns float32 numpy [act_dim] or [B, act_dim], inside ``[action_low, action_high]``
+        (``deterministic=True``: ``tanh(mean) * scale + bias``; else a sample whose noise
+        comes from the agent's generator).
+        """
+        t = _as_tensor(obs, "obs", self.device, torch.float32)
+        single = t.dim() == 1
+        if t.dim() not in (1, 2) or t.shape[-1] != self.obs_dim:
+            raise ValueError(f"act: obs must have shape ({self.obs_dim},) or (B, {self.obs_dim}), "
+                             f"got {tuple(t.shape)}")
+        with torch.inference_mode():
+            mean, log_std = self._policy(t.unsqueeze(0) if single else t)
+            u = mean
+            if not deterministic:
+                eps = torch.randn(mean.shape, generator=self.generator, device=self.device)
+                u = torch.addcmul(mean, log_std.exp(), eps)
+            a = torch.tanh(u).mul_(self.action_scale).add_(self.action_bias)
+            # tanh saturates to exactly +-1 in float32; rounding of scale + bias may then
+            # step past a bound by one ulp, so clamp to the closed box.
+            a = torch.clamp(a, self._low, self._high)
+            if single:
+                a = a[0]
+            return a.cpu().numpy()
+
+    # ------------------------------------------------------------------ updating
+    def _critic_loss(self, obs, act, rew, next_obs, not_done, alpha, eps_next):
+        with torch.no_grad():
+            mean, log_std = self._policy(next_obs)
+            next_act, next_logp = squashed_gaussian(mean, log_std, eps_next,
+                                                    self.action_scale, self.action_bias)
+            q_next = self.critic_target(torch.cat([next_obs, next_act], -1)).squeeze(-1)
+            v_next = torch.min(q_next[0], q_next[1]) - alpha * next_logp
+            target = rew + self.gamma * not_done * v_next
+        q = self.critic(torch.cat([obs, act], -1)).squeeze(-1)  # [2, B]
+        loss = (q - target).square().mean(-1).sum()
+        return loss, q.detach().mean()
+
+    def _actor_loss(self, obs, alpha, eps):
+        mean, log_std = self._policy(obs)
+        action, logp = squashed_gaussian(mean, log_std, eps, self.action_scale, self.action_bias)
+        q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)
+        loss = (alpha * logp - torch.min(q[0], q[1])).mean()
+        return loss, logp.detach()
+
+    def _update_one(self, obs, act, rew, next_obs, not_done) -> dict[str, torch.Tensor]:
+        alpha = self.log_alpha.detach().exp()
+        b = obs.shape[0]
+        # one draw for both samples, in a fixed order (next-state actions, then policy actions)
+        eps = torch.randn((2, b, self.act_dim), generator=self.generator, device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            critic_loss, mean_q = self._critic_loss_fn(obs, act, rew, next_obs, not_done,
+                                                       alpha, eps[0])
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+
+        # Freeze the critic weights: back-propagating the actor loss then computes only the
+        # input gradients through the critics, not their (discarded) weight gradients.
+        for p in self._critic_params:
+            p.requires_grad_(False)
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.autocast_bf16):
+                actor_loss, logp = self._actor_loss_fn(obs, alpha, eps[1])
+            self.actor_optim.zero_grad(set_to_none=True)
+            actor_loss.backward()
+        finally:
+            for p in self._critic_params:
+                p.requires_grad_(True)
+        self.actor_optim.step()
+
+        alpha_loss = -(self.log_alpha * (logp.float().mean() + self.target_entropy))
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.tau)
+        self.num_updates += 1
+        return {"critic_loss": critic_loss.detach().float(),
+                "actor_loss": actor_loss.detach().float(),
+                "alpha": alpha,
+                "entropy": -logp.float().mean(),
+                "mean_q": mean_q.float()}
+
+    def update(self, batch: Transition) -> dict[str, torch.Tensor]:
+        """One SAC update per batch.
+
+        batch: a :class:`Transition` of numpy arrays or torch tensors, either one batch
+        (obs float [B, obs_dim], act [B, act_dim], rew [B], next_obs [B, obs_dim],
+        terminated bool [B]) or a block of K batches with a leading [K, B, ...] dimension
+        (K updates run in sequence from that one sampled block).
+
+        Returns a dict of detached float32 tensors, 0-d for one batch or [K] for a block:
+        ``critic_loss``, ``actor_loss``, ``alpha`` (the temperature used in the update),
+        ``entropy`` (``-mean log pi`` of the actor step's sample) and ``mean_q`` (mean of
+        both critics on the batch). Nothing here waits on the device; ``float(v)`` when
+        logging is the only synchronization.
+        """
+        if not isinstance(batch, tuple) or len(batch) != 5:
+            raise TypeError(f"update: batch must be a Transition (obs, act, rew, next_obs, "
+                            f"terminated), got {type(batch).__name__}")
+        obs, act, rew, next_obs, terminated = batch
+        dev, f32 = self.device, torch.float32
+        obs = _as_tensor(obs, "batch.obs", dev, f32)
+        lead = tuple(obs.shape[:-1])
+        if obs.dim() not in (2, 3) or obs.shape[-1] != self.obs_dim or 0 in lead:
+            raise ValueError(f"update: batch.obs must have shape (B, {self.obs_dim}) or "
+                             f"(K, B, {self.obs_dim}), got {tuple(obs.shape)}")
+        act = _as_tensor(act, "batch.act", dev, f32)
+        rew = _as_tensor(rew, "batch.rew", dev, f32)
+        next_obs = _as_tensor(next_obs, "batch.next_obs", dev, f32)
+        term = _as_tensor(terminated, "batch.terminated", dev, torch.bool)
+        for name, t, shape in (("act", act, (*lead, self.act_dim)), ("rew", rew, lead),
+                               ("next_obs", next_obs, (*lead, self.obs_dim)),
+                               ("terminated", term, lead)):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"update: batch.{name} must have shape {shape}, "
+                                 f"got {tuple(t.shape)}")
+        not_done = (~term).to(f32)
+        if obs.dim() == 2:
+            return self._update_one(obs, act, rew, next_obs, not_done)
+        stats = [self._update_one(obs[k], act[k], rew[k], next_obs[k], not_done[k])
+                 for k in range(obs.shape[0])]
+        return {key: torch.stack([s[key] for s in stats]) for key in stats[0]}
+
+    @property
+    def alpha(self) -> float:
+        """The current temperature exp(log_alpha) (synchronizes; for logging)."""
+        return float(self.log_alpha.detach().exp())
+
+    # ------------------------------------------------------------------ export
+    def actor_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The actor's layers as zero-copy numpy views: [(weight [1, in, out], bias [1, out])].
+
+        float32, CPU only (raises ValueError for another device). The views alias the live
+        parameters, which the optimizer updates in place, so a native engine holding them
+        always sees the current policy. Layer i has ``in = obs_dim`` (i = 0) or
+        ``hidden_size``, ``out = hidden_size`` or ``2 * act_dim`` (last: mean, then log_std).
+        """
+        if self.device.type != "cpu":
+            raise ValueError(f"actor_weights: zero-copy views need a CPU agent, this one is on "
+                             f"{self.device}")
+        return [(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+                for layer in self.actor.layers]
+
+    def export_actor(self, path: str | os.PathLike) -> None:
+        """Writes the actor as safetensors (atomically), readable from C++ without Python.
+
+        Tensors: ``layers.{i}.weight`` float32 [in_i, out_i] (y = x @ W + b),
+        ``layers.{i}.bias`` float32 [out_i] for i = 0..num_layers (the last layer has
+        2*act_dim outputs: mean, then raw log_std), ``action_scale`` and ``action_bias``
+        float32 [act_dim]. Metadata: ``format`` ("mbpo_fast.actor/1"), ``obs_dim``,
+        ``act_dim``, ``num_layers`` (hidden layers), ``hidden_size``, ``activation``
+        ("relu"), ``log_std_min`` ("-20"), ``log_std_max`` ("2").
+        Policy: ``log_std = clamp(raw, log_std_min, log_std_max)``,
+        ``a = tanh(mean + exp(log_std) * eps) * action_scale + action_bias``.
+        """
+        tensors: dict[str, np.ndarray] = {}
+        for i, layer in enumerate(self.actor.layers):
+            tensors[f"layers.{i}.weight"] = layer.weight.detach()[0].float().cpu().numpy()
+            tensors[f"layers.{i}.bias"] = layer.bias.detach()[0].float().cpu().numpy()
+        tensors["action_scale"] = self.action_scale.cpu().numpy()
+        tensors["action_bias"] = self.action_bias.cpu().numpy()
+        metadata = {"format": "mbpo_fast.actor/1", "obs_dim": str(self.obs_dim),
+                    "act_dim": str(self.act_dim), "num_layers": str(self.config["num_layers"]),
+                    "hidden_size": str(self.config["hidden_size"]), "activation": "relu",
+                    "log_std_min": f"{LOG_STD_MIN:g}", "log_std_max": f"{LOG_STD_MAX:g}"}
+        save_safetensors(path, tensors, metadata)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly: config, networks, target networks,
+        optimizer states, log_alpha, the noise generator's state and the update counter."""
+        return {
+            "format": _FORMAT,
+            "config": dict(self.config),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "alpha_optim": self.alpha_optim.state_dict(),
+            "generator": self.generator.get_state(),
+            "num_updates": self.num_updates,
+        }
+
+    _ARCH_KEYS = ("obs_dim", "act_dim", "hidden_size", "num_layers")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores :meth:`state_dict` output. The architecture (obs_dim, act_dim,
+        hidden_size, num_layers) must match (ValueError otherwise; nothing is changed)."""
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            raise ValueError(f"load_state_dict: not a {_FORMAT} state")
+        cfg = state["config"]
+        diff = {k: (cfg.get(k), self.config[k]) for k in self._ARCH_KEYS
+                if cfg.get(k) != self.config[k]}
+        if diff:
+            raise ValueError(f"load_state_dict: architecture mismatch (saved, this agent): {diff}")
+        # Validate everything on scratch copies first so a failure leaves this agent intact.
+        try:
+            scratch = SAC(**{k: v for k, v in cfg.items() if k != "compile"},
+                          device=self.device)
+            scratch._load_unchecked(state)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise ValueError(f"load_state_dict: invalid state ({exc})") from exc
+        self._load_unchecked(state)
+        for key in ("action_low", "action_high", "lr", "gamma", "tau", "target_entropy",
+                    "init_alpha", "seed", "autocast_bf16"):
+            self.config[key] = cfg[key]
+        self.gamma, self.tau = float(cfg["gamma"]), float(cfg["tau"])
+        self.target_entropy = float(cfg["target_entropy"])
+        self.autocast_bf16 = bool(cfg["autocast_bf16"])
+        low, high = np.asarray(cfg["action_low"]), np.asarray(cfg["action_high"])
+        self._low_np, self._high_np = low.astype(np.float32), high.astype(np.float32)
+        with torch.no_grad():
+            self.action_scale.copy_(torch.from_numpy((high - low) / 2.0))
+            self.action_bias.copy_(torch.from_numpy((high + low) / 2.0))
+            self._low.copy_(torch.from_numpy(self._low_np))
+            self._high.copy_(torch.from_numpy(self._high_np))
+
+    def _load_unchecked(self, state: Mapping[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.alpha_optim.load_state_dict(state["alpha_optim"])
+        self.generator.set_state(state["generator"])
+        self.num_updates = int(state["num_updates"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes :meth:`state_dict` to `path` atomically (torch serialization)."""
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAC:
+        """Rebuilds an agent saved with :meth:`save`; training continues exactly as if the
+        original had never stopped. Raises ValueError for a truncated or corrupt file."""
+        with open(path, "rb") as f:
+            blob = f.read()
+        try:
+            state = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+        except Exception as exc:  # pickle/zip errors differ by torch version
+            raise ValueError(f"{path}: not a valid SAC checkpoint ({type(exc).__name__}: "
+                             f"{exc})") from None
+        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a {_FORMAT} checkpoint")
+        agent = cls(**state["config"], device=device)
+        agent.load_state_dict(state)
+        return agent
+
+
+def _fast_adam_kwargs(device: torch.device) -> dict[str, bool]:
+    """``fused=True`` where this torch has a fused Adam for the device, else ``foreach``."""
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    try:
+        opt = torch.optim.Adam([probe], fused=True)
+        probe.grad = torch.zeros_like(probe)
+        opt.step()
+        return {"fused": True}
+    except (RuntimeError, ValueError):
+        return {"foreach": True}
