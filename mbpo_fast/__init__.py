@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from . import _backend
+from .collect import EnvCollector, EpisodeStats, StepInfo
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
@@ -93,6 +94,9 @@ def set_num_threads(n: int) -> None:
 
 __all__ = [
     "KNOWN_ENV_IDS",
+    "EnvCollector",
+    "EpisodeStats",
+    "StepInfo",
     "Transition",
     "__version__",
     "backend",

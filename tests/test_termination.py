@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import warnings
 
@@ -160,17 +162,30 @@ def roll(
     return np.stack(rows), np.asarray(flags)
 
 
+@contextlib.contextmanager
+def _inside(directory):
+    """MuJoCo writes MUJOCO_LOG.TXT (model compiler warnings) to the working directory."""
+    old = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 @pytest.fixture(scope="module")
-def episodes():
+def episodes(tmp_path_factory):
     cache: dict = {}
+    log_dir = tmp_path_factory.mktemp("mujoco_log")
 
     def get(index: int) -> tuple[np.ndarray, np.ndarray]:
         if index not in cache:
             env_id, kwargs, _, steps = CONFIGS[index]
-            parts = [
-                roll(env_id, kwargs, steps, perturbed, seed=100 + index)
-                for perturbed in (False, True)
-            ]
+            with _inside(log_dir):
+                parts = [
+                    roll(env_id, kwargs, steps, perturbed, seed=100 + index)
+                    for perturbed in (False, True)
+                ]
             cache[index] = (
                 np.concatenate([p[0] for p in parts]),
                 np.concatenate([p[1] for p in parts]),
