@@ -98,6 +98,7 @@ class MBPO:
     def __init__(self, config: MBPOConfig, logdir: str | os.PathLike | None = None, *,
                  termination: Callable[..., Any] | str | None = None,
                  quiet: bool = False) -> None:
+        from .collect import EnvCollector
         from .ensemble import EnsembleDynamics
         from .pool import ReplayPool
         from .sac import SAC
@@ -124,11 +125,12 @@ class MBPO:
             raise ValueError(f"{config.env_id}: MBPO needs flat Box observation and action "
                              f"spaces, got {self.env.observation_space} and {space}")
         self.obs_dim, self.act_dim = int(obs_shape[0]), int(space.shape[0])
-        self.env.action_space.seed(seed)
-        self._env_seeded = False  # the first reset uses the run seed, later ones continue its RNG
 
         self.real_pool = ReplayPool(max(config.total_steps, 1), self.obs_dim, self.act_dim,
                                     seed=seed)
+        # seeds the first reset and the action space (random exploration)
+        self.collector = EnvCollector(self.env, self.real_pool,
+                                      seed=_derive_seed(seed, _STREAM_ENV))
         self.rollout_length = config.rollout_length(0)
         self.model_pool = ReplayPool(config.model_pool_capacity(self.rollout_length),
                                      self.obs_dim, self.act_dim,
@@ -161,8 +163,8 @@ class MBPO:
                                              "model_epochs": float("nan")}
         self.last_rollout = RolloutStats()
         self._last_sac: dict[str, torch.Tensor] | None = None
-        self._obs: np.ndarray | None = None
-        self._ep_return = 0.0
+        # env RNG state the next episode's reset draws from (see _step and save_checkpoint)
+        self._reset_rng: dict | None = None
         self._writer: Any = None
 
     # ================================================================== the loop
@@ -211,39 +213,23 @@ class MBPO:
                 % cfg.model_train_freq == 0:
             self.train_model_and_rollout()
         t0 = time.perf_counter()
-        obs = self._current_obs()
-        if in_random_phase:
-            action = np.asarray(self.env.action_space.sample(), dtype=np.float32)
-        else:
-            action = self.agent.act(obs)
-        next_obs, rew, terminated, truncated, _ = self.env.step(action)
-        next_obs = np.asarray(next_obs, dtype=np.float32)
-        # Bootstrap on true terminations only: a time-limit truncation is not terminal.
-        self.real_pool.add(obs, action, np.float32(rew), next_obs, bool(terminated))
-        self._ep_return += float(rew)
+        # The collector resets the env as soon as an episode ends; that reset draws from the
+        # env's RNG. Keep the RNG state from before the step so a checkpoint taken at an
+        # episode boundary can replay exactly that reset on resume.
+        rng_before = _np_random_state(self.env)
+        info = self.collector.step(None if in_random_phase else self.agent)
         self.env_steps += 1
-        if terminated or truncated:
-            self.episodes += 1
-            self.last_train_return = self._ep_return
-            self._obs = None  # reset lazily, so a checkpoint here holds no in-flight episode
+        if info.episodes:
+            self.episodes += len(info.episodes)
+            self.last_train_return = info.episodes[-1].episode_return
+            self._reset_rng = rng_before
         else:
-            self._obs = next_obs
+            self._reset_rng = None
         t1 = time.perf_counter()
         self.seconds["env"] += t1 - t0
         if not in_random_phase:
             self._sac_updates()
             self.seconds["sac"] += time.perf_counter() - t1
-
-    def _current_obs(self) -> np.ndarray:
-        if self._obs is None:
-            if self._env_seeded:
-                obs, _ = self.env.reset()
-            else:
-                obs, _ = self.env.reset(seed=_derive_seed(self.config.seed, _STREAM_ENV))
-                self._env_seeded = True
-            self._obs = np.asarray(obs, dtype=np.float32)
-            self._ep_return = 0.0
-        return self._obs
 
     def _sac_updates(self) -> None:
         from .pool import sample_mixed
@@ -431,8 +417,10 @@ class MBPO:
             "last_model": dict(self.last_model), "last_rollout": self.last_rollout.to_dict(),
             "last_sac": None if self._last_sac is None else {
                 k: v.detach().cpu() for k, v in self._last_sac.items()},
-            "env_seeded": self._env_seeded,
-            "env_rng": _np_random_state(self.env),
+            # the next reset must draw from here (episode boundary: replay the collector's reset)
+            "env_rng": self._reset_rng if self._reset_rng is not None
+            else _np_random_state(self.env),
+            "env_started": self.env_steps > 0,
             "action_space_rng": self.env.action_space.np_random.bit_generator.state,
             "python_rng": random.getstate(),
             "numpy_rng": np.random.get_state(),
@@ -494,14 +482,15 @@ class MBPO:
         self.last_model = dict(state["last_model"])
         self.last_rollout = RolloutStats(**state["last_rollout"])
         self._last_sac = state["last_sac"]
-        self._env_seeded = bool(state["env_seeded"])
-        if state["env_rng"] is not None:
+        if state["env_started"]:
+            # The in-flight episode restarts (a truncation): the next reset continues the
+            # env's saved RNG stream instead of re-seeding it.
+            self.collector.seed = None
             self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
         self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
-        self._obs = None  # the in-flight episode restarts
 
 
 # ====================================================================== helpers
