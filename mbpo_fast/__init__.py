@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
 from .termination import KNOWN_ENV_IDS, termination_fn
+from .pool import ReplayPool, sample_mixed
 from .types import Transition
 
 try:
@@ -97,12 +98,14 @@ __all__ = [
     "EnvCollector",
     "EpisodeStats",
     "StepInfo",
+    "ReplayPool",
     "Transition",
     "__version__",
     "backend",
     "build_info",
     "cmake_dir",
     "has_cuda",
+    "sample_mixed",
     "set_num_threads",
     "termination_fn",
 ]

@@ -12,6 +12,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -19,6 +22,7 @@
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
+#include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rng.h"
 #include "mbpo_fast/termination.h"
 
@@ -218,6 +222,382 @@ void bind_termination(py::module_& m) {
   }, "The gymnasium env ids with a built-in termination function.");
 }
 
+// ------------------------------------------------------------------ section: replay pool
+
+// The Python-facing pool: the C++ pool plus a mutex, because long calls release the GIL
+// and another Python thread could otherwise resize or free the storage mid-copy.
+struct NativePool {
+  explicit NativePool(ReplayPool&& p) : pool(std::move(p)) {}
+  NativePool(int64_t capacity, int64_t obs_dim, int64_t act_dim, uint64_t seed)
+      : pool(capacity, obs_dim, act_dim, seed) {}
+  ReplayPool pool;
+  std::mutex mu;
+};
+
+// Calls above this many bytes of row data release the GIL (below it the release costs
+// more than it frees).
+constexpr int64_t kPoolGilBytes = 1 << 16;
+
+// Locks one pool, or two distinct pools without lock-order deadlocks. Waiting happens
+// with the GIL released; the locks are dropped after the GIL is re-acquired at return,
+// which is safe because a waiter never holds the GIL.
+class PoolLock {
+ public:
+  explicit PoolLock(NativePool& a, NativePool* b = nullptr)
+      : a_(a.mu, std::defer_lock), b_() {
+    if (b == nullptr || b == &a) {
+      if (!a_.try_lock()) {
+        py::gil_scoped_release release;
+        a_.lock();
+      }
+      return;
+    }
+    b_ = std::unique_lock<std::mutex>(b->mu, std::defer_lock);
+    if (std::try_lock(a_, b_) != -1) {
+      py::gil_scoped_release release;
+      std::lock(a_, b_);
+    }
+  }
+
+ private:
+  std::unique_lock<std::mutex> a_, b_;
+};
+
+uint64_t seed_arg(py::handle seed) {
+  if (!PyLong_Check(seed.ptr())) {
+    throw py::type_error("seed: expected an int in [0, 2**64), got " +
+                         std::string(py::str(py::type::handle_of(seed).attr("__name__"))));
+  }
+  int overflow = 0;
+  const long long s = PyLong_AsLongLongAndOverflow(seed.ptr(), &overflow);
+  if (overflow == 0 && s >= 0) return static_cast<uint64_t>(s);
+  if (overflow > 0) {
+    const unsigned long long u = PyLong_AsUnsignedLongLong(seed.ptr());
+    if (!PyErr_Occurred()) return u;
+    PyErr_Clear();
+  }
+  throw py::value_error("seed: expected an int in [0, 2**64), got " + std::string(py::str(seed)));
+}
+
+// Shapes with the batch dimension (-1) printed as "B": "(B, 11)".
+std::string pool_shape_str(const std::vector<int64_t>& shape) {
+  std::string s = shape_str(shape);
+  for (size_t p = s.find('*'); p != std::string::npos; p = s.find('*')) s[p] = 'B';
+  return s;
+}
+
+// `arr` as a C-contiguous T array (forcecast: float64 -> float32 is what callers want;
+// array_t<T>::ensure without it returns null for such "unsafe" casts).
+template <typename T>
+py::array pool_cast(const py::array& arr) {
+  auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!out) throw py::error_already_set();
+  return std::move(out);
+}
+
+// Checks dtype kind and shape, then converts to contiguous float32 (copying only when
+// needed). `note` is appended to a shape error (e.g. where B comes from).
+py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name,
+                                                const std::vector<int64_t>& expected,
+                                                const std::string& note = "") {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) return as_f32(obj, name, expected);  // raises the TypeError
+  const char kind = arr.dtype().kind();
+  if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') return as_f32(arr, name, expected);
+  const auto got = shape_of(arr);
+  bool ok = got.size() == expected.size();
+  for (size_t i = 0; ok && i < got.size(); ++i) ok = expected[i] < 0 || expected[i] == got[i];
+  if (!ok) {
+    throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) + note +
+                          ", got " + pool_shape_str(got));
+  }
+  return py::array_t<float, py::array::c_style>(pool_cast<float>(arr));
+}
+
+// The data of `o` when it is already an aligned, C-contiguous, native-order float32
+// ndarray of shape (n,); nullptr otherwise. Reads numpy's struct directly: this runs on
+// every single-row add and must cost nanoseconds, not a dtype object allocation.
+const float* f32_vector_or_null(PyObject* o, int64_t n) {
+  const auto& api = py::detail::npy_api::get();
+  if (!api.PyArray_Check_(o)) return nullptr;
+  const auto* a = py::detail::array_proxy(o);
+  const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  if (a->nd != 1 || a->dimensions[0] != n || d->type_num != py::detail::npy_api::NPY_FLOAT_ ||
+      d->byteorder == '>' || (a->flags & kFlags) != kFlags) {
+    return nullptr;
+  }
+  return reinterpret_cast<const float*>(a->data);
+}
+
+// A 0/1 flag from a Python bool, numpy bool/int/float scalar or 0-d array.
+bool flag_arg(py::handle obj, const char* name) {
+  if (obj.ptr() == Py_True) return true;
+  if (obj.ptr() == Py_False) return false;
+  py::array arr = py::array::ensure(obj);
+  const char kind = arr ? arr.dtype().kind() : '?';
+  if (!arr || (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')) {
+    throw py::type_error(std::string(name) + ": expected a bool, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  }
+  if (arr.ndim() != 0) {
+    throw py::value_error(std::string(name) + ": expected a scalar (shape ()), got shape " + shape_str(shape_of(arr)));
+  }
+  const double v = *py::array_t<double, py::array::c_style>(pool_cast<double>(arr)).data();
+  if (v != 0.0 && v != 1.0) {
+    throw py::value_error(std::string(name) + ": expected 0 or 1 (a bool), got " + std::to_string(v));
+  }
+  return v != 0.0;
+}
+
+float scalar_arg(py::handle obj, const char* name) {
+  if (PyFloat_Check(obj.ptr())) return static_cast<float>(PyFloat_AS_DOUBLE(obj.ptr()));
+  auto arr = pool_f32(obj, name, {});
+  return *arr.data();
+}
+
+// terminated[B] as 0/1 bytes: bool arrays are used in place, numbers must be exactly 0 or 1.
+py::array_t<uint8_t, py::array::c_style> flags_arg(py::handle obj, const char* name, int64_t n,
+                                                   const std::string& note) {
+  py::array arr = py::array::ensure(obj);
+  const char kind = arr ? arr.dtype().kind() : '?';
+  if (!arr || (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')) {
+    throw py::type_error(std::string(name) + ": expected a bool array, got " +
+                         (arr ? std::string(py::str(arr.dtype()))
+                              : std::string(py::str(py::type::handle_of(obj).attr("__name__")))));
+  }
+  if (arr.ndim() != 1 || arr.shape(0) != n) {
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + note + ", got " +
+                          shape_str(shape_of(arr)));
+  }
+  if (kind == 'b') return py::array_t<uint8_t, py::array::c_style>(pool_cast<uint8_t>(arr.view("uint8")));
+  py::array_t<double, py::array::c_style> values(pool_cast<double>(arr));
+  py::array_t<uint8_t, py::array::c_style> out(n);
+  uint8_t* o = out.mutable_data();
+  const double* v = values.data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (v[i] != 0.0 && v[i] != 1.0) {
+      throw py::value_error(std::string(name) + ": expected 0 or 1 (bools), got " + std::to_string(v[i]) +
+                            " at index " + std::to_string(i));
+    }
+    o[i] = v[i] != 0.0;
+  }
+  return out;
+}
+
+int64_t positive_arg(int64_t v, const char* name) {
+  if (v < 1) throw py::value_error(std::string(name) + ": expected " + name + " >= 1, got " + std::to_string(v));
+  return v;
+}
+
+// Output arrays of a sample: leading dims `lead` ([n] or [num_batches, batch_size]).
+struct PoolBatch {
+  py::array_t<float> obs, act, rew, next_obs;
+  py::array_t<bool> term;
+  PoolBatch(std::vector<int64_t> lead, int64_t od, int64_t ad) {
+    auto with = [&](int64_t d) {
+      auto s = lead;
+      s.push_back(d);
+      return s;
+    };
+    obs = new_array<float>(with(od));
+    act = new_array<float>(with(ad));
+    rew = new_array<float>(lead);
+    next_obs = new_array<float>(with(od));
+    term = new_array<bool>(lead);
+  }
+  float* o() { return obs.mutable_data(); }
+  float* a() { return act.mutable_data(); }
+  float* r() { return rew.mutable_data(); }
+  float* n() { return next_obs.mutable_data(); }
+  uint8_t* t() { return reinterpret_cast<uint8_t*>(term.mutable_data()); }
+  py::tuple tuple() const { return py::make_tuple(obs, act, rew, next_obs, term); }
+};
+
+std::vector<int64_t> lead_dims(int64_t batch_size, const py::object& num_batches, int64_t& total) {
+  positive_arg(batch_size, "batch_size");
+  if (num_batches.is_none()) {
+    total = batch_size;
+    return {batch_size};
+  }
+  const int64_t k = positive_arg(num_batches.cast<int64_t>(), "num_batches");
+  total = k * batch_size;
+  return {k, batch_size};
+}
+
+void bind_replay_pool(py::module_& m) {
+  py::class_<NativePool>(m, "ReplayPool",
+                         "Native ring-buffer pool (see mbpo_fast.ReplayPool for the documented API).")
+      .def(py::init([](int64_t capacity, int64_t obs_dim, int64_t act_dim, py::handle seed) {
+             return std::make_unique<NativePool>(capacity, obs_dim, act_dim, seed_arg(seed));
+           }),
+           py::arg("capacity"), py::arg("obs_dim"), py::arg("act_dim"), py::arg("seed") = 0)
+      .def_property_readonly("size", [](NativePool& p) { return p.pool.size(); })
+      .def("__len__", [](NativePool& p) { return p.pool.size(); })
+      .def_property_readonly("capacity", [](NativePool& p) { return p.pool.capacity(); })
+      .def_property_readonly("obs_dim", [](NativePool& p) { return p.pool.obs_dim(); })
+      .def_property_readonly("act_dim", [](NativePool& p) { return p.pool.act_dim(); })
+      .def_property_readonly("write_pos", [](NativePool& p) { return p.pool.write_pos(); })
+      .def_property_readonly("seed", [](NativePool& p) { return p.pool.seed(); })
+      .def_property_readonly("rng_counter", [](NativePool& p) { return p.pool.rng_counter(); })
+      .def_property_readonly("nbytes", [](NativePool& p) { return p.pool.nbytes(); })
+      .def(
+          "add",
+          [](NativePool& p, py::handle obs, py::handle act, py::handle rew, py::handle next_obs,
+             py::handle terminated) {
+            const int64_t od = p.pool.obs_dim(), ad = p.pool.act_dim();
+            // Fast path: float32 vectors used in place; anything else is converted.
+            py::array_t<float, py::array::c_style> hold_o, hold_a, hold_n;
+            const float* o = f32_vector_or_null(obs.ptr(), od);
+            if (!o) o = (hold_o = pool_f32(obs, "obs", {od})).data();
+            const float* a = f32_vector_or_null(act.ptr(), ad);
+            if (!a) a = (hold_a = pool_f32(act, "act", {ad})).data();
+            const float r = scalar_arg(rew, "rew");
+            const float* n = f32_vector_or_null(next_obs.ptr(), od);
+            if (!n) n = (hold_n = pool_f32(next_obs, "next_obs", {od})).data();
+            const bool t = flag_arg(terminated, "terminated");
+            PoolLock lock(p);
+            p.pool.add(o, a, r, n, t);
+          },
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"))
+      .def(
+          "add_batch",
+          [](NativePool& p, py::handle obs, py::handle act, py::handle rew, py::handle next_obs,
+             py::handle terminated) {
+            const int64_t od = p.pool.obs_dim(), ad = p.pool.act_dim();
+            auto o = pool_f32(obs, "obs", {-1, od});
+            const int64_t b = o.shape(0);
+            const std::string note = " (B = " + std::to_string(b) + " rows, from obs)";
+            auto a = pool_f32(act, "act", {b, ad}, note);
+            auto r = pool_f32(rew, "rew", {b}, note);
+            auto n = pool_f32(next_obs, "next_obs", {b, od}, note);
+            auto t = flags_arg(terminated, "terminated", b, note);
+            PoolLock lock(p);
+            std::optional<py::gil_scoped_release> release;
+            if (b * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+            p.pool.add_batch(o.data(), a.data(), r.data(), n.data(), t.data(), b);
+          },
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"))
+      .def(
+          "sample",
+          [](NativePool& p, int64_t batch_size, const py::object& num_batches) {
+            int64_t total = 0;
+            const auto lead = lead_dims(batch_size, num_batches, total);
+            PoolLock lock(p);
+            PoolBatch out(lead, p.pool.obs_dim(), p.pool.act_dim());
+            {
+              std::optional<py::gil_scoped_release> release;
+              if (total * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+              p.pool.sample(total, out.o(), out.a(), out.r(), out.n(), out.t());
+            }
+            return out.tuple();
+          },
+          py::arg("batch_size"), py::arg("num_batches") = py::none())
+      .def(
+          "sample_obs",
+          [](NativePool& p, int64_t n) {
+            positive_arg(n, "n");
+            PoolLock lock(p);
+            auto out = new_array<float>({n, p.pool.obs_dim()});
+            float* o = out.mutable_data();
+            std::optional<py::gil_scoped_release> release;
+            if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
+            p.pool.sample_obs(n, o);
+            return out;
+          },
+          py::arg("n"))
+      .def(
+          "peek_indices",
+          [](NativePool& p, int64_t n) {
+            if (n < 0) throw py::value_error("n: expected n >= 0, got " + std::to_string(n));
+            PoolLock lock(p);
+            auto out = new_array<int64_t>({n});
+            p.pool.peek_indices(n, out.mutable_data());
+            return out;
+          },
+          py::arg("n"))
+      .def(
+          "gather",
+          [](NativePool& p, py::handle rows) {
+            py::array arr = py::array::ensure(rows);
+            if (!arr || (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
+              throw py::type_error("rows: expected an integer array, got " +
+                                   (arr ? std::string(py::str(arr.dtype())) : std::string("a non-array")));
+            }
+            if (arr.ndim() != 1) {
+              throw py::value_error("rows: expected shape (n,), got " + shape_str(shape_of(arr)));
+            }
+            py::array_t<int64_t, py::array::c_style> idx(pool_cast<int64_t>(arr));
+            const int64_t n = idx.shape(0);
+            PoolLock lock(p);
+            PoolBatch out({n}, p.pool.obs_dim(), p.pool.act_dim());
+            p.pool.gather(idx.data(), n, out.o(), out.a(), out.r(), out.n(), out.t());
+            return out.tuple();
+          },
+          py::arg("rows"))
+      .def("transitions",
+           [](NativePool& p) {
+             PoolLock lock(p);
+             PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
+             std::optional<py::gil_scoped_release> release;
+             if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+             p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             return out.tuple();
+           })
+      .def(
+          "resize",
+          [](NativePool& p, int64_t new_capacity) {
+            positive_arg(new_capacity, "new_capacity");
+            PoolLock lock(p);
+            py::gil_scoped_release release;
+            p.pool.resize(new_capacity);
+          },
+          py::arg("new_capacity"))
+      .def("clear",
+           [](NativePool& p) {
+             PoolLock lock(p);
+             p.pool.clear();
+           })
+      .def(
+          "save",
+          [](NativePool& p, const py::object& path) {
+            const std::string s = py::str(py::module_::import("os").attr("fspath")(path));
+            PoolLock lock(p);
+            py::gil_scoped_release release;
+            p.pool.save(s);
+          },
+          py::arg("path"))
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            const std::string s = py::str(py::module_::import("os").attr("fspath")(path));
+            py::gil_scoped_release release;
+            return std::make_unique<NativePool>(ReplayPool::load(s));
+          },
+          py::arg("path"));
+
+  m.def(
+      "sample_mixed",
+      [](NativePool& real, NativePool& model, int64_t batch_size, double real_ratio,
+         const py::object& num_batches) {
+        int64_t total = 0;
+        const auto lead = lead_dims(batch_size, num_batches, total);
+        mixed_real_rows(batch_size, real_ratio);  // validates real_ratio before locking
+        PoolLock lock(real, &model);
+        PoolBatch out(lead, real.pool.obs_dim(), real.pool.act_dim());
+        {
+          std::optional<py::gil_scoped_release> release;
+          if (total * real.pool.row_bytes() > kPoolGilBytes) release.emplace();
+          sample_mixed(real.pool, model.pool, batch_size, real_ratio, total / batch_size, out.o(), out.a(),
+                       out.r(), out.n(), out.t());
+        }
+        return out.tuple();
+      },
+      py::arg("real_pool"), py::arg("model_pool"), py::arg("batch_size"), py::arg("real_ratio"),
+      py::arg("num_batches") = py::none(),
+      "Batches mixing floor(batch_size * real_ratio) rows of real_pool (first) with rows of model_pool.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -234,4 +614,5 @@ PYBIND11_MODULE(_C, m) {
   });
   bind_core(m);
   bind_termination(m);
+  bind_replay_pool(m);
 }

@@ -41,3 +41,7 @@ def set_num_threads(n: int) -> None:
 
 def cuda_device_count() -> int:
     return 0
+
+
+# ---- replay pool (mbpo_fast/_numba/pool.py); imported last: it uses FormatError above
+from .pool import ReplayPool, sample_mixed  # noqa: E402, F401
