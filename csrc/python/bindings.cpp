@@ -23,6 +23,7 @@
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
 #include "mbpo_fast/replay_pool.h"
+#include "mbpo_fast/ensemble.h"
 #include "mbpo_fast/rng.h"
 #include "mbpo_fast/termination.h"
 
@@ -598,6 +599,225 @@ void bind_replay_pool(py::module_& m) {
       "Batches mixing floor(batch_size * real_ratio) rows of real_pool (first) with rows of model_pool.");
 }
 
+
+// ------------------------------------------------------------------ section: ensemble
+
+// Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
+// dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
+py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
+                                 std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(name) + ": expected an integer dtype (int64 preferred), got " +
+                         std::string(py::str(arr.dtype())));
+  }
+  const auto got = shape_of(arr);
+  if (got.size() != 1 || (n >= 0 && got[0] != n)) {
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + ", got " + shape_str(got));
+  }
+  return py::array_t<int64_t, py::array::c_style>::ensure(arr);
+}
+
+// The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
+// when they already are contiguous float32) and the raw-pointer view over them.
+struct EnsembleArgs {
+  std::vector<py::array_t<float, py::array::c_style>> keep;
+  py::array_t<int64_t, py::array::c_style> elites;
+  EnsembleView view;
+};
+
+int64_t dim(const py::array& a, int i) { return static_cast<int64_t>(a.shape(i)); }
+
+EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py::sequence& weights,
+                           const py::sequence& biases, py::handle max_logvar, py::handle min_logvar,
+                           py::handle elites) {
+  EnsembleArgs args;
+  EnsembleView& v = args.view;
+  const auto n_layers = static_cast<int64_t>(py::len(weights));
+  if (n_layers < 1 || n_layers > kEnsembleMaxLayers) {
+    throw py::value_error("weights: expected a list of 1.." + std::to_string(kEnsembleMaxLayers) +
+                          " layer weights, got " + std::to_string(n_layers));
+  }
+  if (static_cast<int64_t>(py::len(biases)) != n_layers) {
+    throw py::value_error("biases: expected " + std::to_string(n_layers) + " arrays (one per weight), got " +
+                          std::to_string(py::len(biases)));
+  }
+  args.keep.reserve(static_cast<size_t>(2 * n_layers + 4));
+  auto mean = as_f32(input_mean, "input_mean", {-1});
+  const int64_t in = dim(mean, 0);
+  auto std_ = as_f32(input_std, "input_std", {in});
+  auto last = as_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
+  const int64_t out_width = dim(last, 2);
+  if (out_width < 4 || out_width % 2 != 0) {
+    throw py::value_error("weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), got " +
+                          std::to_string(out_width));
+  }
+  v.obs_dim = out_width / 2 - 1;
+  v.act_dim = in - v.obs_dim;
+  if (v.act_dim < 0) {
+    throw py::value_error("input_mean: length " + std::to_string(in) + " is smaller than obs_dim = " +
+                          std::to_string(v.obs_dim) + " (from weights[-1])");
+  }
+  v.num_layers = static_cast<int>(n_layers);
+  v.widths[0] = in;
+  int64_t E = -1;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const std::string wname = "weights[" + std::to_string(i) + "]";
+    const std::string bname = "biases[" + std::to_string(i) + "]";
+    auto w = as_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
+    if (E < 0) E = dim(w, 0);
+    const int64_t n = dim(w, 2);
+    if (E < 1 || n < 1) throw py::value_error(wname + ": expected non-empty dimensions, got " + shape_str(shape_of(w)));
+    auto b = as_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
+    v.widths[i + 1] = n;
+    v.weights[i] = w.data();
+    v.biases[i] = b.data();
+    args.keep.push_back(std::move(w));
+    args.keep.push_back(std::move(b));
+  }
+  v.ensemble_size = E;
+  auto maxlv = as_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
+  auto minlv = as_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
+  require_finite(mean.data(), in, "input_mean");
+  require_finite(std_.data(), in, "input_std");
+  for (int64_t c = 0; c < in; ++c) {
+    if (!(std_.data()[c] > 0.0f)) {
+      throw py::value_error("input_std: every entry must be > 0, got " + std::to_string(std_.data()[c]) +
+                            " at index " + std::to_string(c));
+    }
+  }
+  require_finite(maxlv.data(), v.obs_dim + 1, "max_logvar");
+  require_finite(minlv.data(), v.obs_dim + 1, "min_logvar");
+  v.input_mean = mean.data();
+  v.input_std = std_.data();
+  v.max_logvar = maxlv.data();
+  v.min_logvar = minlv.data();
+  args.keep.push_back(std::move(mean));
+  args.keep.push_back(std::move(std_));
+  args.keep.push_back(std::move(maxlv));
+  args.keep.push_back(std::move(minlv));
+  if (!elites.is_none()) {
+    args.elites = as_i64_vector(elites, "elites", -1);
+    v.elites = args.elites.data();
+    v.num_elites = dim(args.elites, 0);
+  }
+  v.validate(false);  // elite range, widths: InvalidArgument -> ValueError
+  return args;
+}
+
+// obs [B, obs_dim] and act [B, act_dim], finite.
+std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::c_style>> ensemble_inputs(
+    py::handle obs, py::handle act, const EnsembleView& v) {
+  auto o = as_f32(obs, "obs", {-1, v.obs_dim});
+  const int64_t B = dim(o, 0);
+  auto a = as_f32(act, "act", {B, v.act_dim});
+  require_finite(o.data(), B * v.obs_dim, "obs");
+  require_finite(a.data(), B * v.act_dim, "act");
+  return {std::move(o), std::move(a)};
+}
+
+void bind_ensemble(py::module_& m) {
+  m.def(
+      "ensemble_step",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, py::handle members,
+         uint64_t seed, bool deterministic) {
+        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        py::array_t<int64_t, py::array::c_style> mem;
+        const int64_t* mem_ptr = nullptr;
+        if (!members.is_none()) {
+          mem = as_i64_vector(members, "members", B);
+          mem_ptr = mem.data();
+          for (int64_t i = 0; i < B; ++i) {
+            if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
+              throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
+                                    " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+            }
+          }
+        } else if (v.num_elites < 1) {
+          throw py::value_error("elites: expected at least one elite index when members is None, got " +
+                                std::to_string(v.num_elites));
+        }
+        auto next_obs = new_array<float>({B, v.obs_dim});
+        auto rew = new_array<float>({B});
+        auto used = new_array<int64_t>({B});
+        float* pn = next_obs.mutable_data();
+        float* pr = rew.mutable_data();
+        int64_t* pu = used.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_step(v, o.data(), a.data(), B, seed, deterministic, mem_ptr, pn, pr, pu);
+        }
+        return py::make_tuple(next_obs, rew, used);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
+      py::arg("members") = py::none(), py::arg("seed") = 0, py::arg("deterministic") = false,
+      "One sampled model step per row, running only the chosen member.\n"
+      "obs f32 [B, obs_dim], act f32 [B, act_dim]; weights[i] f32 [E, in_i, out_i], biases[i] f32 [E, out_i];\n"
+      "elites int64 [K]; members None (uniform elite per row from Philox) or int64 [B].\n"
+      "Returns (next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]).");
+  m.def(
+      "ensemble_predict",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar) {
+        EnsembleArgs args =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto mean = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
+        auto var = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
+        float* pm = mean.mutable_data();
+        float* pv = var.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_predict(v, o.data(), a.data(), B, pm, pv);
+        }
+        return py::make_tuple(mean, var);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"),
+      "Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward).");
+  m.def(
+      "ensemble_disagreement",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle members) {
+        EnsembleArgs args =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto mem = as_i64_vector(members, "members", -1);
+        const int64_t M = dim(mem, 0);
+        if (M < 1) throw py::value_error("members: expected at least one member index, got an empty array");
+        for (int64_t i = 0; i < M; ++i) {
+          if (mem.data()[i] < 0 || mem.data()[i] >= v.ensemble_size) {
+            throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem.data()[i]) +
+                                  " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+          }
+        }
+        auto out = new_array<float>({B});
+        float* po = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_disagreement(v, o.data(), a.data(), B, mem.data(), M, po);
+        }
+        return out;
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("members"),
+      "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
+      "predicted means, averaged over the obs_dim + 1 outputs.");
+  m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
+        "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
+  m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -615,4 +835,5 @@ PYBIND11_MODULE(_C, m) {
   bind_core(m);
   bind_termination(m);
   bind_replay_pool(m);
+  bind_ensemble(m);
 }

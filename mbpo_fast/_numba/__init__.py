@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import numba as _nb
 
+from .ensemble import (  # noqa: F401
+    ensemble_disagreement,
+    ensemble_kernel,
+    ensemble_predict,
+    ensemble_set_kernel,
+    ensemble_step,
+)
 from .rng import (  # noqa: F401
     STREAM_MEMBER_CHOICE,
     STREAM_MODEL_NOISE,
@@ -20,6 +27,7 @@ from .rng import (  # noqa: F401
     philox_fill_u32,
 )
 from .termination import termination, termination_env_ids, termination_id  # noqa: F401
+
 
 # Raised for invalid file contents (truncated, corrupted); a ValueError like the native one.
 class FormatError(ValueError):

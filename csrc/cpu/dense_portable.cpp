@@ -1,0 +1,46 @@
+// Portable dense-layer kernel: blocks of 4 rows x 64 columns held in a local accumulator
+// array that the compiler vectorizes for the baseline ISA.
+#include <algorithm>
+#include <cmath>
+
+#include "dense_kernels.h"
+
+namespace mbpo_fast {
+namespace cpu {
+
+namespace {
+constexpr int64_t kRows = 4;
+constexpr int64_t kCols = 64;
+}  // namespace
+
+void dense_portable(const float* x, int64_t ldx, int64_t rows, const float* w, const float* b,
+                    int64_t k_dim, int64_t n, float* y, int64_t ldy, bool silu) {
+  float acc[kRows][kCols];
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int64_t nr = std::min(kRows, rows - r0);
+    for (int64_t j0 = 0; j0 < n; j0 += kCols) {
+      const int64_t nc = std::min(kCols, n - j0);
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t j = 0; j < nc; ++j) acc[r][j] = b[j0 + j];
+      }
+      for (int64_t k = 0; k < k_dim; ++k) {
+        const float* wk = w + k * n + j0;
+        for (int64_t r = 0; r < nr; ++r) {
+          const float xv = x[(r0 + r) * ldx + k];
+          for (int64_t j = 0; j < nc; ++j) acc[r][j] += xv * wk[j];
+        }
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        float* yr = y + (r0 + r) * ldy + j0;
+        if (silu) {
+          for (int64_t j = 0; j < nc; ++j) yr[j] = acc[r][j] / (1.0f + std::exp(-acc[r][j]));
+        } else {
+          for (int64_t j = 0; j < nc; ++j) yr[j] = acc[r][j];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace mbpo_fast

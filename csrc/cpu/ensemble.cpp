@@ -1,0 +1,354 @@
+// CPU implementation of the fused ensemble inference (ensemble.h).
+//
+// step: choose a member per row (Philox) -> counting-sort the rows by member -> tiles of up
+// to kTileRows rows of ONE member -> per tile (one thread): gather + normalize the inputs
+// into a thread-local buffer, run every layer with the dense micro-kernel (the member's
+// weights stream through the cache once per tile), then the per-row epilogue writes each
+// row back to its original position. Small batches run inline on the calling thread (a
+// thread wake-up costs more than their arithmetic).
+#include "mbpo_fast/ensemble.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cpu/dense_kernels.h"
+#include "kernels/ensemble_epilogue.h"
+#include "mbpo_fast/parallel.h"
+#include "mbpo_fast/rng.h"
+
+namespace mbpo_fast {
+
+namespace {
+
+// Rows per tile: a multiple of the AVX-512 kernel's 6-row block; two activation buffers
+// of 48 x 208 floats (80 KB) stay in L2 while a member's weights stream past.
+constexpr int64_t kTileRows = 48;
+// Below this many rows the whole call runs on the calling thread.
+constexpr int64_t kParallelMinRows = 24;
+
+// ------------------------------------------------------------------ kernel selection
+
+enum class Kernel : int { kAuto = 0, kAvx512 = 1, kPortable = 2 };
+
+Kernel parse_kernel(const std::string& name) {
+  if (name == "auto" || name.empty()) return Kernel::kAuto;
+  if (name == "avx512") return Kernel::kAvx512;
+  if (name == "portable") return Kernel::kPortable;
+  throw InvalidArgument("kernel: expected 'auto', 'avx512' or 'portable', got '" + name + "'");
+}
+
+std::atomic<int>& kernel_setting() {
+  static std::atomic<int> setting{[] {
+    const char* env = std::getenv("MBPO_FAST_CPU_KERNEL");
+    if (env == nullptr) return static_cast<int>(Kernel::kAuto);
+    try {
+      const Kernel k = parse_kernel(env);
+      if (k == Kernel::kAvx512 && !cpu::dense_avx512_supported()) return static_cast<int>(Kernel::kPortable);
+      return static_cast<int>(k);
+    } catch (const InvalidArgument&) {
+      return static_cast<int>(Kernel::kAuto);  // unknown value: ignore rather than abort at load time
+    }
+  }()};
+  return setting;
+}
+
+cpu::DenseFn active_dense() {
+  const auto k = static_cast<Kernel>(kernel_setting().load(std::memory_order_relaxed));
+  if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) return &cpu::dense_portable;
+  return &cpu::dense_avx512;
+}
+
+// ------------------------------------------------------------------ tile forward
+
+// Per-thread activation buffers, grown on demand and reused across calls (no allocation
+// on the hot path after the first call).
+struct Scratch {
+  std::vector<float> a, b;
+  std::vector<float> extra;
+  float* ensure(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+int64_t round_up16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Runs member `e` on `rows` normalized inputs held in `x` (row stride ld); returns the
+// buffer ([rows, ld]) holding the output layer (mean, raw logvar). `y` is the other buffer.
+const float* forward_tile(const EnsembleView& v, int64_t e, float* x, float* y, int64_t rows, int64_t ld,
+                          cpu::DenseFn dense) {
+  for (int i = 0; i < v.num_layers; ++i) {
+    const int64_t k = v.widths[i], n = v.widths[i + 1];
+    dense(x, ld, rows, v.weights[i] + e * k * n, v.biases[i] + e * n, k, n, y, ld, i + 1 < v.num_layers);
+    std::swap(x, y);
+  }
+  return x;
+}
+
+// x[r, :] = (concat(obs[row], act[row]) - mean) / std for the rows of `rows`.
+template <typename RowOf>
+void gather_normalized(const EnsembleView& v, const float* obs, const float* act, int64_t count, RowOf row_of,
+                       float* x, int64_t ld) {
+  const int64_t od = v.obs_dim, ad = v.act_dim;
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t row = row_of(r);
+    const float* o = obs + row * od;
+    const float* a = act + row * ad;
+    float* xr = x + r * ld;
+    for (int64_t c = 0; c < od; ++c) xr[c] = (o[c] - v.input_mean[c]) / v.input_std[c];
+    for (int64_t c = 0; c < ad; ++c) xr[od + c] = (a[c] - v.input_mean[od + c]) / v.input_std[od + c];
+  }
+}
+
+void run_tiles(int64_t num_tiles, int64_t batch, const std::function<void(int64_t, int64_t)>& fn) {
+  if (batch < kParallelMinRows || num_tiles < 2) {
+    fn(0, num_tiles);
+  } else {
+    parallel_for(num_tiles, 1, fn);
+  }
+}
+
+void check_batch(int64_t batch, const char* op) {
+  require(batch >= 0, std::string(op) + ": batch must be >= 0, got " + std::to_string(batch));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ view
+
+int64_t EnsembleView::max_width() const {
+  int64_t w = 0;
+  for (int i = 0; i <= num_layers; ++i) w = std::max(w, widths[i]);
+  return w;
+}
+
+void EnsembleView::validate(bool need_elites) const {
+  require(obs_dim >= 1, "ensemble: obs_dim must be >= 1, got " + std::to_string(obs_dim));
+  require(act_dim >= 0, "ensemble: act_dim must be >= 0, got " + std::to_string(act_dim));
+  require(ensemble_size >= 1, "ensemble: ensemble_size must be >= 1, got " + std::to_string(ensemble_size));
+  require(num_layers >= 1 && num_layers <= kEnsembleMaxLayers,
+          "ensemble: num_layers must be in [1, " + std::to_string(kEnsembleMaxLayers) + "], got " +
+              std::to_string(num_layers));
+  require(widths[0] == in_dim(), "ensemble: widths[0] must be obs_dim + act_dim = " + std::to_string(in_dim()) +
+                                     ", got " + std::to_string(widths[0]));
+  require(widths[num_layers] == 2 * out_dim(), "ensemble: output width must be 2 * (obs_dim + 1) = " +
+                                                   std::to_string(2 * out_dim()) + ", got " +
+                                                   std::to_string(widths[num_layers]));
+  for (int i = 0; i <= num_layers; ++i) {
+    require(widths[i] >= 1, "ensemble: widths[" + std::to_string(i) + "] must be >= 1, got " +
+                                std::to_string(widths[i]));
+  }
+  require(input_mean && input_std && max_logvar && min_logvar,
+          "ensemble: input_mean, input_std, max_logvar and min_logvar must not be null");
+  for (int i = 0; i < num_layers; ++i) {
+    require(weights[i] && biases[i], "ensemble: layer " + std::to_string(i) + " has a null weight or bias");
+  }
+  if (need_elites) {
+    require(elites != nullptr && num_elites >= 1,
+            "ensemble: elites must hold at least one member index, got " + std::to_string(num_elites));
+  }
+  if (elites != nullptr) {
+    for (int64_t k = 0; k < num_elites; ++k) {
+      require(elites[k] >= 0 && elites[k] < ensemble_size,
+              "elites: entry " + std::to_string(k) + " = " + std::to_string(elites[k]) +
+                  " is out of range [0, " + std::to_string(ensemble_size) + ")");
+    }
+  }
+}
+
+// ------------------------------------------------------------------ step
+
+void ensemble_step(const EnsembleView& v, const float* obs, const float* act, int64_t batch, uint64_t seed,
+                   bool deterministic, const int64_t* members, float* next_obs_out, float* reward_out,
+                   int64_t* members_out) {
+  check_batch(batch, "ensemble_step");
+  v.validate(members == nullptr);
+  const int64_t E = v.ensemble_size;
+  if (members != nullptr) {
+    for (int64_t i = 0; i < batch; ++i) {
+      require(members[i] >= 0 && members[i] < E, "members: entry " + std::to_string(i) + " = " +
+                                                      std::to_string(members[i]) + " is out of range [0, " +
+                                                      std::to_string(E) + ")");
+    }
+  }
+  if (batch == 0) return;
+  require(obs && act && next_obs_out && reward_out, "ensemble_step: null input or output pointer");
+
+  // 1. member of each row.
+  std::vector<int64_t> local_members;
+  int64_t* chosen = members_out;
+  if (chosen == nullptr) {
+    local_members.resize(static_cast<size_t>(batch));
+    chosen = local_members.data();
+  }
+  if (members != nullptr) {
+    std::copy(members, members + batch, chosen);
+  } else {
+    const uint32_t K = static_cast<uint32_t>(v.num_elites);
+    const int64_t* elites = v.elites;
+    auto choose = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        chosen[i] = elites[kernels::member_choice(seed, static_cast<uint64_t>(i), K)];
+      }
+    };
+    if (batch < 8192) choose(0, batch); else parallel_for(batch, 8192, choose);
+  }
+
+  // 2. counting sort of the rows by member (stable: rows keep their order within a member).
+  std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);
+  for (int64_t i = 0; i < batch; ++i) ++start[static_cast<size_t>(chosen[i] + 1)];
+  for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
+  std::vector<int64_t> order(static_cast<size_t>(batch));
+  {
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(cursor[chosen[i]]++)] = i;
+  }
+
+  // 3. tiles: (member, first sorted position); each tile holds up to kTileRows rows.
+  std::vector<int64_t> tile_member, tile_begin;
+  tile_member.reserve(static_cast<size_t>(batch / kTileRows + E + 1));
+  tile_begin.reserve(tile_member.capacity());
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t p = start[e]; p < start[e + 1]; p += kTileRows) {
+      tile_member.push_back(e);
+      tile_begin.push_back(p);
+    }
+  }
+  const int64_t num_tiles = static_cast<int64_t>(tile_member.size());
+
+  const cpu::DenseFn dense = active_dense();
+  const int64_t ld = round_up16(v.max_width());
+  const int64_t od = v.obs_dim, out_dim = v.out_dim();
+  run_tiles(num_tiles, batch, [&](int64_t t0, int64_t t1) {
+    Scratch& s = scratch();
+    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    float* eps = s.ensure(s.extra, static_cast<size_t>(out_dim));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = tile_member[t], p0 = tile_begin[t];
+      const int64_t rows = std::min(kTileRows, start[e + 1] - p0);
+      const int64_t* idx = order.data() + p0;
+      gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = idx[r];
+        if (!deterministic) kernels::row_noise(seed, static_cast<uint64_t>(row), out_dim, eps);
+        kernels::step_row_epilogue(head + r * ld, obs + row * od, v.max_logvar, v.min_logvar, eps, deterministic,
+                                   od, next_obs_out + row * od, reward_out + row);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ predict
+
+void ensemble_predict(const EnsembleView& v, const float* obs, const float* act, int64_t batch, float* mean_out,
+                      float* var_out) {
+  check_batch(batch, "ensemble_predict");
+  v.validate(false);
+  if (batch == 0) return;
+  require(obs && act, "ensemble_predict: null input pointer");
+  const int64_t E = v.ensemble_size, out_dim = v.out_dim();
+  const int64_t tiles_per_member = (batch + kTileRows - 1) / kTileRows;
+  const cpu::DenseFn dense = active_dense();
+  const int64_t ld = round_up16(v.max_width());
+  run_tiles(E * tiles_per_member, batch * E, [&](int64_t t0, int64_t t1) {
+    Scratch& s = scratch();
+    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t e = t / tiles_per_member;
+      const int64_t row0 = (t % tiles_per_member) * kTileRows;
+      const int64_t rows = std::min(kTileRows, batch - row0);
+      gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t o = (e * batch + row0 + r) * out_dim;
+        kernels::predict_row_epilogue(head + r * ld, v.max_logvar, v.min_logvar, out_dim,
+                                      mean_out ? mean_out + o : nullptr, var_out ? var_out + o : nullptr);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ disagreement
+
+void ensemble_disagreement(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
+                           const int64_t* members, int64_t n_members, float* out) {
+  check_batch(batch, "ensemble_disagreement");
+  v.validate(members == nullptr);
+  if (members == nullptr) {
+    members = v.elites;
+    n_members = v.num_elites;
+  }
+  require(n_members >= 1, "members: expected at least one member, got " + std::to_string(n_members));
+  for (int64_t m = 0; m < n_members; ++m) {
+    require(members[m] >= 0 && members[m] < v.ensemble_size,
+            "members: entry " + std::to_string(m) + " = " + std::to_string(members[m]) + " is out of range [0, " +
+                std::to_string(v.ensemble_size) + ")");
+  }
+  if (batch == 0) return;
+  require(obs && act && out, "ensemble_disagreement: null input or output pointer");
+  const int64_t out_dim = v.out_dim();
+  const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
+  const cpu::DenseFn dense = active_dense();
+  const int64_t ld = round_up16(v.max_width());
+  run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
+    Scratch& s = scratch();
+    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    // means[m, r, j] of this tile
+    float* means = s.ensure(s.extra, static_cast<size_t>(n_members * kTileRows * out_dim));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row0 = t * kTileRows;
+      const int64_t rows = std::min(kTileRows, batch - row0);
+      for (int64_t m = 0; m < n_members; ++m) {
+        gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
+        const float* head = forward_tile(v, members[m], xa, xb, rows, ld, dense);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(head + r * ld, head + r * ld + out_dim, means + (m * kTileRows + r) * out_dim);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        double total = 0.0;
+        for (int64_t j = 0; j < out_dim; ++j) {
+          double mu = 0.0;
+          for (int64_t m = 0; m < n_members; ++m) mu += means[(m * kTileRows + r) * out_dim + j];
+          mu /= static_cast<double>(n_members);
+          double ss = 0.0;
+          for (int64_t m = 0; m < n_members; ++m) {
+            const double d = means[(m * kTileRows + r) * out_dim + j] - mu;
+            ss += d * d;
+          }
+          total += std::sqrt(ss / static_cast<double>(n_members));
+        }
+        out[row0 + r] = static_cast<float>(total / static_cast<double>(out_dim));
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ kernel selection
+
+void ensemble_set_kernel(const std::string& name) {
+  const Kernel k = parse_kernel(name);
+  require(k != Kernel::kAvx512 || cpu::dense_avx512_supported(),
+          "kernel: 'avx512' requested but this CPU/build does not support AVX-512");
+  kernel_setting().store(static_cast<int>(k));
+}
+
+std::string ensemble_kernel() { return active_dense() == &cpu::dense_avx512 ? "avx512" : "portable"; }
+
+bool ensemble_avx512_available() { return cpu::dense_avx512_supported(); }
+
+}  // namespace mbpo_fast

@@ -1,0 +1,82 @@
+// Fused inference of a probabilistic ensemble dynamics model (MBPO's model), CPU.
+//
+// Model (DESIGN §3): x = concat(obs, act) [B, in], in = obs_dim + act_dim, normalized
+// (x - input_mean) / input_std; num_layers linear layers h = h @ W[e] + b[e] with
+// W[e] [in_i, out_i] row-major (layers.{i}.weight [E, in_i, out_i]), SiLU after every
+// layer but the last; the last has width 2 * (obs_dim + 1): mean (Δobs, reward LAST),
+// then raw logvar, soft-clamped between min_logvar and max_logvar (kernels/ensemble_epilogue.h).
+//
+// The weights are BORROWED: an EnsembleView is a bag of raw pointers that the entry
+// points read during the call and never keep. No Python, no allocation the caller sees.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mbpo_fast/common.h"
+
+namespace mbpo_fast {
+
+// At most this many linear layers (hidden + output): keeps the view a flat struct.
+constexpr int kEnsembleMaxLayers = 16;
+
+struct EnsembleView {
+  int64_t obs_dim = 0;
+  int64_t act_dim = 0;
+  int64_t ensemble_size = 0;  // E
+  int num_layers = 0;         // linear layers, hidden + output (>= 1)
+  // widths[0] = obs_dim + act_dim, widths[i + 1] = output width of layer i,
+  // widths[num_layers] = 2 * (obs_dim + 1).
+  int64_t widths[kEnsembleMaxLayers + 1] = {};
+  const float* input_mean = nullptr;  // [in]
+  const float* input_std = nullptr;   // [in], > 0
+  const float* weights[kEnsembleMaxLayers] = {};  // [E, widths[i], widths[i + 1]], C-contiguous
+  const float* biases[kEnsembleMaxLayers] = {};   // [E, widths[i + 1]]
+  const float* max_logvar = nullptr;  // [obs_dim + 1]
+  const float* min_logvar = nullptr;  // [obs_dim + 1]
+  const int64_t* elites = nullptr;    // [num_elites], each in [0, E); may be null for predict
+  int64_t num_elites = 0;
+
+  int64_t in_dim() const { return obs_dim + act_dim; }
+  int64_t out_dim() const { return obs_dim + 1; }  // Δobs and reward
+  int64_t max_width() const;
+
+  // Throws InvalidArgument naming the first inconsistent field (dims, widths, null
+  // pointers, elite indices out of range). `need_elites`: step/disagreement defaults.
+  void validate(bool need_elites) const;
+};
+
+// One sampled transition per row. For row i the member is members[i] (when members is not
+// null; each must be in [0, E)) or elites[random_index(seed, kStreamMemberChoice, i, K)].
+// Only that member is evaluated. Noise of output j (0..obs_dim) is
+// random_normal(seed, kStreamModelNoise, i * (obs_dim + 1) + j); deterministic: no noise.
+//   obs [batch, obs_dim], act [batch, act_dim] -> next_obs_out [batch, obs_dim],
+//   reward_out [batch], members_out [batch] (may be null).
+// Results do not depend on the thread count or on which kernel (AVX-512 / portable) runs
+// beyond float rounding; member choices never do.
+void ensemble_step(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
+                   uint64_t seed, bool deterministic, const int64_t* members, float* next_obs_out,
+                   float* reward_out, int64_t* members_out);
+
+// Every member on every row: mean_out, var_out [E, batch, obs_dim + 1] (Δobs, reward),
+// var = exp(soft-clamped logvar). Either output may be null (then it is not written).
+void ensemble_predict(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
+                      float* mean_out, float* var_out);
+
+// Disagreement of the members `members` [n_members] (null: the elites) on each row:
+//   out[i] = (1 / (obs_dim + 1)) * sum_j sqrt( (1/M) sum_m (mu_mj - mean_m mu_mj)^2 )
+// i.e. the population standard deviation across members of the predicted means, averaged
+// over the outputs (Δobs and reward). Reduced in double. out [batch].
+void ensemble_disagreement(const EnsembleView& view, const float* obs, const float* act,
+                           int64_t batch, const int64_t* members, int64_t n_members, float* out);
+
+// Kernel selection (for tests and benchmarks): "auto" (AVX-512 when the CPU has it),
+// "avx512" (throws InvalidArgument when unsupported) or "portable". The environment
+// variable MBPO_FAST_CPU_KERNEL sets the initial value.
+void ensemble_set_kernel(const std::string& name);
+// The kernel the next call will use: "avx512" or "portable".
+std::string ensemble_kernel();
+// Whether this CPU and build can run the AVX-512 kernel.
+bool ensemble_avx512_available();
+
+}  // namespace mbpo_fast

@@ -1,0 +1,349 @@
+"""Numba mirror of the fused ensemble inference ops (csrc/include/mbpo_fast/ensemble.h).
+
+Same op names, arguments, validation and randomness as the native module: the member of
+row i is ``elites[random_index(seed, STREAM_MEMBER_CHOICE, i, K)]`` and the noise of
+output j is ``random_normal(seed, STREAM_MODEL_NOISE, i * (obs_dim + 1) + j)``, drawn from
+the shared Philox streams, so member choices are identical to the native backend and the
+values agree to float rounding. The layers run as float32 BLAS matmuls over the rows of
+each member (only the chosen member is evaluated); the Philox draws and the epilogue are
+njit loops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numba as nb
+import numpy as np
+
+from .rng import STREAM_MEMBER_CHOICE, STREAM_MODEL_NOISE, philox_block, random_index
+
+_MAX_LAYERS = 16
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _shape_str(shape) -> str:
+    parts = ["*" if s is None or s < 0 else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _as_f32(obj, name: str, expected: Sequence[int]) -> np.ndarray:
+    """Contiguous float32 view/copy of `obj` with shape `expected` (-1 = any)."""
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:  # pragma: no cover - numpy raises for exotic objects
+        raise TypeError(f"{name}: expected a numeric array, got {type(obj).__name__}") from exc
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(
+            f"{name}: expected a real numeric dtype (float32 preferred), got {arr.dtype}"
+        )
+    ok = arr.ndim == len(expected) and all(
+        e < 0 or e == g for e, g in zip(expected, arr.shape, strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name}: expected shape {_shape_str(expected)}, got {_shape_str(arr.shape)}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _as_i64(obj, name: str, n: int) -> np.ndarray:
+    arr = np.asarray(obj)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer dtype (int64 preferred), got {arr.dtype}")
+    if arr.ndim != 1 or (n >= 0 and arr.shape[0] != n):
+        raise ValueError(f"{name}: expected shape {_shape_str((n,))}, got {_shape_str(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _require_finite(arr: np.ndarray, name: str) -> None:
+    flat = arr.reshape(-1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        raise ValueError(
+            f"{name}: contains a non-finite value (NaN or Inf) at flat index {int(np.argmax(bad))}"
+        )
+
+
+def _require_range(arr: np.ndarray, name: str, n: int) -> None:
+    bad = (arr < 0) | (arr >= n)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}: entry {i} = {int(arr[i])} is out of range [0, {n})")
+
+
+class _Params:
+    """The validated parameters of one call (contiguous float32; copied only when they are not)."""
+
+    def __init__(self, input_mean, input_std, weights, biases, max_logvar, min_logvar, elites=None):
+        weights, biases = list(weights), list(biases)
+        if not 1 <= len(weights) <= _MAX_LAYERS:
+            raise ValueError(
+                f"weights: expected a list of 1..{_MAX_LAYERS} layer weights, got {len(weights)}"
+            )
+        if len(biases) != len(weights):
+            raise ValueError(
+                f"biases: expected {len(weights)} arrays (one per weight), got {len(biases)}"
+            )
+        self.input_mean = _as_f32(input_mean, "input_mean", (-1,))
+        in_dim = self.input_mean.shape[0]
+        self.input_std = _as_f32(input_std, "input_std", (in_dim,))
+        last = _as_f32(weights[-1], "weights[-1]", (-1, -1, -1))
+        out_width = last.shape[2]
+        if out_width < 4 or out_width % 2:
+            raise ValueError(
+                "weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), "
+                f"got {out_width}"
+            )
+        self.obs_dim = out_width // 2 - 1
+        self.act_dim = in_dim - self.obs_dim
+        if self.act_dim < 0:
+            raise ValueError(
+                f"input_mean: length {in_dim} is smaller than obs_dim = {self.obs_dim} "
+                "(from weights[-1])"
+            )
+        self.weights, self.biases = [], []
+        ens, width = -1, in_dim
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            w = _as_f32(w, f"weights[{i}]", (ens, width, -1))
+            ens = w.shape[0]
+            if ens < 1 or w.shape[2] < 1:
+                raise ValueError(
+                    f"weights[{i}]: expected non-empty dimensions, got {_shape_str(w.shape)}"
+                )
+            b = _as_f32(b, f"biases[{i}]", (ens, w.shape[2]))
+            self.weights.append(w)
+            self.biases.append(b)
+            width = w.shape[2]
+        self.ensemble_size = ens
+        od1 = self.obs_dim + 1
+        self.max_logvar = _as_f32(max_logvar, "max_logvar", (od1,))
+        self.min_logvar = _as_f32(min_logvar, "min_logvar", (od1,))
+        _require_finite(self.input_mean, "input_mean")
+        _require_finite(self.input_std, "input_std")
+        if not (self.input_std > 0).all():
+            c = int(np.argmax(~(self.input_std > 0)))
+            raise ValueError(
+                f"input_std: every entry must be > 0, got {self.input_std[c]} at index {c}"
+            )
+        _require_finite(self.max_logvar, "max_logvar")
+        _require_finite(self.min_logvar, "min_logvar")
+        self.elites = None
+        if elites is not None:
+            self.elites = _as_i64(elites, "elites", -1)
+            _require_range(self.elites, "elites", ens)
+
+    def inputs(self, obs, act) -> tuple[np.ndarray, np.ndarray]:
+        obs = _as_f32(obs, "obs", (-1, self.obs_dim))
+        act = _as_f32(act, "act", (obs.shape[0], self.act_dim))
+        _require_finite(obs, "obs")
+        _require_finite(act, "act")
+        return obs, act
+
+    def normalized(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        x = np.concatenate([obs, act], axis=1)
+        return (x - self.input_mean) / self.input_std
+
+    def forward(self, member: int, x: np.ndarray) -> np.ndarray:
+        """Output layer [rows, 2 * (obs_dim + 1)] of `member` on normalized inputs x."""
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = h @ w[member]
+            h += b[member]
+            if i < last:
+                with np.errstate(over="ignore"):  # exp(-h) = inf for h < -88: SiLU -> -0, correct
+                    h = h / (np.float32(1.0) + np.exp(-h))
+        return h
+
+
+# ---------------------------------------------------------------------------- njit parts
+
+
+@nb.njit(cache=True)
+def _choose_members(seed, elites, batch, out):
+    k = elites.shape[0]
+    for i in range(batch):
+        out[i] = elites[random_index(seed, STREAM_MEMBER_CHOICE, np.uint64(i), k)]
+
+
+@nb.njit(cache=True, inline="always")
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@nb.njit(cache=True, inline="always")
+def _soft_clamp(raw, max_lv, min_lv):
+    lv = max_lv - _softplus(max_lv - raw)
+    return min_lv + _softplus(lv - min_lv)
+
+
+@nb.njit(cache=True, inline="always")
+def _normal_from_block(b, index):
+    # Box-Muller on the lane pair of `index` (identical to rng.box_muller).
+    lane = index & np.uint64(3)
+    if lane < 2:
+        w0, w1 = b[0], b[1]
+    else:
+        w0, w1 = b[2], b[3]
+    u1 = (float(w0 >> np.uint64(8)) + 1.0) * (1.0 / 16777216.0)
+    u2 = float(w1 >> np.uint64(8)) * (1.0 / 16777216.0)
+    r = math.sqrt(-2.0 * math.log(u1))
+    theta = 6.283185307179586 * u2
+    if lane & np.uint64(1):
+        return np.float32(r * math.sin(theta))
+    return np.float32(r * math.cos(theta))
+
+
+@nb.njit(cache=True)
+def _step_epilogue(head, rows, obs, max_lv, min_lv, seed, deterministic, next_obs, rew):
+    """head [n, 2*(od+1)] for the original rows `rows` [n]; writes next_obs/rew at those rows."""
+    od = obs.shape[1]
+    od1 = od + 1
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        base = np.uint64(row) * np.uint64(od1)
+        block = np.uint64(0xFFFFFFFFFFFFFFFF)
+        b = philox_block(seed, STREAM_MODEL_NOISE, np.uint64(0))
+        for j in range(od1):
+            value = head[r, j]
+            if not deterministic:
+                index = base + np.uint64(j)
+                if (index >> np.uint64(2)) != block:
+                    block = index >> np.uint64(2)
+                    b = philox_block(seed, STREAM_MODEL_NOISE, block)
+                eps = _normal_from_block(b, index)
+                lv = np.float32(
+                    _soft_clamp(float(head[r, od1 + j]), float(max_lv[j]), float(min_lv[j]))
+                )
+                value = np.float32(value + np.float32(math.exp(0.5 * lv)) * eps)
+            if j < od:
+                next_obs[row, j] = obs[row, j] + value
+            else:
+                rew[row] = value
+
+
+@nb.njit(cache=True)
+def _variance(raw, max_lv, min_lv, out):
+    for i in range(raw.shape[0]):
+        for j in range(raw.shape[1]):
+            out[i, j] = np.float32(
+                math.exp(_soft_clamp(float(raw[i, j]), float(max_lv[j]), float(min_lv[j])))
+            )
+
+
+# ---------------------------------------------------------------------------- ops
+
+
+def ensemble_step(
+    obs,
+    act,
+    input_mean,
+    input_std,
+    weights,
+    biases,
+    max_logvar,
+    min_logvar,
+    elites,
+    members=None,
+    seed: int = 0,
+    deterministic: bool = False,
+):
+    """One sampled model step per row, running only the chosen member (see the native op).
+
+    Returns (next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]).
+    """
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites)
+    obs, act = p.inputs(obs, act)
+    batch = obs.shape[0]
+    seed = int(seed)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    if members is not None:
+        used = _as_i64(members, "members", batch).copy()
+        _require_range(used, "members", p.ensemble_size)
+    else:
+        if p.elites is None or p.elites.shape[0] < 1:
+            n = 0 if p.elites is None else p.elites.shape[0]
+            raise ValueError(
+                f"elites: expected at least one elite index when members is None, got {n}"
+            )
+        used = np.empty(batch, dtype=np.int64)
+        _choose_members(np.uint64(seed), p.elites, batch, used)
+    next_obs = np.empty((batch, p.obs_dim), dtype=np.float32)
+    rew = np.empty(batch, dtype=np.float32)
+    if batch == 0:
+        return next_obs, rew, used
+    x = p.normalized(obs, act)
+    order = np.argsort(used, kind="stable")
+    bounds = np.searchsorted(used[order], np.arange(p.ensemble_size + 1))
+    for e in range(p.ensemble_size):
+        rows = order[bounds[e] : bounds[e + 1]]
+        if rows.shape[0] == 0:
+            continue
+        head = np.ascontiguousarray(p.forward(e, x[rows]))
+        _step_epilogue(
+            head,
+            rows,
+            obs,
+            p.max_logvar,
+            p.min_logvar,
+            np.uint64(seed),
+            bool(deterministic),
+            next_obs,
+            rew,
+        )
+    return next_obs, rew, used
+
+
+def ensemble_predict(obs, act, input_mean, input_std, weights, biases, max_logvar, min_logvar):
+    """Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward)."""
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar)
+    obs, act = p.inputs(obs, act)
+    batch, od1 = obs.shape[0], p.obs_dim + 1
+    mean = np.empty((p.ensemble_size, batch, od1), dtype=np.float32)
+    var = np.empty((p.ensemble_size, batch, od1), dtype=np.float32)
+    if batch == 0:
+        return mean, var
+    x = p.normalized(obs, act)
+    for e in range(p.ensemble_size):
+        head = p.forward(e, x)
+        mean[e] = head[:, :od1]
+        _variance(np.ascontiguousarray(head[:, od1:]), p.max_logvar, p.min_logvar, var[e])
+    return mean, var
+
+
+def ensemble_disagreement(
+    obs, act, input_mean, input_std, weights, biases, max_logvar, min_logvar, members
+):
+    """Per-row disagreement f32 [B]: population std across `members` of the predicted means,
+    averaged over the obs_dim + 1 outputs (reduced in float64)."""
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar)
+    obs, act = p.inputs(obs, act)
+    mem = _as_i64(members, "members", -1)
+    if mem.shape[0] < 1:
+        raise ValueError("members: expected at least one member index, got an empty array")
+    _require_range(mem, "members", p.ensemble_size)
+    od1 = p.obs_dim + 1
+    if obs.shape[0] == 0:
+        return np.empty(0, dtype=np.float32)
+    x = p.normalized(obs, act)
+    mus = np.stack([p.forward(int(m), x)[:, :od1] for m in mem]).astype(np.float64)
+    return mus.std(axis=0).mean(axis=1).astype(np.float32)
+
+
+_KERNELS = ("auto", "avx512", "portable")
+
+
+def ensemble_set_kernel(name: str) -> None:
+    """Accepted for parity with the native op; the Numba backend has one implementation."""
+    if name not in _KERNELS:
+        raise ValueError(f"kernel: expected 'auto', 'avx512' or 'portable', got {name!r}")
+
+
+def ensemble_kernel() -> str:
+    """The kernel the ensemble ops use: always "numba" here."""
+    return "numba"

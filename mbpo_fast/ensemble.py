@@ -1,0 +1,677 @@
+"""MBPO's probabilistic ensemble dynamics model: torch training, native inference, save/load.
+
+:class:`EnsembleDynamics` holds ``E`` Gaussian MLPs as batched layers (weights
+[E, in, out], one batched matmul per layer for all members). It predicts the targets
+``[Δobs (obs_dim), reward (1)]`` (reward LAST) from ``concat(obs, act)`` normalized by an
+input normalizer that is refit at every :meth:`EnsembleDynamics.fit`.
+
+Training follows the original MBPO recipe (DESIGN §4): Gaussian NLL with trainable soft
+logvar bounds, per-layer L2 on weights only, Adam 1e-3, batch 256, one bootstrap index set
+per member, a holdout split for early stopping with per-member best-snapshot restore, and
+elites chosen by holdout MSE. The torch parameters stay the source of truth; inference
+(:meth:`predict`, :meth:`step`, :meth:`disagreement`) runs the fused native kernels through
+:class:`~mbpo_fast.ensemble_infer.EnsembleInference`, which borrows zero-copy numpy views of
+those parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ensemble_infer import EnsembleInference
+from .io import load_safetensors, require_tensor, save_safetensors
+from .nn import BatchedLinear
+
+__all__ = ["EnsembleDynamics", "layer_weight_decays"]
+
+_FORMAT = "mbpo_fast.ensemble/1"
+_LOGVAR_BOUND_COEF = 0.01  # MBPO / mbrl-lib: 0.01 * (sum(max_logvar) - sum(min_logvar))
+_INIT_MAX_LOGVAR = 0.5
+_INIT_MIN_LOGVAR = -10.0
+_EVAL_CHUNK = 8192  # rows per holdout forward: bounds activation memory on large splits
+
+
+def layer_weight_decays(num_linear: int) -> list[float]:
+    """Per-layer L2 coefficients (loss term ``0.5 * wd_i * ||W_i||^2``) for `num_linear` layers.
+
+    MBPO's 5-layer network uses 2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4. Other depths keep the
+    pattern: first 2.5e-5, second 5e-5, every middle layer 7.5e-5, last (output) 1e-4; a
+    2-layer network gets [2.5e-5, 1e-4].
+    """
+    if num_linear < 2:
+        raise ValueError(f"num_linear: expected >= 2 (a hidden and an output layer), got {num_linear}")
+    decays = [2.5e-5] + [5e-5] + [7.5e-5] * (num_linear - 3) + [1e-4]
+    return decays if num_linear >= 3 else [2.5e-5, 1e-4]
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float_array(name: str, value, shape: Sequence[int | None]) -> np.ndarray:
+    """`value` as a float32 numpy array with `shape` (None = any), finite; else a clear error.
+
+    Accepts float32/float64 numpy arrays, CPU torch tensors and nested sequences of floats.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name}: expected a float32 (or float64) array, got dtype {arr.dtype}")
+    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in zip(shape, arr.shape)):
+        expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        bad = int(np.argmax(~np.isfinite(arr.reshape(-1))))
+        raise ValueError(f"{name}: contains a non-finite value (NaN or Inf) at flat index {bad}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class EnsembleDynamics(nn.Module):
+    """Probabilistic ensemble of ``ensemble_size`` Gaussian MLPs (MBPO's dynamics model).
+
+    Args:
+        obs_dim, act_dim: observation and action sizes.
+        ensemble_size: members E (MBPO: 7).
+        num_elites: members used by :meth:`step` (MBPO: 5), chosen by holdout MSE at every fit.
+        hidden_size, num_layers: ``num_layers`` hidden layers of ``hidden_size`` SiLU units,
+            then the output layer of width ``2 * (obs_dim + 1)`` (mean, then raw logvar).
+        seed: seeds parameter initialization and the fit's own torch.Generator (holdout
+            split, bootstrap sets, shuffles).
+        device: torch device of the parameters and of training. Fixed at construction (do not
+            ``.to()`` the module). Inference through the native kernels needs "cpu"; on another
+            device :meth:`predict` and :meth:`step` run a torch path instead (see :meth:`step`).
+        lr: Adam learning rate (MBPO: 1e-3).
+        weight_decays: per-linear-layer L2 coefficients; default :func:`layer_weight_decays`.
+
+    Parameters (the safetensors layout of DESIGN §3): ``layers[i].weight`` [E, in_i, out_i],
+    ``layers[i].bias`` [E, out_i] for i = 0..num_layers, ``max_logvar``/``min_logvar``
+    [obs_dim + 1] (shared by the members, trainable), buffers ``input_mean``/``input_std``
+    [obs_dim + act_dim] and ``elite_index`` int64 [num_elites].
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        ensemble_size: int = 7,
+        num_elites: int = 5,
+        hidden_size: int = 200,
+        num_layers: int = 4,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        lr: float = 1e-3,
+        weight_decays: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.obs_dim = _positive_int("obs_dim", obs_dim)
+        self.act_dim = _positive_int("act_dim", act_dim, minimum=0)
+        self.ensemble_size = _positive_int("ensemble_size", ensemble_size)
+        self.num_elites = _positive_int("num_elites", num_elites)
+        if self.num_elites > self.ensemble_size:
+            raise ValueError(f"num_elites: expected <= ensemble_size = {ensemble_size}, got {num_elites}")
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.seed = _positive_int("seed", seed, minimum=0)
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: expected a finite float > 0, got {lr!r}")
+        self.lr = float(lr)
+        n_linear = self.num_layers + 1
+        decays = layer_weight_decays(n_linear) if weight_decays is None else list(weight_decays)
+        if len(decays) != n_linear or not all(math.isfinite(d) and d >= 0 for d in decays):
+            raise ValueError(f"weight_decays: expected {n_linear} finite values >= 0, got {decays}")
+        self.weight_decays = [float(d) for d in decays]
+        self.device = torch.device(device)
+
+        in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
+        widths = [in_dim] + [self.hidden_size] * self.num_layers + [2 * out_dim]
+        init_gen = torch.Generator().manual_seed(self.seed)  # CPU init: same weights on any device
+        self.layers = nn.ModuleList(
+            BatchedLinear(self.ensemble_size, widths[i], widths[i + 1], init="mbpo", generator=init_gen)
+            for i in range(n_linear)
+        )
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), _INIT_MAX_LOGVAR))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), _INIT_MIN_LOGVAR))
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+        self.register_buffer("elite_index", torch.arange(self.num_elites, dtype=torch.int64))
+        self.to(self.device)
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._inference: EnsembleInference | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def in_dim(self) -> int:
+        return self.obs_dim + self.act_dim
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the target: obs_dim + 1 (Δobs, then reward)."""
+        return self.obs_dim + 1
+
+    @property
+    def elites(self) -> list[int]:
+        """The members :meth:`step` samples from (lowest holdout MSE after the last fit)."""
+        return [int(i) for i in self.elite_index.tolist()]
+
+    @property
+    def inference(self) -> EnsembleInference:
+        """The fused-kernel adapter over zero-copy views of this model's CPU parameters.
+
+        In-place parameter updates (optimizer steps, snapshot restores, normalizer refits) are
+        seen by the next call without rebuilding. Raises RuntimeError for a non-CPU model.
+        """
+        if self.device.type != "cpu":
+            raise RuntimeError(
+                f"inference: the native kernels run on CPU parameters; this model is on "
+                f"{self.device}. Use predict()/step() (torch path) or load the file on CPU."
+            )
+        if self._inference is None:
+            self._inference = EnsembleInference(
+                self.obs_dim, self.act_dim,
+                self.input_mean.numpy(), self.input_std.numpy(),
+                [layer.weight.detach().numpy() for layer in self.layers],
+                [layer.bias.detach().numpy() for layer in self.layers],
+                self.max_logvar.detach().numpy(), self.min_logvar.detach().numpy(),
+                self.elite_index.numpy().copy(), activation="silu",
+            )
+        return self._inference
+
+    def _invalidate_inference(self) -> None:
+        self._inference = None
+
+    # ------------------------------------------------------------------ torch forward
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized inputs [E, B, in] -> (mean [E, B, out], soft-clamped logvar [E, B, out])."""
+        h = x
+        for layer in self.layers[:-1]:
+            h = F.silu(layer(h))
+        mean, raw = self.layers[-1](h).split(self.out_dim, dim=-1)
+        lv = self.max_logvar - F.softplus(self.max_logvar - raw)
+        lv = self.min_logvar + F.softplus(lv - self.min_logvar)
+        return mean, lv
+
+    def normalize(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """(concat(obs, act) - input_mean) / input_std: [B, obs_dim + act_dim]."""
+        return (torch.cat([obs, act], dim=-1) - self.input_mean) / self.input_std
+
+    def predict_torch(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Torch forward of every member: (mean, var) [E, B, obs_dim + 1] (Δobs, reward).
+
+        Differentiable; obs [B, obs_dim], act [B, act_dim] float32 on the model's device.
+        """
+        x = self.normalize(obs, act).unsqueeze(0).expand(self.ensemble_size, -1, -1)
+        mean, lv = self(x)
+        return mean, lv.exp()
+
+    # ------------------------------------------------------------------ loss
+
+    def weight_decay_loss(self) -> torch.Tensor:
+        """sum_i 0.5 * wd_i * ||W_i||^2 over the layer weights (biases and logvar bounds excluded)."""
+        terms = [0.5 * wd * layer.weight.square().sum()
+                 for wd, layer in zip(self.weight_decays, self.layers) if wd > 0]
+        return torch.stack(terms).sum() if terms else self.max_logvar.new_zeros(())
+
+    def _nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member Gaussian NLL [E]: mean((mu - y)^2 * exp(-lv)) + mean(lv) over rows and outputs."""
+        mean, lv = self(x)
+        return ((mean - y).square() * torch.exp(-lv) + lv).mean(dim=(1, 2))
+
+    def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The minimized objective: summed member NLLs + logvar-bound term + weight decay."""
+        bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
+        return self._nll(x, y).sum() + bound + self.weight_decay_loss()
+
+    def compute_loss(self, obs, act, rew, next_obs) -> dict[str, float | list[float]]:
+        """The training objective on one batch fed to every member (no bootstrap), for inspection.
+
+        Returns {"total": float, "nll": list[float] per member, "logvar_bound": float,
+        "weight_decay": float}; total = sum(nll) + logvar_bound + weight_decay.
+        """
+        x, y = self._tensors(*self._validate_transitions(obs, act, rew, next_obs))
+        with torch.no_grad():
+            xe = self._normalize_x(x).unsqueeze(0).expand(self.ensemble_size, -1, -1)
+            nll = self._nll(xe, y.unsqueeze(0).expand(self.ensemble_size, -1, -1))
+            bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
+            decay = self.weight_decay_loss()
+            total = nll.sum() + bound + decay
+        return {"total": float(total), "nll": [float(v) for v in nll],
+                "logvar_bound": float(bound), "weight_decay": float(decay)}
+
+    # ------------------------------------------------------------------ fit
+
+    def _validate_transitions(self, obs, act, rew, next_obs):
+        obs = _float_array("obs", obs, (None, self.obs_dim))
+        n = obs.shape[0]
+        act = _float_array("act", act, (n, self.act_dim))
+        rew = _float_array("rew", rew, (n,))
+        next_obs = _float_array("next_obs", next_obs, (n, self.obs_dim))
+        return obs, act, rew, next_obs
+
+    def _tensors(self, obs, act, rew, next_obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs concat(obs, act) [N, in] and targets [Δobs, rew] [N, out] as device tensors."""
+        x = np.concatenate([obs, act], axis=1)
+        y = np.concatenate([next_obs - obs, rew[:, None]], axis=1)
+        return (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
+
+    def _normalize_x(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def _per_member(self) -> list[torch.Tensor]:
+        """Parameters with a leading member dimension (snapshotted per member)."""
+        return [p for layer in self.layers for p in (layer.weight, layer.bias)]
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.parameters())
+        try:  # fused Adam: one kernel for every parameter (CPU support since torch 2.4)
+            return torch.optim.Adam(params, lr=self.lr, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(params, lr=self.lr, foreach=True)
+
+    @torch.no_grad()
+    def _member_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of every member's mean on normalized x [N, in], targets y [N, out]: [E]."""
+        total = torch.zeros(self.ensemble_size, device=self.device, dtype=torch.float64)
+        for s in range(0, x.shape[0], _EVAL_CHUNK):
+            xs = x[s:s + _EVAL_CHUNK].unsqueeze(0).expand(self.ensemble_size, -1, -1)
+            mean, _ = self(xs)
+            total += (mean - y[s:s + _EVAL_CHUNK]).square().sum(dim=(1, 2)).double()
+        return total / (x.shape[0] * self.out_dim)
+
+    def fit(
+        self,
+        obs,
+        act,
+        rew,
+        next_obs,
+        holdout_ratio: float = 0.2,
+        max_holdout: int = 5000,
+        batch_size: int = 256,
+        max_epochs: int | None = None,
+        max_seconds: float | None = None,
+        patience: int = 5,
+        improvement_threshold: float = 0.01,
+        progress: bool = False,
+        seed: int | None = None,
+    ) -> dict:
+        """Trains every member on its bootstrap of (obs, act) -> (next_obs - obs, rew).
+
+        obs, next_obs float32 [N, obs_dim]; act float32 [N, act_dim]; rew float32 [N]
+        (float64 is accepted and converted; NaN/Inf raise ValueError).
+
+        Steps: split off a holdout of ``min(int(N * holdout_ratio), max_holdout)`` rows; refit
+        the input normalizer on the training split (std < 1e-12 -> 1); draw one bootstrap index
+        set per member (with replacement, size = training rows); then per epoch: reshuffle each
+        member's set, one Adam step per batch of ``batch_size`` rows per member, evaluate the
+        holdout MSE. A member "improves" when its holdout MSE drops by more than
+        ``improvement_threshold`` relative to its best (the weights before the fit count as
+        the first best, so a warm start never ends worse on the holdout); training stops after
+        ``patience`` epochs in which no member improved, or at ``max_epochs`` / ``max_seconds``
+        (checked after each epoch). Each member's best weights are then restored (the logvar
+        bounds are shared by all members and keep their last values) and the ``num_elites``
+        members with the lowest holdout MSE become the elites. With no holdout rows
+        (tiny N or holdout_ratio=0) the training split stands in for it.
+
+        Later fits warm-start from the current weights and optimizer state. `seed` (optional)
+        draws this fit's split, bootstraps and shuffles from a fresh generator instead of the
+        model's own.
+
+        Returns {"holdout_mse": list[float] per member (restored weights), "elites": list[int],
+        "epochs": int (training epochs run), "seconds": float, "train_loss": float (mean
+        objective over the last epoch's batches), "holdout_mse_elite_mean": float,
+        "initial_holdout_mse": list[float] (before training, current normalizer)}.
+        """
+        t0 = time.perf_counter()
+        obs, act, rew, next_obs = self._validate_transitions(obs, act, rew, next_obs)
+        n = obs.shape[0]
+        if not (isinstance(holdout_ratio, (int, float)) and 0.0 <= holdout_ratio < 1.0):
+            raise ValueError(f"holdout_ratio: expected a float in [0, 1), got {holdout_ratio!r}")
+        max_holdout = _positive_int("max_holdout", max_holdout, minimum=0)
+        batch_size = _positive_int("batch_size", batch_size)
+        if max_epochs is not None:
+            max_epochs = _positive_int("max_epochs", max_epochs)
+        if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+            raise ValueError(f"max_seconds: expected a number > 0 or None, got {max_seconds!r}")
+        patience = _positive_int("patience", patience)
+        if not (isinstance(improvement_threshold, (int, float)) and improvement_threshold >= 0):
+            raise ValueError(f"improvement_threshold: expected a float >= 0, got {improvement_threshold!r}")
+        if seed is not None:
+            seed = _positive_int("seed", seed, minimum=0)
+        n_hold = min(int(n * holdout_ratio), max_holdout)
+        if n - n_hold < 1:
+            raise ValueError(f"obs: need at least one training row, got {n} rows with {n_hold} held out")
+
+        gen = self._generator if seed is None else torch.Generator(self.device).manual_seed(seed)
+        dev, E = self.device, self.ensemble_size
+        x_all, y_all = self._tensors(obs, act, rew, next_obs)
+        perm = torch.randperm(n, generator=gen, device=dev)
+        train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
+        x_train, y_train = x_all[train_idx], y_all[train_idx]
+        n_train = x_train.shape[0]
+
+        with torch.no_grad():  # normalizer: in place, so borrowed numpy views stay valid
+            x64 = x_train.double()
+            std = x64.std(dim=0, unbiased=False)
+            std = torch.where(std < 1e-12, torch.ones_like(std), std)
+            self.input_mean.copy_(x64.mean(dim=0))
+            self.input_std.copy_(std)
+        x_train = self._normalize_x(x_train)
+        if n_hold > 0:
+            x_hold, y_hold = self._normalize_x(x_all[hold_idx]), y_all[hold_idx]
+        else:
+            x_hold, y_hold = x_train, y_train
+
+        boot = torch.randint(n_train, (E, n_train), generator=gen, device=dev)
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        opt = self._optimizer
+        members = self._per_member()
+
+        best = self._member_mse(x_hold, y_hold)
+        initial = best.tolist()
+        snapshot = [p.detach().clone() for p in members]
+        epochs, since_improved, train_loss = 0, 0, float("nan")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_epochs, desc="ensemble fit", unit="epoch", leave=False)
+        try:
+            while True:
+                # one shuffle per member per epoch; batches are contiguous slices of it
+                order = torch.argsort(torch.rand(E, n_train, generator=gen, device=dev), dim=1)
+                idx = boot.gather(1, order)
+                loss_sum = torch.zeros((), device=dev)
+                n_batches = 0
+                for s in range(0, n_train, batch_size):
+                    b = idx[:, s:s + batch_size]  # [E, b]: one gather per batch for x and y
+                    loss = self._training_loss(x_train[b], y_train[b])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach()
+                    n_batches += 1
+                epochs += 1
+                mse = self._member_mse(x_hold, y_hold)
+                improved = (best - mse) > improvement_threshold * best.abs()
+                best = torch.where(improved, mse, best)
+                with torch.no_grad():
+                    for p, snap in zip(members, snapshot):
+                        mask = improved.view(E, *([1] * (p.dim() - 1)))
+                        snap.copy_(torch.where(mask, p, snap))
+                # the one host sync of the epoch
+                any_improved, train_loss = bool(improved.any()), float(loss_sum) / n_batches
+                since_improved = 0 if any_improved else since_improved + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(holdout_mse=f"{float(mse.mean()):.4g}", loss=f"{train_loss:.4g}")
+                if since_improved >= patience:
+                    break
+                if max_epochs is not None and epochs >= max_epochs:
+                    break
+                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+
+        with torch.no_grad():  # in place: numpy views held by the inference adapter stay valid
+            for p, snap in zip(members, snapshot):
+                p.copy_(snap)
+        final = self._member_mse(x_hold, y_hold)
+        order = torch.argsort(final)[: self.num_elites]
+        self.elite_index.copy_(order.to(self.elite_index))
+        self._invalidate_inference()
+        final_list = final.tolist()
+        elites = self.elites
+        return {
+            "holdout_mse": final_list,
+            "elites": elites,
+            "epochs": epochs,
+            "seconds": time.perf_counter() - t0,
+            "train_loss": train_loss,
+            "holdout_mse_elite_mean": float(np.mean([final_list[i] for i in elites])),
+            "initial_holdout_mse": initial,
+        }
+
+    # ------------------------------------------------------------------ inference
+
+    def _validate_rows(self, obs, act) -> tuple[np.ndarray, np.ndarray, bool]:
+        """float32 obs [B, obs_dim], act [B, act_dim] (a single [obs_dim] row is accepted)."""
+        single = np.ndim(obs) == 1
+        if single:
+            obs = _float_array("obs", obs, (self.obs_dim,))[None]
+            act = _float_array("act", act, (self.act_dim,))[None]
+        else:
+            obs = _float_array("obs", obs, (None, self.obs_dim))
+            act = _float_array("act", act, (obs.shape[0], self.act_dim))
+        return obs, act, single
+
+    def predict(self, obs, act) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's Gaussian: (mean, var) float32 [E, B, obs_dim + 1] of (Δobs, reward).
+
+        obs float32 [B, obs_dim], act float32 [B, act_dim] (or single rows [obs_dim],
+        [act_dim] -> [E, obs_dim + 1]). Native kernels on CPU; torch forward on other devices.
+        """
+        obs, act, single = self._validate_rows(obs, act)
+        if self.device.type == "cpu":
+            mean, var = self.inference.predict(obs, act)
+        else:
+            with torch.no_grad():
+                m, v = self.predict_torch(torch.from_numpy(obs).to(self.device),
+                                          torch.from_numpy(act).to(self.device))
+            mean, var = m.cpu().numpy(), v.cpu().numpy()
+        return (mean[:, 0], var[:, 0]) if single else (mean, var)
+
+    def _validate_members(self, members, batch: int) -> np.ndarray | None:
+        if members is None:
+            return None
+        arr = np.asarray(members)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"members: expected integer member indices, got dtype {arr.dtype}")
+        if arr.ndim == 0:
+            arr = np.full(batch, int(arr), dtype=np.int64)
+        if arr.shape != (batch,):
+            raise ValueError(f"members: expected shape ({batch},) or a scalar, got {tuple(arr.shape)}")
+        bad = (arr < 0) | (arr >= self.ensemble_size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"members: entry {i} = {int(arr[i])} is out of range [0, {self.ensemble_size})")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None,
+             return_members: bool = False):
+        """One model transition per row: (next_obs float32 [B, obs_dim], rew float32 [B]).
+
+        For each row a member is drawn uniformly among the elites (Philox stream of `seed`;
+        the same members and noise on every backend) or taken from `members` (int [B] or a
+        scalar, any member in [0, E)); only that member runs. Δobs and reward are sampled as
+        ``mean + std * N(0, 1)`` (``deterministic=True``: the mean); next_obs = obs + Δobs.
+        ``return_members=True`` appends the members used (int64 [B]).
+
+        On a non-CPU model the torch path draws its members and noise from a torch.Generator
+        seeded with `seed` (valid samples, but not the native Philox numbers).
+        """
+        obs, act, single = self._validate_rows(obs, act)
+        mem = self._validate_members(members, obs.shape[0])
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        if self.device.type == "cpu":
+            next_obs, rew, used = self.inference.step(obs, act, seed=int(seed),
+                                                      deterministic=bool(deterministic), members=mem)
+        else:
+            next_obs, rew, used = self._step_torch(obs, act, int(seed), bool(deterministic), mem)
+        if single:
+            next_obs, rew, used = next_obs[0], rew[0], used[0]
+        return (next_obs, rew, used) if return_members else (next_obs, rew)
+
+    @torch.no_grad()
+    def _step_torch(self, obs: np.ndarray, act: np.ndarray, seed: int, deterministic: bool,
+                    members: np.ndarray | None):
+        """Torch version of :meth:`step` (any device): evaluates every member, gathers the chosen."""
+        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
+        o = torch.from_numpy(obs).to(self.device)
+        a = torch.from_numpy(act).to(self.device)
+        b = o.shape[0]
+        if members is None:
+            pick = torch.randint(self.num_elites, (b,), generator=gen, device=self.device)
+            used = self.elite_index[pick]
+        else:
+            used = torch.from_numpy(members).to(self.device)
+        mean, var = self.predict_torch(o, a)
+        rows = torch.arange(b, device=self.device)
+        mu, sd = mean[used, rows], var[used, rows].sqrt()
+        if not deterministic:
+            mu = mu + sd * torch.randn(mu.shape, generator=gen, device=self.device)
+        next_obs = (o + mu[:, : self.obs_dim]).cpu().numpy()
+        return next_obs, mu[:, self.obs_dim].cpu().numpy(), used.cpu().numpy()
+
+    def disagreement(self, obs, act, members=None) -> np.ndarray:
+        """Per-row float32 [B]: population std across `members` (default: the elites) of the
+        predicted means, averaged over the obs_dim + 1 outputs. CPU models only."""
+        obs, act, single = self._validate_rows(obs, act)
+        if members is not None:
+            members = np.asarray(members).reshape(-1)
+            if members.size < 1:
+                raise ValueError("members: expected at least one member index")
+            members = self._validate_members(members, members.size)
+        out = self.inference.disagreement(obs, act, members)
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ save / load
+
+    def _tensor_specs(self) -> dict[str, tuple[tuple[int, ...], type]]:
+        """name -> (shape, numpy dtype) of every tensor in the saved file."""
+        specs: dict[str, tuple[tuple[int, ...], type]] = {
+            "input_mean": ((self.in_dim,), np.float32),
+            "input_std": ((self.in_dim,), np.float32),
+        }
+        for i, layer in enumerate(self.layers):
+            specs[f"layers.{i}.weight"] = (tuple(layer.weight.shape), np.float32)
+            specs[f"layers.{i}.bias"] = (tuple(layer.bias.shape), np.float32)
+        specs["max_logvar"] = ((self.out_dim,), np.float32)
+        specs["min_logvar"] = ((self.out_dim,), np.float32)
+        specs["elites"] = ((self.num_elites,), np.int64)
+        return specs
+
+    def _named_tensors(self) -> dict[str, torch.Tensor]:
+        named = {"input_mean": self.input_mean, "input_std": self.input_std}
+        for i, layer in enumerate(self.layers):
+            named[f"layers.{i}.weight"] = layer.weight
+            named[f"layers.{i}.bias"] = layer.bias
+        named.update(max_logvar=self.max_logvar, min_logvar=self.min_logvar, elites=self.elite_index)
+        return named
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the DESIGN §3 safetensors layout atomically (readable from C++).
+
+        Tensors: input_mean, input_std [in]; layers.{i}.weight [E, in_i, out_i], layers.{i}.bias
+        [E, out_i] (i = 0..num_layers); max_logvar, min_logvar [obs_dim + 1]; elites int64
+        [num_elites]. Metadata: obs_dim, act_dim, activation ("silu"), ensemble_size,
+        num_elites, hidden_size, num_layers, format. Optimizer state is not included.
+        """
+        tensors = {name: t.detach().cpu().numpy() for name, t in self._named_tensors().items()}
+        metadata = {
+            "format": _FORMAT, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+            "activation": "silu", "ensemble_size": self.ensemble_size,
+            "num_elites": self.num_elites, "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+        }
+        save_safetensors(path, tensors, {k: str(v) for k, v in metadata.items()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> EnsembleDynamics:
+        """Loads a file written by :meth:`save` (or any file in the DESIGN §3 layout).
+
+        Sizes come from the metadata (ensemble_size, num_elites, hidden_size, num_layers are
+        inferred from the tensors when absent). Raises ValueError naming the file and the
+        problem for a truncated/corrupt file, missing or unexpected tensors, a tensor whose
+        shape or dtype disagrees with the metadata, non-finite values, input_std <= 0, or
+        elites out of range / repeated.
+        """
+        tensors, meta = load_safetensors(path)
+        source = os.fspath(path)
+
+        def meta_int(key: str, fallback=None, minimum: int = 1) -> int:
+            if key not in meta:
+                if fallback is None:
+                    raise ValueError(f"{source}: metadata is missing {key!r}")
+                return int(fallback)
+            try:
+                value = int(meta[key])
+            except ValueError:
+                raise ValueError(f"{source}: metadata {key!r} = {meta[key]!r} is not an int") from None
+            if value < minimum:
+                raise ValueError(f"{source}: metadata {key!r} = {value} must be >= {minimum}")
+            return value
+
+        activation = meta.get("activation", "silu").lower()
+        if activation not in ("silu", "swish"):
+            raise ValueError(f"{source}: activation {activation!r} is not supported (only 'silu')")
+        w0 = tensors.get("layers.0.weight")
+        n_linear = sum(1 for k in tensors if k.startswith("layers.") and k.endswith(".weight"))
+        shape0 = tuple(w0.shape) if w0 is not None and w0.ndim == 3 else None
+        elites_t = tensors.get("elites")
+        model = cls(
+            meta_int("obs_dim"),
+            meta_int("act_dim", minimum=0),
+            ensemble_size=meta_int("ensemble_size", shape0[0] if shape0 else None),
+            num_elites=meta_int("num_elites", elites_t.shape[0] if elites_t is not None
+                                and elites_t.ndim == 1 else None),
+            hidden_size=meta_int("hidden_size", shape0[2] if shape0 else None),
+            num_layers=meta_int("num_layers", n_linear - 1 if n_linear >= 2 else None),
+            device=device,
+        )
+        specs = model._tensor_specs()
+        extra = sorted(set(tensors) - set(specs))
+        if extra:
+            raise ValueError(f"{source}: unexpected tensors {extra} for this metadata")
+        arrays = {name: require_tensor(tensors, name, shape, dtype, source)
+                  for name, (shape, dtype) in specs.items()}
+        for name, arr in arrays.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ValueError(f"{source}: tensor {name!r} contains non-finite values")
+        if not (arrays["input_std"] > 0).all():
+            raise ValueError(f"{source}: tensor 'input_std' must be > 0 everywhere")
+        el = arrays["elites"]
+        if el.min() < 0 or el.max() >= model.ensemble_size or len(set(el.tolist())) != el.size:
+            raise ValueError(f"{source}: tensor 'elites' = {el.tolist()} must be distinct indices "
+                             f"in [0, {model.ensemble_size})")
+        with torch.no_grad():
+            for name, t in model._named_tensors().items():
+                t.copy_(torch.from_numpy(arrays[name]))
+        model._invalidate_inference()
+        return model
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def training_state(self) -> dict:
+        """Optimizer and generator state for an exact resume (pair with ``state_dict()``)."""
+        return {
+            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+            "generator": self._generator.get_state(),
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model)."""
+        if state.get("optimizer") is not None:
+            opt = self._optimizer or self._make_optimizer()
+            opt.load_state_dict(state["optimizer"])
+            self._optimizer = opt
+        self._generator.set_state(state["generator"])
+        self._invalidate_inference()
