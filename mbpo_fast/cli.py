@@ -36,29 +36,49 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, repeatable (e.g. --set num_sac_updates=10)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(t)
 
     r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     r.add_argument("logdir")
     r.add_argument("--steps", type=int, default=None,
                    help="new total env steps (default: the run's own)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(r)
 
     e = sub.add_parser("eval", help="evaluate the policy of a run's latest checkpoint")
     e.add_argument("logdir")
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: run seed)")
+    _threads_arg(e)
 
     b = sub.add_parser("bench", help="micro-benchmark of the hot paths (ms per op)")
     b.add_argument("--obs-dim", type=int, default=11)
     b.add_argument("--act-dim", type=int, default=3)
     b.add_argument("--rows", type=int, default=4096, help="rows of the ensemble/rollout step")
     b.add_argument("--repeat", type=int, default=20)
+    _threads_arg(b)
     return p
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and the native kernels (default: torch's choice; "
+                   "on a busy machine 1 avoids oversubscription)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mbpo-fast`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        import mbpo_fast
+
+        if args.threads < 1:
+            print("mbpo-fast: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+        mbpo_fast.set_num_threads(args.threads)
     try:
         return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench}[
             args.command](args)

@@ -156,11 +156,12 @@ class MBPOConfig:
             raise bad("rollout_schedule", "needs 0 <= e0 <= e1 and k0, k1 >= 1")
         if self.num_elites > self.ensemble_size:
             raise bad("num_elites", f"must be <= ensemble_size ({self.ensemble_size})")
-        for name, lo, hi in (("real_ratio", 0.0, 1.0), ("holdout_ratio", 0.0, 1.0),
-                             ("gamma", 0.0, 1.0), ("tau", 0.0, 1.0)):
+        for name, lo, hi in (("real_ratio", 0.0, 1.0), ("gamma", 0.0, 1.0), ("tau", 0.0, 1.0)):
             v = float(getattr(self, name))
             if not (lo <= v <= hi) or not math.isfinite(v):
                 raise bad(name, f"must be in [{lo}, {hi}]")
+        if not 0.0 <= float(self.holdout_ratio) < 1.0:
+            raise bad("holdout_ratio", "must be in [0, 1)")
         if not (self.sac_lr > 0 and math.isfinite(self.sac_lr)):
             raise bad("sac_lr", "must be a positive finite float")
         if self.model_max_epochs is not None and self.model_max_epochs <= 0:

@@ -403,7 +403,7 @@ class MBPO:
     def _write_checkpoint_files(self, d: Path) -> None:
         self.agent.save(d / "agent.pt")
         self.model.save(d / "model.safetensors")
-        _torch_save(d / "model_train.pt", self.model.training_state_dict())
+        _torch_save(d / "model_train.pt", self.model.training_state())
         self.real_pool.save(d / "real_pool.bin")
         self.model_pool.save(d / "model_pool.bin")
         state = {
@@ -463,12 +463,13 @@ class MBPO:
         self.agent.load_state_dict(agent.state_dict())
         model = EnsembleDynamics.load(d / "model.safetensors", device=self.config.device)
         self.model.load_state_dict(model.state_dict())
-        self.model.load_training_state_dict(_torch_load(d / "model_train.pt"))
+        self.model.load_training_state(_torch_load(d / "model_train.pt"))
         real_pool = ReplayPool.load(d / "real_pool.bin")
         model_pool = ReplayPool.load(d / "model_pool.bin")
         if real_pool.capacity < self.config.total_steps:  # a resume that extends the run
             real_pool.resize(self.config.total_steps)
         self.real_pool, self.model_pool = real_pool, model_pool
+        self.collector.pool = real_pool
 
         self.env_steps = int(state["env_steps"])
         self.episodes = int(state["episodes"])
