@@ -15,8 +15,11 @@ from importlib import metadata as _metadata
 
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
-from .termination import KNOWN_ENV_IDS, termination_fn
+from .config import MBPOConfig
+from .mbpo import MBPO
 from .pool import ReplayPool, sample_mixed
+from .rollout import BranchedRollout, RolloutStats
+from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
 try:
@@ -95,10 +98,14 @@ def set_num_threads(n: int) -> None:
 
 __all__ = [
     "KNOWN_ENV_IDS",
+    "MBPO",
+    "BranchedRollout",
     "EnvCollector",
     "EpisodeStats",
     "StepInfo",
+    "MBPOConfig",
     "ReplayPool",
+    "RolloutStats",
     "Transition",
     "__version__",
     "backend",

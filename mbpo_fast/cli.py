@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--obs-dim", type=int, default=11)
     b.add_argument("--act-dim", type=int, default=3)
     b.add_argument("--rows", type=int, default=4096, help="rows of the ensemble/rollout step")
+    b.add_argument("--pool-rows", type=int, default=100_000,
+                   help="rows in the real pool (the model pool holds 4x as many)")
     b.add_argument("--repeat", type=int, default=20)
     _threads_arg(b)
     return p
@@ -161,9 +163,10 @@ def _bench(args: argparse.Namespace) -> int:
                        rng.standard_normal((rows, o), dtype=np.float32),
                        rng.random(rows) < 0.01)
 
-    real, model_pool = ReplayPool(100_000, o, a, seed=0), ReplayPool(400_000, o, a, seed=1)
-    fill(real, 100_000)
-    fill(model_pool, 400_000)
+    pr = args.pool_rows
+    real, model_pool = ReplayPool(pr, o, a, seed=0), ReplayPool(4 * pr, o, a, seed=1)
+    fill(real, pr)
+    fill(model_pool, 4 * pr)
     model = EnsembleDynamics(o, a, seed=0)
     agent = SAC(o, a, -np.ones(a), np.ones(a), seed=0)
     x = real.sample_obs(n)

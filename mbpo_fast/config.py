@@ -44,7 +44,7 @@ class MBPOConfig:
 
     # ---------------------------------------------------------------- schedule
     epoch_length: int = 200
-    """env steps per epoch; the rollout-length schedule is indexed by ``env_steps // epoch_length``."""
+    """env steps per epoch; the rollout schedule is indexed by ``env_steps // epoch_length``."""
     init_random_steps: int = 400
     """uniformly random actions before any model or SAC training."""
     model_train_freq: int = 200
@@ -305,7 +305,8 @@ def _parse_value(cls: type, name: str, raw: str) -> Any:
 def _coerce(cls: type, name: str, value: Any) -> Any:
     """Checks `value` against the annotation of field `name` (ints may widen to float)."""
     tp = _field_type(cls, name)
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    options = typing.get_args(tp) if is_union else (tp,)
     for opt in options:
         if opt is type(None):
             if value is None:

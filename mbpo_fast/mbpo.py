@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import random
@@ -176,8 +175,7 @@ class MBPO:
         atomic_write(self.logdir / "config.json", lambda f: f.write(cfg.to_json().encode()))
         self._write_progress_csv()
         bar = _progress_bar(cfg.total_steps, self.env_steps, disable=self.quiet)
-        start_wall, start_steps = time.perf_counter(), self.env_steps
-        last_wall = start_wall
+        last_wall = time.perf_counter()
         try:
             while self.env_steps < cfg.total_steps:
                 self._step()
@@ -201,7 +199,6 @@ class MBPO:
                 self._writer.flush()
         if not self.progress or self.progress[-1]["env_steps"] != self.env_steps:
             self._log_row()
-        del start_wall, start_steps
         return {"env_steps": self.env_steps, "eval_return_mean": self.last_eval[0],
                 "eval_return_std": self.last_eval[1], "wall_seconds": self.wall_seconds}
 
@@ -426,7 +423,7 @@ class MBPO:
             "numpy_rng": np.random.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        _torch_save(d / "state.pt", state, weights_only=False)
+        _torch_save(d / "state.pt", state)
         atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
 
     @classmethod
@@ -579,8 +576,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _torch_save(path: Path, obj: Any, weights_only: bool = True) -> None:
-    del weights_only  # the loader decides; kept for symmetry with _torch_load
+def _torch_save(path: Path, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
@@ -611,6 +607,3 @@ def _progress_bar(total: int, initial: int, disable: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                 smoothing=0.05, desc="mbpo")
 
-
-def _json_default(o: Any) -> Any:  # pragma: no cover - used for debug dumps only
-    return json.JSONEncoder().default(o)

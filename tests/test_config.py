@@ -91,7 +91,7 @@ def test_rollout_length_schedule(schedule):
     assert lengths == [_reference_length(e, *schedule) for e in range(0, e1 + 20)]
     assert lengths[0] == k0 and lengths[-1] == k1
     step = 1 if k1 >= k0 else -1
-    assert all((b - a) * step >= 0 for a, b in zip(lengths, lengths[1:]))  # monotone
+    assert all((b - a) * step >= 0 for a, b in zip(lengths, lengths[1:], strict=False))  # monotone
 
 
 def test_rollout_length_hopper_points():
@@ -136,7 +136,7 @@ def test_every_field_has_a_docstring():
     tree = ast.parse(inspect.getsource(module))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MBPOConfig")
     documented = set()
-    for a, b in zip(cls.body, cls.body[1:]):
+    for a, b in zip(cls.body, cls.body[1:], strict=False):
         if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and \
                 isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
             documented.add(a.target.id)

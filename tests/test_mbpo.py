@@ -187,7 +187,8 @@ def _run_state(algo: MBPO) -> dict[str, torch.Tensor]:
     state["log_alpha"] = algo.agent.log_alpha.detach()
     state.update({f"model.{k}": v for k, v in algo.model.state_dict().items()})
     for name, pool in (("real", algo.real_pool), ("model_pool", algo.model_pool)):
-        for field, arr in zip(("obs", "act", "rew", "next_obs", "terminated"), pool.transitions()):
+        fields = ("obs", "act", "rew", "next_obs", "terminated")
+        for field, arr in zip(fields, pool.transitions(), strict=True):
             state[f"{name}.{field}"] = torch.from_numpy(np.ascontiguousarray(arr))
     return state
 
@@ -288,3 +289,10 @@ def test_python_m_cmake_dir_flag():
 
     rc = main(["--cmake-dir"])
     assert rc in (0, 1)  # 1 with a clear error when the CMake package is not installed
+
+
+def test_cli_bench_runs(capsys, one_thread):
+    assert cli.main(["bench", "--rows", "64", "--pool-rows", "1000", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    for key in ("backend", "pool.sample", "ensemble.step 64 rows", "sac.update", "rollout step"):
+        assert key in out

@@ -27,7 +27,9 @@ class ListPool:
                                 (obs, act, rew, next_obs, terminated)))
 
     def rows(self):
-        return [np.concatenate(parts) for parts in zip(*self.calls)] if self.calls else None
+        if not self.calls:
+            return None
+        return [np.concatenate(parts) for parts in zip(*self.calls, strict=True)]
 
     def __len__(self):
         if self.start_obs is not None:
@@ -118,7 +120,8 @@ def test_rollout_matches_per_row_reference(rng, horizon):
     real.start_obs = _starts(n, rng)
     # identity sampling: make sample_obs return each start row exactly once, in order
     real.sample_obs = lambda k: real.start_obs[:k].copy()
-    nan_at = {(int(i), int(t)) for i, t in zip(rng.integers(0, n, 30), rng.integers(0, 4, 30))}
+    ids, steps = rng.integers(0, n, 30), rng.integers(0, 4, 30)
+    nan_at = {(int(i), int(t)) for i, t in zip(ids, steps, strict=True)}
     model, pool = CounterModel(nan_at), ListPool()
     stats = BranchedRollout(model, FixedAgent(), terminate_at_5).run(real, pool, n, horizon,
                                                                      seed=11)
@@ -222,3 +225,46 @@ def test_bad_arguments(rng):
 def test_step_seed_distinct():
     seeds = {step_seed(s, t) for s in range(50) for t in range(50)}
     assert len(seeds) == 2500 and all(0 <= x < 2**63 for x in seeds)
+
+
+def _real_components(obs_dim, act_dim, seed):
+    from mbpo_fast.ensemble import EnsembleDynamics
+    from mbpo_fast.pool import ReplayPool
+    from mbpo_fast.sac import SAC
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    obs = rng.standard_normal((n, obs_dim)).astype(np.float32)
+    act = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
+    nxt = (obs + 0.1 * np.tanh(act).sum(1, keepdims=True)).astype(np.float32)
+    rew = obs[:, 0].astype(np.float32)
+    real = ReplayPool(n, obs_dim, act_dim, seed=seed)
+    real.add_batch(obs, act, rew, nxt, np.zeros(n, bool))
+    model = EnsembleDynamics(obs_dim, act_dim, ensemble_size=3, num_elites=2, hidden_size=16,
+                             num_layers=2, seed=seed)
+    model.fit(obs, act, rew, nxt, max_epochs=2)
+    agent = SAC(obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim), hidden_size=16, seed=seed)
+    return real, model, agent
+
+
+def test_real_components_deterministic_and_consistent():
+    from mbpo_fast.pool import ReplayPool
+
+    results = []
+    for _ in range(2):
+        real, model, agent = _real_components(5, 2, seed=4)
+        pool = ReplayPool(10_000, 5, 2, seed=0)
+        stats = BranchedRollout(model, agent, lambda o, a, n: np.abs(n[:, 0]) > 2.0).run(
+            real, pool, 500, 4, seed=9)
+        results.append((stats, pool.transitions()))
+    (s0, t0), (s1, t1) = results
+    for a, b in zip(t0, t1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert s0.rows_added == s1.rows_added == len(t0.obs)
+    assert s0.nonfinite == 0 and np.isfinite(s0.mean_disagreement) and s0.mean_disagreement > 0
+    # terminated rows are exactly those the termination function flags, and stop there
+    np.testing.assert_array_equal(t0.terminated, np.abs(t0.next_obs[:, 0]) > 2.0)
+    assert s0.frac_terminated == pytest.approx(t0.terminated.sum() / 500)
+    assert 1.0 <= s0.mean_length <= 4.0
+    assert s0.mean_length == pytest.approx(len(t0.obs) / 500)
+    assert (np.abs(t0.act) <= 1.0).all()
