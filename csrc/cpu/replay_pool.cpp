@@ -77,7 +77,8 @@ int64_t first_nonfinite_parallel(const float* p, int64_t n) {
       found[c] = r < 0 ? -1 : lo + r;
     }
   });
-  for (int64_t c = 0; c < chunks; ++c) if (found[c] >= 0) return found[c];
+  for (int64_t c = 0; c < chunks; ++c)
+    if (found[c] >= 0) return found[c];
   return -1;
 }
 
@@ -141,7 +142,7 @@ struct Outputs {
 // prefetching 8-64 rows ahead measured no better).
 template <typename Pool>
 void gather_slots(const Pool& pool, const int64_t* slots, int64_t n, const Outputs& o) {
-    const int64_t od = pool.obs_dim(), ad = pool.act_dim();
+  const int64_t od = pool.obs_dim(), ad = pool.act_dim();
   const float* obs = pool.obs_data();
   const float* act = pool.act_data();
   const float* rew = pool.rew_data();
@@ -184,7 +185,8 @@ void read_all(int fd, void* p, size_t n, uint32_t& crc, const std::string& path)
       if (errno == EINTR) continue;
       throw IoError("ReplayPool.load: cannot read " + path + ": " + errno_text());
     }
-    if (r == 0) throw FormatError("ReplayPool.load: " + path + " is truncated (unexpected end of file)");
+    if (r == 0)
+      throw FormatError("ReplayPool.load: " + path + " is truncated (unexpected end of file)");
     c += r;
     n -= static_cast<size_t>(r);
   }
@@ -225,18 +227,23 @@ ReplayPool::Buffer<T> ReplayPool::allocate(int64_t count) {
   const size_t align = bytes >= kHugeThreshold ? kHugePage : kAlign;
   void* p = ::operator new(bytes, std::align_val_t{align});
 #ifdef MADV_HUGEPAGE
-  if (align == kHugePage) (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint
+  if (align == kHugePage)
+    (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint
 #endif
   return Buffer<T>(static_cast<T*>(p), pool_detail::AlignedFree{align});
 }
 
 ReplayPool::ReplayPool(int64_t capacity, int64_t obs_dim, int64_t act_dim, uint64_t seed)
     : capacity_(capacity), obs_dim_(obs_dim), act_dim_(act_dim), seed_(seed) {
-  if (!(capacity >= 1 && capacity <= kMaxCapacity)) throw InvalidArgument("capacity: expected 1 <= capacity < 2**32, got " + std::to_string(capacity));
-  if (!(obs_dim >= 1 && obs_dim <= kMaxDim)) throw InvalidArgument("obs_dim: expected 1 <= obs_dim <= 2**24, got " +
-                                                  std::to_string(obs_dim));
-  if (!(act_dim >= 1 && act_dim <= kMaxDim)) throw InvalidArgument("act_dim: expected 1 <= act_dim <= 2**24, got " +
-                                                  std::to_string(act_dim));
+  if (!(capacity >= 1 && capacity <= kMaxCapacity))
+    throw InvalidArgument("capacity: expected 1 <= capacity < 2**32, got " +
+                          std::to_string(capacity));
+  if (!(obs_dim >= 1 && obs_dim <= kMaxDim))
+    throw InvalidArgument("obs_dim: expected 1 <= obs_dim <= 2**24, got " +
+                          std::to_string(obs_dim));
+  if (!(act_dim >= 1 && act_dim <= kMaxDim))
+    throw InvalidArgument("act_dim: expected 1 <= act_dim <= 2**24, got " +
+                          std::to_string(act_dim));
   obs_ = allocate<float>(capacity * obs_dim);
   act_ = allocate<float>(capacity * act_dim);
   rew_ = allocate<float>(capacity);
@@ -256,8 +263,9 @@ void ReplayPool::check_rows(const float* obs, const float* act, const float* rew
   for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint8_t>(term[i] > 1);
   if (bad) {
     for (int64_t i = 0; i < n; ++i) {
-      if (!(term[i] <= 1)) throw InvalidArgument("terminated: expected 0 or 1, got " + std::to_string(term[i]) +
-                                " in row " + std::to_string(i));
+      if (!(term[i] <= 1))
+        throw InvalidArgument("terminated: expected 0 or 1, got " + std::to_string(term[i]) +
+                              " in row " + std::to_string(i));
     }
   }
 }
@@ -307,7 +315,9 @@ void ReplayPool::clear() noexcept {
 }
 
 void ReplayPool::resize(int64_t new_capacity) {
-  if (!(new_capacity >= 1 && new_capacity <= kMaxCapacity)) throw InvalidArgument("new_capacity: expected 1 <= new_capacity < 2**32, got " + std::to_string(new_capacity));
+  if (!(new_capacity >= 1 && new_capacity <= kMaxCapacity))
+    throw InvalidArgument("new_capacity: expected 1 <= new_capacity < 2**32, got " +
+                          std::to_string(new_capacity));
   // Allocate everything first: bad_alloc leaves the pool as it was.
   auto obs = allocate<float>(new_capacity * obs_dim_);
   auto act = allocate<float>(new_capacity * act_dim_);
@@ -315,9 +325,7 @@ void ReplayPool::resize(int64_t new_capacity) {
   auto next_obs = allocate<float>(new_capacity * obs_dim_);
   auto term = allocate<uint8_t>(new_capacity);
   const int64_t keep = std::min(size_, new_capacity);
-  std::unique_ptr<int64_t[]> rows(new int64_t[std::max<int64_t>(keep, 1)]);
-  for (int64_t i = 0; i < keep; ++i) rows[i] = size_ - keep + i;
-  gather(rows.get(), keep, obs.get(), act.get(), rew.get(), next_obs.get(), term.get());
+  copy_rows(size_ - keep, keep, obs.get(), act.get(), rew.get(), next_obs.get(), term.get());
   obs_ = std::move(obs);
   act_ = std::move(act);
   rew_ = std::move(rew);
@@ -332,7 +340,8 @@ void ReplayPool::resize(int64_t new_capacity) {
 
 void ReplayPool::peek_indices(int64_t n, int64_t* rows) const {
   if (!(n >= 0)) throw InvalidArgument("n: expected n >= 0, got " + std::to_string(n));
-  if (!(n == 0 || size_ > 0)) throw InvalidArgument("sample: the pool is empty (add transitions before sampling)");
+  if (!(n == 0 || size_ > 0))
+    throw InvalidArgument("sample: the pool is empty (add transitions before sampling)");
   draw_rows(seed_, rng_counter_, n, static_cast<uint32_t>(size_), rows);
 }
 
@@ -353,9 +362,8 @@ void sample_into(const ReplayPool& pool, uint64_t first, int64_t n, const Output
     }
   };
   if (n >= kParallelRows) {
-    parallel_for((n + kChunk - 1) / kChunk, kParallelRows / kChunk / 2, [&](int64_t b, int64_t e) {
-      body(b * kChunk, std::min(n, e * kChunk));
-    });
+    parallel_for((n + kChunk - 1) / kChunk, kParallelRows / kChunk / 2,
+                 [&](int64_t b, int64_t e) { body(b * kChunk, std::min(n, e * kChunk)); });
   } else {
     body(0, n);
   }
@@ -365,9 +373,11 @@ void sample_into(const ReplayPool& pool, uint64_t first, int64_t n, const Output
 
 void ReplayPool::sample(int64_t n, float* obs, float* act, float* rew, float* next_obs,
                         uint8_t* term) {
-  if (!(n >= 0)) throw InvalidArgument("batch_size: expected batch_size >= 0, got " + std::to_string(n));
+  if (!(n >= 0))
+    throw InvalidArgument("batch_size: expected batch_size >= 0, got " + std::to_string(n));
   if (n == 0) return;
-  if (!(size_ > 0)) throw InvalidArgument("sample: the pool is empty (add transitions before sampling)");
+  if (!(size_ > 0))
+    throw InvalidArgument("sample: the pool is empty (add transitions before sampling)");
   sample_into(*this, rng_counter_, n, Outputs{obs, act, rew, next_obs, term});
   rng_counter_ += static_cast<uint64_t>(n);
 }
@@ -376,27 +386,35 @@ void ReplayPool::gather(const int64_t* rows, int64_t n, float* obs, float* act, 
                         float* next_obs, uint8_t* term) const {
   if (!(n >= 0)) throw InvalidArgument("n: expected n >= 0, got " + std::to_string(n));
   for (int64_t i = 0; i < n; ++i) {
-    if (!(rows[i] >= 0 && rows[i] < size_)) throw InvalidArgument("rows: expected row indices in [0, " +
-                                                 std::to_string(size_) + "), got " +
-                                                 std::to_string(rows[i]) + " at position " +
-                                                 std::to_string(i));
+    if (!(rows[i] >= 0 && rows[i] < size_))
+      throw InvalidArgument("rows: expected row indices in [0, " + std::to_string(size_) +
+                            "), got " + std::to_string(rows[i]) + " at position " +
+                            std::to_string(i));
   }
   int64_t slots[kChunk];
   for (int64_t c = 0; c < n; c += kChunk) {
     const int64_t len = std::min(kChunk, n - c);
     for (int64_t i = 0; i < len; ++i) slots[i] = slot(rows[c + i]);
-    gather_slots(*this, slots, len, Outputs{obs, act, rew, next_obs, term}.at(c, obs_dim_, act_dim_));
+    gather_slots(*this, slots, len,
+                 Outputs{obs, act, rew, next_obs, term}.at(c, obs_dim_, act_dim_));
   }
 }
 
-void ReplayPool::transitions(float* obs, float* act, float* rew, float* next_obs,
-                             uint8_t* term) const {
-  const int64_t start = start_slot();
-  const int64_t first = std::min(size_, capacity_ - start);
+void ReplayPool::copy_rows(int64_t first_row, int64_t n, float* obs, float* act, float* rew,
+                           float* next_obs, uint8_t* term) const {
+  if (first_row < 0 || n < 0 || first_row > size_ - n) {
+    throw InvalidArgument("copy_rows: rows [" + std::to_string(first_row) + ", " +
+                          std::to_string(first_row + n) + ") are not within [0, " +
+                          std::to_string(size_) + ")");
+  }
+  if (n == 0) return;
+  // At most two contiguous segments: up to the end of the storage, then from slot 0.
+  const int64_t start = slot(first_row);
+  const int64_t first = std::min(n, capacity_ - start);
   auto copy = [&](auto* dst, const auto* src, int64_t dim) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(src)>>;
-    if (first > 0) std::memcpy(dst, src + start * dim, sizeof(T) * first * dim);
-    if (size_ > first) std::memcpy(dst + first * dim, src, sizeof(T) * (size_ - first) * dim);
+    std::memcpy(dst, src + start * dim, sizeof(T) * first * dim);
+    if (n > first) std::memcpy(dst + first * dim, src, sizeof(T) * (n - first) * dim);
   };
   if (obs) copy(obs, obs_.get(), obs_dim_);
   if (act) copy(act, act_.get(), act_dim_);
@@ -408,9 +426,12 @@ void ReplayPool::transitions(float* obs, float* act, float* rew, float* next_obs
 // ------------------------------------------------------------------ mixed batches
 
 int64_t mixed_real_rows(int64_t batch_size, double real_ratio) {
-  if (!(batch_size >= 1)) throw InvalidArgument("batch_size: expected batch_size >= 1, got " + std::to_string(batch_size));
-  if (!(real_ratio >= 0.0 && real_ratio <= 1.0)) throw InvalidArgument(// false for NaN too
-          "real_ratio: expected a value in [0, 1], got " + std::to_string(real_ratio));
+  if (!(batch_size >= 1))
+    throw InvalidArgument("batch_size: expected batch_size >= 1, got " +
+                          std::to_string(batch_size));
+  if (!(real_ratio >= 0.0 && real_ratio <= 1.0))
+    throw InvalidArgument(  // false for NaN too
+        "real_ratio: expected a value in [0, 1], got " + std::to_string(real_ratio));
   // The same double product and truncation as Python's int(batch_size * real_ratio).
   return static_cast<int64_t>(static_cast<double>(batch_size) * real_ratio);
 }
@@ -420,14 +441,20 @@ void sample_mixed(ReplayPool& real, ReplayPool& model, int64_t batch_size, doubl
                   uint8_t* term) {
   const int64_t n_real = mixed_real_rows(batch_size, real_ratio);
   const int64_t n_model = batch_size - n_real;
-  if (!(num_batches >= 1)) throw InvalidArgument("num_batches: expected num_batches >= 1, got " + std::to_string(num_batches));
-  if (!(real.obs_dim() == model.obs_dim() && real.act_dim() == model.act_dim())) throw InvalidArgument("model_pool: expected obs_dim " + std::to_string(real.obs_dim()) + " and act_dim " +
-              std::to_string(real.act_dim()) + " like real_pool, got " +
-              std::to_string(model.obs_dim()) + " and " + std::to_string(model.act_dim()));
-  if (!(n_real == 0 || real.size() > 0)) throw InvalidArgument("real_pool: the pool is empty but real_ratio asks for " + std::to_string(n_real) +
-              " rows per batch");
-  if (!(n_model == 0 || model.size() > 0)) throw InvalidArgument("model_pool: the pool is empty but real_ratio leaves " + std::to_string(n_model) +
-              " rows per batch to it");
+  if (!(num_batches >= 1))
+    throw InvalidArgument("num_batches: expected num_batches >= 1, got " +
+                          std::to_string(num_batches));
+  if (!(real.obs_dim() == model.obs_dim() && real.act_dim() == model.act_dim()))
+    throw InvalidArgument("model_pool: expected obs_dim " + std::to_string(real.obs_dim()) +
+                          " and act_dim " + std::to_string(real.act_dim()) +
+                          " like real_pool, got " + std::to_string(model.obs_dim()) + " and " +
+                          std::to_string(model.act_dim()));
+  if (!(n_real == 0 || real.size() > 0))
+    throw InvalidArgument("real_pool: the pool is empty but real_ratio asks for " +
+                          std::to_string(n_real) + " rows per batch");
+  if (!(n_model == 0 || model.size() > 0))
+    throw InvalidArgument("model_pool: the pool is empty but real_ratio leaves " +
+                          std::to_string(n_model) + " rows per batch to it");
   const bool same = &real == &model;
   // Draw offsets of batch k, as if num_batches single-batch calls ran one after another.
   const uint64_t real0 = real.rng_counter(), model0 = model.rng_counter();
@@ -443,7 +470,8 @@ void sample_mixed(ReplayPool& real, ReplayPool& model, int64_t batch_size, doubl
   auto body = [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       if (n_real) sample_into(real, real_first(k), n_real, out.at(k * batch_size, od, ad));
-      if (n_model) sample_into(model, model_first(k), n_model, out.at(k * batch_size + n_real, od, ad));
+      if (n_model)
+        sample_into(model, model_first(k), n_model, out.at(k * batch_size + n_real, od, ad));
     }
   };
   if (num_batches * batch_size >= kParallelRows && num_batches > 1) {
@@ -474,7 +502,9 @@ void ReplayPool::save(const std::string& path) const {
   std::string tmp = path + ".tmp.XXXXXX";
   Fd file;
   file.fd = ::mkstemp(&tmp[0]);
-  if (file.fd < 0) throw IoError("ReplayPool.save: cannot create a temporary file next to " + path + ": " + errno_text());
+  if (file.fd < 0)
+    throw IoError("ReplayPool.save: cannot create a temporary file next to " + path + ": " +
+                  errno_text());
   try {
     uint32_t crc = 0;
     write_all(file.fd, header, sizeof(header), crc, path);
@@ -493,10 +523,12 @@ void ReplayPool::save(const std::string& path) const {
     write_field(term_.get(), 1);
     uint32_t unused = 0;
     write_all(file.fd, &crc, 4, unused, path);
-    if (::fsync(file.fd) != 0) throw IoError("ReplayPool.save: fsync of " + tmp + " failed: " + errno_text());
+    if (::fsync(file.fd) != 0)
+      throw IoError("ReplayPool.save: fsync of " + tmp + " failed: " + errno_text());
     const int fd = file.fd;
     file.fd = -1;
-    if (::close(fd) != 0) throw IoError("ReplayPool.save: close of " + tmp + " failed: " + errno_text());
+    if (::close(fd) != 0)
+      throw IoError("ReplayPool.save: close of " + tmp + " failed: " + errno_text());
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       throw IoError("ReplayPool.save: cannot rename " + tmp + " to " + path + ": " + errno_text());
     }
@@ -506,7 +538,8 @@ void ReplayPool::save(const std::string& path) const {
   }
   // Persist the rename itself (best effort: some filesystems refuse fsync on directories).
   const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   Fd d;
   d.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (d.fd >= 0) (void)::fsync(d.fd);
@@ -520,7 +553,8 @@ ReplayPool ReplayPool::load(const std::string& path) {
   file.fd = ::open(path.c_str(), O_RDONLY);
   if (file.fd < 0) throw IoError("ReplayPool.load: cannot open " + path + ": " + errno_text());
   struct stat st;
-  if (::fstat(file.fd, &st) != 0) throw IoError("ReplayPool.load: cannot stat " + path + ": " + errno_text());
+  if (::fstat(file.fd, &st) != 0)
+    throw IoError("ReplayPool.load: cannot stat " + path + ": " + errno_text());
   const int64_t file_size = static_cast<int64_t>(st.st_size);
   if (file_size < kHeaderBytes + 4) {
     throw bad("truncated: " + std::to_string(file_size) + " bytes, a pool file has at least " +
@@ -530,10 +564,12 @@ ReplayPool ReplayPool::load(const std::string& path) {
   uint32_t crc = 0;
   read_all(file.fd, header, sizeof(header), crc, path);
   if (std::memcmp(header, kMagic, 8) != 0) throw bad("wrong magic; expected \"MBPOPOOL\"");
-  if (get<uint32_t>(header, 72) != crc32(header, 72)) throw bad("header checksum mismatch: file is corrupted");
+  if (get<uint32_t>(header, 72) != crc32(header, 72))
+    throw bad("header checksum mismatch: file is corrupted");
   const uint32_t version = get<uint32_t>(header, 8);
   if (version != kVersion) {
-    throw bad("unsupported version " + std::to_string(version) + ", expected " + std::to_string(kVersion));
+    throw bad("unsupported version " + std::to_string(version) + ", expected " +
+              std::to_string(kVersion));
   }
   const int64_t capacity = get<int64_t>(header, 16), obs_dim = get<int64_t>(header, 24),
                 act_dim = get<int64_t>(header, 32), size = get<int64_t>(header, 40),
@@ -548,8 +584,9 @@ ReplayPool ReplayPool::load(const std::string& path) {
   ReplayPool pool(capacity, obs_dim, act_dim, get<uint64_t>(header, 56));
   const int64_t expected = kHeaderBytes + size * pool.row_bytes() + 4;
   if (file_size != expected) {
-    throw bad((file_size < expected ? "truncated: " : "trailing bytes: ") + std::to_string(file_size) +
-              " bytes, expected " + std::to_string(expected) + " for " + std::to_string(size) + " rows");
+    throw bad((file_size < expected ? "truncated: " : "trailing bytes: ") +
+              std::to_string(file_size) + " bytes, expected " + std::to_string(expected) + " for " +
+              std::to_string(size) + " rows");
   }
   pool.size_ = size;
   pool.write_pos_ = write_pos;
@@ -572,8 +609,9 @@ ReplayPool ReplayPool::load(const std::string& path) {
   // A well-formed file from another writer must still obey the pool's invariants.
   try {
     for (const auto& [lo, n] : {std::pair<int64_t, int64_t>{start, first}, {0, size - first}}) {
-      pool.check_rows(pool.obs_.get() + lo * obs_dim, pool.act_.get() + lo * act_dim, pool.rew_.get() + lo,
-                      pool.next_obs_.get() + lo * obs_dim, pool.term_.get() + lo, n);
+      pool.check_rows(pool.obs_.get() + lo * obs_dim, pool.act_.get() + lo * act_dim,
+                      pool.rew_.get() + lo, pool.next_obs_.get() + lo * obs_dim,
+                      pool.term_.get() + lo, n);
     }
   } catch (const InvalidArgument& e) {
     throw bad(e.what());

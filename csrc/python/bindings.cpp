@@ -244,8 +244,7 @@ constexpr int64_t kPoolGilBytes = 1 << 16;
 // which is safe because a waiter never holds the GIL.
 class PoolLock {
  public:
-  explicit PoolLock(NativePool& a, NativePool* b = nullptr)
-      : a_(a.mu, std::defer_lock), b_() {
+  explicit PoolLock(NativePool& a, NativePool* b = nullptr) : a_(a.mu, std::defer_lock), b_() {
     if (b == nullptr || b == &a) {
       if (!a_.try_lock()) {
         py::gil_scoped_release release;
@@ -309,8 +308,8 @@ py::array_t<float, py::array::c_style> pool_f32(py::handle obj, const char* name
   bool ok = got.size() == expected.size();
   for (size_t i = 0; ok && i < got.size(); ++i) ok = expected[i] < 0 || expected[i] == got[i];
   if (!ok) {
-    throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) + note +
-                          ", got " + pool_shape_str(got));
+    throw py::value_error(std::string(name) + ": expected shape " + pool_shape_str(expected) +
+                          note + ", got " + pool_shape_str(got));
   }
   return py::array_t<float, py::array::c_style>(pool_cast<float>(arr));
 }
@@ -323,7 +322,8 @@ const float* f32_vector_or_null(PyObject* o, int64_t n) {
   if (!api.PyArray_Check_(o)) return nullptr;
   const auto* a = py::detail::array_proxy(o);
   const auto* d = py::detail::array_descriptor_proxy(a->descr);
-  constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  constexpr int kFlags =
+      py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
   if (a->nd != 1 || a->dimensions[0] != n || d->type_num != py::detail::npy_api::NPY_FLOAT_ ||
       d->byteorder == '>' || (a->flags & kFlags) != kFlags) {
     return nullptr;
@@ -342,11 +342,13 @@ bool flag_arg(py::handle obj, const char* name) {
                          std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   }
   if (arr.ndim() != 0) {
-    throw py::value_error(std::string(name) + ": expected a scalar (shape ()), got shape " + shape_str(shape_of(arr)));
+    throw py::value_error(std::string(name) + ": expected a scalar (shape ()), got shape " +
+                          shape_str(shape_of(arr)));
   }
   const double v = *py::array_t<double, py::array::c_style>(pool_cast<double>(arr)).data();
   if (v != 0.0 && v != 1.0) {
-    throw py::value_error(std::string(name) + ": expected 0 or 1 (a bool), got " + std::to_string(v));
+    throw py::value_error(std::string(name) + ": expected 0 or 1 (a bool), got " +
+                          std::to_string(v));
   }
   return v != 0.0;
 }
@@ -368,18 +370,19 @@ py::array_t<uint8_t, py::array::c_style> flags_arg(py::handle obj, const char* n
                               : std::string(py::str(py::type::handle_of(obj).attr("__name__")))));
   }
   if (arr.ndim() != 1 || arr.shape(0) != n) {
-    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + note + ", got " +
-                          shape_str(shape_of(arr)));
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + note +
+                          ", got " + shape_str(shape_of(arr)));
   }
-  if (kind == 'b') return py::array_t<uint8_t, py::array::c_style>(pool_cast<uint8_t>(arr.view("uint8")));
+  if (kind == 'b')
+    return py::array_t<uint8_t, py::array::c_style>(pool_cast<uint8_t>(arr.view("uint8")));
   py::array_t<double, py::array::c_style> values(pool_cast<double>(arr));
   py::array_t<uint8_t, py::array::c_style> out(n);
   uint8_t* o = out.mutable_data();
   const double* v = values.data();
   for (int64_t i = 0; i < n; ++i) {
     if (v[i] != 0.0 && v[i] != 1.0) {
-      throw py::value_error(std::string(name) + ": expected 0 or 1 (bools), got " + std::to_string(v[i]) +
-                            " at index " + std::to_string(i));
+      throw py::value_error(std::string(name) + ": expected 0 or 1 (bools), got " +
+                            std::to_string(v[i]) + " at index " + std::to_string(i));
     }
     o[i] = v[i] != 0.0;
   }
@@ -387,7 +390,9 @@ py::array_t<uint8_t, py::array::c_style> flags_arg(py::handle obj, const char* n
 }
 
 int64_t positive_arg(int64_t v, const char* name) {
-  if (v < 1) throw py::value_error(std::string(name) + ": expected " + name + " >= 1, got " + std::to_string(v));
+  if (v < 1)
+    throw py::value_error(std::string(name) + ": expected " + name + " >= 1, got " +
+                          std::to_string(v));
   return v;
 }
 
@@ -421,14 +426,18 @@ std::vector<int64_t> lead_dims(int64_t batch_size, const py::object& num_batches
     total = batch_size;
     return {batch_size};
   }
+  if (!PyIndex_Check(num_batches.ptr()) || PyBool_Check(num_batches.ptr())) {
+    throw py::type_error("num_batches: expected an int or None, got " +
+                         std::string(py::str(py::type::handle_of(num_batches).attr("__name__"))));
+  }
   const int64_t k = positive_arg(num_batches.cast<int64_t>(), "num_batches");
   total = k * batch_size;
   return {k, batch_size};
 }
 
 void bind_replay_pool(py::module_& m) {
-  py::class_<NativePool>(m, "ReplayPool",
-                         "Native ring-buffer pool (see mbpo_fast.ReplayPool for the documented API).")
+  py::class_<NativePool>(
+      m, "ReplayPool", "Native ring-buffer pool (see mbpo_fast.ReplayPool for the documented API).")
       .def(py::init([](int64_t capacity, int64_t obs_dim, int64_t act_dim, py::handle seed) {
              return std::make_unique<NativePool>(capacity, obs_dim, act_dim, seed_arg(seed));
            }),
@@ -460,7 +469,8 @@ void bind_replay_pool(py::module_& m) {
             PoolLock lock(p);
             p.pool.add(o, a, r, n, t);
           },
-          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"))
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"),
+          py::arg("terminated"))
       .def(
           "add_batch",
           [](NativePool& p, py::handle obs, py::handle act, py::handle rew, py::handle next_obs,
@@ -478,7 +488,8 @@ void bind_replay_pool(py::module_& m) {
             if (b * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
             p.pool.add_batch(o.data(), a.data(), r.data(), n.data(), t.data(), b);
           },
-          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"))
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"),
+          py::arg("terminated"))
       .def(
           "sample",
           [](NativePool& p, int64_t batch_size, const py::object& num_batches) {
@@ -522,8 +533,9 @@ void bind_replay_pool(py::module_& m) {
           [](NativePool& p, py::handle rows) {
             py::array arr = py::array::ensure(rows);
             if (!arr || (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
-              throw py::type_error("rows: expected an integer array, got " +
-                                   (arr ? std::string(py::str(arr.dtype())) : std::string("a non-array")));
+              throw py::type_error(
+                  "rows: expected an integer array, got " +
+                  (arr ? std::string(py::str(arr.dtype())) : std::string("a non-array")));
             }
             if (arr.ndim() != 1) {
               throw py::value_error("rows: expected shape (n,), got " + shape_str(shape_of(arr)));
@@ -589,14 +601,15 @@ void bind_replay_pool(py::module_& m) {
         {
           std::optional<py::gil_scoped_release> release;
           if (total * real.pool.row_bytes() > kPoolGilBytes) release.emplace();
-          sample_mixed(real.pool, model.pool, batch_size, real_ratio, total / batch_size, out.o(), out.a(),
-                       out.r(), out.n(), out.t());
+          sample_mixed(real.pool, model.pool, batch_size, real_ratio, total / batch_size, out.o(),
+                       out.a(), out.r(), out.n(), out.t());
         }
         return out.tuple();
       },
       py::arg("real_pool"), py::arg("model_pool"), py::arg("batch_size"), py::arg("real_ratio"),
       py::arg("num_batches") = py::none(),
-      "Batches mixing floor(batch_size * real_ratio) rows of real_pool (first) with rows of model_pool.");
+      "Batches mixing floor(batch_size * real_ratio) rows of real_pool (first) with rows of "
+      "model_pool.");
 }
 
 

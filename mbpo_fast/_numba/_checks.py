@@ -24,12 +24,14 @@ def _numeric_array(x: object, name: str, what: str = "a numeric array") -> np.nd
     except (TypeError, ValueError) as exc:  # ragged lists and the like
         raise TypeError(f"{name}: expected {what}, got {type(x).__name__} ({exc})") from None
     if arr.dtype.kind not in _NUMERIC_KINDS:
-        raise TypeError(f"{name}: expected a real numeric dtype (float32 preferred), got {arr.dtype}")
+        raise TypeError(f"{name}: expected a real numeric dtype (float32 preferred), "
+                        f"got {arr.dtype}")
     return arr
 
 
 def _check_shape(arr: np.ndarray, name: str, expected: tuple[int, ...], note: str = "") -> None:
-    ok = arr.ndim == len(expected) and all(e < 0 or e == g for e, g in zip(expected, arr.shape))
+    ok = arr.ndim == len(expected) and all(
+        e < 0 or e == g for e, g in zip(expected, arr.shape, strict=True))
     if not ok:
         raise ValueError(f"{name}: expected shape {shape_str(expected)}{note}, "
                          f"got {shape_str(arr.shape)}")

@@ -125,7 +125,7 @@ class ReplayPool:
         cap = self._capacity
         skip = max(0, b - cap)  # only the last `capacity` rows survive
         slots = (self._write_pos + skip + np.arange(b - skip)) % cap
-        for dst, src in zip(self._fields(), (o, a, r, n, t)):
+        for dst, src in zip(self._fields(), (o, a, r, n, t), strict=False):
             dst[slots] = src[skip:]
         self._write_pos = (self._write_pos + b) % cap
         self._size = min(cap, self._size + b)
@@ -137,11 +137,12 @@ class ReplayPool:
     def resize(self, new_capacity: int) -> None:
         new_capacity = chk.positive(new_capacity, "new_capacity")
         if new_capacity > _MAX_CAPACITY:
-            raise ValueError(f"new_capacity: expected 1 <= new_capacity < 2**32, got {new_capacity}")
+            raise ValueError("new_capacity: expected 1 <= new_capacity < 2**32, "
+                             f"got {new_capacity}")
         keep = min(self._size, new_capacity)
         kept = self.gather(np.arange(self._size - keep, self._size))
         self._alloc(new_capacity)
-        for dst, src in zip(self._fields(), kept):
+        for dst, src in zip(self._fields(), kept, strict=False):
             dst[:keep] = src
         self._size = keep
         self._write_pos = keep % new_capacity
@@ -261,7 +262,7 @@ class ReplayPool:
             offset += arr.nbytes
             fields.append(arr.reshape((size, width) if width else (size,)))
         try:
-            for arr, name in zip(fields[:4], ("obs", "act", "rew", "next_obs")):
+            for arr, name in zip(fields[:4], ("obs", "act", "rew", "next_obs"), strict=False):
                 chk.require_finite_rows(arr, name)
             if (fields[4] > 1).any():
                 raise ValueError("terminated: expected 0 or 1")
@@ -269,7 +270,7 @@ class ReplayPool:
             raise bad(str(exc)) from None
         # Oldest row at slot (write_pos - size) mod capacity, as in the saved pool.
         slots = (wpos - size + np.arange(size)) % cap
-        for dst, src in zip(pool._fields(), fields):
+        for dst, src in zip(pool._fields(), fields, strict=False):
             dst[slots] = src
         pool._size, pool._write_pos, pool._counter = size, wpos, counter
         return pool
@@ -289,7 +290,8 @@ def sample_mixed(real_pool: ReplayPool, model_pool: ReplayPool, batch_size: int,
     same draws as the native op (see replay_pool.h)."""
     for pool, name in ((real_pool, "real_pool"), (model_pool, "model_pool")):
         if not isinstance(pool, ReplayPool):
-            raise TypeError(f"{name}: expected a numba-backend ReplayPool, got {type(pool).__name__}")
+            raise TypeError(f"{name}: expected a numba-backend ReplayPool, "
+                            f"got {type(pool).__name__}")
     lead, total = _lead_dims(batch_size, num_batches)
     batch_size = lead[-1]
     real_ratio = float(real_ratio)
@@ -321,8 +323,9 @@ def sample_mixed(real_pool: ReplayPool, model_pool: ReplayPool, batch_size: int,
         for b in range(k):  # batch b draws first + b * stride ... + n - 1
             _draw_slots(np.uint64(pool.seed), np.uint64(first + b * stride), n, pool.size,
                         pool._start(), pool.capacity, slots, b * batch_size + offset, batch_size, n)
-        cols = (np.arange(total) % batch_size >= offset) & (np.arange(total) % batch_size < offset + n)
-        for dst, src in zip(out, pool._fields()):
+        col = np.arange(total) % batch_size
+        cols = (col >= offset) & (col < offset + n)
+        for dst, src in zip(out, pool._fields(), strict=False):
             dst[cols] = src[slots[cols]]
     if same:
         real_pool._counter += k * batch_size

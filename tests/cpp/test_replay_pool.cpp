@@ -72,7 +72,8 @@ TEST_CASE("add_batch wraps around and keeps the newest rows oldest-first") {
     CHECK(p.size() == std::min<int64_t>(total, 10));
     CHECK(p.write_pos() == total % 10);
     std::vector<int64_t> expect;
-    for (int64_t i = std::max<int64_t>(0, total - 10); i < total; ++i) expect.push_back(i < 4 ? 100 + i : i - 4);
+    for (int64_t i = std::max<int64_t>(0, total - 10); i < total; ++i)
+      expect.push_back(i < 4 ? 100 + i : i - 4);
     CHECK(ids(p) == expect);
   }
 }
@@ -81,7 +82,8 @@ TEST_CASE("single add matches add_batch") {
   ReplayPool a(7, kOd, kAd), b(7, kOd, kAd);
   Rows rows(12);
   for (int64_t i = 0; i < 12; ++i) {
-    a.add(&rows.obs[i * kOd], &rows.act[i * kAd], rows.rew[i], &rows.next_obs[i * kOd], rows.term[i] != 0);
+    a.add(&rows.obs[i * kOd], &rows.act[i * kAd], rows.rew[i], &rows.next_obs[i * kOd],
+          rows.term[i] != 0);
   }
   rows.add_to(b);
   CHECK(ids(a) == ids(b));
@@ -102,7 +104,8 @@ TEST_CASE("sample follows the Philox formula over logical rows") {
   }
   std::vector<int64_t> peek(5);
   p.peek_indices(5, peek.data());
-  for (int64_t k = 0; k < 5; ++k) CHECK(peek[k] == random_index(1234, kStreamPoolSample, 40 + k, 50));
+  for (int64_t k = 0; k < 5; ++k)
+    CHECK(peek[k] == random_index(1234, kStreamPoolSample, 40 + k, 50));
   CHECK(p.rng_counter() == 40);
 }
 
@@ -138,6 +141,11 @@ TEST_CASE("resize keeps the newest rows in order") {
   Rows(3, 14).add_to(p);
   CHECK(ids(p) == range(8, 17));
   CHECK(p.nbytes() == 20 * (4 * (2 * kOd + kAd + 1) + 1));
+  float rew[3];
+  p.copy_rows(6, 3, nullptr, nullptr, rew, nullptr, nullptr);  // logical rows 6..8 = ids 14..16
+  CHECK(rew[0] == 7.0f && rew[2] == 8.0f);
+  CHECK_THROWS(p.copy_rows(7, 3, nullptr, nullptr, rew, nullptr, nullptr));
+  CHECK_THROWS(p.copy_rows(-1, 1, nullptr, nullptr, rew, nullptr, nullptr));
 }
 
 TEST_CASE("sample_mixed fills real rows first and advances each counter") {
@@ -153,16 +161,19 @@ TEST_CASE("sample_mixed fills real rows first and advances each counter") {
     for (int64_t j = 0; j < bs; ++j) {
       const float got = rew[b * bs + j];
       const float want = j < n_real
-          ? 0.5f * random_index(1, kStreamPoolSample, b * n_real + j, 20)
-          : 0.5f * (500 + random_index(2, kStreamPoolSample, b * (bs - n_real) + j - n_real, 30));
+                             ? 0.5f * random_index(1, kStreamPoolSample, b * n_real + j, 20)
+                             : 0.5f * (500 + random_index(2, kStreamPoolSample,
+                                                          b * (bs - n_real) + j - n_real, 30));
       CHECK(got == want);
     }
   }
   CHECK(real.rng_counter() == 6 && model.rng_counter() == 24);
   ReplayPool empty(5, kOd, kAd);
-  CHECK_THROWS(sample_mixed(empty, model, bs, 0.25, 1, nullptr, nullptr, rew.data(), nullptr, nullptr));
+  CHECK_THROWS(
+      sample_mixed(empty, model, bs, 0.25, 1, nullptr, nullptr, rew.data(), nullptr, nullptr));
   sample_mixed(empty, model, bs, 0.0, 1, nullptr, nullptr, rew.data(), nullptr, nullptr);
-  CHECK_THROWS(sample_mixed(real, model, bs, 1.5, 1, nullptr, nullptr, rew.data(), nullptr, nullptr));
+  CHECK_THROWS(
+      sample_mixed(real, model, bs, 1.5, 1, nullptr, nullptr, rew.data(), nullptr, nullptr));
 }
 
 TEST_CASE("save/load round trip continues the same samples") {
@@ -173,7 +184,8 @@ TEST_CASE("save/load round trip continues the same samples") {
   const std::string path = temp_path("pool.bin");
   p.save(path);
   ReplayPool q = ReplayPool::load(path);
-  CHECK(q.size() == p.size() && q.write_pos() == p.write_pos() && q.seed() == 99 && q.rng_counter() == 8);
+  CHECK(q.size() == p.size() && q.write_pos() == p.write_pos() && q.seed() == 99 &&
+        q.rng_counter() == 8);
   CHECK(ids(q) == ids(p));
   float a[16], b[16];
   p.sample(16, nullptr, nullptr, a, nullptr, nullptr);

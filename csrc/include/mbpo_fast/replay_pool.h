@@ -97,8 +97,7 @@ class ReplayPool {
   // Draws n >= 0 rows uniformly with replacement (rng_counter += n) into row-major outputs.
   // Throws InvalidArgument when n > 0 and the pool is empty. Any output may be nullptr
   // (that field is skipped; the draws are the same).
-  void sample(int64_t n, float* obs, float* act, float* rew, float* next_obs,
-              uint8_t* term);
+  void sample(int64_t n, float* obs, float* act, float* rew, float* next_obs, uint8_t* term);
 
   // Like sample() but copies obs only (rollout start states).
   void sample_obs(int64_t n, float* obs) { sample(n, obs, nullptr, nullptr, nullptr, nullptr); }
@@ -111,8 +110,15 @@ class ReplayPool {
   void gather(const int64_t* rows, int64_t n, float* obs, float* act, float* rew, float* next_obs,
               uint8_t* term) const;
 
+  // Copies logical rows [first_row, first_row + n) (InvalidArgument when outside
+  // [0, size())) into row-major outputs; any output may be nullptr.
+  void copy_rows(int64_t first_row, int64_t n, float* obs, float* act, float* rew,
+                 float* next_obs, uint8_t* term) const;
+
   // Copies every stored row, oldest first (outputs sized [size(), dim]).
-  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const;
+  void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term) const {
+    copy_rows(0, size_, obs, act, rew, next_obs, term);
+  }
 
   // Changes the capacity (>= 1), keeping the newest min(size, new_capacity) rows in order
   // (laid out from slot 0). Keeps seed and rng_counter. Strong guarantee: on bad_alloc the
