@@ -512,9 +512,11 @@ void bind_replay_pool(py::module_& m) {
             PoolLock lock(p);
             auto out = new_array<float>({n, p.pool.obs_dim()});
             float* o = out.mutable_data();
-            std::optional<py::gil_scoped_release> release;
-            if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
-            p.pool.sample_obs(n, o);
+            {  // the GIL must be held again before `out` is handed back
+              std::optional<py::gil_scoped_release> release;
+              if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
+              p.pool.sample_obs(n, o);
+            }
             return out;
           },
           py::arg("n"))
@@ -552,9 +554,11 @@ void bind_replay_pool(py::module_& m) {
            [](NativePool& p) {
              PoolLock lock(p);
              PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
-             std::optional<py::gil_scoped_release> release;
-             if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
-             p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             {  // the GIL must be held again before the tuple is built
+               std::optional<py::gil_scoped_release> release;
+               if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+               p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             }
              return out.tuple();
            })
       .def(
