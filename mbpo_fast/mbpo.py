@@ -165,6 +165,7 @@ class MBPO:
         # env RNG state the next episode's reset draws from (see _step and save_checkpoint)
         self._reset_rng: dict | None = None
         self._writer: Any = None
+        self._resumed_at = 0  # env_steps of the checkpoint this object was resumed from
 
     # ================================================================== the loop
     def train(self) -> dict[str, float]:
@@ -322,9 +323,10 @@ class MBPO:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency, but do not die for a log
                 return None
-            # purge_step hides events a killed run wrote after its last checkpoint
-            self._writer = SummaryWriter(str(self.logdir / "tb"), purge_step=self.env_steps
-                                         if self.env_steps else None)
+            # purge_step hides the events a killed run wrote after its last checkpoint
+            self._writer = SummaryWriter(str(self.logdir / "tb"),
+                                         purge_step=self._resumed_at + 1 if self._resumed_at
+                                         else None)
         return self._writer
 
     def _plot(self) -> None:
@@ -468,7 +470,7 @@ class MBPO:
         self.real_pool, self.model_pool = real_pool, model_pool
         self.collector.pool = real_pool
 
-        self.env_steps = int(state["env_steps"])
+        self.env_steps = self._resumed_at = int(state["env_steps"])
         self.episodes = int(state["episodes"])
         self.num_model_trainings = int(state["num_model_trainings"])
         self.rollout_length = int(state["rollout_length"])
