@@ -512,11 +512,9 @@ void bind_replay_pool(py::module_& m) {
             PoolLock lock(p);
             auto out = new_array<float>({n, p.pool.obs_dim()});
             float* o = out.mutable_data();
-            {  // the GIL must be held again before `out` is handed back
-              std::optional<py::gil_scoped_release> release;
-              if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
-              p.pool.sample_obs(n, o);
-            }
+            std::optional<py::gil_scoped_release> release;
+            if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
+            p.pool.sample_obs(n, o);
             return out;
           },
           py::arg("n"))
@@ -554,11 +552,9 @@ void bind_replay_pool(py::module_& m) {
            [](NativePool& p) {
              PoolLock lock(p);
              PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
-             {  // the GIL must be held again before the tuple is built
-               std::optional<py::gil_scoped_release> release;
-               if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
-               p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
-             }
+             std::optional<py::gil_scoped_release> release;
+             if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+             p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
              return out.tuple();
            })
       .def(
