@@ -599,3 +599,48 @@ def test_stateful_against_reference(name):
     machine = type(f"PoolMachine_{name}", (PoolMachine,), {"backend_name": name})
     machine.TestCase.settings = _STATEFUL
     machine.TestCase().runTest()
+
+
+# ---------------------------------------------------------------------------- threads
+
+
+@pytest.mark.skipif("native" not in _backend.available(), reason="needs the native extension")
+def test_native_pool_is_safe_to_share_between_threads(rng):
+    """Large calls release the GIL; the per-pool lock must keep resize/add/sample apart."""
+    import threading
+
+    with _backend.use("native"):
+        pool = mf.ReplayPool(20_000, OD, AD, seed=1)
+        model = mf.ReplayPool(5_000, OD, AD, seed=2)
+    rows = make_rows(rng, 30_000)
+    model.add_batch(*rows)
+    errors = []
+
+    def writer():
+        try:
+            for i in range(15):
+                pool.add_batch(*rows)
+                pool.resize(10_000 + 1_000 * (i % 7))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def reader():
+        try:
+            for _ in range(15):
+                if len(pool):
+                    pool.sample(2_000, num_batches=10)
+                    mf.sample_mixed(pool, model, 256, 0.5, num_batches=40)
+                pool.transitions()
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (writer, reader, reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    expected = as_f32_rows(rows)
+    got = pool.transitions()
+    assert len(got.obs) == len(pool) == pool.capacity == 10_000  # last resize: 10,000
+    assert_rows_equal(got, take(expected, slice(30_000 - len(pool), 30_000)))

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -238,6 +237,18 @@ struct NativePool {
 // Calls above this many bytes of row data release the GIL (below it the release costs
 // more than it frees).
 constexpr int64_t kPoolGilBytes = 1 << 16;
+
+// Runs fn() with the GIL released when `release` (large work); the GIL is back before
+// anything is returned to Python.
+template <typename F>
+void maybe_without_gil(bool release, F&& fn) {
+  if (release) {
+    py::gil_scoped_release unlocked;
+    fn();
+  } else {
+    fn();
+  }
+}
 
 // Locks one pool, or two distinct pools without lock-order deadlocks. Waiting happens
 // with the GIL released; the locks are dropped after the GIL is re-acquired at return,
@@ -484,9 +495,9 @@ void bind_replay_pool(py::module_& m) {
             auto n = pool_f32(next_obs, "next_obs", {b, od}, note);
             auto t = flags_arg(terminated, "terminated", b, note);
             PoolLock lock(p);
-            std::optional<py::gil_scoped_release> release;
-            if (b * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
-            p.pool.add_batch(o.data(), a.data(), r.data(), n.data(), t.data(), b);
+            maybe_without_gil(b * p.pool.row_bytes() > kPoolGilBytes, [&] {
+              p.pool.add_batch(o.data(), a.data(), r.data(), n.data(), t.data(), b);
+            });
           },
           py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"),
           py::arg("terminated"))
@@ -497,11 +508,9 @@ void bind_replay_pool(py::module_& m) {
             const auto lead = lead_dims(batch_size, num_batches, total);
             PoolLock lock(p);
             PoolBatch out(lead, p.pool.obs_dim(), p.pool.act_dim());
-            {
-              std::optional<py::gil_scoped_release> release;
-              if (total * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+            maybe_without_gil(total * p.pool.row_bytes() > kPoolGilBytes, [&] {
               p.pool.sample(total, out.o(), out.a(), out.r(), out.n(), out.t());
-            }
+            });
             return out.tuple();
           },
           py::arg("batch_size"), py::arg("num_batches") = py::none())
@@ -512,9 +521,8 @@ void bind_replay_pool(py::module_& m) {
             PoolLock lock(p);
             auto out = new_array<float>({n, p.pool.obs_dim()});
             float* o = out.mutable_data();
-            std::optional<py::gil_scoped_release> release;
-            if (n * p.pool.obs_dim() * 4 > kPoolGilBytes) release.emplace();
-            p.pool.sample_obs(n, o);
+            maybe_without_gil(n * p.pool.obs_dim() * 4 > kPoolGilBytes,
+                              [&] { p.pool.sample_obs(n, o); });
             return out;
           },
           py::arg("n"))
@@ -552,9 +560,9 @@ void bind_replay_pool(py::module_& m) {
            [](NativePool& p) {
              PoolLock lock(p);
              PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
-             std::optional<py::gil_scoped_release> release;
-             if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
-             p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             maybe_without_gil(p.pool.size() * p.pool.row_bytes() > kPoolGilBytes, [&] {
+               p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             });
              return out.tuple();
            })
       .def(
@@ -598,12 +606,10 @@ void bind_replay_pool(py::module_& m) {
         mixed_real_rows(batch_size, real_ratio);  // validates real_ratio before locking
         PoolLock lock(real, &model);
         PoolBatch out(lead, real.pool.obs_dim(), real.pool.act_dim());
-        {
-          std::optional<py::gil_scoped_release> release;
-          if (total * real.pool.row_bytes() > kPoolGilBytes) release.emplace();
+        maybe_without_gil(total * real.pool.row_bytes() > kPoolGilBytes, [&] {
           sample_mixed(real.pool, model.pool, batch_size, real_ratio, total / batch_size, out.o(),
                        out.a(), out.r(), out.n(), out.t());
-        }
+        });
         return out.tuple();
       },
       py::arg("real_pool"), py::arg("model_pool"), py::arg("batch_size"), py::arg("real_ratio"),

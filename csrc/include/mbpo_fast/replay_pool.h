@@ -1,8 +1,8 @@
 // ReplayPool: a fixed-capacity FIFO ring buffer of transitions that owns its memory.
 //
-// Storage is five preallocated, contiguous, aligned arrays (nothing else; arrays of 4 MB
-// or more are 2 MB-aligned and advised as transparent huge pages, which removes most TLB
-// misses of random row gathers):
+// Storage is five preallocated, contiguous, aligned arrays and nothing else (arrays of
+// 4 MB or more are 2 MB-aligned and advised as transparent huge pages, as numpy does, so
+// random row gathers take fewer TLB misses):
 //   obs[capacity, obs_dim]  act[capacity, act_dim]  rew[capacity]
 //   next_obs[capacity, obs_dim]  terminated[capacity] (uint8, 0 or 1)
 // i.e. nbytes() == capacity * (4 * (2 * obs_dim + act_dim + 1) + 1).
