@@ -97,6 +97,10 @@ def _is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def _native_cuda() -> bool:
+    return _backend.name == "native" and bool(_backend.ops.build_info()["cuda_compiled"])
+
+
 class BuiltinTermination:
     """The termination function of one gymnasium task; create it with :func:`termination_fn`.
 
@@ -104,7 +108,8 @@ class BuiltinTermination:
     compatibility and ignored (the built-in conditions depend on next_obs only).
     ``next_obs``: numpy array (or torch tensor) [..., obs_dim], any real dtype; float64 is
     checked in float64, everything else as float32. Returns bool with the leading shape
-    ``[...]`` (numpy, or a torch bool tensor on next_obs's device for a tensor input).
+    ``[...]`` (numpy, or a torch bool tensor on next_obs's device for a tensor input; CUDA
+    tensors run the CUDA kernel when the native extension has CUDA, in float32).
     Raises ValueError when obs_dim is not a width the task produces.
 
     Attributes: ``env_id`` (str) and ``native_id`` (int, a :class:`TerminationId`) that native
@@ -120,15 +125,30 @@ class BuiltinTermination:
     def __call__(self, obs: Any, act: Any, next_obs: Any) -> Any:
         del obs, act  # the built-in conditions only look at the next observation
         if _is_torch_tensor(next_obs):
-            # The ops run on host memory: a CUDA tensor is copied to the host and the flags
-            # copied back (a few bytes per row; the rollout engine uses the C++/CUDA body directly).
-            torch = sys.modules["torch"]
-            t = next_obs.detach()
-            if t.dtype != torch.float64:
-                t = t.float()  # bf16/half/int -> float32, like the numpy path
-            flags = self._numpy(t.cpu().numpy())
-            return torch.from_numpy(flags).to(next_obs.device)
+            return self._torch(next_obs)
         return self._numpy(np.asarray(next_obs))
+
+    def _torch(self, next_obs: Any) -> Any:
+        torch = sys.modules["torch"]
+        t = next_obs.detach()
+        if t.ndim == 0:
+            raise ValueError(f"next_obs: expected shape (..., obs_dim), got {tuple(t.shape)}")
+        if t.is_cuda and _native_cuda():
+            # On the GPU with a CUDA-enabled native backend: the CUDA kernel, no host round
+            # trip; it reads float32 (a float64 tensor is rounded to float32 first).
+            x = t.reshape(-1, t.shape[-1]).float().contiguous()
+            out = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
+            with torch.cuda.device(x.device):
+                stream = torch.cuda.current_stream().cuda_stream
+                _backend.ops.cuda_termination(
+                    self.native_id, x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), stream
+                )
+            return out.reshape(t.shape[:-1])
+        # Host ops: a device tensor is copied to the host and the flags copied back.
+        if t.dtype != torch.float64:
+            t = t.float()  # bf16/half/int -> float32, like the numpy path
+        flags = self._numpy(t.cpu().numpy())
+        return torch.from_numpy(flags).to(next_obs.device)
 
     def _numpy(self, x: np.ndarray) -> np.ndarray:
         if x.ndim == 0:

@@ -157,6 +157,9 @@ def test_policies_seeding_and_validation():
 
     x, y = run(fn), run(Agent())
     np.testing.assert_array_equal(x.act, y.act)
+    torch = pytest.importorskip("torch")
+    z = run(lambda o: torch.from_numpy(fn(o)).float())  # torch actions are accepted too
+    np.testing.assert_array_equal(x.act, z.act)
     np.testing.assert_allclose(x.act[:, 0], 0.5 * np.tanh(x.obs[:, 0]), rtol=1e-6)
     assert all(o.dtype == np.float32 and o.shape == (3,) for o in seen)
 

@@ -322,7 +322,7 @@ def test_native_and_numba_agree_bit_for_bit(rng):
                 np.testing.assert_array_equal(
                     native.termination(tid, arr), numba.termination(tid, arr)
                 )
-    big = rng.uniform(-0.3, 1.3, size=(100_003, 11)).astype(np.float32)  # threaded native path
+    big = rng.uniform(-0.3, 1.3, size=(300_007, 11)).astype(np.float32)  # threaded native
     np.testing.assert_array_equal(native.termination(1, big), numba.termination(1, big))
     np.testing.assert_array_equal(native.termination(1, big), reference_terminated("Hopper", big))
     assert native.termination_env_ids() == numba.termination_env_ids() == list(KNOWN_ENV_IDS)
@@ -436,3 +436,23 @@ def test_custom_callables_and_pickling():
     assert clone.env_id == "Humanoid-v5" and clone.native_id == int(TerminationId.HUMANOID)
     assert repr(clone) == "termination_fn('Humanoid-v5')"
     assert mbpo_fast.termination_fn is termination_fn
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_use_the_cuda_kernel(rng):
+    torch = pytest.importorskip("torch")
+    for env_id, widths in WIDTHS.items():
+        fn = termination_fn(env_id)
+        for width in widths:
+            with np.errstate(over="ignore"):
+                x = edge_case_inputs(env_id, width, rng, rows=5000).astype(np.float32)
+            got = fn(None, None, torch.from_numpy(x).cuda())
+            assert got.is_cuda and got.dtype == torch.bool
+            np.testing.assert_array_equal(
+                got.cpu().numpy(), reference_terminated(family_of(env_id), x)
+            )
+    big = torch.from_numpy(rng.uniform(-0.3, 1.3, size=(3, 70_001, 11))).cuda()  # float64 input
+    got = termination_fn("Hopper-v5")(None, None, big)
+    assert got.shape == (3, 70_001)
+    want = reference_terminated("Hopper", big.float().cpu().numpy().reshape(-1, 11))
+    np.testing.assert_array_equal(got.cpu().numpy().reshape(-1), want)

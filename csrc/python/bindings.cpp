@@ -182,6 +182,11 @@ void bind_termination(py::module_& m) {
           throw py::type_error("next_obs: expected a numeric array, got " +
                                std::string(py::str(py::type::handle_of(next_obs).attr("__name__"))));
         }
+        const char kind = arr.dtype().kind();
+        if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
+          throw py::type_error("next_obs: expected a real numeric dtype (float32 preferred), got " +
+                               std::string(py::str(arr.dtype())));
+        }
         if (arr.ndim() != 2) {
           throw py::value_error("next_obs: expected shape (batch, obs_dim), got " + shape_str(shape_of(arr)));
         }
@@ -197,7 +202,9 @@ void bind_termination(py::module_& m) {
           py::gil_scoped_release release;
           terminations(id, p, batch, static_cast<int>(obs_dim), o);
         } else {
-          auto a = as_f32(arr, "next_obs", {-1, -1});
+          // Local conversion (not as_f32) so this section does not depend on that helper.
+          auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+          if (!a) throw py::error_already_set();
           const float* p = a.data();
           py::gil_scoped_release release;
           terminations(id, p, batch, static_cast<int>(obs_dim), o);
@@ -213,6 +220,24 @@ void bind_termination(py::module_& m) {
       [](const std::string& env_id) { return static_cast<int32_t>(termination_id_from_env(env_id)); },
       py::arg("env_id"),
       "The built-in termination id of a gymnasium env id; ValueError listing the known ids otherwise.");
+  m.def(
+      "cuda_termination",
+      [](int32_t termination_id, uintptr_t next_obs_ptr, int64_t batch, int64_t obs_dim, uintptr_t out_ptr,
+         uintptr_t cuda_stream) {
+        if (batch < 0) throw py::value_error("batch: expected >= 0, got " + std::to_string(batch));
+        check_termination_args(termination_id, obs_dim, "next_obs");
+        if (batch > 0 && (next_obs_ptr == 0 || out_ptr == 0)) {
+          throw py::value_error("next_obs_ptr/out_ptr: expected device pointers, got 0");
+        }
+        py::gil_scoped_release release;
+        cuda_terminations(static_cast<TerminationId>(termination_id), reinterpret_cast<const float*>(next_obs_ptr),
+                          batch, static_cast<int>(obs_dim), reinterpret_cast<uint8_t*>(out_ptr),
+                          reinterpret_cast<void*>(cuda_stream));
+      },
+      py::arg("termination_id"), py::arg("next_obs_ptr"), py::arg("batch"), py::arg("obs_dim"), py::arg("out_ptr"),
+      py::arg("cuda_stream") = 0,
+      "GPU terminations: float32 [batch, obs_dim] at next_obs_ptr -> uint8/bool [batch] at out_ptr "
+      "(device pointers, e.g. torch.Tensor.data_ptr()), asynchronous on cuda_stream.");
   m.def("termination_env_ids", [] {
     std::vector<std::string> ids;
     std::string all = known_termination_envs(), item;

@@ -189,7 +189,7 @@ TEST_CASE("env id lookup and observation widths") {
 }
 
 TEST_CASE("batched terminations equal the element body, on any thread count") {
-  const int64_t batch = 70001;  // > 2 grains: runs threaded
+  const int64_t batch = 300001;  // > 2 grains (2^17 rows): runs threaded
   const int d = 11;
   std::vector<float> obs(static_cast<size_t>(batch * d));
   uint64_t s = 0x9e3779b97f4a7c15ull;
