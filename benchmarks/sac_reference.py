@@ -24,7 +24,7 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i != len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -36,8 +36,9 @@ class Actor(nn.Module):
         super().__init__()
         self.net = _mlp([obs_dim, *hidden, 2 * act_dim])
         self.act_dim = act_dim
-        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+        f32 = torch.float32
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=f32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=f32))
 
     def get_action(self, obs, eps):
         out = self.net(obs)
@@ -69,7 +70,8 @@ class ReferenceSAC:
         self.qf2_target = _mlp([obs_dim + act_dim, *hidden, 1])
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
-        self.q_optimizer = torch.optim.Adam(list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=lr)
+        self.q_optimizer = torch.optim.Adam(
+            list(self.qf1.parameters()) + list(self.qf2.parameters()), lr=lr)
         self.actor_optimizer = torch.optim.Adam(list(self.actor.parameters()), lr=lr)
         self.log_alpha = torch.tensor(math.log(init_alpha), requires_grad=True)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
@@ -85,12 +87,12 @@ class ReferenceSAC:
                   torch.tensor(c["action_high"]), c["hidden_size"], c["num_layers"], c["lr"],
                   c["gamma"], c["tau"], c["target_entropy"], c["init_alpha"], c["seed"])
         with torch.no_grad():
-            for lin, bl in zip(ref.actor.net[::2], agent.actor.layers):
+            for lin, bl in zip(ref.actor.net[::2], agent.actor.layers, strict=True):
                 lin.weight.copy_(bl.weight[0].T)
                 lin.bias.copy_(bl.bias[0])
             for j, (net, tgt) in enumerate(((ref.qf1, ref.qf1_target), (ref.qf2, ref.qf2_target))):
                 for lin, tlin, bl, tbl in zip(net[::2], tgt[::2], agent.critic.layers,
-                                              agent.critic_target.layers):
+                                              agent.critic_target.layers, strict=True):
                     lin.weight.copy_(bl.weight[j].T)
                     lin.bias.copy_(bl.bias[j])
                     tlin.weight.copy_(tbl.weight[j].T)
@@ -101,7 +103,7 @@ class ReferenceSAC:
 
     def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, float]:
         """One update on torch tensors [B, ...] (dones: float 1.0 where terminated)."""
-        alpha = self.log_alpha.exp().item()
+        alpha = self.log_alpha.detach().exp().item()
         eps = torch.randn((2, obs.shape[0], self.act_dim), generator=self.generator)
         with torch.no_grad():
             next_actions, next_log_pi = self.actor.get_action(next_obs, eps[0])
@@ -134,8 +136,9 @@ class ReferenceSAC:
 
         with torch.no_grad():
             for net, tgt in ((self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
-                for param, target_param in zip(net.parameters(), tgt.parameters()):
-                    target_param.data.copy_(self.tau * param.data + (1 - self.tau) * target_param.data)
+                for param, target_param in zip(net.parameters(), tgt.parameters(), strict=True):
+                    target_param.data.copy_(
+                        self.tau * param.data + (1 - self.tau) * target_param.data)
         return {"critic_loss": qf_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha,
                 "entropy": -log_pi.mean().item(),
                 "mean_q": 0.5 * (qf1_a_values.mean().item() + qf2_a_values.mean().item())}

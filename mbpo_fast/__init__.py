@@ -19,6 +19,7 @@ from .config import MBPOConfig
 from .mbpo import MBPO
 from .pool import ReplayPool, sample_mixed
 from .rollout import BranchedRollout, RolloutStats
+from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
@@ -99,6 +100,7 @@ def set_num_threads(n: int) -> None:
 __all__ = [
     "KNOWN_ENV_IDS",
     "MBPO",
+    "SAC",
     "BranchedRollout",
     "EnvCollector",
     "EpisodeStats",
