@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
 from .config import MBPOConfig
+from .ensemble import EnsembleDynamics
 from .mbpo import MBPO
 from .pool import ReplayPool, sample_mixed
 from .rollout import BranchedRollout, RolloutStats
@@ -108,6 +109,7 @@ __all__ = [
     "MBPOConfig",
     "ReplayPool",
     "RolloutStats",
+    "EnsembleDynamics",
     "Transition",
     "__version__",
     "backend",

@@ -16,6 +16,7 @@ those parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -47,7 +48,9 @@ def layer_weight_decays(num_linear: int) -> list[float]:
     2-layer network gets [2.5e-5, 1e-4].
     """
     if num_linear < 2:
-        raise ValueError(f"num_linear: expected >= 2 (a hidden and an output layer), got {num_linear}")
+        raise ValueError(
+            f"num_linear: expected >= 2 (a hidden and an output layer), got {num_linear}"
+        )
     decays = [2.5e-5] + [5e-5] + [7.5e-5] * (num_linear - 3) + [1e-4]
     return decays if num_linear >= 3 else [2.5e-5, 1e-4]
 
@@ -70,7 +73,8 @@ def _float_array(name: str, value, shape: Sequence[int | None]) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind != "f" or arr.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name}: expected a float32 (or float64) array, got dtype {arr.dtype}")
-    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in zip(shape, arr.shape)):
+    pairs = zip(shape, arr.shape, strict=False)
+    if arr.ndim != len(shape) or any(e is not None and e != g for e, g in pairs):
         expected = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
@@ -121,7 +125,9 @@ class EnsembleDynamics(nn.Module):
         self.ensemble_size = _positive_int("ensemble_size", ensemble_size)
         self.num_elites = _positive_int("num_elites", num_elites)
         if self.num_elites > self.ensemble_size:
-            raise ValueError(f"num_elites: expected <= ensemble_size = {ensemble_size}, got {num_elites}")
+            raise ValueError(
+                f"num_elites: expected <= ensemble_size = {ensemble_size}, got {num_elites}"
+            )
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
         self.seed = _positive_int("seed", seed, minimum=0)
@@ -139,7 +145,9 @@ class EnsembleDynamics(nn.Module):
         widths = [in_dim] + [self.hidden_size] * self.num_layers + [2 * out_dim]
         init_gen = torch.Generator().manual_seed(self.seed)  # CPU init: same weights on any device
         self.layers = nn.ModuleList(
-            BatchedLinear(self.ensemble_size, widths[i], widths[i + 1], init="mbpo", generator=init_gen)
+            BatchedLinear(
+                self.ensemble_size, widths[i], widths[i + 1], init="mbpo", generator=init_gen
+            )
             for i in range(n_linear)
         )
         self.max_logvar = nn.Parameter(torch.full((out_dim,), _INIT_MAX_LOGVAR))
@@ -151,6 +159,8 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
+        self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
 
     # ------------------------------------------------------------------ properties
 
@@ -168,6 +178,22 @@ class EnsembleDynamics(nn.Module):
         """The members :meth:`step` samples from (lowest holdout MSE after the last fit)."""
         return [int(i) for i in self.elite_index.tolist()]
 
+    def set_elites(self, elites: Sequence[int]) -> None:
+        """Replaces the elite set: `num_elites` distinct member indices in [0, ensemble_size)."""
+        arr = np.asarray(elites)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"elites: expected integer member indices, got dtype {arr.dtype}")
+        if arr.shape != (self.num_elites,):
+            raise ValueError(f"elites: expected shape ({self.num_elites},), got {tuple(arr.shape)}")
+        if arr.min() < 0 or arr.max() >= self.ensemble_size or len(set(arr.tolist())) != arr.size:
+            raise ValueError(
+                f"elites: expected distinct indices in [0, {self.ensemble_size}), "
+                f"got {arr.tolist()}"
+            )
+        self.elite_index.copy_(torch.from_numpy(arr.astype(np.int64)))
+        if self._inference is not None:
+            self._inference.set_elites(self.elite_index.cpu().numpy().copy())
+
     @property
     def inference(self) -> EnsembleInference:
         """The fused-kernel adapter over zero-copy views of this model's CPU parameters.
@@ -182,12 +208,16 @@ class EnsembleDynamics(nn.Module):
             )
         if self._inference is None:
             self._inference = EnsembleInference(
-                self.obs_dim, self.act_dim,
-                self.input_mean.numpy(), self.input_std.numpy(),
+                self.obs_dim,
+                self.act_dim,
+                self.input_mean.numpy(),
+                self.input_std.numpy(),
                 [layer.weight.detach().numpy() for layer in self.layers],
                 [layer.bias.detach().numpy() for layer in self.layers],
-                self.max_logvar.detach().numpy(), self.min_logvar.detach().numpy(),
-                self.elite_index.numpy().copy(), activation="silu",
+                self.max_logvar.detach().numpy(),
+                self.min_logvar.detach().numpy(),
+                self.elite_index.numpy().copy(),
+                activation="silu",
             )
         return self._inference
 
@@ -210,7 +240,9 @@ class EnsembleDynamics(nn.Module):
         """(concat(obs, act) - input_mean) / input_std: [B, obs_dim + act_dim]."""
         return (torch.cat([obs, act], dim=-1) - self.input_mean) / self.input_std
 
-    def predict_torch(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_torch(
+        self, obs: torch.Tensor, act: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Torch forward of every member: (mean, var) [E, B, obs_dim + 1] (Δobs, reward).
 
         Differentiable; obs [B, obs_dim], act [B, act_dim] float32 on the model's device.
@@ -222,20 +254,28 @@ class EnsembleDynamics(nn.Module):
     # ------------------------------------------------------------------ loss
 
     def weight_decay_loss(self) -> torch.Tensor:
-        """sum_i 0.5 * wd_i * ||W_i||^2 over the layer weights (biases and logvar bounds excluded)."""
-        terms = [0.5 * wd * layer.weight.square().sum()
-                 for wd, layer in zip(self.weight_decays, self.layers) if wd > 0]
+        """sum_i 0.5 * wd_i * ||W_i||^2 over layer weights (not biases, not the logvar bounds)."""
+        terms = [
+            0.5 * wd * layer.weight.square().sum()
+            for wd, layer in zip(self.weight_decays, self.layers, strict=True)
+            if wd > 0
+        ]
         return torch.stack(terms).sum() if terms else self.max_logvar.new_zeros(())
 
     def _nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member Gaussian NLL [E]: mean((mu - y)^2 * exp(-lv)) + mean(lv) over rows and outputs."""
+        """Per-member Gaussian NLL [E]: mean((mu-y)^2 * exp(-lv)) + mean(lv) over rows, outputs."""
         mean, lv = self(x)
         return ((mean - y).square() * torch.exp(-lv) + lv).mean(dim=(1, 2))
 
-    def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The minimized objective: summed member NLLs + logvar-bound term + weight decay."""
+    def _data_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed member NLLs + the logvar-bound term: the objective without weight decay.
+
+        The L2 term is applied by Adam's per-layer ``weight_decay`` (see :meth:`_make_optimizer`):
+        Adam adds ``wd * W`` to the gradient, exactly the gradient of ``0.5 * wd * ||W||^2``,
+        inside the fused step instead of as extra autograd work.
+        """
         bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
-        return self._nll(x, y).sum() + bound + self.weight_decay_loss()
+        return self._nll(x, y).sum() + bound
 
     def compute_loss(self, obs, act, rew, next_obs) -> dict[str, float | list[float]]:
         """The training objective on one batch fed to every member (no bootstrap), for inspection.
@@ -250,8 +290,12 @@ class EnsembleDynamics(nn.Module):
             bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
             decay = self.weight_decay_loss()
             total = nll.sum() + bound + decay
-        return {"total": float(total), "nll": [float(v) for v in nll],
-                "logvar_bound": float(bound), "weight_decay": float(decay)}
+        return {
+            "total": float(total),
+            "nll": [float(v) for v in nll],
+            "logvar_bound": float(bound),
+            "weight_decay": float(decay),
+        }
 
     # ------------------------------------------------------------------ fit
 
@@ -276,21 +320,36 @@ class EnsembleDynamics(nn.Module):
         """Parameters with a leading member dimension (snapshotted per member)."""
         return [p for layer in self.layers for p in (layer.weight, layer.bias)]
 
+    def _param_groups(self) -> list[dict]:
+        """Adam groups: each layer weight with its own L2 coefficient; biases and logvar bounds
+        in one group without decay (DESIGN §4: weights only)."""
+        groups = [
+            {"params": [layer.weight], "weight_decay": wd}
+            for wd, layer in zip(self.weight_decays, self.layers, strict=True)
+        ]
+        rest = [layer.bias for layer in self.layers] + [self.max_logvar, self.min_logvar]
+        groups.append({"params": rest, "weight_decay": 0.0})
+        return groups
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = list(self.parameters())
         try:  # fused Adam: one kernel for every parameter (CPU support since torch 2.4)
-            return torch.optim.Adam(params, lr=self.lr, fused=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, fused=True)
         except (RuntimeError, TypeError):
-            return torch.optim.Adam(params, lr=self.lr, foreach=True)
+            return torch.optim.Adam(self._param_groups(), lr=self.lr, foreach=True)
+
+    def _bootstrap_indices(self, n_train: int, gen: torch.Generator) -> torch.Tensor:
+        """One bootstrap index set per member: int64 [E, n_train], drawn with replacement."""
+        shape = (self.ensemble_size, n_train)
+        return torch.randint(n_train, shape, generator=gen, device=self.device)
 
     @torch.no_grad()
     def _member_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of every member's mean on normalized x [N, in], targets y [N, out]: [E]."""
+        """Per-member MSE [E] of the mean on normalized x [N, in] against targets y [N, out]."""
         total = torch.zeros(self.ensemble_size, device=self.device, dtype=torch.float64)
         for s in range(0, x.shape[0], _EVAL_CHUNK):
-            xs = x[s:s + _EVAL_CHUNK].unsqueeze(0).expand(self.ensemble_size, -1, -1)
+            xs = x[s : s + _EVAL_CHUNK].unsqueeze(0).expand(self.ensemble_size, -1, -1)
             mean, _ = self(xs)
-            total += (mean - y[s:s + _EVAL_CHUNK]).square().sum(dim=(1, 2)).double()
+            total += (mean - y[s : s + _EVAL_CHUNK]).square().sum(dim=(1, 2)).double()
         return total / (x.shape[0] * self.out_dim)
 
     def fit(
@@ -332,9 +391,10 @@ class EnsembleDynamics(nn.Module):
         model's own.
 
         Returns {"holdout_mse": list[float] per member (restored weights), "elites": list[int],
-        "epochs": int (training epochs run), "seconds": float, "train_loss": float (mean
-        objective over the last epoch's batches), "holdout_mse_elite_mean": float,
-        "initial_holdout_mse": list[float] (before training, current normalizer)}.
+        "epochs": int (training epochs run), "seconds": float, "train_loss": float (the
+        objective averaged over the last epoch's batches, weight decay at the epoch's end),
+        "holdout_mse_elite_mean": float, "initial_holdout_mse": list[float] (before training,
+        with the refit normalizer)}.
         """
         t0 = time.perf_counter()
         obs, act, rew, next_obs = self._validate_transitions(obs, act, rew, next_obs)
@@ -345,16 +405,22 @@ class EnsembleDynamics(nn.Module):
         batch_size = _positive_int("batch_size", batch_size)
         if max_epochs is not None:
             max_epochs = _positive_int("max_epochs", max_epochs)
-        if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        if max_seconds is not None and not (
+            isinstance(max_seconds, (int, float)) and max_seconds > 0
+        ):
             raise ValueError(f"max_seconds: expected a number > 0 or None, got {max_seconds!r}")
         patience = _positive_int("patience", patience)
         if not (isinstance(improvement_threshold, (int, float)) and improvement_threshold >= 0):
-            raise ValueError(f"improvement_threshold: expected a float >= 0, got {improvement_threshold!r}")
+            raise ValueError(
+                f"improvement_threshold: expected a float >= 0, got {improvement_threshold!r}"
+            )
         if seed is not None:
             seed = _positive_int("seed", seed, minimum=0)
         n_hold = min(int(n * holdout_ratio), max_holdout)
         if n - n_hold < 1:
-            raise ValueError(f"obs: need at least one training row, got {n} rows with {n_hold} held out")
+            raise ValueError(
+                f"obs: need at least one training row, got {n} rows with {n_hold} held out"
+            )
 
         gen = self._generator if seed is None else torch.Generator(self.device).manual_seed(seed)
         dev, E = self.device, self.ensemble_size
@@ -376,7 +442,7 @@ class EnsembleDynamics(nn.Module):
         else:
             x_hold, y_hold = x_train, y_train
 
-        boot = torch.randint(n_train, (E, n_train), generator=gen, device=dev)
+        boot = self._bootstrap_indices(n_train, gen)
         if self._optimizer is None:
             self._optimizer = self._make_optimizer()
         opt = self._optimizer
@@ -399,8 +465,8 @@ class EnsembleDynamics(nn.Module):
                 loss_sum = torch.zeros((), device=dev)
                 n_batches = 0
                 for s in range(0, n_train, batch_size):
-                    b = idx[:, s:s + batch_size]  # [E, b]: one gather per batch for x and y
-                    loss = self._training_loss(x_train[b], y_train[b])
+                    b = idx[:, s : s + batch_size]  # [E, b]: one gather per batch for x and y
+                    loss = self._data_loss(x_train[b], y_train[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -411,15 +477,19 @@ class EnsembleDynamics(nn.Module):
                 improved = (best - mse) > improvement_threshold * best.abs()
                 best = torch.where(improved, mse, best)
                 with torch.no_grad():
-                    for p, snap in zip(members, snapshot):
+                    for p, snap in zip(members, snapshot, strict=True):
                         mask = improved.view(E, *([1] * (p.dim() - 1)))
                         snap.copy_(torch.where(mask, p, snap))
                 # the one host sync of the epoch
-                any_improved, train_loss = bool(improved.any()), float(loss_sum) / n_batches
+                any_improved = bool(improved.any())
+                decay = float(self.weight_decay_loss().detach())
+                train_loss = float(loss_sum) / n_batches + decay
                 since_improved = 0 if any_improved else since_improved + 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(holdout_mse=f"{float(mse.mean()):.4g}", loss=f"{train_loss:.4g}")
+                    bar.set_postfix(
+                        holdout_mse=f"{float(mse.mean()):.4g}", loss=f"{train_loss:.4g}"
+                    )
                 if since_improved >= patience:
                     break
                 if max_epochs is not None and epochs >= max_epochs:
@@ -431,7 +501,7 @@ class EnsembleDynamics(nn.Module):
                 bar.close()
 
         with torch.no_grad():  # in place: numpy views held by the inference adapter stay valid
-            for p, snap in zip(members, snapshot):
+            for p, snap in zip(members, snapshot, strict=True):
                 p.copy_(snap)
         final = self._member_mse(x_hold, y_hold)
         order = torch.argsort(final)[: self.num_elites]
@@ -473,8 +543,9 @@ class EnsembleDynamics(nn.Module):
             mean, var = self.inference.predict(obs, act)
         else:
             with torch.no_grad():
-                m, v = self.predict_torch(torch.from_numpy(obs).to(self.device),
-                                          torch.from_numpy(act).to(self.device))
+                m, v = self.predict_torch(
+                    torch.from_numpy(obs).to(self.device), torch.from_numpy(act).to(self.device)
+                )
             mean, var = m.cpu().numpy(), v.cpu().numpy()
         return (mean[:, 0], var[:, 0]) if single else (mean, var)
 
@@ -487,15 +558,26 @@ class EnsembleDynamics(nn.Module):
         if arr.ndim == 0:
             arr = np.full(batch, int(arr), dtype=np.int64)
         if arr.shape != (batch,):
-            raise ValueError(f"members: expected shape ({batch},) or a scalar, got {tuple(arr.shape)}")
+            raise ValueError(
+                f"members: expected shape ({batch},) or a scalar, got {tuple(arr.shape)}"
+            )
         bad = (arr < 0) | (arr >= self.ensemble_size)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"members: entry {i} = {int(arr[i])} is out of range [0, {self.ensemble_size})")
+            raise ValueError(
+                f"members: entry {i} = {int(arr[i])} is out of range [0, {self.ensemble_size})"
+            )
         return np.ascontiguousarray(arr, dtype=np.int64)
 
-    def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None,
-             return_members: bool = False):
+    def step(
+        self,
+        obs,
+        act,
+        seed: int = 0,
+        deterministic: bool = False,
+        members=None,
+        return_members: bool = False,
+    ):
         """One model transition per row: (next_obs float32 [B, obs_dim], rew float32 [B]).
 
         For each row a member is drawn uniformly among the elites (Philox stream of `seed`;
@@ -509,11 +591,16 @@ class EnsembleDynamics(nn.Module):
         """
         obs, act, single = self._validate_rows(obs, act)
         mem = self._validate_members(members, obs.shape[0])
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2**64
+        ):
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
         if self.device.type == "cpu":
-            next_obs, rew, used = self.inference.step(obs, act, seed=int(seed),
-                                                      deterministic=bool(deterministic), members=mem)
+            next_obs, rew, used = self.inference.step(
+                obs, act, seed=int(seed), deterministic=bool(deterministic), members=mem
+            )
         else:
             next_obs, rew, used = self._step_torch(obs, act, int(seed), bool(deterministic), mem)
         if single:
@@ -521,9 +608,15 @@ class EnsembleDynamics(nn.Module):
         return (next_obs, rew, used) if return_members else (next_obs, rew)
 
     @torch.no_grad()
-    def _step_torch(self, obs: np.ndarray, act: np.ndarray, seed: int, deterministic: bool,
-                    members: np.ndarray | None):
-        """Torch version of :meth:`step` (any device): evaluates every member, gathers the chosen."""
+    def _step_torch(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        seed: int,
+        deterministic: bool,
+        members: np.ndarray | None,
+    ):
+        """Torch version of :meth:`step` (any device): runs every member, gathers the chosen."""
         gen = torch.Generator(self.device).manual_seed(seed % 2**63)
         o = torch.from_numpy(obs).to(self.device)
         a = torch.from_numpy(act).to(self.device)
@@ -574,7 +667,9 @@ class EnsembleDynamics(nn.Module):
         for i, layer in enumerate(self.layers):
             named[f"layers.{i}.weight"] = layer.weight
             named[f"layers.{i}.bias"] = layer.bias
-        named.update(max_logvar=self.max_logvar, min_logvar=self.min_logvar, elites=self.elite_index)
+        named.update(
+            max_logvar=self.max_logvar, min_logvar=self.min_logvar, elites=self.elite_index
+        )
         return named
 
     def save(self, path: str | os.PathLike) -> None:
@@ -587,9 +682,13 @@ class EnsembleDynamics(nn.Module):
         """
         tensors = {name: t.detach().cpu().numpy() for name, t in self._named_tensors().items()}
         metadata = {
-            "format": _FORMAT, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-            "activation": "silu", "ensemble_size": self.ensemble_size,
-            "num_elites": self.num_elites, "hidden_size": self.hidden_size,
+            "format": _FORMAT,
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "activation": "silu",
+            "ensemble_size": self.ensemble_size,
+            "num_elites": self.num_elites,
+            "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
         }
         save_safetensors(path, tensors, {k: str(v) for k, v in metadata.items()})
@@ -615,7 +714,9 @@ class EnsembleDynamics(nn.Module):
             try:
                 value = int(meta[key])
             except ValueError:
-                raise ValueError(f"{source}: metadata {key!r} = {meta[key]!r} is not an int") from None
+                raise ValueError(
+                    f"{source}: metadata {key!r} = {meta[key]!r} is not an int"
+                ) from None
             if value < minimum:
                 raise ValueError(f"{source}: metadata {key!r} = {value} must be >= {minimum}")
             return value
@@ -631,8 +732,10 @@ class EnsembleDynamics(nn.Module):
             meta_int("obs_dim"),
             meta_int("act_dim", minimum=0),
             ensemble_size=meta_int("ensemble_size", shape0[0] if shape0 else None),
-            num_elites=meta_int("num_elites", elites_t.shape[0] if elites_t is not None
-                                and elites_t.ndim == 1 else None),
+            num_elites=meta_int(
+                "num_elites",
+                elites_t.shape[0] if elites_t is not None and elites_t.ndim == 1 else None,
+            ),
             hidden_size=meta_int("hidden_size", shape0[2] if shape0 else None),
             num_layers=meta_int("num_layers", n_linear - 1 if n_linear >= 2 else None),
             device=device,
@@ -641,8 +744,10 @@ class EnsembleDynamics(nn.Module):
         extra = sorted(set(tensors) - set(specs))
         if extra:
             raise ValueError(f"{source}: unexpected tensors {extra} for this metadata")
-        arrays = {name: require_tensor(tensors, name, shape, dtype, source)
-                  for name, (shape, dtype) in specs.items()}
+        arrays = {
+            name: require_tensor(tensors, name, shape, dtype, source)
+            for name, (shape, dtype) in specs.items()
+        }
         for name, arr in arrays.items():
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise ValueError(f"{source}: tensor {name!r} contains non-finite values")
@@ -650,8 +755,10 @@ class EnsembleDynamics(nn.Module):
             raise ValueError(f"{source}: tensor 'input_std' must be > 0 everywhere")
         el = arrays["elites"]
         if el.min() < 0 or el.max() >= model.ensemble_size or len(set(el.tolist())) != el.size:
-            raise ValueError(f"{source}: tensor 'elites' = {el.tolist()} must be distinct indices "
-                             f"in [0, {model.ensemble_size})")
+            raise ValueError(
+                f"{source}: tensor 'elites' = {el.tolist()} must be distinct indices "
+                f"in [0, {model.ensemble_size})"
+            )
         with torch.no_grad():
             for name, t in model._named_tensors().items():
                 t.copy_(torch.from_numpy(arrays[name]))
@@ -663,7 +770,11 @@ class EnsembleDynamics(nn.Module):
     def training_state(self) -> dict:
         """Optimizer and generator state for an exact resume (pair with ``state_dict()``)."""
         return {
-            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+            # deep copies: Optimizer.load_state_dict keeps same-device tensors by reference,
+            # so a shared state would let two models step the same Adam moments
+            "optimizer": None
+            if self._optimizer is None
+            else copy.deepcopy(self._optimizer.state_dict()),
             "generator": self._generator.get_state(),
         }
 
@@ -671,7 +782,7 @@ class EnsembleDynamics(nn.Module):
         """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model)."""
         if state.get("optimizer") is not None:
             opt = self._optimizer or self._make_optimizer()
-            opt.load_state_dict(state["optimizer"])
+            opt.load_state_dict(copy.deepcopy(state["optimizer"]))
             self._optimizer = opt
         self._generator.set_state(state["generator"])
         self._invalidate_inference()

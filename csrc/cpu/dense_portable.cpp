@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "dense_kernels.h"
+#include "cpu/ensemble_kernels.h"
+#include "kernels/ensemble_epilogue.h"
 
 namespace mbpo_fast {
 namespace cpu {
@@ -39,6 +40,27 @@ void dense_portable(const float* x, int64_t ldx, int64_t rows, const float* w, c
         }
       }
     }
+  }
+}
+
+void step_epilogue_portable(const float* head, int64_t ld, int64_t rows, const int64_t* idx,
+                            const float* obs, int64_t obs_dim, const float* max_logvar,
+                            const float* min_logvar, uint64_t seed, bool deterministic,
+                            float* next_obs, float* reward, float* work) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = idx[r];
+    if (!deterministic) kernels::row_noise(seed, static_cast<uint64_t>(row), obs_dim + 1, work);
+    kernels::step_row_epilogue(head + r * ld, obs + row * obs_dim, max_logvar, min_logvar, work,
+                               deterministic, obs_dim, next_obs + row * obs_dim, reward + row);
+  }
+}
+
+void predict_epilogue_portable(const float* head, int64_t ld, int64_t rows, int64_t out_dim,
+                               const float* max_logvar, const float* min_logvar, float* mean,
+                               float* var) {
+  for (int64_t r = 0; r < rows; ++r) {
+    kernels::predict_row_epilogue(head + r * ld, max_logvar, min_logvar, out_dim,
+                                  mean ? mean + r * out_dim : nullptr, var ? var + r * out_dim : nullptr);
   }
 }
 

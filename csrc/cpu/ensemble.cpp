@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/dense_kernels.h"
+#include "cpu/ensemble_kernels.h"
 #include "kernels/ensemble_epilogue.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/rng.h"
@@ -57,10 +57,20 @@ std::atomic<int>& kernel_setting() {
   return setting;
 }
 
-cpu::DenseFn active_dense() {
+// The micro-kernels of one call (chosen once per call, so a call never mixes kernels).
+struct Kernels {
+  cpu::DenseFn dense;
+  cpu::StepEpilogueFn step_epilogue;
+  cpu::PredictEpilogueFn predict_epilogue;
+  bool avx512;
+};
+
+Kernels active_kernels() {
   const auto k = static_cast<Kernel>(kernel_setting().load(std::memory_order_relaxed));
-  if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) return &cpu::dense_portable;
-  return &cpu::dense_avx512;
+  if (k == Kernel::kPortable || !cpu::dense_avx512_supported()) {
+    return {&cpu::dense_portable, &cpu::step_epilogue_portable, &cpu::predict_epilogue_portable, false};
+  }
+  return {&cpu::dense_avx512, &cpu::step_epilogue_avx512, &cpu::predict_epilogue_avx512, true};
 }
 
 // ------------------------------------------------------------------ tile forward
@@ -118,8 +128,15 @@ void run_tiles(int64_t num_tiles, int64_t batch, const std::function<void(int64_
   }
 }
 
+// require() with the message built only on failure: validation runs on every call, and
+// building strings eagerly was the largest cost of a single-row step.
+#define MBPO_ENSEMBLE_REQUIRE(cond, message)      \
+  do {                                            \
+    if (!(cond)) throw InvalidArgument(message);  \
+  } while (false)
+
 void check_batch(int64_t batch, const char* op) {
-  require(batch >= 0, std::string(op) + ": batch must be >= 0, got " + std::to_string(batch));
+  MBPO_ENSEMBLE_REQUIRE(batch >= 0, std::string(op) + ": batch must be >= 0, got " + std::to_string(batch));
 }
 
 }  // namespace
@@ -133,33 +150,33 @@ int64_t EnsembleView::max_width() const {
 }
 
 void EnsembleView::validate(bool need_elites) const {
-  require(obs_dim >= 1, "ensemble: obs_dim must be >= 1, got " + std::to_string(obs_dim));
-  require(act_dim >= 0, "ensemble: act_dim must be >= 0, got " + std::to_string(act_dim));
-  require(ensemble_size >= 1, "ensemble: ensemble_size must be >= 1, got " + std::to_string(ensemble_size));
-  require(num_layers >= 1 && num_layers <= kEnsembleMaxLayers,
+  MBPO_ENSEMBLE_REQUIRE(obs_dim >= 1, "ensemble: obs_dim must be >= 1, got " + std::to_string(obs_dim));
+  MBPO_ENSEMBLE_REQUIRE(act_dim >= 0, "ensemble: act_dim must be >= 0, got " + std::to_string(act_dim));
+  MBPO_ENSEMBLE_REQUIRE(ensemble_size >= 1, "ensemble: ensemble_size must be >= 1, got " + std::to_string(ensemble_size));
+  MBPO_ENSEMBLE_REQUIRE(num_layers >= 1 && num_layers <= kEnsembleMaxLayers,
           "ensemble: num_layers must be in [1, " + std::to_string(kEnsembleMaxLayers) + "], got " +
               std::to_string(num_layers));
-  require(widths[0] == in_dim(), "ensemble: widths[0] must be obs_dim + act_dim = " + std::to_string(in_dim()) +
+  MBPO_ENSEMBLE_REQUIRE(widths[0] == in_dim(), "ensemble: widths[0] must be obs_dim + act_dim = " + std::to_string(in_dim()) +
                                      ", got " + std::to_string(widths[0]));
-  require(widths[num_layers] == 2 * out_dim(), "ensemble: output width must be 2 * (obs_dim + 1) = " +
+  MBPO_ENSEMBLE_REQUIRE(widths[num_layers] == 2 * out_dim(), "ensemble: output width must be 2 * (obs_dim + 1) = " +
                                                    std::to_string(2 * out_dim()) + ", got " +
                                                    std::to_string(widths[num_layers]));
   for (int i = 0; i <= num_layers; ++i) {
-    require(widths[i] >= 1, "ensemble: widths[" + std::to_string(i) + "] must be >= 1, got " +
+    MBPO_ENSEMBLE_REQUIRE(widths[i] >= 1, "ensemble: widths[" + std::to_string(i) + "] must be >= 1, got " +
                                 std::to_string(widths[i]));
   }
-  require(input_mean && input_std && max_logvar && min_logvar,
+  MBPO_ENSEMBLE_REQUIRE(input_mean && input_std && max_logvar && min_logvar,
           "ensemble: input_mean, input_std, max_logvar and min_logvar must not be null");
   for (int i = 0; i < num_layers; ++i) {
-    require(weights[i] && biases[i], "ensemble: layer " + std::to_string(i) + " has a null weight or bias");
+    MBPO_ENSEMBLE_REQUIRE(weights[i] && biases[i], "ensemble: layer " + std::to_string(i) + " has a null weight or bias");
   }
   if (need_elites) {
-    require(elites != nullptr && num_elites >= 1,
+    MBPO_ENSEMBLE_REQUIRE(elites != nullptr && num_elites >= 1,
             "ensemble: elites must hold at least one member index, got " + std::to_string(num_elites));
   }
   if (elites != nullptr) {
     for (int64_t k = 0; k < num_elites; ++k) {
-      require(elites[k] >= 0 && elites[k] < ensemble_size,
+      MBPO_ENSEMBLE_REQUIRE(elites[k] >= 0 && elites[k] < ensemble_size,
               "elites: entry " + std::to_string(k) + " = " + std::to_string(elites[k]) +
                   " is out of range [0, " + std::to_string(ensemble_size) + ")");
     }
@@ -176,16 +193,25 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   const int64_t E = v.ensemble_size;
   if (members != nullptr) {
     for (int64_t i = 0; i < batch; ++i) {
-      require(members[i] >= 0 && members[i] < E, "members: entry " + std::to_string(i) + " = " +
+      MBPO_ENSEMBLE_REQUIRE(members[i] >= 0 && members[i] < E, "members: entry " + std::to_string(i) + " = " +
                                                       std::to_string(members[i]) + " is out of range [0, " +
                                                       std::to_string(E) + ")");
     }
   }
   if (batch == 0) return;
-  require(obs && act && next_obs_out && reward_out, "ensemble_step: null input or output pointer");
+  MBPO_ENSEMBLE_REQUIRE(obs && act && next_obs_out && reward_out, "ensemble_step: null input or output pointer");
+
+  // Index buffers of the calling thread, reused across calls (no allocation per call once
+  // warm). The worker threads read them through the references below: naming a
+  // thread_local inside the lambda would give each worker its own (empty) instance.
+  thread_local std::vector<int64_t> tl_members, tl_start, tl_order, tl_tile_member, tl_tile_begin;
+  std::vector<int64_t>& local_members = tl_members;
+  std::vector<int64_t>& start = tl_start;
+  std::vector<int64_t>& order = tl_order;
+  std::vector<int64_t>& tile_member = tl_tile_member;
+  std::vector<int64_t>& tile_begin = tl_tile_begin;
 
   // 1. member of each row.
-  std::vector<int64_t> local_members;
   int64_t* chosen = members_out;
   if (chosen == nullptr) {
     local_members.resize(static_cast<size_t>(batch));
@@ -205,19 +231,16 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   }
 
   // 2. counting sort of the rows by member (stable: rows keep their order within a member).
-  std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);
+  start.assign(static_cast<size_t>(E + 1), 0);
   for (int64_t i = 0; i < batch; ++i) ++start[static_cast<size_t>(chosen[i] + 1)];
   for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
-  std::vector<int64_t> order(static_cast<size_t>(batch));
-  {
-    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(cursor[chosen[i]]++)] = i;
-  }
+  order.resize(static_cast<size_t>(batch));
+  tile_member.assign(start.begin(), start.end() - 1);  // used as the scatter cursor first
+  for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(tile_member[chosen[i]]++)] = i;
 
   // 3. tiles: (member, first sorted position); each tile holds up to kTileRows rows.
-  std::vector<int64_t> tile_member, tile_begin;
-  tile_member.reserve(static_cast<size_t>(batch / kTileRows + E + 1));
-  tile_begin.reserve(tile_member.capacity());
+  tile_member.clear();
+  tile_begin.clear();
   for (int64_t e = 0; e < E; ++e) {
     for (int64_t p = start[e]; p < start[e + 1]; p += kTileRows) {
       tile_member.push_back(e);
@@ -226,26 +249,22 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   }
   const int64_t num_tiles = static_cast<int64_t>(tile_member.size());
 
-  const cpu::DenseFn dense = active_dense();
+  const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
-  const int64_t od = v.obs_dim, out_dim = v.out_dim();
+  const int64_t out_dim = v.out_dim();
   run_tiles(num_tiles, batch, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
     float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
     float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
-    float* eps = s.ensure(s.extra, static_cast<size_t>(out_dim));
+    float* work = s.ensure(s.extra, static_cast<size_t>(2 * out_dim));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t e = tile_member[t], p0 = tile_begin[t];
       const int64_t rows = std::min(kTileRows, start[e + 1] - p0);
       const int64_t* idx = order.data() + p0;
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t row = idx[r];
-        if (!deterministic) kernels::row_noise(seed, static_cast<uint64_t>(row), out_dim, eps);
-        kernels::step_row_epilogue(head + r * ld, obs + row * od, v.max_logvar, v.min_logvar, eps, deterministic,
-                                   od, next_obs_out + row * od, reward_out + row);
-      }
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
+                         next_obs_out, reward_out, work);
     }
   });
 }
@@ -257,10 +276,10 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
   check_batch(batch, "ensemble_predict");
   v.validate(false);
   if (batch == 0) return;
-  require(obs && act, "ensemble_predict: null input pointer");
+  MBPO_ENSEMBLE_REQUIRE(obs && act, "ensemble_predict: null input pointer");
   const int64_t E = v.ensemble_size, out_dim = v.out_dim();
   const int64_t tiles_per_member = (batch + kTileRows - 1) / kTileRows;
-  const cpu::DenseFn dense = active_dense();
+  const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
   run_tiles(E * tiles_per_member, batch * E, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
@@ -271,12 +290,10 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
       const int64_t row0 = (t % tiles_per_member) * kTileRows;
       const int64_t rows = std::min(kTileRows, batch - row0);
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, dense);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = (e * batch + row0 + r) * out_dim;
-        kernels::predict_row_epilogue(head + r * ld, v.max_logvar, v.min_logvar, out_dim,
-                                      mean_out ? mean_out + o : nullptr, var_out ? var_out + o : nullptr);
-      }
+      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern.dense);
+      const int64_t o = (e * batch + row0) * out_dim;
+      kern.predict_epilogue(head, ld, rows, out_dim, v.max_logvar, v.min_logvar, mean_out ? mean_out + o : nullptr,
+                            var_out ? var_out + o : nullptr);
     }
   });
 }
@@ -291,17 +308,17 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
     members = v.elites;
     n_members = v.num_elites;
   }
-  require(n_members >= 1, "members: expected at least one member, got " + std::to_string(n_members));
+  MBPO_ENSEMBLE_REQUIRE(n_members >= 1, "members: expected at least one member, got " + std::to_string(n_members));
   for (int64_t m = 0; m < n_members; ++m) {
-    require(members[m] >= 0 && members[m] < v.ensemble_size,
+    MBPO_ENSEMBLE_REQUIRE(members[m] >= 0 && members[m] < v.ensemble_size,
             "members: entry " + std::to_string(m) + " = " + std::to_string(members[m]) + " is out of range [0, " +
                 std::to_string(v.ensemble_size) + ")");
   }
   if (batch == 0) return;
-  require(obs && act && out, "ensemble_disagreement: null input or output pointer");
+  MBPO_ENSEMBLE_REQUIRE(obs && act && out, "ensemble_disagreement: null input or output pointer");
   const int64_t out_dim = v.out_dim();
   const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
-  const cpu::DenseFn dense = active_dense();
+  const cpu::DenseFn dense = active_kernels().dense;
   const int64_t ld = round_up16(v.max_width());
   run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
     Scratch& s = scratch();
@@ -347,7 +364,7 @@ void ensemble_set_kernel(const std::string& name) {
   kernel_setting().store(static_cast<int>(k));
 }
 
-std::string ensemble_kernel() { return active_dense() == &cpu::dense_avx512 ? "avx512" : "portable"; }
+std::string ensemble_kernel() { return active_kernels().avx512 ? "avx512" : "portable"; }
 
 bool ensemble_avx512_available() { return cpu::dense_avx512_supported(); }
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -649,6 +650,13 @@ void bind_replay_pool(py::module_& m) {
 // Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
 // dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
 py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
+  if (py::isinstance<py::array>(obj)) {  // fast path: already a contiguous int64 vector
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() == 'i' && a.itemsize() == 8 && a.ndim() == 1 &&
+        (a.flags() & py::array::c_style) == py::array::c_style && (n < 0 || a.shape(0) == n)) {
+      return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(obj);
+    }
+  }
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
                                  std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -662,6 +670,25 @@ py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const cha
     throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + ", got " + shape_str(got));
   }
   return py::array_t<int64_t, py::array::c_style>::ensure(arr);
+}
+
+// as_f32 with a fast path for the common case (already a C-contiguous float32 ndarray:
+// borrowed with a shape check, no conversion machinery): the per-call overhead of the
+// ensemble ops is ~14 such arrays, which matters at B = 1.
+py::array_t<float, py::array::c_style> borrow_f32(py::handle obj, const char* name,
+                                                  std::initializer_list<int64_t> expected) {
+  if (py::isinstance<py::array>(obj)) {
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.dtype().num() == py::detail::npy_api::NPY_FLOAT_ &&
+        (arr.flags() & py::array::c_style) == py::array::c_style &&
+        arr.ndim() == static_cast<py::ssize_t>(expected.size())) {
+      bool ok = true;
+      py::ssize_t i = 0;
+      for (int64_t e : expected) ok = ok && (e < 0 || e == arr.shape(i++));
+      if (ok) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(obj);
+    }
+  }
+  return as_f32(obj, name, std::vector<int64_t>(expected));  // converts, or raises the standard messages
 }
 
 // The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
@@ -689,10 +716,10 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
                           std::to_string(py::len(biases)));
   }
   args.keep.reserve(static_cast<size_t>(2 * n_layers + 4));
-  auto mean = as_f32(input_mean, "input_mean", {-1});
+  auto mean = borrow_f32(input_mean, "input_mean", {-1});
   const int64_t in = dim(mean, 0);
-  auto std_ = as_f32(input_std, "input_std", {in});
-  auto last = as_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
+  auto std_ = borrow_f32(input_std, "input_std", {in});
+  auto last = borrow_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
   const int64_t out_width = dim(last, 2);
   if (out_width < 4 || out_width % 2 != 0) {
     throw py::value_error("weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), got " +
@@ -707,14 +734,21 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
   v.num_layers = static_cast<int>(n_layers);
   v.widths[0] = in;
   int64_t E = -1;
+  // Argument names for the messages, built once (not per call).
+  static const auto names = [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("weights[" + std::to_string(i) + "]");
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("biases[" + std::to_string(i) + "]");
+    return out;
+  }();
   for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string wname = "weights[" + std::to_string(i) + "]";
-    const std::string bname = "biases[" + std::to_string(i) + "]";
-    auto w = as_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
+    const std::string& wname = names[static_cast<size_t>(i)];
+    const std::string& bname = names[static_cast<size_t>(kEnsembleMaxLayers + i)];
+    auto w = borrow_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
     if (E < 0) E = dim(w, 0);
     const int64_t n = dim(w, 2);
     if (E < 1 || n < 1) throw py::value_error(wname + ": expected non-empty dimensions, got " + shape_str(shape_of(w)));
-    auto b = as_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
+    auto b = borrow_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
     v.widths[i + 1] = n;
     v.weights[i] = w.data();
     v.biases[i] = b.data();
@@ -722,8 +756,8 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
     args.keep.push_back(std::move(b));
   }
   v.ensemble_size = E;
-  auto maxlv = as_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
-  auto minlv = as_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
+  auto maxlv = borrow_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
+  auto minlv = borrow_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
   require_finite(mean.data(), in, "input_mean");
   require_finite(std_.data(), in, "input_std");
   for (int64_t c = 0; c < in; ++c) {
@@ -754,9 +788,9 @@ EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py
 // obs [B, obs_dim] and act [B, act_dim], finite.
 std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::c_style>> ensemble_inputs(
     py::handle obs, py::handle act, const EnsembleView& v) {
-  auto o = as_f32(obs, "obs", {-1, v.obs_dim});
+  auto o = borrow_f32(obs, "obs", {-1, v.obs_dim});
   const int64_t B = dim(o, 0);
-  auto a = as_f32(act, "act", {B, v.act_dim});
+  auto a = borrow_f32(act, "act", {B, v.act_dim});
   require_finite(o.data(), B * v.obs_dim, "obs");
   require_finite(a.data(), B * v.act_dim, "act");
   return {std::move(o), std::move(a)};
