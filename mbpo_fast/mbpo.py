@@ -207,9 +207,9 @@ class MBPO:
         """One real env step with everything MBPO does around it."""
         cfg = self.config
         in_random_phase = self.env_steps < cfg.init_random_steps
-        if not in_random_phase and (self.env_steps - cfg.init_random_steps) \
-                % cfg.model_train_freq == 0:
-            self.train_model_and_rollout()
+        if not in_random_phase and len(self.real_pool) > 0 and \
+                (self.env_steps - cfg.init_random_steps) % cfg.model_train_freq == 0:
+            self.train_model_and_rollout()  # (not at step 0 of a run without random steps)
         t0 = time.perf_counter()
         # The collector resets the env as soon as an episode ends; that reset draws from the
         # env's RNG. Keep the RNG state from before the step so a checkpoint taken at an

@@ -296,3 +296,13 @@ def test_cli_bench_runs(capsys, one_thread):
     out = capsys.readouterr().out
     for key in ("backend", "pool.sample", "ensemble.step 64 rows", "sac.update", "rollout step"):
         assert key in out
+
+
+def test_no_random_phase(tmp_path, one_thread):
+    """init_random_steps=0: the policy acts from step 0, the first fit waits for data."""
+    cfg = _tiny_config(total_steps=120, init_random_steps=0, checkpoint_freq=0, eval_freq=60)
+    algo = MBPO(cfg, logdir=tmp_path, quiet=True)
+    algo.train()
+    algo.close()
+    assert algo.num_model_trainings == 2  # at steps 50 and 100
+    assert algo.agent.num_updates == 120 * cfg.num_sac_updates
