@@ -1278,6 +1278,8 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   bind_core(m);
+  bind_termination(m);
+  bind_replay_pool(m);
   bind_ensemble(m);
   bind_termination(m);
   bind_replay_pool(m);
