@@ -78,10 +78,6 @@ py::array_t<float, py::array::c_style | py::array::forcecast> as_f32(py::handle 
   auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
   if (!out) throw py::error_already_set();
   return out;
-  // forcecast: without it ensure() returns null for float64 -> float32 ("unsafe" cast).
-  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
-  if (!out) throw py::error_already_set();
-  return py::array_t<float, py::array::c_style>(std::move(out));
 }
 
 // Raises ValueError when any of the n values is NaN or infinite.
