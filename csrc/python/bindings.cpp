@@ -1274,8 +1274,6 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   bind_core(m);
-  bind_termination(m);
-  bind_replay_pool(m);
   bind_ensemble(m);
   bind_termination(m);
   bind_replay_pool(m);
