@@ -15,10 +15,13 @@ from importlib import metadata as _metadata
 
 from . import _backend
 from .collect import EnvCollector, EpisodeStats, StepInfo
-from .termination import KNOWN_ENV_IDS, termination_fn
-from .pool import ReplayPool, sample_mixed
+from .config import MBPOConfig
 from .ensemble import EnsembleDynamics
+from .mbpo import MBPO
+from .pool import ReplayPool, sample_mixed
+from .rollout import BranchedRollout, RolloutStats
 from .sac import SAC
+from .termination import KNOWN_ENV_IDS, termination_fn
 from .types import Transition
 
 try:
@@ -97,12 +100,16 @@ def set_num_threads(n: int) -> None:
 
 __all__ = [
     "KNOWN_ENV_IDS",
+    "MBPO",
+    "SAC",
+    "BranchedRollout",
     "EnvCollector",
     "EpisodeStats",
     "StepInfo",
+    "MBPOConfig",
     "ReplayPool",
+    "RolloutStats",
     "EnsembleDynamics",
-    "SAC",
     "Transition",
     "__version__",
     "backend",

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <initializer_list>
@@ -19,12 +20,14 @@
 #include <string>
 #include <vector>
 
+#include "mbpo_fast/actor.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
-#include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rng.h"
+#include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
 
 namespace py = pybind11;
@@ -170,6 +173,321 @@ void bind_core(py::module_& m) {
       "Fills n floats of device memory at out_ptr (e.g. torch.Tensor.data_ptr()) on the GPU.");
 }
 
+
+// ------------------------------------------------------------------ section: ensemble
+
+// Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
+// dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
+py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
+  if (py::isinstance<py::array>(obj)) {  // fast path: already a contiguous int64 vector
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().kind() == 'i' && a.itemsize() == 8 && a.ndim() == 1 &&
+        (a.flags() & py::array::c_style) == py::array::c_style && (n < 0 || a.shape(0) == n)) {
+      return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(obj);
+    }
+  }
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
+                                 std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(name) + ": expected an integer dtype (int64 preferred), got " +
+                         std::string(py::str(arr.dtype())));
+  }
+  const auto got = shape_of(arr);
+  if (got.size() != 1 || (n >= 0 && got[0] != n)) {
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + ", got " + shape_str(got));
+  }
+  return py::array_t<int64_t, py::array::c_style>::ensure(arr);
+}
+
+// as_f32 with a fast path for the common case (already a C-contiguous float32 ndarray:
+// borrowed with a shape check, no conversion machinery): the per-call overhead of the
+// ensemble ops is ~14 such arrays, which matters at B = 1.
+py::array_t<float, py::array::c_style> borrow_f32(py::handle obj, const char* name,
+                                                  std::initializer_list<int64_t> expected) {
+  if (py::isinstance<py::array>(obj)) {
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.dtype().num() == py::detail::npy_api::NPY_FLOAT_ &&
+        (arr.flags() & py::array::c_style) == py::array::c_style &&
+        arr.ndim() == static_cast<py::ssize_t>(expected.size())) {
+      bool ok = true;
+      py::ssize_t i = 0;
+      for (int64_t e : expected) ok = ok && (e < 0 || e == arr.shape(i++));
+      if (ok) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(obj);
+    }
+  }
+  return as_f32(obj, name, std::vector<int64_t>(expected));  // converts, or raises the standard messages
+}
+
+// The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
+// when they already are contiguous float32) and the raw-pointer view over them.
+struct EnsembleArgs {
+  std::vector<py::array_t<float, py::array::c_style>> keep;
+  std::vector<py::array> keep_any;  // packed bf16 weights
+  py::array_t<int64_t, py::array::c_style> elites;
+  EnsembleView view;
+};
+
+int64_t dim(const py::array& a, int i) { return static_cast<int64_t>(a.shape(i)); }
+
+EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py::sequence& weights,
+                           const py::sequence& biases, py::handle max_logvar, py::handle min_logvar,
+                           py::handle elites) {
+  EnsembleArgs args;
+  EnsembleView& v = args.view;
+  const auto n_layers = static_cast<int64_t>(py::len(weights));
+  if (n_layers < 1 || n_layers > kEnsembleMaxLayers) {
+    throw py::value_error("weights: expected a list of 1.." + std::to_string(kEnsembleMaxLayers) +
+                          " layer weights, got " + std::to_string(n_layers));
+  }
+  if (static_cast<int64_t>(py::len(biases)) != n_layers) {
+    throw py::value_error("biases: expected " + std::to_string(n_layers) + " arrays (one per weight), got " +
+                          std::to_string(py::len(biases)));
+  }
+  args.keep.reserve(static_cast<size_t>(2 * n_layers + 4));
+  auto mean = borrow_f32(input_mean, "input_mean", {-1});
+  const int64_t in = dim(mean, 0);
+  auto std_ = borrow_f32(input_std, "input_std", {in});
+  auto last = borrow_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
+  const int64_t out_width = dim(last, 2);
+  if (out_width < 4 || out_width % 2 != 0) {
+    throw py::value_error("weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), got " +
+                          std::to_string(out_width));
+  }
+  v.obs_dim = out_width / 2 - 1;
+  v.act_dim = in - v.obs_dim;
+  if (v.act_dim < 0) {
+    throw py::value_error("input_mean: length " + std::to_string(in) + " is smaller than obs_dim = " +
+                          std::to_string(v.obs_dim) + " (from weights[-1])");
+  }
+  v.num_layers = static_cast<int>(n_layers);
+  v.widths[0] = in;
+  int64_t E = -1;
+  // Argument names for the messages, built once (not per call).
+  static const auto names = [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("weights[" + std::to_string(i) + "]");
+    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("biases[" + std::to_string(i) + "]");
+    return out;
+  }();
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const std::string& wname = names[static_cast<size_t>(i)];
+    const std::string& bname = names[static_cast<size_t>(kEnsembleMaxLayers + i)];
+    auto w = borrow_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
+    if (E < 0) E = dim(w, 0);
+    const int64_t n = dim(w, 2);
+    if (E < 1 || n < 1) throw py::value_error(wname + ": expected non-empty dimensions, got " + shape_str(shape_of(w)));
+    auto b = borrow_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
+    v.widths[i + 1] = n;
+    v.weights[i] = w.data();
+    v.biases[i] = b.data();
+    args.keep.push_back(std::move(w));
+    args.keep.push_back(std::move(b));
+  }
+  v.ensemble_size = E;
+  auto maxlv = borrow_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
+  auto minlv = borrow_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
+  require_finite(mean.data(), in, "input_mean");
+  require_finite(std_.data(), in, "input_std");
+  for (int64_t c = 0; c < in; ++c) {
+    if (!(std_.data()[c] > 0.0f)) {
+      throw py::value_error("input_std: every entry must be > 0, got " + std::to_string(std_.data()[c]) +
+                            " at index " + std::to_string(c));
+    }
+  }
+  require_finite(maxlv.data(), v.obs_dim + 1, "max_logvar");
+  require_finite(minlv.data(), v.obs_dim + 1, "min_logvar");
+  v.input_mean = mean.data();
+  v.input_std = std_.data();
+  v.max_logvar = maxlv.data();
+  v.min_logvar = minlv.data();
+  args.keep.push_back(std::move(mean));
+  args.keep.push_back(std::move(std_));
+  args.keep.push_back(std::move(maxlv));
+  args.keep.push_back(std::move(minlv));
+  if (!elites.is_none()) {
+    args.elites = as_i64_vector(elites, "elites", -1);
+    v.elites = args.elites.data();
+    v.num_elites = dim(args.elites, 0);
+  }
+  v.validate(false);  // elite range, widths: InvalidArgument -> ValueError
+  return args;
+}
+
+// Attaches optional packed bf16 weights (ensemble_pack_bf16): a list of uint16 arrays
+// [E, ceil(in_i / 2), out_i, 2], one per layer, kept alive in args.
+void attach_bf16(EnsembleArgs& args, py::handle weights_bf16) {
+  if (weights_bf16.is_none()) return;
+  EnsembleView& v = args.view;
+  auto seq = py::reinterpret_borrow<py::sequence>(weights_bf16);
+  if (!py::isinstance<py::sequence>(weights_bf16) || static_cast<int64_t>(py::len(seq)) != v.num_layers) {
+    throw py::value_error("weights_bf16: expected a list of " + std::to_string(v.num_layers) +
+                          " packed arrays (ensemble_pack_bf16(weights)) or None");
+  }
+  for (int i = 0; i < v.num_layers; ++i) {
+    const std::string name = "weights_bf16[" + std::to_string(i) + "]";
+    py::handle item = seq[static_cast<size_t>(i)];
+    if (!py::isinstance<py::array_t<uint16_t>>(item)) {
+      throw py::type_error(name + ": expected a uint16 numpy array from ensemble_pack_bf16");
+    }
+    auto arr = py::reinterpret_borrow<py::array>(item);
+    const std::vector<int64_t> expected{v.ensemble_size, ((v.widths[i] + 1) / 2 + 15) / 16 * 16,
+                                        (v.widths[i + 1] + 15) / 16 * 16, 2};
+    if (shape_of(arr) != expected || (arr.flags() & py::array::c_style) != py::array::c_style) {
+      throw py::value_error(name + ": expected a C-contiguous array of shape " + shape_str(expected) + ", got " +
+                            shape_str(shape_of(arr)));
+    }
+    v.weights_bf16[i] = static_cast<const uint16_t*>(arr.data());
+    args.keep_any.push_back(arr);
+  }
+}
+
+// obs [B, obs_dim] and act [B, act_dim], finite.
+std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::c_style>> ensemble_inputs(
+    py::handle obs, py::handle act, const EnsembleView& v) {
+  auto o = borrow_f32(obs, "obs", {-1, v.obs_dim});
+  const int64_t B = dim(o, 0);
+  auto a = borrow_f32(act, "act", {B, v.act_dim});
+  require_finite(o.data(), B * v.obs_dim, "obs");
+  require_finite(a.data(), B * v.act_dim, "act");
+  return {std::move(o), std::move(a)};
+}
+
+void bind_ensemble(py::module_& m) {
+  m.def(
+      "ensemble_step",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, py::handle members,
+         uint64_t seed, bool deterministic, py::handle weights_bf16) {
+        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        attach_bf16(args, weights_bf16);
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        py::array_t<int64_t, py::array::c_style> mem;
+        const int64_t* mem_ptr = nullptr;
+        if (!members.is_none()) {
+          mem = as_i64_vector(members, "members", B);
+          mem_ptr = mem.data();
+          for (int64_t i = 0; i < B; ++i) {
+            if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
+              throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
+                                    " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+            }
+          }
+        } else if (v.num_elites < 1) {
+          throw py::value_error("elites: expected at least one elite index when members is None, got " +
+                                std::to_string(v.num_elites));
+        }
+        auto next_obs = new_array<float>({B, v.obs_dim});
+        auto rew = new_array<float>({B});
+        auto used = new_array<int64_t>({B});
+        float* pn = next_obs.mutable_data();
+        float* pr = rew.mutable_data();
+        int64_t* pu = used.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_step(v, o.data(), a.data(), B, seed, deterministic, mem_ptr, pn, pr, pu);
+        }
+        return py::make_tuple(next_obs, rew, used);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
+      py::arg("members") = py::none(), py::arg("seed") = 0, py::arg("deterministic") = false,
+      py::arg("weights_bf16") = py::none(),
+      "One sampled model step per row, running only the chosen member.\n"
+      "obs f32 [B, obs_dim], act f32 [B, act_dim]; weights[i] f32 [E, in_i, out_i], biases[i] f32 [E, out_i];\n"
+      "elites int64 [K]; members None (uniform elite per row from Philox) or int64 [B].\n"
+      "Returns (next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]).");
+  m.def(
+      "ensemble_predict",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle weights_bf16) {
+        EnsembleArgs args =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        attach_bf16(args, weights_bf16);
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto mean = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
+        auto var = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
+        float* pm = mean.mutable_data();
+        float* pv = var.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_predict(v, o.data(), a.data(), B, pm, pv);
+        }
+        return py::make_tuple(mean, var);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("weights_bf16") = py::none(),
+      "Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward).");
+  m.def(
+      "ensemble_disagreement",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle members,
+         py::handle weights_bf16) {
+        EnsembleArgs args =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
+        attach_bf16(args, weights_bf16);
+        const EnsembleView& v = args.view;
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto mem = as_i64_vector(members, "members", -1);
+        const int64_t M = dim(mem, 0);
+        if (M < 1) throw py::value_error("members: expected at least one member index, got an empty array");
+        for (int64_t i = 0; i < M; ++i) {
+          if (mem.data()[i] < 0 || mem.data()[i] >= v.ensemble_size) {
+            throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem.data()[i]) +
+                                  " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+          }
+        }
+        auto out = new_array<float>({B});
+        float* po = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_disagreement(v, o.data(), a.data(), B, mem.data(), M, po);
+        }
+        return out;
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("members"),
+      py::arg("weights_bf16") = py::none(),
+      "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
+      "predicted means, averaged over the obs_dim + 1 outputs.");
+  m.def(
+      "ensemble_pack_bf16",
+      [](py::sequence weights) {
+        py::list out;
+        for (size_t i = 0; i < py::len(weights); ++i) {
+          const std::string name = "weights[" + std::to_string(i) + "]";
+          auto w = as_f32(weights[i], name.c_str(), {-1, -1, -1});
+          const int64_t E = dim(w, 0), in = dim(w, 1), n = dim(w, 2);
+          if (E < 1 || in < 1 || n < 1) throw py::value_error(name + ": expected non-empty dimensions");
+          require_finite(w.data(), E * in * n, name.c_str());
+          auto packed = new_array<uint16_t>({E, ((in + 1) / 2 + 15) / 16 * 16, (n + 15) / 16 * 16, 2});
+          uint16_t* p = packed.mutable_data();
+          {
+            py::gil_scoped_release release;
+            ensemble_pack_bf16(w.data(), E, in, n, p);
+          }
+          out.append(packed);
+        }
+        return out;
+      },
+      py::arg("weights"),
+      "Packs float32 weights [E, in, out] into bf16 [E, P, C, 2], P = ceil(ceil(in/2)/16)*16,\n"
+      "C = ceil(out/16)*16 (k pairs interleaved, zero padding, round to nearest even) for the\n"
+      "weights_bf16 argument of the ensemble ops. A snapshot: pack again after the weights change.");
+  m.def("ensemble_bf16_native", &ensemble_bf16_native,
+        "True when bf16 weights run on AVX512_BF16/AMX instructions (else a slow portable emulation).");
+  m.def("ensemble_bf16_amx", &ensemble_bf16_amx,
+        "True when tiles of >= 16 rows with bf16 weights run on AMX tiles.");
+  m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
+        "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
+  m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");
+}
 // ------------------------------------------------------------------ section: termination
 
 void bind_termination(py::module_& m) {
@@ -589,6 +907,11 @@ void bind_replay_pool(py::module_& m) {
            [](NativePool& p) {
              PoolLock lock(p);
              PoolBatch out({p.pool.size()}, p.pool.obs_dim(), p.pool.act_dim());
+             {  // the GIL must be held again before out.tuple() builds Python objects
+               std::optional<py::gil_scoped_release> release;
+               if (p.pool.size() * p.pool.row_bytes() > kPoolGilBytes) release.emplace();
+               p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
+             }
              maybe_without_gil(p.pool.size() * p.pool.row_bytes() > kPoolGilBytes, [&] {
                p.pool.transitions(out.o(), out.a(), out.r(), out.n(), out.t());
              });
@@ -647,321 +970,295 @@ void bind_replay_pool(py::module_& m) {
       "model_pool.");
 }
 
+// ------------------------------------------------------------------ section: rollout
 
-// ------------------------------------------------------------------ section: ensemble
-
-// Converts `obj` to a C-contiguous int64 array of shape [n] (n < 0: any length). Integer
-// dtypes only (TypeError otherwise): a float member index is a bug, not a conversion.
-py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const char* name, int64_t n) {
-  if (py::isinstance<py::array>(obj)) {  // fast path: already a contiguous int64 vector
-    auto a = py::reinterpret_borrow<py::array>(obj);
-    if (a.dtype().kind() == 'i' && a.itemsize() == 8 && a.ndim() == 1 &&
-        (a.flags() & py::array::c_style) == py::array::c_style && (n < 0 || a.shape(0) == n)) {
-      return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(obj);
-    }
-  }
-  py::array arr = py::array::ensure(obj);
-  if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
-                                 std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
-  const char kind = arr.dtype().kind();
-  if (kind != 'i' && kind != 'u') {
-    throw py::type_error(std::string(name) + ": expected an integer dtype (int64 preferred), got " +
-                         std::string(py::str(arr.dtype())));
-  }
-  const auto got = shape_of(arr);
-  if (got.size() != 1 || (n >= 0 && got[0] != n)) {
-    throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + ", got " + shape_str(got));
-  }
-  return py::array_t<int64_t, py::array::c_style>::ensure(arr);
-}
-
-// as_f32 with a fast path for the common case (already a C-contiguous float32 ndarray:
-// borrowed with a shape check, no conversion machinery): the per-call overhead of the
-// ensemble ops is ~14 such arrays, which matters at B = 1.
-py::array_t<float, py::array::c_style> borrow_f32(py::handle obj, const char* name,
-                                                  std::initializer_list<int64_t> expected) {
-  if (py::isinstance<py::array>(obj)) {
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    if (arr.dtype().num() == py::detail::npy_api::NPY_FLOAT_ &&
-        (arr.flags() & py::array::c_style) == py::array::c_style &&
-        arr.ndim() == static_cast<py::ssize_t>(expected.size())) {
-      bool ok = true;
-      py::ssize_t i = 0;
-      for (int64_t e : expected) ok = ok && (e < 0 || e == arr.shape(i++));
-      if (ok) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(obj);
-    }
-  }
-  return as_f32(obj, name, std::vector<int64_t>(expected));  // converts, or raises the standard messages
-}
-
-// The borrowed parameters of one call: the arrays (kept alive for the call, zero-copy
-// when they already are contiguous float32) and the raw-pointer view over them.
-struct EnsembleArgs {
-  std::vector<py::array_t<float, py::array::c_style>> keep;
-  std::vector<py::array> keep_any;  // packed bf16 weights
-  py::array_t<int64_t, py::array::c_style> elites;
-  EnsembleView view;
+// The borrowed actor parameters of one call and the raw-pointer view over them.
+struct ActorArgs {
+  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+  ActorView view;
 };
 
-int64_t dim(const py::array& a, int i) { return static_cast<int64_t>(a.shape(i)); }
-
-EnsembleArgs ensemble_args(py::handle input_mean, py::handle input_std, const py::sequence& weights,
-                           const py::sequence& biases, py::handle max_logvar, py::handle min_logvar,
-                           py::handle elites) {
-  EnsembleArgs args;
-  EnsembleView& v = args.view;
-  const auto n_layers = static_cast<int64_t>(py::len(weights));
-  if (n_layers < 1 || n_layers > kEnsembleMaxLayers) {
-    throw py::value_error("weights: expected a list of 1.." + std::to_string(kEnsembleMaxLayers) +
-                          " layer weights, got " + std::to_string(n_layers));
+// weights[i]: [in_i, out_i] or the ensemble-of-one layout [1, in_i, out_i] (SAC.actor_weights);
+// biases[i]: [out_i] or [1, out_i].
+ActorArgs actor_args(const py::sequence& weights, const py::sequence& biases, py::handle action_scale,
+                     py::handle action_bias, py::handle action_low, py::handle action_high,
+                     double log_std_min, double log_std_max, const char* wname = "actor_weights",
+                     const char* bname = "actor_biases") {
+  ActorArgs args;
+  ActorView& v = args.view;
+  const auto L = static_cast<int64_t>(py::len(weights));
+  if (L < 1 || L > kActorMaxLayers) {
+    throw py::value_error(std::string(wname) + ": expected a list of 1.." + std::to_string(kActorMaxLayers) +
+                          " layer weights, got " + std::to_string(L));
   }
-  if (static_cast<int64_t>(py::len(biases)) != n_layers) {
-    throw py::value_error("biases: expected " + std::to_string(n_layers) + " arrays (one per weight), got " +
-                          std::to_string(py::len(biases)));
+  if (static_cast<int64_t>(py::len(biases)) != L) {
+    throw py::value_error(std::string(bname) + ": expected " + std::to_string(L) +
+                          " arrays (one per weight), got " + std::to_string(py::len(biases)));
   }
-  args.keep.reserve(static_cast<size_t>(2 * n_layers + 4));
-  auto mean = borrow_f32(input_mean, "input_mean", {-1});
-  const int64_t in = dim(mean, 0);
-  auto std_ = borrow_f32(input_std, "input_std", {in});
-  auto last = borrow_f32(weights[static_cast<size_t>(n_layers - 1)], "weights[-1]", {-1, -1, -1});
-  const int64_t out_width = dim(last, 2);
-  if (out_width < 4 || out_width % 2 != 0) {
-    throw py::value_error("weights[-1]: the output width must be 2 * (obs_dim + 1) (even, >= 4), got " +
-                          std::to_string(out_width));
-  }
-  v.obs_dim = out_width / 2 - 1;
-  v.act_dim = in - v.obs_dim;
-  if (v.act_dim < 0) {
-    throw py::value_error("input_mean: length " + std::to_string(in) + " is smaller than obs_dim = " +
-                          std::to_string(v.obs_dim) + " (from weights[-1])");
-  }
-  v.num_layers = static_cast<int>(n_layers);
-  v.widths[0] = in;
-  int64_t E = -1;
-  // Argument names for the messages, built once (not per call).
-  static const auto names = [] {
-    std::vector<std::string> out;
-    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("weights[" + std::to_string(i) + "]");
-    for (int i = 0; i < kEnsembleMaxLayers; ++i) out.push_back("biases[" + std::to_string(i) + "]");
-    return out;
-  }();
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const std::string& wname = names[static_cast<size_t>(i)];
-    const std::string& bname = names[static_cast<size_t>(kEnsembleMaxLayers + i)];
-    auto w = borrow_f32(weights[static_cast<size_t>(i)], wname.c_str(), {E, v.widths[i], -1});
-    if (E < 0) E = dim(w, 0);
-    const int64_t n = dim(w, 2);
-    if (E < 1 || n < 1) throw py::value_error(wname + ": expected non-empty dimensions, got " + shape_str(shape_of(w)));
-    auto b = borrow_f32(biases[static_cast<size_t>(i)], bname.c_str(), {E, n});
+  v.num_layers = static_cast<int>(L);
+  args.keep.reserve(static_cast<size_t>(2 * L + 4));
+  for (int64_t i = 0; i < L; ++i) {
+    const std::string wn = std::string(wname) + "[" + std::to_string(i) + "]";
+    const std::string bn = std::string(bname) + "[" + std::to_string(i) + "]";
+    py::array w = py::array::ensure(weights[static_cast<size_t>(i)]);
+    const bool batched = w && w.ndim() == 3;
+    const int64_t k_expected = i == 0 ? -1 : v.widths[i];
+    auto wa = batched ? as_f32(w, wn.c_str(), {1, k_expected, -1})
+                      : as_f32(weights[static_cast<size_t>(i)], wn.c_str(), {k_expected, -1});
+    const int64_t k = wa.shape(batched ? 1 : 0), n = wa.shape(batched ? 2 : 1);
+    if (k < 1 || n < 1)
+      throw py::value_error(wn + ": expected non-empty dimensions, got " + shape_str(shape_of(wa)));
+    auto ba = batched ? as_f32(biases[static_cast<size_t>(i)], bn.c_str(), {1, n})
+                      : as_f32(biases[static_cast<size_t>(i)], bn.c_str(), {n});
+    if (i == 0) v.widths[0] = k;
     v.widths[i + 1] = n;
-    v.weights[i] = w.data();
-    v.biases[i] = b.data();
-    args.keep.push_back(std::move(w));
-    args.keep.push_back(std::move(b));
+    v.weights[i] = wa.data();
+    v.biases[i] = ba.data();
+    args.keep.push_back(std::move(wa));
+    args.keep.push_back(std::move(ba));
   }
-  v.ensemble_size = E;
-  auto maxlv = borrow_f32(max_logvar, "max_logvar", {v.obs_dim + 1});
-  auto minlv = borrow_f32(min_logvar, "min_logvar", {v.obs_dim + 1});
-  require_finite(mean.data(), in, "input_mean");
-  require_finite(std_.data(), in, "input_std");
-  for (int64_t c = 0; c < in; ++c) {
-    if (!(std_.data()[c] > 0.0f)) {
-      throw py::value_error("input_std: every entry must be > 0, got " + std::to_string(std_.data()[c]) +
-                            " at index " + std::to_string(c));
-    }
+  v.obs_dim = v.widths[0];
+  const int64_t out = v.widths[L];
+  if (out < 2 || out % 2 != 0) {
+    throw py::value_error(std::string(wname) +
+                          "[-1]: the output width must be 2 * act_dim (mean, log_std), got " +
+                          std::to_string(out));
   }
-  require_finite(maxlv.data(), v.obs_dim + 1, "max_logvar");
-  require_finite(minlv.data(), v.obs_dim + 1, "min_logvar");
-  v.input_mean = mean.data();
-  v.input_std = std_.data();
-  v.max_logvar = maxlv.data();
-  v.min_logvar = minlv.data();
-  args.keep.push_back(std::move(mean));
-  args.keep.push_back(std::move(std_));
-  args.keep.push_back(std::move(maxlv));
-  args.keep.push_back(std::move(minlv));
-  if (!elites.is_none()) {
-    args.elites = as_i64_vector(elites, "elites", -1);
-    v.elites = args.elites.data();
-    v.num_elites = dim(args.elites, 0);
+  v.act_dim = out / 2;
+  auto scale = as_f32(action_scale, "action_scale", {v.act_dim});
+  auto bias = as_f32(action_bias, "action_bias", {v.act_dim});
+  v.action_scale = scale.data();
+  v.action_bias = bias.data();
+  args.keep.push_back(std::move(scale));
+  args.keep.push_back(std::move(bias));
+  if (action_low.is_none() != action_high.is_none()) {
+    throw py::value_error("action_low, action_high: give both or neither");
   }
-  v.validate(false);  // elite range, widths: InvalidArgument -> ValueError
+  if (!action_low.is_none()) {
+    auto lo = as_f32(action_low, "action_low", {v.act_dim});
+    auto hi = as_f32(action_high, "action_high", {v.act_dim});
+    v.action_low = lo.data();
+    v.action_high = hi.data();
+    args.keep.push_back(std::move(lo));
+    args.keep.push_back(std::move(hi));
+  }
+  v.log_std_min = static_cast<float>(log_std_min);
+  v.log_std_max = static_cast<float>(log_std_max);
+  v.validate();  // InvalidArgument -> ValueError
   return args;
 }
 
-// Attaches optional packed bf16 weights (ensemble_pack_bf16): a list of uint16 arrays
-// [E, ceil(in_i / 2), out_i, 2], one per layer, kept alive in args.
-void attach_bf16(EnsembleArgs& args, py::handle weights_bf16) {
-  if (weights_bf16.is_none()) return;
-  EnsembleView& v = args.view;
-  auto seq = py::reinterpret_borrow<py::sequence>(weights_bf16);
-  if (!py::isinstance<py::sequence>(weights_bf16) || static_cast<int64_t>(py::len(seq)) != v.num_layers) {
-    throw py::value_error("weights_bf16: expected a list of " + std::to_string(v.num_layers) +
-                          " packed arrays (ensemble_pack_bf16(weights)) or None");
+NativePool& native_pool_arg(py::handle obj, const char* name) {
+  if (!py::isinstance<NativePool>(obj)) {
+    throw py::type_error(std::string(name) +
+                         ": expected a native pool (mbpo_fast._C.ReplayPool, e.g. "
+                         "mbpo_fast.ReplayPool(...)._impl on the native backend), got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   }
-  for (int i = 0; i < v.num_layers; ++i) {
-    const std::string name = "weights_bf16[" + std::to_string(i) + "]";
-    py::handle item = seq[static_cast<size_t>(i)];
-    if (!py::isinstance<py::array_t<uint16_t>>(item)) {
-      throw py::type_error(name + ": expected a uint16 numpy array from ensemble_pack_bf16");
+  return obj.cast<NativePool&>();
+}
+
+py::dict rollout_stats_dict(const RolloutStats& s) {
+  py::dict d;
+  d["num_starts"] = s.num_starts;
+  d["rows_added"] = s.rows_added;
+  d["mean_length"] = s.mean_length;
+  d["frac_terminated"] = s.frac_terminated;
+  d["num_terminated"] = s.num_terminated;
+  d["nonfinite"] = s.nonfinite;
+  d["mean_disagreement"] = s.mean_disagreement;
+  d["disagreement_rows"] = s.disagreement_rows;
+  d["steps_run"] = s.steps_run;
+  d["seconds"] = s.seconds;
+  return d;
+}
+
+// A custom termination written in Python: fn(obs, act, next_obs) -> bool [n]. Called with
+// the GIL held and fresh copies of the rows (the callee may keep them).
+TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) {
+  return [fn = std::move(fn), od, ad](const float* o, const float* a, const float* next, int64_t n,
+                                      uint8_t* out) {
+    py::gil_scoped_acquire gil;
+    auto copy = [](const float* p, int64_t rows, int64_t cols) {
+      auto arr = new_array<float>({rows, cols});
+      std::memcpy(arr.mutable_data(), p, sizeof(float) * static_cast<size_t>(rows * cols));
+      return arr;
+    };
+    py::object res = fn(copy(o, n, od), copy(a, n, ad), copy(next, n, od));
+    py::array arr = py::array::ensure(res);
+    if (!arr || (arr.dtype().kind() != 'b' && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
+      throw py::type_error("termination: the callable must return a bool array, got " +
+                           (arr ? std::string(py::str(arr.dtype()))
+                                : std::string(py::str(py::type::handle_of(res).attr("__name__")))));
     }
-    auto arr = py::reinterpret_borrow<py::array>(item);
-    const std::vector<int64_t> expected{v.ensemble_size, ((v.widths[i] + 1) / 2 + 15) / 16 * 16,
-                                        (v.widths[i + 1] + 15) / 16 * 16, 2};
-    if (shape_of(arr) != expected || (arr.flags() & py::array::c_style) != py::array::c_style) {
-      throw py::value_error(name + ": expected a C-contiguous array of shape " + shape_str(expected) + ", got " +
+    if (arr.ndim() != 1 || arr.shape(0) != n) {
+      throw py::value_error("termination: the callable must return shape " + shape_str({n}) + ", got " +
                             shape_str(shape_of(arr)));
     }
-    v.weights_bf16[i] = static_cast<const uint16_t*>(arr.data());
-    args.keep_any.push_back(arr);
-  }
+    auto flags = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    const int64_t* f = flags.data();
+    for (int64_t i = 0; i < n; ++i) {
+      if (f[i] != 0 && f[i] != 1) {
+        throw py::value_error("termination: the callable must return 0/1 flags, got " + std::to_string(f[i]) +
+                              " at row " + std::to_string(i));
+      }
+      out[i] = static_cast<uint8_t>(f[i]);
+    }
+  };
 }
 
-// obs [B, obs_dim] and act [B, act_dim], finite.
-std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::c_style>> ensemble_inputs(
-    py::handle obs, py::handle act, const EnsembleView& v) {
-  auto o = borrow_f32(obs, "obs", {-1, v.obs_dim});
-  const int64_t B = dim(o, 0);
-  auto a = borrow_f32(act, "act", {B, v.act_dim});
-  require_finite(o.data(), B * v.obs_dim, "obs");
-  require_finite(a.data(), B * v.act_dim, "act");
-  return {std::move(o), std::move(a)};
-}
+void bind_rollout(py::module_& m) {
+  m.def(
+      "actor_act",
+      [](py::handle obs, py::sequence weights, py::sequence biases, py::handle action_scale,
+         py::handle action_bias, py::handle seed, uint64_t noise_offset, bool deterministic,
+         py::handle action_low, py::handle action_high, double log_std_min, double log_std_max) {
+        ActorArgs args = actor_args(weights, biases, action_scale, action_bias, action_low, action_high,
+                                    log_std_min, log_std_max, "weights", "biases");
+        const ActorView& v = args.view;
+        const uint64_t s = seed_arg(seed);
+        auto o = as_f32(obs, "obs", {-1, v.obs_dim});
+        const int64_t B = o.shape(0);
+        require_finite(o.data(), B * v.obs_dim, "obs");
+        auto act = new_array<float>({B, v.act_dim});
+        auto lp = new_array<float>({B});
+        float* pa = act.mutable_data();
+        float* pl = lp.mutable_data();
+        {
+          py::gil_scoped_release release;
+          actor_act(v, o.data(), B, s, noise_offset, deterministic, pa, pl);
+        }
+        return py::make_tuple(act, lp);
+      },
+      py::arg("obs"), py::arg("weights"), py::arg("biases"), py::arg("action_scale"), py::arg("action_bias"),
+      py::arg("seed") = 0, py::arg("noise_offset") = 0, py::arg("deterministic") = false,
+      py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
+      py::arg("log_std_max") = 2.0,
+      "SAC policy actions: obs f32 [B, obs_dim]; weights[i] f32 [in_i, out_i] or [1, in_i, out_i]; "
+      "biases[i]\n"
+      "[out_i] or [1, out_i] (last width 2 * act_dim: mean, log_std); action_scale/bias f32 [act_dim].\n"
+      "Noise of element j of row i: random_normal(seed, STREAM_POLICY_NOISE, noise_offset + i*act_dim + j).\n"
+      "action_low/high: the clamp box (default bias -/+ scale). Returns (act f32 [B, act_dim], log_prob f32 "
+      "[B]).");
 
-void bind_ensemble(py::module_& m) {
-  m.def(
-      "ensemble_step",
-      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
-         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, py::handle members,
-         uint64_t seed, bool deterministic, py::handle weights_bf16) {
-        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
-        attach_bf16(args, weights_bf16);
-        const EnsembleView& v = args.view;
-        auto [o, a] = ensemble_inputs(obs, act, v);
-        const int64_t B = dim(o, 0);
-        py::array_t<int64_t, py::array::c_style> mem;
-        const int64_t* mem_ptr = nullptr;
-        if (!members.is_none()) {
-          mem = as_i64_vector(members, "members", B);
-          mem_ptr = mem.data();
-          for (int64_t i = 0; i < B; ++i) {
-            if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
-              throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
-                                    " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
-            }
-          }
-        } else if (v.num_elites < 1) {
-          throw py::value_error("elites: expected at least one elite index when members is None, got " +
-                                std::to_string(v.num_elites));
-        }
-        auto next_obs = new_array<float>({B, v.obs_dim});
-        auto rew = new_array<float>({B});
-        auto used = new_array<int64_t>({B});
-        float* pn = next_obs.mutable_data();
-        float* pr = rew.mutable_data();
-        int64_t* pu = used.mutable_data();
-        {
-          py::gil_scoped_release release;
-          ensemble_step(v, o.data(), a.data(), B, seed, deterministic, mem_ptr, pn, pr, pu);
-        }
-        return py::make_tuple(next_obs, rew, used);
-      },
-      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
-      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
-      py::arg("members") = py::none(), py::arg("seed") = 0, py::arg("deterministic") = false,
-      py::arg("weights_bf16") = py::none(),
-      "One sampled model step per row, running only the chosen member.\n"
-      "obs f32 [B, obs_dim], act f32 [B, act_dim]; weights[i] f32 [E, in_i, out_i], biases[i] f32 [E, out_i];\n"
-      "elites int64 [K]; members None (uniform elite per row from Philox) or int64 [B].\n"
-      "Returns (next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]).");
-  m.def(
-      "ensemble_predict",
-      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
-         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle weights_bf16) {
-        EnsembleArgs args =
-            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
-        attach_bf16(args, weights_bf16);
-        const EnsembleView& v = args.view;
-        auto [o, a] = ensemble_inputs(obs, act, v);
-        const int64_t B = dim(o, 0);
-        auto mean = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
-        auto var = new_array<float>({v.ensemble_size, B, v.obs_dim + 1});
-        float* pm = mean.mutable_data();
-        float* pv = var.mutable_data();
-        {
-          py::gil_scoped_release release;
-          ensemble_predict(v, o.data(), a.data(), B, pm, pv);
-        }
-        return py::make_tuple(mean, var);
-      },
-      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
-      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("weights_bf16") = py::none(),
-      "Every member on every row: (mean, var) f32 [E, B, obs_dim + 1] (Δobs, reward).");
-  m.def(
-      "ensemble_disagreement",
-      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
-         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle members,
-         py::handle weights_bf16) {
-        EnsembleArgs args =
-            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, py::none());
-        attach_bf16(args, weights_bf16);
-        const EnsembleView& v = args.view;
-        auto [o, a] = ensemble_inputs(obs, act, v);
-        const int64_t B = dim(o, 0);
-        auto mem = as_i64_vector(members, "members", -1);
-        const int64_t M = dim(mem, 0);
-        if (M < 1) throw py::value_error("members: expected at least one member index, got an empty array");
-        for (int64_t i = 0; i < M; ++i) {
-          if (mem.data()[i] < 0 || mem.data()[i] >= v.ensemble_size) {
-            throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem.data()[i]) +
-                                  " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
-          }
-        }
-        auto out = new_array<float>({B});
-        float* po = out.mutable_data();
-        {
-          py::gil_scoped_release release;
-          ensemble_disagreement(v, o.data(), a.data(), B, mem.data(), M, po);
-        }
-        return out;
-      },
-      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
-      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("members"),
-      py::arg("weights_bf16") = py::none(),
-      "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
-      "predicted means, averaged over the obs_dim + 1 outputs.");
-  m.def(
-      "ensemble_pack_bf16",
-      [](py::sequence weights) {
-        py::list out;
-        for (size_t i = 0; i < py::len(weights); ++i) {
-          const std::string name = "weights[" + std::to_string(i) + "]";
-          auto w = as_f32(weights[i], name.c_str(), {-1, -1, -1});
-          const int64_t E = dim(w, 0), in = dim(w, 1), n = dim(w, 2);
-          if (E < 1 || in < 1 || n < 1) throw py::value_error(name + ": expected non-empty dimensions");
-          require_finite(w.data(), E * in * n, name.c_str());
-          auto packed = new_array<uint16_t>({E, ((in + 1) / 2 + 15) / 16 * 16, (n + 15) / 16 * 16, 2});
-          uint16_t* p = packed.mutable_data();
-          {
+  py::class_<Actor>(
+      m, "Actor",
+      "A SAC actor that owns its weights, loaded from a file SAC.export_actor wrote (C++ mbpo_fast::Actor).")
+      .def_static(
+          "load",
+          [](const py::object& path) {
+            const std::string s = py::str(py::module_::import("os").attr("fspath")(path));
             py::gil_scoped_release release;
-            ensemble_pack_bf16(w.data(), E, in, n, p);
-          }
-          out.append(packed);
-        }
-        return out;
+            return Actor::load(s);
+          },
+          py::arg("path"))
+      .def_property_readonly("obs_dim", &Actor::obs_dim)
+      .def_property_readonly("act_dim", &Actor::act_dim)
+      .def_property_readonly("widths", [](const Actor& a) { return a.widths(); })
+      .def(
+          "act",
+          [](const Actor& a, py::handle obs, py::handle seed, uint64_t noise_offset, bool deterministic) {
+            auto o = as_f32(obs, "obs", {-1, a.obs_dim()});
+            const int64_t B = o.shape(0);
+            require_finite(o.data(), B * a.obs_dim(), "obs");
+            const uint64_t s = seed_arg(seed);
+            auto act = new_array<float>({B, a.act_dim()});
+            auto lp = new_array<float>({B});
+            float* pa = act.mutable_data();
+            float* pl = lp.mutable_data();
+            {
+              py::gil_scoped_release release;
+              a.act(o.data(), B, s, noise_offset, deterministic, pa, pl);
+            }
+            return py::make_tuple(act, lp);
+          },
+          py::arg("obs"), py::arg("seed") = 0, py::arg("noise_offset") = 0, py::arg("deterministic") = false,
+          "Like actor_act: (act f32 [B, act_dim], log_prob f32 [B]).");
+
+  m.def(
+      "rollout_step_seed",
+      [](py::handle seed, int64_t step) {
+        if (step < 0) throw py::value_error("step: expected step >= 0, got " + std::to_string(step));
+        return rollout_step_seed(seed_arg(seed), step);
       },
-      py::arg("weights"),
-      "Packs float32 weights [E, in, out] into bf16 [E, P, C, 2], P = ceil(ceil(in/2)/16)*16,\n"
-      "C = ceil(out/16)*16 (k pairs interleaved, zero padding, round to nearest even) for the\n"
-      "weights_bf16 argument of the ensemble ops. A snapshot: pack again after the weights change.");
-  m.def("ensemble_bf16_native", &ensemble_bf16_native,
-        "True when bf16 weights run on AVX512_BF16/AMX instructions (else a slow portable emulation).");
-  m.def("ensemble_bf16_amx", &ensemble_bf16_amx,
-        "True when tiles of >= 16 rows with bf16 weights run on AMX tiles.");
-  m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
-        "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
-  m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");
+      py::arg("seed"), py::arg("step"),
+      "The seed of rollout step `step`: words 0 and 1 of (seed, STREAM_ROLLOUT_START + 1 + step), w1 << 32 | "
+      "w0.");
+
+  m.def(
+      "branched_rollout",
+      [](py::handle real_pool, py::handle model_pool, py::sequence actor_weights, py::sequence actor_biases,
+         py::handle action_scale, py::handle action_bias, py::handle input_mean, py::handle input_std,
+         py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar,
+         py::handle elites, py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed,
+         bool compute_disagreement, int64_t disagreement_rows, py::handle action_low, py::handle action_high,
+         double log_std_min, double log_std_max, py::handle weights_bf16) {
+        NativePool& real = native_pool_arg(real_pool, "real_pool");
+        NativePool& model = native_pool_arg(model_pool, "model_pool");
+        ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low,
+                                     action_high, log_std_min, log_std_max);
+        if (elites.is_none()) throw py::value_error("elites: a rollout needs the elite indices, got None");
+        EnsembleArgs ens =
+            ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        if (ens.view.num_elites < 1)
+          throw py::value_error("elites: expected at least one elite index, got none");
+        attach_bf16(ens, weights_bf16);
+        const uint64_t s = seed_arg(seed);
+        if (num_starts < 0)
+          throw py::value_error("num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
+        if (horizon < 0)
+          throw py::value_error("horizon: expected horizon >= 0, got " + std::to_string(horizon));
+        const bool builtin = PyLong_Check(termination.ptr()) && !PyBool_Check(termination.ptr());
+        if (!builtin && !PyCallable_Check(termination.ptr())) {
+          throw py::type_error(
+              "termination: expected a built-in termination id (int, see termination_id) or a "
+              "callable (obs, act, next_obs) -> bool [n], got " +
+              std::string(py::str(py::type::handle_of(termination).attr("__name__"))));
+        }
+        int32_t tid = 0;
+        if (builtin) {
+          tid = termination.cast<int32_t>();
+          check_termination_args(tid, ens.view.obs_dim, "model obs_dim");
+        }
+        RolloutStats stats;
+        PoolLock lock(real, &model);
+        if (builtin) {
+          py::gil_scoped_release release;
+          stats =
+              branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
+                               num_starts, horizon, s, compute_disagreement, disagreement_rows);
+        } else {
+          TerminationCallback cb = python_termination(py::reinterpret_borrow<py::function>(termination),
+                                                      ens.view.obs_dim, ens.view.act_dim);
+          py::gil_scoped_release release;
+          stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
+                                   compute_disagreement, disagreement_rows);
+        }
+        return rollout_stats_dict(stats);
+      },
+      py::arg("real_pool"), py::arg("model_pool"), py::arg("actor_weights"), py::arg("actor_biases"),
+      py::arg("action_scale"), py::arg("action_bias"), py::arg("input_mean"), py::arg("input_std"),
+      py::arg("weights"), py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
+      py::arg("termination"), py::arg("num_starts"), py::arg("horizon"), py::arg("seed") = 0,
+      py::arg("compute_disagreement") = false, py::arg("disagreement_rows") = -1,
+      py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
+      py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
+      "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` "
+      "steps of\n"
+      "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool "
+      "objects).\n"
+      "termination: a built-in id (int) or a callable (obs, act, next_obs) -> bool [n] (called per step with "
+      "the\n"
+      "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, "
+      "frac_terminated,\n"
+      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every "
+      "stored\n"
+      "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, "
+      "seconds.\n"
+      "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
+      "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -977,7 +1274,8 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   bind_core(m);
+  bind_ensemble(m);
   bind_termination(m);
   bind_replay_pool(m);
-  bind_ensemble(m);
+  bind_rollout(m);
 }

@@ -55,4 +55,7 @@ def cuda_device_count() -> int:
 
 
 # ---- replay pool (mbpo_fast/_numba/pool.py); imported last: it uses FormatError above
+# ---- native SAC actor and branched rollout (actor.py, rollout.py); rollout uses the pool
+from .actor import Actor, actor_act  # noqa: E402, F401
 from .pool import ReplayPool, sample_mixed  # noqa: E402, F401
+from .rollout import branched_rollout, rollout_step_seed  # noqa: E402, F401

@@ -1,0 +1,168 @@
+"""Numba mirror of the native branched rollout op (csrc/include/mbpo_fast/rollout.h).
+
+Same arguments, validation, randomness and results as ``_C.branched_rollout``, on the Numba
+ReplayPool (``mbpo_fast._numba.pool.ReplayPool``): start row i is
+``random_index(seed, STREAM_ROLLOUT_START, i, len(real_pool))``; step t uses
+``seed_t = rollout_step_seed(seed, t)`` for the policy noise (alive row i, element j:
+``random_normal(seed_t, STREAM_POLICY_NOISE, i * act_dim + j)``) and the ensemble step
+(member and noise of alive row i as in ``ensemble_step(seed=seed_t)``). Rows with a
+non-finite action, reward or next_obs are dropped and counted; the others are appended to
+the model pool in order (terminated ones with terminated=True, then they stop); the rest
+continue, compacted in order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import ensemble as _ens
+from .actor import ActorParams, _check_u64
+from .pool import ReplayPool
+from .rng import STREAM_ROLLOUT_START, philox_fill_u32
+from .termination import termination as _termination
+
+
+def rollout_step_seed(seed, step) -> int:
+    """The seed of rollout step `step`: words 0 and 1 of (seed, STREAM_ROLLOUT_START + 1 +
+    step), combined as ``w1 << 32 | w0``."""
+    seed = _check_u64("seed", seed)
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step: expected step >= 0, got {step}")
+    w = philox_fill_u32(seed, STREAM_ROLLOUT_START + 1 + step, 0, 2)
+    return int(w[0]) | (int(w[1]) << 32)
+
+
+def _start_rows(seed: int, n: int, size: int) -> np.ndarray:
+    """random_index(seed, STREAM_ROLLOUT_START, i, size) for i < n (multiply-shift)."""
+    words = philox_fill_u32(seed, STREAM_ROLLOUT_START, 0, n).astype(np.uint64)
+    return ((words * np.uint64(size)) >> np.uint64(32)).astype(np.int64)
+
+
+def _pool_arg(obj, name: str) -> ReplayPool:
+    if not isinstance(obj, ReplayPool):
+        raise TypeError(f"{name}: expected a Numba pool (mbpo_fast._numba.pool.ReplayPool, e.g. "
+                        f"mbpo_fast.ReplayPool(...)._impl on the numba backend), got "
+                        f"{type(obj).__name__}")
+    return obj
+
+
+def _flags_from_callable(fn, obs, act, next_obs) -> np.ndarray:
+    n = obs.shape[0]
+    res = np.asarray(fn(obs.copy(), act.copy(), next_obs.copy()))
+    if res.dtype.kind not in "biu":
+        raise TypeError(f"termination: the callable must return a bool array, got {res.dtype}")
+    if res.shape != (n,):
+        raise ValueError(f"termination: the callable must return shape ({n},), got "
+                         f"{_ens._shape_str(res.shape)}")
+    flags = res.astype(np.int64)
+    bad = np.flatnonzero((flags != 0) & (flags != 1))
+    if bad.size:
+        raise ValueError(f"termination: the callable must return 0/1 flags, got "
+                         f"{int(flags[bad[0]])} at row {int(bad[0])}")
+    return flags.astype(bool)
+
+
+def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_scale,
+                     action_bias, input_mean, input_std, weights, biases, max_logvar, min_logvar,
+                     elites, termination, num_starts, horizon, seed=0,
+                     compute_disagreement=False, disagreement_rows=-1, action_low=None,
+                     action_high=None, log_std_min=-20.0, log_std_max=2.0,
+                     weights_bf16=None) -> dict:
+    """MBPO branched rollout (see the native op and rollout.h). Returns the stats dict."""
+    t_start = time.perf_counter()
+    real = _pool_arg(real_pool, "real_pool")
+    model = _pool_arg(model_pool, "model_pool")
+    actor = ActorParams(actor_weights, actor_biases, action_scale, action_bias, action_low,
+                        action_high, log_std_min, log_std_max, "actor_weights", "actor_biases")
+    if elites is None:
+        raise ValueError("elites: a rollout needs the elite indices, got None")
+    ens = _ens._Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                       weights_bf16)
+    if ens.elites is None or ens.elites.shape[0] < 1:
+        raise ValueError("elites: expected at least one elite index, got none")
+    seed = _check_u64("seed", seed)
+    num_starts, horizon = int(num_starts), int(horizon)
+    if num_starts < 0:
+        raise ValueError(f"num_starts: expected num_starts >= 0, got {num_starts}")
+    if horizon < 0:
+        raise ValueError(f"horizon: expected horizon >= 0, got {horizon}")
+    builtin = isinstance(termination, (int, np.integer)) and not isinstance(termination, bool)
+    if not builtin and not callable(termination):
+        raise TypeError("termination: expected a built-in termination id (int, see "
+                        "termination_id) or a callable (obs, act, next_obs) -> bool [n], got "
+                        f"{type(termination).__name__}")
+    od, ad = ens.obs_dim, ens.act_dim
+    if builtin:
+        _termination(int(termination), np.zeros((0, od), np.float32))  # validates id and width
+    if actor.obs_dim != od or actor.act_dim != ad:
+        raise ValueError(f"branched_rollout: the actor maps obs_dim {actor.obs_dim} to act_dim "
+                         f"{actor.act_dim} but the model has obs_dim {od} and act_dim {ad}")
+    for p, name in ((real, "real_pool"), (model, "model_pool")):
+        if p.obs_dim != od or p.act_dim != ad:
+            raise ValueError(f"{name}: expected obs_dim {od} and act_dim {ad} (the model's), got "
+                             f"{p.obs_dim} and {p.act_dim}")
+    if horizon >= 0xFFFFFFFF:
+        raise ValueError(f"horizon: expected 0 <= horizon < 2**32 - 1, got {horizon}")
+    if num_starts > 0 and len(real) == 0:
+        raise ValueError("real_pool: is empty; a rollout needs start states")
+
+    stats = dict(num_starts=num_starts, rows_added=0, mean_length=0.0, frac_terminated=0.0,
+                 num_terminated=0, nonfinite=0, mean_disagreement=math.nan,
+                 disagreement_rows=0, steps_run=0, seconds=0.0)
+    disagreement_rows = int(disagreement_rows)
+    staged: list[tuple[np.ndarray, ...]] = []
+    dis_sum = 0.0
+    obs = np.empty((0, od), np.float32)
+    if num_starts > 0 and horizon > 0:
+        obs = real.gather(_start_rows(seed, num_starts, len(real)))[0]
+    for t in range(horizon):
+        if obs.shape[0] == 0:
+            break
+        seed_t = rollout_step_seed(seed, t)
+        # Overflowing predictions are expected input here (dropped and counted below).
+        with np.errstate(over="ignore", invalid="ignore"):
+            act, _ = actor.act(obs, seed_t, 0, False)
+            next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
+                                                  ens.weights, ens.biases, ens.max_logvar,
+                                                  ens.min_logvar, ens.elites, None, seed_t,
+                                                  False, weights_bf16)
+        if builtin:
+            term = _termination(int(termination), next_obs)
+        else:
+            term = _flags_from_callable(termination, obs, act, next_obs)
+        ok = (np.isfinite(rew) & np.isfinite(next_obs).all(axis=1)
+              & np.isfinite(act).all(axis=1))
+        stats["nonfinite"] += int(obs.shape[0] - np.count_nonzero(ok))
+        stats["steps_run"] += 1
+        if not ok.all():
+            obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
+        n = obs.shape[0]
+        m = n if disagreement_rows < 0 else min(n, disagreement_rows)
+        if compute_disagreement and m > 0:
+            with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
+                dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,
+                                                 ens.weights, ens.biases, ens.max_logvar,
+                                                 ens.min_logvar, ens.elites, weights_bf16)
+                dis_sum += float(np.sum(dis, dtype=np.float64))
+            stats["disagreement_rows"] += m
+        if n > 0:
+            if builtin:
+                model.add_batch(obs, act, rew, next_obs, term)
+            else:  # a callable may raise at a later step: stage, append once at the end
+                staged.append((obs, act, rew, next_obs, term))
+        stats["rows_added"] += n
+        stats["num_terminated"] += int(np.count_nonzero(term))
+        obs = np.ascontiguousarray(next_obs[~term])
+    if staged:
+        model.add_batch(*(np.concatenate(parts) for parts in zip(*staged, strict=True)))
+    if num_starts > 0:
+        stats["mean_length"] = stats["rows_added"] / num_starts
+        stats["frac_terminated"] = stats["num_terminated"] / num_starts
+    if compute_disagreement and stats["disagreement_rows"] > 0:
+        stats["mean_disagreement"] = dis_sum / stats["disagreement_rows"]
+    stats["seconds"] = time.perf_counter() - t_start
+    return stats

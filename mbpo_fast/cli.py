@@ -1,0 +1,197 @@
+"""The ``mbpo-fast`` command line.
+
+::
+
+    mbpo-fast train                                   # Pendulum-v1, quick defaults, a few minutes
+    mbpo-fast train --env Hopper-v5 --steps 125000 --seed 1 --logdir runs/hopper \\
+        --set num_sac_updates=10 --set model_max_epochs=50
+    mbpo-fast resume runs/hopper                      # continue from the latest checkpoint
+    mbpo-fast eval runs/hopper --episodes 10          # deterministic return of the saved policy
+    mbpo-fast bench                                   # ms per op of the hot paths, and the backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mbpo-fast", description="Model-Based Policy Optimization "
+                                "with native hot paths.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a new run")
+    t.add_argument("--env", default="Pendulum-v1",
+                   help="gymnasium id; its preset from MBPOConfig.for_env (default Pendulum-v1)")
+    t.add_argument("--steps", type=int, default=None, help="total env steps (default: preset)")
+    t.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    t.add_argument("--logdir", default=None,
+                   help="output directory (default runs/<env>-<seed>-<timestamp>)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, repeatable (e.g. --set num_sac_updates=10)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(t)
+
+    r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    r.add_argument("logdir")
+    r.add_argument("--steps", type=int, default=None,
+                   help="new total env steps (default: the run's own)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(r)
+
+    e = sub.add_parser("eval", help="evaluate the policy of a run's latest checkpoint")
+    e.add_argument("logdir")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: run seed)")
+    _threads_arg(e)
+
+    b = sub.add_parser("bench", help="micro-benchmark of the hot paths (ms per op)")
+    b.add_argument("--obs-dim", type=int, default=11)
+    b.add_argument("--act-dim", type=int, default=3)
+    b.add_argument("--rows", type=int, default=4096, help="rows of the ensemble/rollout step")
+    b.add_argument("--pool-rows", type=int, default=100_000,
+                   help="rows in the real pool (the model pool holds 4x as many)")
+    b.add_argument("--repeat", type=int, default=20)
+    _threads_arg(b)
+    return p
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and the native kernels (default: torch's choice; "
+                   "on a busy machine 1 avoids oversubscription)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mbpo-fast`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        import mbpo_fast
+
+        if args.threads < 1:
+            print("mbpo-fast: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+        mbpo_fast.set_num_threads(args.threads)
+    try:
+        return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench}[
+            args.command](args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mbpo-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import MBPOConfig
+    from .mbpo import MBPO
+
+    cfg = MBPOConfig.for_env(args.env, seed=args.seed)
+    if args.steps is not None:
+        cfg.total_steps = args.steps
+    cfg = cfg.with_overrides(args.overrides)
+    algo = MBPO(cfg, logdir=args.logdir, quiet=args.quiet)
+    print(f"mbpo-fast: {cfg.env_id} seed {cfg.seed}, {cfg.total_steps} steps -> {algo.logdir}",
+          file=sys.stderr)
+    return _report(algo)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .mbpo import MBPO
+
+    algo = MBPO.resume(args.logdir, quiet=args.quiet, total_steps=args.steps)
+    print(f"mbpo-fast: resuming {algo.logdir} at step {algo.env_steps} of "
+          f"{algo.config.total_steps}", file=sys.stderr)
+    return _report(algo)
+
+
+def _report(algo: Any) -> int:
+    try:
+        result = algo.train()
+    finally:
+        algo.close()
+    print(json.dumps(result))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .mbpo import evaluate_checkpoint
+
+    mean, std, returns = evaluate_checkpoint(args.logdir, args.episodes, seed=args.seed)
+    print(json.dumps({"eval_return_mean": mean, "eval_return_std": std,
+                      "episodes": len(returns), "returns": returns}))
+    return 0
+
+
+def _time_ms(fn: Any, repeat: int) -> float:
+    fn()  # warm-up (allocations, JIT)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Median ms per op of the training loop's hot paths at Hopper-like sizes."""
+    import numpy as np
+    import torch
+
+    import mbpo_fast as mf
+
+    from .ensemble import EnsembleDynamics
+    from .pool import ReplayPool, sample_mixed
+    from .rollout import BranchedRollout
+    from .sac import SAC
+
+    o, a, n, rep = args.obs_dim, args.act_dim, args.rows, args.repeat
+    rng = np.random.default_rng(0)
+
+    def fill(pool: Any, rows: int) -> None:
+        pool.add_batch(rng.standard_normal((rows, o), dtype=np.float32),
+                       rng.uniform(-1, 1, (rows, a)).astype(np.float32),
+                       rng.standard_normal(rows, dtype=np.float32),
+                       rng.standard_normal((rows, o), dtype=np.float32),
+                       rng.random(rows) < 0.01)
+
+    pr = args.pool_rows
+    real, model_pool = ReplayPool(pr, o, a, seed=0), ReplayPool(4 * pr, o, a, seed=1)
+    fill(real, pr)
+    fill(model_pool, 4 * pr)
+    model = EnsembleDynamics(o, a, seed=0)
+    agent = SAC(o, a, -np.ones(a), np.ones(a), seed=0)
+    x = real.sample_obs(n)
+    u = rng.uniform(-1, 1, (n, a)).astype(np.float32)
+    batch = sample_mixed(real, model_pool, 256, 0.05)
+    rollout = BranchedRollout(model, agent, lambda s, act, s2: np.zeros(len(s), dtype=bool),
+                              disagreement_rows=0)
+    scratch = ReplayPool(n * 2, o, a, seed=2)
+    results = {
+        "backend": mf.backend(),
+        "torch_threads": torch.get_num_threads(),
+        "pool.sample 256 rows (ms)": _time_ms(lambda: real.sample(256), rep),
+        "sample_mixed 20x256 rows (ms)": _time_ms(
+            lambda: sample_mixed(real, model_pool, 256, 0.05, num_batches=20), rep),
+        f"ensemble.step {n} rows (ms)": _time_ms(lambda: model.step(x, u, seed=1), rep),
+        f"sac.act {n} rows (ms)": _time_ms(lambda: agent.act(x), rep),
+        "sac.update batch 256 (ms)": _time_ms(lambda: agent.update(batch), rep),
+        f"rollout step {n} rows (ms)": _time_ms(
+            lambda: rollout.run(real, scratch, n, 1, seed=3), rep),
+    }
+    width = max(len(k) for k in results)
+    for k, v in results.items():
+        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""The MBPO training loop (Janner et al. 2019), its logging and its checkpoints.
+
+::
+
+    cfg = mf.MBPOConfig.for_env("Hopper-v5")
+    result = mf.MBPO(cfg, logdir="runs/hopper").train()     # {"eval_return_mean": ..., ...}
+    algo = mf.MBPO.resume("runs/hopper"); algo.train()       # continue after a crash
+
+Per real env step (after ``init_random_steps`` uniformly random ones):
+
+1. every ``model_train_freq`` steps (the first time right after the random phase): fit the
+   ensemble on the whole real pool, set the rollout length from the schedule
+   (``epoch = env_steps // epoch_length``), resize the model pool to
+   ``config.model_pool_capacity(length)`` (keeping the newest rows) when it changed, and
+   run ``rollout_batch_size`` branched rollouts of that length into the model pool;
+2. one step of the training env with the stochastic policy; the transition goes into the real
+   pool (``terminated`` only for true terminations, never for time limits);
+3. ``num_sac_updates`` SAC updates from ONE ``sample_mixed`` call (``real_ratio`` real rows
+   inside every batch; only real rows while the model pool is still empty).
+
+Every ``eval_freq`` steps: deterministic evaluation on a separate env, one row of
+``progress.csv`` (also TensorBoard scalars and ``learning_curve.png``). Every
+``checkpoint_freq`` steps and at the end: one atomic checkpoint (see :meth:`MBPO.save_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import MBPOConfig
+from .io import atomic_write
+from .rollout import BranchedRollout, RolloutStats
+
+__all__ = ["PROGRESS_COLUMNS", "MBPO", "evaluate_checkpoint", "latest_checkpoint"]
+
+#: Columns of ``progress.csv`` (one row per evaluation). ``seconds_*`` are cumulative
+#: over the whole run (resumes included); ``wall_seconds`` likewise.
+PROGRESS_COLUMNS: tuple[str, ...] = (
+    "env_steps", "episodes", "eval_return_mean", "eval_return_std", "train_return",
+    "model_holdout_mse", "model_epochs", "rollout_length", "model_pool_size",
+    "rollout_mean_length", "rollout_nonfinite", "rollout_frac_terminated",
+    "model_disagreement", "critic_loss", "actor_loss", "alpha", "entropy", "mean_q",
+    "seconds_env", "seconds_model", "seconds_rollout", "seconds_sac", "seconds_eval",
+    "wall_seconds",
+)
+_PHASES = ("env", "model", "rollout", "sac", "eval")
+_STATE_FORMAT = "mbpo_fast.mbpo_checkpoint/1"
+_CKPT_FILES = ("agent.pt", "model.safetensors", "model_train.pt", "real_pool.bin",
+               "model_pool.bin", "state.pt", "config.json")
+
+
+def _derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, keys): independent streams per purpose."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(
+        1, np.uint64)[0] >> np.uint64(1))
+
+
+_STREAM_ENV, _STREAM_EVAL, _STREAM_MODEL_POOL, _STREAM_ROLLOUT, _STREAM_MODEL = 1, 2, 3, 4, 5
+
+
+def _make_env(config: MBPOConfig) -> Any:
+    import gymnasium as gym
+
+    return gym.make(config.env_id, disable_env_checker=True, **config.env_kwargs)
+
+
+class MBPO:
+    """One MBPO run: envs, pools, ensemble, SAC agent, logging and checkpoints.
+
+    Args:
+        config: the hyperparameters (:class:`MBPOConfig`).
+        logdir: output directory (overrides ``config.logdir``; both None ->
+            ``runs/<env>-<seed>-<timestamp>``).
+        termination: termination function of the model rollouts; None ->
+            ``termination_fn(config.env_id)``.
+        quiet: no progress bar.
+
+    Attributes: ``env`` / ``eval_env`` (gymnasium), ``real_pool`` / ``model_pool``
+    (:class:`ReplayPool`), ``model`` (:class:`EnsembleDynamics`), ``agent`` (:class:`SAC`),
+    ``rollout`` (:class:`BranchedRollout`), ``env_steps``, ``episodes``, ``rollout_length``,
+    ``progress`` (the rows of ``progress.csv`` as dicts).
+    """
+
+    def __init__(self, config: MBPOConfig, logdir: str | os.PathLike | None = None, *,
+                 termination: Callable[..., Any] | str | None = None,
+                 quiet: bool = False) -> None:
+        from .collect import EnvCollector
+        from .ensemble import EnsembleDynamics
+        from .pool import ReplayPool
+        from .sac import SAC
+        from .termination import termination_fn
+
+        config.validate()
+        self.config = config
+        if logdir is None:
+            logdir = config.logdir
+        if logdir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            logdir = Path("runs") / f"{config.env_id}-{config.seed}-{stamp}"
+        self.logdir = Path(logdir)
+        self.config.logdir = str(self.logdir)
+        self.quiet = quiet
+        seed = config.seed
+        _seed_globals(seed)
+
+        self.env = _make_env(config)
+        self.eval_env = _make_env(config)
+        space = self.env.action_space
+        obs_shape = self.env.observation_space.shape
+        if space.shape is None or len(space.shape) != 1 or obs_shape is None or len(obs_shape) != 1:
+            raise ValueError(f"{config.env_id}: MBPO needs flat Box observation and action "
+                             f"spaces, got {self.env.observation_space} and {space}")
+        self.obs_dim, self.act_dim = int(obs_shape[0]), int(space.shape[0])
+
+        self.real_pool = ReplayPool(max(config.total_steps, 1), self.obs_dim, self.act_dim,
+                                    seed=seed)
+        # seeds the first reset and the action space (random exploration)
+        self.collector = EnvCollector(self.env, self.real_pool,
+                                      seed=_derive_seed(seed, _STREAM_ENV))
+        self.rollout_length = config.rollout_length(0)
+        self.model_pool = ReplayPool(config.model_pool_capacity(self.rollout_length),
+                                     self.obs_dim, self.act_dim,
+                                     seed=_derive_seed(seed, _STREAM_MODEL_POOL))
+        self.model = EnsembleDynamics(self.obs_dim, self.act_dim,
+                                      ensemble_size=config.ensemble_size,
+                                      num_elites=config.num_elites,
+                                      hidden_size=config.model_hidden_size,
+                                      num_layers=config.model_num_layers,
+                                      seed=_derive_seed(seed, _STREAM_MODEL),
+                                      device=config.device)
+        self.agent = SAC(self.obs_dim, self.act_dim, space.low, space.high,
+                         hidden_size=config.sac_hidden_size, num_layers=config.sac_num_layers,
+                         lr=config.sac_lr, gamma=config.gamma, tau=config.tau,
+                         target_entropy=config.target_entropy, device=config.device, seed=seed)
+        self.termination = termination if termination is not None else termination_fn(
+            config.env_id)
+        self.rollout = BranchedRollout(self.model, self.agent, self.termination)
+
+        # counters and the latest statistics (all saved in checkpoints)
+        self.env_steps = 0
+        self.episodes = 0
+        self.num_model_trainings = 0
+        self.seconds = {p: 0.0 for p in _PHASES}
+        self.wall_seconds = 0.0
+        self.progress: list[dict[str, float]] = []
+        self.last_train_return = float("nan")
+        self.last_eval: tuple[float, float] = (float("nan"), float("nan"))
+        self.last_model: dict[str, float] = {"model_holdout_mse": float("nan"),
+                                             "model_epochs": float("nan")}
+        self.last_rollout = RolloutStats()
+        self._last_sac: dict[str, torch.Tensor] | None = None
+        # env RNG state the next episode's reset draws from (see _step and save_checkpoint)
+        self._reset_rng: dict | None = None
+        self._writer: Any = None
+        self._resumed_at = 0  # env_steps of the checkpoint this object was resumed from
+
+    # ================================================================== the loop
+    def train(self) -> dict[str, float]:
+        """Runs until ``config.total_steps`` env steps; returns the final evaluation
+        (``eval_return_mean``, ``eval_return_std``, ``env_steps``, ``wall_seconds``)."""
+        cfg = self.config
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.logdir / "config.json", lambda f: f.write(cfg.to_json().encode()))
+        self._write_progress_csv()
+        bar = _progress_bar(cfg.total_steps, self.env_steps, disable=self.quiet)
+        last_wall = time.perf_counter()
+        try:
+            while self.env_steps < cfg.total_steps:
+                self._step()
+                now = time.perf_counter()
+                self.wall_seconds += now - last_wall
+                last_wall = now
+                step = self.env_steps
+                if step % cfg.eval_freq == 0 or step == cfg.total_steps:
+                    self._log_row()
+                    bar.set_postfix(eval=f"{self.last_eval[0]:.1f}", refresh=False)
+                    now = time.perf_counter()
+                    self.wall_seconds += now - last_wall
+                    last_wall = now
+                if step == cfg.total_steps or (cfg.checkpoint_freq
+                                               and step % cfg.checkpoint_freq == 0):
+                    self.save_checkpoint()
+                bar.update(1)
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        if not self.progress or self.progress[-1]["env_steps"] != self.env_steps:
+            self._log_row()
+        return {"env_steps": self.env_steps, "eval_return_mean": self.last_eval[0],
+                "eval_return_std": self.last_eval[1], "wall_seconds": self.wall_seconds}
+
+    def _step(self) -> None:
+        """One real env step with everything MBPO does around it."""
+        cfg = self.config
+        in_random_phase = self.env_steps < cfg.init_random_steps
+        if not in_random_phase and len(self.real_pool) > 0 and \
+                (self.env_steps - cfg.init_random_steps) % cfg.model_train_freq == 0:
+            self.train_model_and_rollout()  # (not at step 0 of a run without random steps)
+        t0 = time.perf_counter()
+        # The collector resets the env as soon as an episode ends; that reset draws from the
+        # env's RNG. Keep the RNG state from before the step so a checkpoint taken at an
+        # episode boundary can replay exactly that reset on resume.
+        rng_before = _np_random_state(self.env)
+        info = self.collector.step(None if in_random_phase else self.agent)
+        self.env_steps += 1
+        if info.episodes:
+            self.episodes += len(info.episodes)
+            self.last_train_return = info.episodes[-1].episode_return
+            self._reset_rng = rng_before
+        else:
+            self._reset_rng = None
+        t1 = time.perf_counter()
+        self.seconds["env"] += t1 - t0
+        if not in_random_phase:
+            self._sac_updates()
+            self.seconds["sac"] += time.perf_counter() - t1
+
+    def _sac_updates(self) -> None:
+        from .pool import sample_mixed
+
+        cfg = self.config
+        if len(self.model_pool) == 0:
+            batch = self.real_pool.sample(cfg.sac_batch_size, num_batches=cfg.num_sac_updates)
+        else:
+            batch = sample_mixed(self.real_pool, self.model_pool, cfg.sac_batch_size,
+                                 cfg.real_ratio, num_batches=cfg.num_sac_updates)
+        self._last_sac = self.agent.update(batch)
+
+    def train_model_and_rollout(self) -> None:
+        """Fits the ensemble on the whole real pool, then refills the model pool."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        data = self.real_pool.transitions()
+        fit = self.model.fit(data.obs, data.act, data.rew, data.next_obs,
+                             holdout_ratio=cfg.holdout_ratio, max_holdout=cfg.max_holdout,
+                             max_epochs=cfg.model_max_epochs, max_seconds=cfg.model_max_seconds)
+        mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
+        elites = list(fit.get("elites", self.model.elites))
+        self.last_model = {"model_holdout_mse": float(mse[elites].mean()) if mse.size else
+                           float("nan"), "model_epochs": float(fit.get("epochs", float("nan")))}
+        self.num_model_trainings += 1
+        t1 = time.perf_counter()
+        self.seconds["model"] += t1 - t0
+
+        length = cfg.rollout_length(self.env_steps // cfg.epoch_length)
+        capacity = cfg.model_pool_capacity(length)
+        if capacity != self.model_pool.capacity:
+            self.model_pool.resize(capacity)  # keeps the newest rows
+        self.rollout_length = length
+        self.last_rollout = self.rollout.run(
+            self.real_pool, self.model_pool, cfg.rollout_batch_size, length,
+            seed=_derive_seed(cfg.seed, _STREAM_ROLLOUT, self.env_steps))
+        self.seconds["rollout"] += time.perf_counter() - t1
+
+    # ================================================================== evaluation / logging
+    def evaluate(self, episodes: int | None = None) -> tuple[float, float]:
+        """Mean and std of the undiscounted return of `episodes` (default
+        ``config.eval_episodes``) deterministic-policy episodes on the evaluation env.
+
+        Episode i of evaluation number n starts from ``reset(seed=f(run seed, n, i))``, so an
+        evaluation never touches the training RNG streams (the policy mean is deterministic).
+        """
+        episodes = self.config.eval_episodes if episodes is None else int(episodes)
+        t0 = time.perf_counter()
+        returns = _run_episodes(self.eval_env, self.agent, episodes,
+                                _derive_seed(self.config.seed, _STREAM_EVAL, self.env_steps))
+        self.seconds["eval"] += time.perf_counter() - t0
+        return float(np.mean(returns)), float(np.std(returns))
+
+    def _log_row(self) -> None:
+        self.last_eval = self.evaluate()
+        sac = {k: float("nan") for k in ("critic_loss", "actor_loss", "alpha", "entropy",
+                                          "mean_q")}
+        if self._last_sac is not None:
+            sac = {k: float(v.float().mean()) for k, v in self._last_sac.items() if k in sac}
+        r = self.last_rollout
+        row: dict[str, float] = {
+            "env_steps": self.env_steps, "episodes": self.episodes,
+            "eval_return_mean": self.last_eval[0], "eval_return_std": self.last_eval[1],
+            "train_return": self.last_train_return, **self.last_model,
+            "rollout_length": self.rollout_length, "model_pool_size": len(self.model_pool),
+            "rollout_mean_length": r.mean_length, "rollout_nonfinite": r.nonfinite,
+            "rollout_frac_terminated": r.frac_terminated,
+            "model_disagreement": r.mean_disagreement, **sac,
+            **{f"seconds_{p}": self.seconds[p] for p in _PHASES},
+            "wall_seconds": self.wall_seconds,
+        }
+        self.progress = [p for p in self.progress if p["env_steps"] < self.env_steps] + [row]
+        self._write_progress_csv()
+        writer = self._tb()
+        if writer is not None:
+            for key, value in row.items():
+                if key != "env_steps" and value is not None and math.isfinite(float(value)):
+                    writer.add_scalar(key, float(value), self.env_steps)
+            writer.flush()
+        self._plot()
+
+    def _write_progress_csv(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=PROGRESS_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for row in self.progress:
+            w.writerow({k: row.get(k, "") for k in PROGRESS_COLUMNS})
+        atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
+
+    def _tb(self) -> Any:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but do not die for a log
+                return None
+            # purge_step hides the events a killed run wrote after its last checkpoint
+            self._writer = SummaryWriter(str(self.logdir / "tb"),
+                                         purge_step=self._resumed_at + 1 if self._resumed_at
+                                         else None)
+        return self._writer
+
+    def _plot(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            from matplotlib.figure import Figure
+        except ImportError:
+            return
+        x = np.array([p["env_steps"] for p in self.progress], dtype=np.float64)
+        y = np.array([p["eval_return_mean"] for p in self.progress], dtype=np.float64)
+        s = np.array([p["eval_return_std"] for p in self.progress], dtype=np.float64)
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.add_subplot()
+        ax.plot(x, y, marker="o", ms=3, label="eval return (deterministic)")
+        ax.fill_between(x, y - s, y + s, alpha=0.25)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("return")
+        ax.set_title(f"MBPO {self.config.env_id} (seed {self.config.seed})")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write(self.logdir / "learning_curve.png", lambda f: f.write(buf.getvalue()))
+
+    def close(self) -> None:
+        """Closes the envs and the TensorBoard writer."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.env.close()
+        self.eval_env.close()
+
+    # ================================================================== checkpoints
+    def save_checkpoint(self) -> Path:
+        """Writes one complete checkpoint under ``logdir/checkpoints`` and returns its path.
+
+        Protocol (a crash at any point leaves the previous checkpoint loadable): every file
+        goes into ``ckpt-<step>.tmp/`` through fsynced atomic writes; the directory is
+        fsynced and renamed to ``ckpt-<step>``; the ``latest`` pointer file is replaced
+        atomically; only then are older checkpoints deleted.
+
+        Contents: ``agent.pt`` (SAC networks, targets, optimizers, alpha, noise generator),
+        ``model.safetensors`` + ``model_train.pt`` (ensemble weights, normalizer, elites,
+        optimizer and generator state), ``real_pool.bin`` / ``model_pool.bin`` (rows, write
+        position, RNG), ``state.pt`` (step counters, python/numpy/torch RNG states, env and
+        action-space RNG states, progress rows, latest stats), ``config.json``.
+        """
+        root = self.logdir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{self.env_steps}"
+        final = root / name
+        if final.exists():
+            if _read_latest(root) == name:
+                return final  # this exact state is already saved
+            shutil.rmtree(final)  # a stale directory from a crash before `latest` moved
+        tmp = root / f"{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        self._write_checkpoint_files(tmp)
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write(root / "latest", lambda f: f.write(name.encode()))
+        for old in root.iterdir():
+            if old.name != name and old.name.startswith("ckpt-"):
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _write_checkpoint_files(self, d: Path) -> None:
+        self.agent.save(d / "agent.pt")
+        self.model.save(d / "model.safetensors")
+        _torch_save(d / "model_train.pt", self.model.training_state())
+        self.real_pool.save(d / "real_pool.bin")
+        self.model_pool.save(d / "model_pool.bin")
+        state = {
+            "format": _STATE_FORMAT,
+            "env_steps": self.env_steps, "episodes": self.episodes,
+            "num_model_trainings": self.num_model_trainings,
+            "rollout_length": self.rollout_length,
+            "seconds": dict(self.seconds), "wall_seconds": self.wall_seconds,
+            "progress": list(self.progress),
+            "last_train_return": self.last_train_return, "last_eval": list(self.last_eval),
+            "last_model": dict(self.last_model), "last_rollout": self.last_rollout.to_dict(),
+            "last_sac": None if self._last_sac is None else {
+                k: v.detach().cpu() for k, v in self._last_sac.items()},
+            # the next reset must draw from here (episode boundary: replay the collector's reset)
+            "env_rng": self._reset_rng if self._reset_rng is not None
+            else _np_random_state(self.env),
+            "env_started": self.env_steps > 0,
+            "action_space_rng": self.env.action_space.np_random.bit_generator.state,
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        _torch_save(d / "state.pt", state)
+        atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
+
+    @classmethod
+    def resume(cls, logdir: str | os.PathLike, *, quiet: bool = False,
+               termination: Callable[..., Any] | str | None = None,
+               total_steps: int | None = None) -> MBPO:
+        """Rebuilds the run from the latest complete checkpoint in `logdir`.
+
+        Training continues exactly where the checkpoint was taken, except that an episode
+        in flight restarts from a fresh reset (its stored transitions stay; the cut is a
+        truncation, never a terminal). `total_steps` extends (or shortens) the run.
+        Raises FileNotFoundError when there is no complete checkpoint and ValueError when one
+        is corrupt.
+        """
+        logdir = Path(logdir)
+        ckpt = latest_checkpoint(logdir)
+        config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+        if total_steps is not None:
+            config.total_steps = int(total_steps)
+            config.validate()
+        self = cls(config, logdir=logdir, quiet=quiet, termination=termination)
+        self._load_checkpoint_files(ckpt)
+        return self
+
+    def _load_checkpoint_files(self, d: Path) -> None:
+        from .ensemble import EnsembleDynamics
+        from .pool import ReplayPool
+        from .sac import SAC
+
+        state = _torch_load(d / "state.pt")
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{d / 'state.pt'}: not a {_STATE_FORMAT} file")
+        agent = SAC.load(d / "agent.pt", device=self.config.device)
+        self.agent.load_state_dict(agent.state_dict())
+        model = EnsembleDynamics.load(d / "model.safetensors", device=self.config.device)
+        self.model.load_state_dict(model.state_dict())
+        self.model.load_training_state(_torch_load(d / "model_train.pt"))
+        real_pool = ReplayPool.load(d / "real_pool.bin")
+        model_pool = ReplayPool.load(d / "model_pool.bin")
+        if real_pool.capacity < self.config.total_steps:  # a resume that extends the run
+            real_pool.resize(self.config.total_steps)
+        self.real_pool, self.model_pool = real_pool, model_pool
+        self.collector.pool = real_pool
+
+        self.env_steps = self._resumed_at = int(state["env_steps"])
+        self.episodes = int(state["episodes"])
+        self.num_model_trainings = int(state["num_model_trainings"])
+        self.rollout_length = int(state["rollout_length"])
+        self.seconds = {p: float(state["seconds"][p]) for p in _PHASES}
+        self.wall_seconds = float(state["wall_seconds"])
+        self.progress = [dict(r) for r in state["progress"]]
+        self.last_train_return = float(state["last_train_return"])
+        self.last_eval = (float(state["last_eval"][0]), float(state["last_eval"][1]))
+        self.last_model = dict(state["last_model"])
+        self.last_rollout = RolloutStats(**state["last_rollout"])
+        self._last_sac = state["last_sac"]
+        if state["env_started"]:
+            # The in-flight episode restarts (a truncation): the next reset continues the
+            # env's saved RNG stream instead of re-seeding it.
+            self.collector.seed = None
+            self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
+        self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+# ====================================================================== helpers
+def latest_checkpoint(logdir: str | os.PathLike) -> Path:
+    """The newest complete checkpoint directory of a run (``latest`` pointer, else the
+    highest-step ``ckpt-<step>`` directory). Raises FileNotFoundError when there is none."""
+    root = Path(logdir) / "checkpoints"
+    name = _read_latest(root)
+    if name is not None and (root / name).is_dir():
+        return root / name
+    complete = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith("ckpt-") and p.name[5:].isdigit() and all(
+                    (p / f).exists() for f in _CKPT_FILES):
+                complete.append((int(p.name[5:]), p))
+    if not complete:
+        raise FileNotFoundError(f"{logdir}: no complete checkpoint under {root}")
+    return max(complete)[1]
+
+
+def evaluate_checkpoint(logdir: str | os.PathLike, episodes: int = 10,
+                        seed: int | None = None) -> tuple[float, float, list[float]]:
+    """Loads the agent of the latest checkpoint in `logdir` and runs `episodes` deterministic
+    episodes on a fresh env; returns (mean, std, returns). `seed` defaults to the run's."""
+    from .sac import SAC
+
+    ckpt = latest_checkpoint(logdir)
+    config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+    agent = SAC.load(ckpt / "agent.pt", device=config.device)
+    env = _make_env(config)
+    try:
+        returns = _run_episodes(env, agent, episodes, _derive_seed(
+            config.seed if seed is None else seed, _STREAM_EVAL, 1 << 40))
+    finally:
+        env.close()
+    return float(np.mean(returns)), float(np.std(returns)), returns
+
+
+def _run_episodes(env: Any, agent: Any, episodes: int, seed: int) -> list[float]:
+    if episodes <= 0:
+        raise ValueError(f"episodes: expected a positive int, got {episodes}")
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=_derive_seed(seed, i))
+        total, done = 0.0, False
+        while not done:
+            action = agent.act(np.asarray(obs, dtype=np.float32), deterministic=True)
+            obs, rew, terminated, truncated, _ = env.step(action)
+            total += float(rew)
+            done = bool(terminated or truncated)
+        returns.append(total)
+    return returns
+
+
+def _seed_globals(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _np_random_state(env: Any) -> dict | None:
+    rng = getattr(env.unwrapped, "_np_random", None)
+    return None if rng is None else rng.bit_generator.state
+
+
+def _read_latest(root: Path) -> str | None:
+    try:
+        name = (root / "latest").read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return name if name.startswith("ckpt-") and "/" not in name else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _torch_save(path: Path, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        # our own files (python/numpy RNG states are tuples/ndarrays, not only tensors)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # zip/pickle errors differ by torch version
+        raise ValueError(f"{path}: corrupt checkpoint file ({type(exc).__name__}: {exc})") \
+            from None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, disable: bool) -> Any:
+    if disable or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                smoothing=0.05, desc="mbpo")
+
