@@ -13,9 +13,20 @@ terminate are stored with ``terminated=True`` and stop; rows whose prediction is
 are dropped (never stored) and counted; the horizon end is a truncation (the last transitions
 are stored with ``terminated=False``). Each step works on the compacted alive rows only.
 
-Randomness: start rows come from ``real_pool.sample_obs`` (the pool's own generator), actor
-noise from the agent's generator, and the ensemble draw of step ``t`` uses the Philox seed
-:func:`step_seed` ``(seed, t)``, so a run is a pure function of those states and `seed`.
+Two engines run the same semantics:
+
+* ``engine="native"`` (chosen by ``"auto"`` whenever the model is an
+  :class:`~mbpo_fast.EnsembleDynamics` on the CPU, the agent a CPU :class:`~mbpo_fast.SAC` and
+  both pools :class:`~mbpo_fast.ReplayPool`): the whole rollout is ONE call of the active
+  backend (``mbpo_fast.rollout_native.run_native_rollout``: C++ with the GIL released, or
+  the Numba mirror) — actor MLP and tanh-Gaussian sampling, fused ensemble step, termination
+  (built-in in C++, or a Python callable per step) and the append into the model pool's ring.
+  Every random number comes from `seed` through Philox (csrc/include/mbpo_fast/rollout.h);
+  the pools' and the agent's own generators are not touched.
+* ``engine="python"`` (any duck-typed model/agent): a vectorized numpy loop. Start rows come
+  from ``real_pool.sample_obs`` (the pool's own generator), actor noise from the agent's
+  generator, and the ensemble draw of step ``t`` uses the Philox seed :func:`step_seed`
+  ``(seed, t)``, so a run is a pure function of those states and `seed`.
 """
 
 from __future__ import annotations
@@ -80,10 +91,14 @@ class BranchedRollout:
         disagreement_rows: rows per step on which ``model.disagreement`` is measured (it runs
             every member, so measuring all rows would cost ~E times the step itself);
             0 disables the statistic.
+        engine: ``"auto"`` (native when the objects allow it, see the module docstring),
+            ``"native"`` (raise TypeError when they do not) or ``"python"``.
     """
 
     def __init__(self, model: Any, agent: Any, termination: str | TerminationFn,
-                 disagreement_rows: int = 1024) -> None:
+                 disagreement_rows: int = 1024, engine: str = "auto") -> None:
+        if engine not in ("auto", "native", "python"):
+            raise ValueError(f"engine: expected 'auto', 'native' or 'python', got {engine!r}")
         if not hasattr(model, "step"):
             raise TypeError(f"model: expected an ensemble with a step() method, got "
                             f"{type(model).__name__}")
@@ -101,6 +116,30 @@ class BranchedRollout:
         self.agent = agent
         self.termination = as_termination_fn(termination)
         self.disagreement_rows = disagreement_rows
+        self.engine = engine
+        if engine == "native":
+            why = self._native_unsupported(None, None)
+            if why:
+                raise TypeError(f"engine='native': {why}")
+
+    def _native_unsupported(self, real_pool: Any, model_pool: Any) -> str | None:
+        """Why the native engine cannot run these objects (None when it can)."""
+        from .ensemble import EnsembleDynamics
+        from .pool import ReplayPool
+        from .sac import SAC
+
+        if not isinstance(self.model, EnsembleDynamics):
+            return f"model is a {type(self.model).__name__}, not an EnsembleDynamics"
+        if self.model.device.type != "cpu":
+            return f"model is on {self.model.device}, the native engine runs on the CPU"
+        if not isinstance(self.agent, SAC):
+            return f"agent is a {type(self.agent).__name__}, not a SAC agent"
+        if self.agent.device.type != "cpu":
+            return f"agent is on {self.agent.device}, the native engine runs on the CPU"
+        for name, pool in (("real_pool", real_pool), ("model_pool", model_pool)):
+            if pool is not None and not isinstance(pool, ReplayPool):
+                return f"{name} is a {type(pool).__name__}, not a ReplayPool"
+        return None
 
     def run(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
             seed: int = 0) -> RolloutStats:
@@ -115,6 +154,12 @@ class BranchedRollout:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if len(real_pool) == 0:
             raise ValueError("real_pool is empty: collect real transitions before rollouts")
+        if self.engine != "python":
+            why = self._native_unsupported(real_pool, model_pool)
+            if why is None:
+                return self._run_native(real_pool, model_pool, int(num_starts), int(horizon), seed)
+            if self.engine == "native":
+                raise TypeError(f"engine='native': {why}")
         t0 = time.perf_counter()
         num_starts, horizon = int(num_starts), int(horizon)
         obs_dim = real_pool.obs_dim
@@ -161,6 +206,24 @@ class BranchedRollout:
             nonfinite=nonfinite,
             mean_disagreement=dis_sum / dis_count if dis_count else float("nan"),
             seconds=time.perf_counter() - t0,
+        )
+
+
+    def _run_native(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
+                    seed: int) -> RolloutStats:
+        from .rollout_native import run_native_rollout
+
+        out = run_native_rollout(
+            self.model, self.agent, self.termination, real_pool, model_pool, num_starts, horizon,
+            int(seed), compute_disagreement=self.disagreement_rows > 0,
+            disagreement_rows=self.disagreement_rows if self.disagreement_rows > 0 else 1)
+        return RolloutStats(
+            rows_added=int(out["rows_added"]),
+            mean_length=float(out["mean_length"]),
+            frac_terminated=float(out["frac_terminated"]),
+            nonfinite=int(out["nonfinite"]),
+            mean_disagreement=float(out["mean_disagreement"]),
+            seconds=float(out["seconds"]),
         )
 
 
