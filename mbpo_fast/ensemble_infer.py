@@ -175,7 +175,7 @@ class EnsembleInference:
         rounded to bf16 per layer and products accumulate in float32. Call again after the
         weights change (e.g. after every model training); ``use_bf16(False)`` returns to the
         borrowed float32 weights. The error is far below the predicted std (see
-        docs/readme_ensemble_inference.md); it is a speed option for rollouts only."""
+        README "Ensemble inference"); it is a speed option for rollouts only."""
         self.weights_bf16 = _backend.ops.ensemble_pack_bf16(self.weights) if enabled else None
 
     # ------------------------------------------------------------------ ops
