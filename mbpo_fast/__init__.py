@@ -88,7 +88,8 @@ def cmake_dir() -> str:
     raise FileNotFoundError(
         "mbpo_fast's CMake package is not installed next to the Python package (looked in "
         + ", ".join(str(r) for r in roots)
-        + "). Install with `pip install .` (or -e .), or run `cmake --install <build> --prefix DIR` "
+        + "). Install with `pip install .` (or -e .), "
+        + "or run `cmake --install <build> --prefix DIR` "
         "and use DIR/lib/cmake/mbpo_fast."
     )
 

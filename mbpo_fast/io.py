@@ -20,6 +20,13 @@ import numpy as np
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; os has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Calls ``write(f)`` on a temporary file next to `path`, fsyncs it and renames it to `path`."""
     path = Path(path)
@@ -27,6 +34,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -65,7 +74,9 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 def save_safetensors(path: PathLike, tensors: Mapping[str, np.ndarray],
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Writes `tensors` (name -> numpy array) and string `metadata` atomically (safetensors format)."""
+    """Writes `tensors` (name -> numpy array) and string `metadata` atomically.
+
+    The file is in the safetensors format."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -156,6 +167,7 @@ def require_tensor(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[in
         raise ValueError(f"{source}: missing tensor {name!r} (has: {sorted(tensors)})")
     t = tensors[name]
     if tuple(t.shape) != tuple(shape) or t.dtype != np.dtype(dtype):
-        raise ValueError(f"{source}: tensor {name!r} expected shape {tuple(shape)} {np.dtype(dtype)}, "
+        raise ValueError(f"{source}: tensor {name!r} expected shape {tuple(shape)} "
+                         f"{np.dtype(dtype)}, "
                          f"got {tuple(t.shape)} {t.dtype}")
     return t

@@ -41,7 +41,8 @@ class BatchedLinear(nn.Module):
         self.reset_parameters(init, generator)
 
     @torch.no_grad()
-    def reset_parameters(self, init: str = "mbpo", generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, init: str = "mbpo",
+                         generator: torch.Generator | None = None) -> None:
         if init == "mbpo":
             std = 1.0 / (2.0 * math.sqrt(self.in_features))
             nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std, generator=generator)

@@ -139,7 +139,9 @@ class ReplayPool:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Writes rows, write position and RNG state atomically (temp file, fsync, rename).
-        The format (csrc/include/mbpo_fast/replay_pool.h) is the same for both backends."""
+        The format (csrc/include/mbpo_fast/replay_pool.h) is the same for both backends.
+        Missing parent directories are created (as for every other ``save`` here)."""
+        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
         self._impl.save(path)
 
     @classmethod

@@ -29,7 +29,8 @@ def test_transition_fields():
 def test_replay_pool_api():
     pool = mf.ReplayPool(10, 3, 2, seed=0)
     assert (pool.capacity, pool.obs_dim, pool.act_dim, len(pool)) == (10, 3, 2, 0)
-    for name in ("add", "add_batch", "sample", "sample_obs", "transitions", "resize", "clear", "save"):
+    for name in ("add", "add_batch", "sample", "sample_obs", "transitions", "resize", "clear",
+                 "save"):
         assert callable(getattr(pool, name)), name
     assert _params(mf.ReplayPool.add)[:5] == ["obs", "act", "rew", "next_obs", "terminated"]
     assert _params(mf.ReplayPool.add_batch)[:5] == ["obs", "act", "rew", "next_obs", "terminated"]
@@ -81,4 +82,5 @@ def test_trainer_api():
     cfg = mf.MBPOConfig.for_env("Hopper-v5")
     assert cfg is not None
     assert callable(mf.MBPO) and callable(mf.BranchedRollout)
-    assert _params(mf.BranchedRollout.run)[:5] == ["real_pool", "model_pool", "num_starts", "horizon", "seed"]
+    assert _params(mf.BranchedRollout.run)[:5] == ["real_pool", "model_pool", "num_starts",
+                                                     "horizon", "seed"]

@@ -24,7 +24,8 @@ def test_build_info_keys():
     assert isinstance(info["cuda_compiled"], bool)
     assert isinstance(info["cuda_architectures"], list)
     if info["cuda_compiled"]:
-        assert "80-real" in info["cuda_architectures"] or "80" in ",".join(info["cuda_architectures"])
+        archs = info["cuda_architectures"]
+        assert "80-real" in archs or "80" in ",".join(archs)
     # has_cuda needs both a CUDA build and a device.
     assert mf.has_cuda() == (info["cuda_compiled"] and _backend.ops.cuda_device_count() > 0)
 

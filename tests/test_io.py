@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -71,3 +72,12 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(path, crash)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
+
+
+def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o640

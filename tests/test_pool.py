@@ -650,3 +650,12 @@ def test_native_pool_is_safe_to_share_between_threads(rng):
     got = pool.transitions()
     assert len(got.obs) == len(pool) == pool.capacity == 10_000  # last resize: 10,000
     assert_rows_equal(got, take(expected, slice(30_000 - len(pool), 30_000)))
+
+
+def test_save_creates_missing_parent_directories(backend, rng, tmp_path):
+    # Both backends behave alike: the native writer and the Numba one.
+    pool = mf.ReplayPool(8, OD, AD, seed=2)
+    pool.add_batch(*make_rows(rng, 6))
+    path = tmp_path / "a" / "b" / "pool.bin"
+    pool.save(path)
+    assert state(mf.ReplayPool.load(path)) == state(pool)

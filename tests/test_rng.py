@@ -36,12 +36,14 @@ def test_stream_layout(backend):
 
 
 @pytest.mark.skipif(len(_backend.available()) < 2, reason="needs both backends")
-@pytest.mark.parametrize("seed,stream,offset", [(0, 0, 0), (2**64 - 1, 7 << 32, 13), (42, 3, 2**40 + 1)])
+@pytest.mark.parametrize("seed,stream,offset",
+                         [(0, 0, 0), (2**64 - 1, 7 << 32, 13), (42, 3, 2**40 + 1)])
 def test_backends_draw_identical_streams(seed, stream, offset):
     native, numba = _backend.get("native"), _backend.get("numba")
     n = 10_001
     np.testing.assert_array_equal(
-        native.philox_fill_u32(seed, stream, offset, n), numba.philox_fill_u32(seed, stream, offset, n)
+        native.philox_fill_u32(seed, stream, offset, n),
+        numba.philox_fill_u32(seed, stream, offset, n),
     )
     a = native.philox_fill_normal(seed, stream, offset, n)
     b = numba.philox_fill_normal(seed, stream, offset, n)

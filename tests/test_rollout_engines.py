@@ -39,7 +39,7 @@ def test_auto_uses_native_engine_and_matches_it(backend, rng):
     assert stats.frac_terminated == ref["frac_terminated"]
     assert stats.mean_length == pytest.approx(ref["mean_length"])
     a, b = pool_a.transitions(), pool_b.transitions()
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert np.isfinite(stats.mean_disagreement) and stats.mean_disagreement > 0
 

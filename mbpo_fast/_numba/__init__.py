@@ -43,7 +43,9 @@ def num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the threads Numba's parallel loops use (>= 1, at most numba.config.NUMBA_NUM_THREADS)."""
+    """Sets the threads Numba's parallel loops use.
+
+    ``n`` >= 1 and at most ``numba.config.NUMBA_NUM_THREADS``."""
     n = int(n)
     if n < 1:
         raise ValueError(f"n: expected n >= 1, got {n}")
