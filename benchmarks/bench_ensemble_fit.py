@@ -23,8 +23,8 @@ before and after (distrust a run where it dropped).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,22 +35,13 @@ from torch import nn
 
 from mbpo_fast.ensemble import EnsembleDynamics, layer_weight_decays
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _canary import canary_gflops  # noqa: E402
+
 OBS, ACT, E, HIDDEN, LAYERS, BATCH = 11, 3, 7, 200, 4, 256
 _RESULTS = Path(__file__).resolve().parent / "RESULTS_ensemble_fit.md"
 
 
-def _canary() -> float:
-    spec = importlib.util.spec_from_file_location("canary", "/work/shared/tools/matmul_canary.py")
-    try:
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.rate(threads=torch.get_num_threads())
-    except (FileNotFoundError, AttributeError):  # outside this workplace: time it ourselves
-        a, b = torch.randn(7, 1024, 512), torch.randn(7, 512, 512)
-        torch.bmm(a, b)
-        t0 = time.perf_counter()
-        torch.bmm(a, b)
-        return 2 * 7 * 1024 * 512 * 512 / (time.perf_counter() - t0) / 1e9
 
 
 def make_data(rows: int, seed: int = 0):
@@ -154,12 +145,12 @@ def run(rows: int = 100_000, reps: int = 3) -> dict:
     small = [d[:2000] for d in data]  # warm up both (allocator, Adam state, thread pool)
     cand.fit(*small, max_epochs=1)
     ref.fit_epoch(*small)
-    canary_before = _canary()
+    canary_before = canary_gflops()
     c_times, r_times = [], []
     for _ in range(reps):
         c_times.append(cand.fit(*data, max_epochs=1, patience=10)["seconds"])
         r_times.append(ref.fit_epoch(*data))
-    canary_after = _canary()
+    canary_after = canary_gflops()
     c, r = statistics.median(c_times), statistics.median(r_times)
     flops = epoch_flops(train_rows)
     return {

@@ -43,6 +43,9 @@ import torch  # noqa: E402
 from mbpo_fast import _backend  # noqa: E402
 from mbpo_fast.ensemble_infer import EnsembleInference  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _canary import canary_gflops  # noqa: E402
+
 OBS, ACT, E, K, HIDDEN, LAYERS = 11, 3, 7, 5, 200, 4
 THREADS = 2
 BATCHES = (1, 32, 256, 4096, 100_000)
@@ -142,12 +145,6 @@ def _inputs(batch: int, seed: int = 1):
     )
 
 
-def _canary_gflops() -> float:
-    """Same shape as shared/tools/matmul_canary.py: torch's batched matmul rate, 2 threads."""
-    a, b = torch.randn(7, 1024, 512), torch.randn(7, 512, 512)
-    torch.bmm(a, b)
-    best = min(_time(lambda: torch.bmm(a, b)) for _ in range(5))
-    return 2 * 7 * 1024 * 512 * 512 / best / 1e9
 
 
 def _time(fn) -> float:
@@ -221,9 +218,9 @@ def main(path: str | None = None, budget_s: float = 6.0) -> str:
     infer_bf16 = model.infer()
     infer_bf16.use_bf16()
     bf16_error = _bf16_error(infer, infer_bf16)
-    canary_before = _canary_gflops()
+    canary_before = canary_gflops(THREADS)
     results = {b: compare(b, model, infer, infer_bf16, budget_s) for b in BATCHES}
-    canary_after = _canary_gflops()
+    canary_after = canary_gflops(THREADS)
     lines = [
         "# Ensemble step: fused native op vs torch references",
         "",

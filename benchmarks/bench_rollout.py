@@ -39,6 +39,9 @@ from mbpo_fast.ensemble_infer import EnsembleInference
 from mbpo_fast.rollout_native import run_native_rollout
 from mbpo_fast.sac import SAC
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _canary import canary_gflops  # noqa: E402
+
 OD, AD, E, K, HID, NLAYERS = 11, 3, 7, 5, 200, 4
 WIDTHS = [OD + AD] + [HID] * NLAYERS + [2 * (OD + 1)]
 ENS_FLOP = 2 * sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=True))  # 255,200
@@ -408,15 +411,6 @@ def setup() -> dict:
     return _SETUP
 
 
-def canary() -> float:
-    sys.path.insert(0, str(Path("/work/shared/tools")))
-    try:
-        from matmul_canary import rate
-    except ImportError:  # outside this workplace
-        return float("nan")
-    r = rate()
-    torch.set_num_threads(2)
-    return r
 
 
 # ----------------------------------------------------------------------------- cases
@@ -455,7 +449,7 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
                                        st["lean_pool"], num_starts, horizon)
 
     fns = {"native": native, "native_bf16": native_bf16, "mbrl": mbrl, "lean": lean}
-    before = canary()
+    before = canary_gflops(2)
     for f in fns.values():  # warm up (allocations, page faults, torch kernels)
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -465,7 +459,7 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
             for _ in range(number):
                 f()
             times[k].append((time.perf_counter() - t0) / number)
-    after = canary()
+    after = canary_gflops(2)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"num_starts": num_starts, "horizon": horizon, "rounds": rounds, "number": number,
            "frac_terminated": stepped["frac_terminated"],

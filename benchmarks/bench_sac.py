@@ -13,7 +13,6 @@ and after (distrust a run where it dropped).
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import time
@@ -28,24 +27,12 @@ from mbpo_fast.types import Transition
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
+from _canary import canary_gflops  # noqa: E402
 from sac_reference import ReferenceSAC  # noqa: E402
 
 OBS, ACT, HIDDEN, BATCH = 11, 3, 256, 256
 
 
-def _canary() -> float:
-    spec = importlib.util.spec_from_file_location("canary",
-                                                  "/work/shared/tools/matmul_canary.py")
-    try:
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.rate(threads=torch.get_num_threads())
-    except (FileNotFoundError, AttributeError):  # outside this workplace: time it ourselves
-        a, b = torch.randn(7, 1024, 512), torch.randn(7, 512, 512)
-        torch.bmm(a, b)
-        t0 = time.perf_counter()
-        torch.bmm(a, b)
-        return 2 * 7 * 1024 * 512 * 512 / (time.perf_counter() - t0) / 1e9
 
 
 def update_flops(batch: int = BATCH, obs: int = OBS, act: int = ACT, hidden: int = HIDDEN,
@@ -155,9 +142,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    before = _canary()
+    before = canary_gflops()
     res = interleaved(rounds=args.rounds)
-    after = _canary()
+    after = canary_gflops()
     ms, act_us = res["ms"], res["act_us"]
     ref_ms = ms["reference (CleanRL-style)"]
     f_ref, f_cand = update_flops(frozen_critic=False), update_flops()
