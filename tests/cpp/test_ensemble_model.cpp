@@ -202,6 +202,49 @@ TEST_CASE("Ensemble::step picks elites only, is deterministic and thread-safe") 
   for (int s : same) CHECK(s == 1);
 }
 
+TEST_CASE("Ensemble::step span overload equals the pointer form and checks sizes") {
+  const Model m = random_model(10);
+  const std::string path = "test_ensemble_model_span.safetensors";
+  write_file(path, safetensors_bytes(m.tensors, kMeta));
+  const Ensemble model = Ensemble::load(path);
+  std::remove(path.c_str());
+  const int64_t B = 13;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> obs(static_cast<size_t>(B * kObs)), act(static_cast<size_t>(B * kAct));
+  for (auto& x : obs) x = n(gen);
+  for (auto& x : act) x = n(gen);
+  std::vector<float> next0(obs.size()), rew0(static_cast<size_t>(B)), next1(obs.size()), rew1(rew0.size());
+  std::vector<int64_t> mem0(static_cast<size_t>(B)), mem1(static_cast<size_t>(B));
+  model.step(obs.data(), act.data(), B, 21, false, nullptr, next0.data(), rew0.data(), mem0.data());
+  model.step(obs, act, 21, false, next1, rew1, {}, mem1);
+  CHECK(next0 == next1 && rew0 == rew1 && mem0 == mem1);
+  // Explicit members, const inputs.
+  const std::vector<int64_t> members{1, 2, 0, 1, 1, 2, 0, 0, 2, 1, 0, 2, 1};
+  const std::vector<float>& cobs = obs;
+  model.step(obs.data(), act.data(), B, 3, true, members.data(), next0.data(), rew0.data());
+  model.step(cobs, act, 3, true, next1, rew1, members);
+  CHECK(next0 == next1 && rew0 == rew1);
+
+  auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("<no InvalidArgument>");
+  };
+  std::vector<float> short_obs(obs.begin(), obs.end() - 1), short_next(next1.begin(), next1.end() - 2);
+  const std::string e1 = message([&] { model.step(short_obs, act, 1, false, next1, rew1); });
+  CHECK(e1.find("obs") == 0 && e1.find(std::to_string(B * kObs)) != std::string::npos &&
+        e1.find(std::to_string(B * kObs - 1)) != std::string::npos);
+  CHECK(message([&] { model.step(obs, act, 1, false, short_next, rew1); }).find("next_obs_out") == 0);
+  CHECK(message([&] { model.step(obs, act, 1, false, next1, rew1, std::vector<int64_t>(3, 0)); }).find("members") == 0);
+  const std::vector<float> rew_before = rew1;
+  CHECK(message([&] { model.step(obs, std::vector<float>(3, 0.5f), 1, false, next1, rew1); }).find("act") == 0);
+  CHECK(rew1 == rew_before);  // nothing written on a size error
+}
+
 TEST_CASE("Ensemble::load rejects bad files with FormatError") {
   const Model good = random_model(9);
   const std::string path = "test_ensemble_model_bad.safetensors";
