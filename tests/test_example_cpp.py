@@ -9,7 +9,6 @@ exactly, values to float rounding; its simulator is checked against gymnasium's 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,51 +25,11 @@ EXAMPLE = REPO / "examples" / "cpp"
 SEED = 20260
 EPISODES, EPISODE_STEPS, NUM_STARTS, HORIZON = 3, 200, 700, 6
 
-pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
-
-
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-    if out.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-def _generator_args() -> list[str]:
-    return ["-G", "Ninja"] if shutil.which("ninja") else []
-
 
 @pytest.fixture(scope="module")
-def cmake_prefix(tmp_path_factory) -> str:
-    """Where find_package(mbpo_fast) looks: the pip install's package dir (mf.cmake_dir())
-    when there is one; else this source tree's core built with plain CMake and installed with
-    ``cmake --install`` into a temporary prefix (what a C++-only user does). That build
-    directory is kept under build/ so that reruns only rebuild what changed."""
-    try:
-        return mf.cmake_dir()
-    except FileNotFoundError:
-        pass
-    if not (REPO / "CMakeLists.txt").is_file() or not (REPO / "csrc").is_dir():
-        pytest.skip("mbpo_fast's CMake package is not installed (mf.cmake_dir() found none) and "
-                    "there is no source tree to build and install one from")
-    build = REPO / "build" / "test-example-core"
-    _run(["cmake", "-S", str(REPO), "-B", str(build), *_generator_args(),
-          "-DCMAKE_BUILD_TYPE=Release", "-DMBPO_FAST_PYTHON=OFF", "-DMBPO_FAST_BUILD_TESTS=OFF",
-          "-DMBPO_FAST_CUDA=OFF"])
-    _run(["cmake", "--build", str(build), "-j2"])
-    prefix = tmp_path_factory.mktemp("mbpo_fast_prefix")
-    _run(["cmake", "--install", str(build), "--prefix", str(prefix)])
-    assert (prefix / "include" / "mbpo_fast" / "branched_rollout.h").is_file()
-    return str(prefix)
-
-
-@pytest.fixture(scope="module")
-def example_exe(cmake_prefix, tmp_path_factory) -> Path:
+def example_exe(installed_cmake_prefix, cmake_build, tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("example_build")
-    _run(["cmake", "-S", str(EXAMPLE), "-B", str(build), *_generator_args(),
-          f"-DCMAKE_PREFIX_PATH={cmake_prefix}"])
-    _run(["cmake", "--build", str(build)])
+    cmake_build(EXAMPLE, build, f"-DCMAKE_PREFIX_PATH={installed_cmake_prefix}")
     exe = build / "pendulum_mbpo"
     assert exe.is_file()
     return exe
@@ -109,10 +68,10 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def example_run(example_exe, exported, tmp_path_factory):
+def example_run(example_exe, exported, checked_run, tmp_path_factory):
     d, _, _ = exported
     out_dir = tmp_path_factory.mktemp("example_out")
-    out = _run([str(example_exe), str(d / "model.safetensors"), str(d / "actor.safetensors"),
+    out = checked_run([str(example_exe), str(d / "model.safetensors"), str(d / "actor.safetensors"),
                 "--episodes", str(EPISODES), "--episode-steps", str(EPISODE_STEPS),
                 "--num-starts", str(NUM_STARTS), "--horizon", str(HORIZON), "--seed", str(SEED),
                 "--dump", str(out_dir)])
@@ -231,9 +190,9 @@ def test_example_reports_bad_inputs(example_exe, exported, tmp_path):
     assert out.returncode == 1 and "obs_dim 3" in out.stderr and "obs_dim 11" in out.stderr
 
 
-def test_uses_installed_package_not_source_tree(cmake_prefix):
+def test_uses_installed_package_not_source_tree(installed_cmake_prefix):
     """The consumer sees only installed files: the headers it includes live under the prefix."""
-    root = Path(cmake_prefix)
+    root = Path(installed_cmake_prefix)
     while root != root.parent and not (root / "include" / "mbpo_fast").is_dir():
         root = root.parent
     assert (root / "include" / "mbpo_fast" / "branched_rollout.h").is_file()

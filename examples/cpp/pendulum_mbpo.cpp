@@ -39,6 +39,8 @@
 
 namespace {
 
+constexpr double kPi = 3.14159265358979323846;  // (M_PI is not standard C++)
+
 // gymnasium Pendulum-v1: state (theta, theta_dot), theta = 0 upright; obs (cos, sin, theta_dot);
 // torque clipped to [-2, 2]; reward -(angle^2 + 0.1 theta_dot^2 + 0.001 u^2); never terminates
 // (episodes are truncated by the caller, as gymnasium's TimeLimit does at 200 steps).
@@ -50,7 +52,7 @@ class Pendulum {
   void reset(uint64_t seed, uint64_t episode) {
     const double u0 = mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode));
     const double u1 = mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode + 1));
-    th_ = M_PI * (2.0 * u0 - 1.0);
+    th_ = kPi * (2.0 * u0 - 1.0);
     thdot_ = 2.0 * u1 - 1.0;
   }
 
@@ -63,7 +65,7 @@ class Pendulum {
   // Advances one step with torque u; returns the reward of the step.
   double step(double u) {
     u = std::clamp(u, -kMaxTorque, kMaxTorque);
-    const double angle = std::remainder(th_, 2.0 * M_PI);  // angle_normalize: into [-pi, pi]
+    const double angle = std::remainder(th_, 2.0 * kPi);  // angle_normalize: into [-pi, pi]
     const double cost = angle * angle + 0.1 * thdot_ * thdot_ + 0.001 * u * u;
     double next_thdot = thdot_ + (3.0 * kG / (2.0 * kL) * std::sin(th_) + 3.0 / (kM * kL * kL) * u) * kDt;
     next_thdot = std::clamp(next_thdot, -kMaxSpeed, kMaxSpeed);
@@ -207,8 +209,8 @@ int run(const Options& o) {
     model_pool.save(d + "model_pool.bin");
     std::vector<float> next(obs.size()), r(rew.size()), det(act.size()), sto(act.size());
     std::vector<int64_t> members(static_cast<size_t>(n));
-    model->step(obs.data(), act.data(), n, o.seed, /*deterministic=*/false, nullptr, next.data(), r.data(),
-                members.data());
+    // The span-style overload: sizes come from the vectors (batch = r.size()) and are checked.
+    model->step(obs, act, o.seed, /*deterministic=*/false, next, r, /*members=*/{}, members);
     actor->act(obs.data(), n, o.seed, 0, /*deterministic=*/true, det.data());
     actor->act(obs.data(), n, o.seed, 0, /*deterministic=*/false, sto.data());
     write_raw(d + "step_next_obs.f32", next);
