@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_ensemble_step import _canary_gflops  # same canary as the other benchmarks
 
 import mbpo_fast as mf
 
@@ -45,19 +46,6 @@ def find_exe() -> Path:
     raise SystemExit("bench_step not found under build/dev, build/cpp or build/py: build the C++ "
                      "tests first (cmake -S . -B build/cpp -DMBPO_FAST_PYTHON=OFF && cmake --build "
                      "build/cpp) or pass --exe")
-
-
-def canary_gflops() -> float:
-    a, b = torch.randn(7, 1024, 512), torch.randn(7, 512, 512)
-    torch.bmm(a, b)
-    best = min(_timed(lambda: torch.bmm(a, b)) for _ in range(5))
-    return 2 * 7 * 1024 * 512 * 512 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def cpp_medians(exe: Path, model_path: Path, reps: int) -> dict[int, float]:
@@ -97,7 +85,7 @@ def main() -> str:
         rng = np.random.default_rng(1)
         inputs = {b: (rng.standard_normal((b, OBS), dtype=np.float32),
                       rng.standard_normal((b, ACT), dtype=np.float32)) for b in BATCHES}
-        canary_before = canary_gflops()
+        canary_before = _canary_gflops()
         cpp: dict[int, list[float]] = {b: [] for b in BATCHES}
         py: dict[int, list[float]] = {b: [] for b in BATCHES}
         for r in range(args.rounds):
@@ -105,7 +93,7 @@ def main() -> str:
                 cpp[b].append(t)
             for b in BATCHES:
                 py[b].append(python_median(model, *inputs[b], args.reps, seed0=r * args.reps))
-        canary_after = canary_gflops()
+        canary_after = _canary_gflops()
 
     lines = [
         f"Backend: {mf.backend()}; rounds {args.rounds} x {args.reps} calls per batch size; "
