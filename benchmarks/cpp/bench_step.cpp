@@ -37,7 +37,8 @@ int64_t positive(const std::string& name, const std::string& value) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != value.size() || v < 1) throw std::invalid_argument(name + ": expected an integer >= 1, got '" + value + "'");
+  if (used != value.size() || v < 1)
+    throw std::invalid_argument(name + ": expected an integer >= 1, got '" + value + "'");
   return v;
 }
 
@@ -68,7 +69,8 @@ int main(int argc, char** argv) {
     std::mt19937 gen(1);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (int64_t b : batches) {
-      std::vector<float> obs(static_cast<size_t>(b * model.obs_dim())), act(static_cast<size_t>(b * model.act_dim()));
+      std::vector<float> obs(static_cast<size_t>(b * model.obs_dim())),
+          act(static_cast<size_t>(b * model.act_dim()));
       for (auto& x : obs) x = normal(gen);
       for (auto& x : act) x = normal(gen);
       std::vector<float> next(obs.size()), rew(static_cast<size_t>(b));
@@ -83,10 +85,11 @@ int main(int argc, char** argv) {
         const auto t1 = std::chrono::steady_clock::now();
         us[static_cast<size_t>(r)] = std::chrono::duration<double, std::micro>(t1 - t0).count();
       }
-      std::printf("{\"batch\": %lld, \"reps\": %lld, \"median_us\": %.4f, \"p10_us\": %.4f, \"p90_us\": %.4f, "
-                  "\"min_us\": %.4f}\n",
-                  static_cast<long long>(b), static_cast<long long>(reps), percentile(us, 0.5),
-                  percentile(us, 0.1), percentile(us, 0.9), *std::min_element(us.begin(), us.end()));
+      std::printf(
+          "{\"batch\": %lld, \"reps\": %lld, \"median_us\": %.4f, \"p10_us\": %.4f, \"p90_us\": %.4f, "
+          "\"min_us\": %.4f}\n",
+          static_cast<long long>(b), static_cast<long long>(reps), percentile(us, 0.5), percentile(us, 0.1),
+          percentile(us, 0.9), *std::min_element(us.begin(), us.end()));
     }
     return 0;
   } catch (const std::exception& e) {

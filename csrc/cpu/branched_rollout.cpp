@@ -17,7 +17,9 @@ BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::sha
 
 BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
                                  TerminationId termination, int64_t disagreement_rows)
-    : model_(std::move(model)), actor_(std::move(actor)), termination_(termination),
+    : model_(std::move(model)),
+      actor_(std::move(actor)),
+      termination_(termination),
       disagreement_rows_(disagreement_rows) {
   check_components();
   check_termination_args(static_cast<int32_t>(termination_), model_->obs_dim(), "model obs_dim");
@@ -25,7 +27,9 @@ BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::sha
 
 BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
                                  TerminationCallback termination, int64_t disagreement_rows)
-    : model_(std::move(model)), actor_(std::move(actor)), callback_(std::move(termination)),
+    : model_(std::move(model)),
+      actor_(std::move(actor)),
+      callback_(std::move(termination)),
       disagreement_rows_(disagreement_rows) {
   check_components();
   require(static_cast<bool>(callback_), "termination: expected a callable, got an empty function");

@@ -129,9 +129,9 @@ void Ensemble::step(Span<const float> obs, Span<const float> act, uint64_t seed,
   const size_t batch = reward_out.size();
   auto check = [batch](const char* name, size_t actual, int64_t per_row) {
     const size_t expected = batch * static_cast<size_t>(per_row);
-    require(actual == expected, std::string(name) + ": expected " + std::to_string(expected) + " values (batch " +
-                                    std::to_string(batch) + " from reward_out.size() x " + std::to_string(per_row) +
-                                    "), got " + std::to_string(actual));
+    require(actual == expected, std::string(name) + ": expected " + std::to_string(expected) +
+                                    " values (batch " + std::to_string(batch) + " from reward_out.size() x " +
+                                    std::to_string(per_row) + "), got " + std::to_string(actual));
   };
   check("obs", obs.size(), obs_dim());
   check("act", act.size(), act_dim());

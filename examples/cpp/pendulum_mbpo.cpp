@@ -50,8 +50,10 @@ class Pendulum {
 
   // Uniform theta in [-pi, pi], theta_dot in [-1, 1], drawn from Philox (reproducible anywhere).
   void reset(uint64_t seed, uint64_t episode) {
-    const double u0 = mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode));
-    const double u1 = mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode + 1));
+    const double u0 =
+        mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode));
+    const double u1 =
+        mbpo_fast::u32_to_unit(mbpo_fast::random_u32(seed, mbpo_fast::kStreamUser, 2 * episode + 1));
     th_ = kPi * (2.0 * u0 - 1.0);
     thdot_ = 2.0 * u1 - 1.0;
   }
@@ -104,17 +106,25 @@ Options parse(int argc, char** argv) {
         used = 0;
       }
       if (used != value.size() || v < min) {
-        throw std::invalid_argument(arg + ": expected an integer >= " + std::to_string(min) + ", got '" + value + "'");
+        throw std::invalid_argument(arg + ": expected an integer >= " + std::to_string(min) + ", got '" +
+                                    value + "'");
       }
       return v;
     };
-    if (arg == "--episodes") o.episodes = count(1);
-    else if (arg == "--episode-steps") o.episode_steps = count(1);
-    else if (arg == "--num-starts") o.num_starts = count(1);
-    else if (arg == "--horizon") o.horizon = count(1);
-    else if (arg == "--seed") o.seed = static_cast<uint64_t>(count(0));
-    else if (arg == "--dump") o.dump_dir = value;
-    else throw std::invalid_argument("unknown option " + arg);
+    if (arg == "--episodes")
+      o.episodes = count(1);
+    else if (arg == "--episode-steps")
+      o.episode_steps = count(1);
+    else if (arg == "--num-starts")
+      o.num_starts = count(1);
+    else if (arg == "--horizon")
+      o.horizon = count(1);
+    else if (arg == "--seed")
+      o.seed = static_cast<uint64_t>(count(0));
+    else if (arg == "--dump")
+      o.dump_dir = value;
+    else
+      throw std::invalid_argument("unknown option " + arg);
   }
   if (positional.size() != 2) {
     throw std::invalid_argument("expected MODEL and ACTOR paths, got " + std::to_string(positional.size()) +
@@ -140,7 +150,8 @@ double step_latency_us(const mbpo_fast::Ensemble& model, const float* obs, const
   for (int r = 0; r < reps; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     model.step(obs, act, 1, static_cast<uint64_t>(r), false, nullptr, next, &rew);
-    us[static_cast<size_t>(r)] = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    us[static_cast<size_t>(r)] =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   }
   std::nth_element(us.begin(), us.begin() + reps / 2, us.end());
   return us[static_cast<size_t>(reps / 2)];
@@ -152,7 +163,8 @@ int run(const Options& o) {
   auto actor = std::make_shared<const mbpo_fast::Actor>(mbpo_fast::Actor::load(o.actor_path));
   if (model->obs_dim() != 3 || model->act_dim() != 1) {
     throw std::invalid_argument("model: expected a Pendulum model (obs_dim 3, act_dim 1), got obs_dim " +
-                                std::to_string(model->obs_dim()) + ", act_dim " + std::to_string(model->act_dim()));
+                                std::to_string(model->obs_dim()) + ", act_dim " +
+                                std::to_string(model->act_dim()));
   }
 
   // --- simulator episodes with the actor's stochastic policy fill the real pool.
@@ -182,11 +194,12 @@ int run(const Options& o) {
 
   // --- one-step model error against the simulator on the real transitions (mean |Δ|).
   const int64_t n = real.size();
-  std::vector<float> obs(static_cast<size_t>(n * 3)), act(static_cast<size_t>(n)), rew(static_cast<size_t>(n)),
-      sim_next(static_cast<size_t>(n * 3));
+  std::vector<float> obs(static_cast<size_t>(n * 3)), act(static_cast<size_t>(n)),
+      rew(static_cast<size_t>(n)), sim_next(static_cast<size_t>(n * 3));
   real.transitions(obs.data(), act.data(), rew.data(), sim_next.data(), nullptr);
   std::vector<float> pred_next(obs.size()), pred_rew(rew.size());
-  model->step(obs.data(), act.data(), n, o.seed, /*deterministic=*/true, nullptr, pred_next.data(), pred_rew.data());
+  model->step(obs.data(), act.data(), n, o.seed, /*deterministic=*/true, nullptr, pred_next.data(),
+              pred_rew.data());
   double obs_err = 0.0;
   for (size_t i = 0; i < obs.size(); ++i) obs_err += std::fabs(pred_next[i] - sim_next[i]);
 
@@ -194,12 +207,14 @@ int run(const Options& o) {
               static_cast<long long>(model->ensemble_size()), model->elites().size(), o.actor_path.c_str());
   std::printf("simulator: %lld episodes x %lld steps, mean return %.2f\n", static_cast<long long>(o.episodes),
               static_cast<long long>(o.episode_steps), episode_return / static_cast<double>(o.episodes));
-  std::printf("model one-step |next_obs error| (deterministic): %.4f\n", obs_err / static_cast<double>(obs.size()));
-  std::printf("rollout: %lld starts x horizon %lld -> rows added %lld, mean length %.3f, terminated %.3f, "
-              "non-finite %lld, mean disagreement %.5f, %.2f ms\n",
-              static_cast<long long>(st.num_starts), static_cast<long long>(o.horizon),
-              static_cast<long long>(st.rows_added), st.mean_length, st.frac_terminated,
-              static_cast<long long>(st.nonfinite), st.mean_disagreement, st.seconds * 1e3);
+  std::printf("model one-step |next_obs error| (deterministic): %.4f\n",
+              obs_err / static_cast<double>(obs.size()));
+  std::printf(
+      "rollout: %lld starts x horizon %lld -> rows added %lld, mean length %.3f, terminated %.3f, "
+      "non-finite %lld, mean disagreement %.5f, %.2f ms\n",
+      static_cast<long long>(st.num_starts), static_cast<long long>(o.horizon),
+      static_cast<long long>(st.rows_added), st.mean_length, st.frac_terminated,
+      static_cast<long long>(st.nonfinite), st.mean_disagreement, st.seconds * 1e3);
   std::printf("Ensemble::step latency, 1 row: %.2f us (median of 2000)\n",
               step_latency_us(*model, obs.data(), act.data(), 2000));
 
@@ -224,8 +239,10 @@ int run(const Options& o) {
          << ", \"steps_run\": " << st.steps_run << ", \"mean_length\": " << st.mean_length
          << ", \"disagreement_rows\": " << st.disagreement_rows << ", \"mean_disagreement\": ";
     json.precision(17);
-    if (std::isnan(st.mean_disagreement)) json << "NaN}\n";  // Python's json reads NaN
-    else json << st.mean_disagreement << "}\n";
+    if (std::isnan(st.mean_disagreement))
+      json << "NaN}\n";  // Python's json reads NaN
+    else
+      json << st.mean_disagreement << "}\n";
     if (!json) throw std::runtime_error("cannot write " + d + "stats.json");
     std::printf("wrote %s\n", o.dump_dir.c_str());
   }
@@ -239,8 +256,10 @@ int main(int argc, char** argv) {
   try {
     o = parse(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\nusage: %s MODEL ACTOR [--episodes N] [--episode-steps T] [--num-starts N] "
-                 "[--horizon H] [--seed S] [--dump DIR]\n", e.what(), argv[0]);
+    std::fprintf(stderr,
+                 "error: %s\nusage: %s MODEL ACTOR [--episodes N] [--episode-steps T] [--num-starts N] "
+                 "[--horizon H] [--seed S] [--dump DIR]\n",
+                 e.what(), argv[0]);
     return 2;
   }
   try {

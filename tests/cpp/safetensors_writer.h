@@ -48,7 +48,8 @@ inline void write_safetensors(const std::string& path, const std::map<std::strin
   }
   header += "}";
   std::string file(8, '\0');
-  for (int i = 0; i < 8; ++i) file[static_cast<size_t>(i)] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    file[static_cast<size_t>(i)] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
   std::ofstream(path, std::ios::binary) << file << header << data;
 }
 

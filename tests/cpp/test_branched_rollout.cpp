@@ -40,8 +40,10 @@ std::shared_ptr<const Ensemble> load_random_model(uint32_t seed) {
   for (size_t i = 0; i + 1 < widths.size(); ++i) {
     const int64_t in = widths[i], out = widths[i + 1];
     const float scale = (i + 2 == widths.size() ? 0.1f : 1.0f) / std::sqrt(static_cast<float>(in));
-    t["layers." + std::to_string(i) + ".weight"] = st_f32({kE, in, out}, normal(gen, static_cast<size_t>(kE * in * out), scale));
-    t["layers." + std::to_string(i) + ".bias"] = st_f32({kE, out}, normal(gen, static_cast<size_t>(kE * out), 0.05f));
+    t["layers." + std::to_string(i) + ".weight"] =
+        st_f32({kE, in, out}, normal(gen, static_cast<size_t>(kE * in * out), scale));
+    t["layers." + std::to_string(i) + ".bias"] =
+        st_f32({kE, out}, normal(gen, static_cast<size_t>(kE * out), 0.05f));
   }
   std::vector<float> mean = normal(gen, kOd + kAd, 0.2f), stdv = normal(gen, kOd + kAd, 0.3f);
   for (auto& s : stdv) s = 0.8f + std::fabs(s);
@@ -64,18 +66,22 @@ std::shared_ptr<const Actor> load_random_actor(uint32_t seed, int64_t obs_dim = 
   const std::vector<int64_t> widths{obs_dim, 32, 32, 2 * kAd};
   for (size_t i = 0; i + 1 < widths.size(); ++i) {
     const int64_t in = widths[i], out = widths[i + 1];
-    t["layers." + std::to_string(i) + ".weight"] =
-        st_f32({in, out}, normal(gen, static_cast<size_t>(in * out), 1.0f / std::sqrt(static_cast<float>(in))));
+    t["layers." + std::to_string(i) + ".weight"] = st_f32(
+        {in, out}, normal(gen, static_cast<size_t>(in * out), 1.0f / std::sqrt(static_cast<float>(in))));
     t["layers." + std::to_string(i) + ".bias"] = st_f32({out}, normal(gen, static_cast<size_t>(out), 0.1f));
   }
   t["action_scale"] = st_f32({kAd}, {1.0f, 0.5f, 2.0f});
   t["action_bias"] = st_f32({kAd}, {0.0f, 0.1f, -0.5f});
   const std::string path = "test_branched_rollout_actor_" + std::to_string(seed) + ".safetensors";
-  mbpo_fast_test::write_safetensors(
-      path, t,
-      {{"format", "mbpo_fast.actor/1"}, {"obs_dim", std::to_string(obs_dim)}, {"act_dim", "3"},
-       {"num_layers", "2"}, {"hidden_size", "32"}, {"activation", "relu"}, {"log_std_min", "-20"},
-       {"log_std_max", "2"}});
+  mbpo_fast_test::write_safetensors(path, t,
+                                    {{"format", "mbpo_fast.actor/1"},
+                                     {"obs_dim", std::to_string(obs_dim)},
+                                     {"act_dim", "3"},
+                                     {"num_layers", "2"},
+                                     {"hidden_size", "32"},
+                                     {"activation", "relu"},
+                                     {"log_std_min", "-20"},
+                                     {"log_std_max", "2"}});
   auto actor = std::make_shared<const Actor>(Actor::load(path));
   std::remove(path.c_str());
   return actor;
@@ -84,8 +90,10 @@ std::shared_ptr<const Actor> load_random_actor(uint32_t seed, int64_t obs_dim = 
 // Real start states near a healthy Hopper pose (some rollouts terminate, most continue).
 ReplayPool real_pool(int64_t n, uint32_t seed) {
   std::mt19937 gen(seed);
-  std::vector<float> o = normal(gen, static_cast<size_t>(n * kOd), 0.5f), a = normal(gen, static_cast<size_t>(n * kAd), 0.5f);
-  std::vector<float> r = normal(gen, static_cast<size_t>(n), 1.0f), next = normal(gen, static_cast<size_t>(n * kOd), 0.5f);
+  std::vector<float> o = normal(gen, static_cast<size_t>(n * kOd), 0.5f),
+                     a = normal(gen, static_cast<size_t>(n * kAd), 0.5f);
+  std::vector<float> r = normal(gen, static_cast<size_t>(n), 1.0f),
+                     next = normal(gen, static_cast<size_t>(n * kOd), 0.5f);
   for (int64_t i = 0; i < n; ++i) {
     o[static_cast<size_t>(i * kOd)] = 1.25f + 0.1f * o[static_cast<size_t>(i * kOd)];
     o[static_cast<size_t>(i * kOd + 1)] *= 0.2f;
@@ -101,9 +109,9 @@ using Contents = mbpo_fast_test::PoolContents;
 bool same_stats(const RolloutStats& a, const RolloutStats& b) {
   const bool dis = (std::isnan(a.mean_disagreement) && std::isnan(b.mean_disagreement)) ||
                    a.mean_disagreement == b.mean_disagreement;
-  return a.num_starts == b.num_starts && a.rows_added == b.rows_added && a.num_terminated == b.num_terminated &&
-         a.nonfinite == b.nonfinite && a.steps_run == b.steps_run && a.mean_length == b.mean_length &&
-         a.disagreement_rows == b.disagreement_rows && dis;
+  return a.num_starts == b.num_starts && a.rows_added == b.rows_added &&
+         a.num_terminated == b.num_terminated && a.nonfinite == b.nonfinite && a.steps_run == b.steps_run &&
+         a.mean_length == b.mean_length && a.disagreement_rows == b.disagreement_rows && dis;
 }
 
 template <typename F>
@@ -132,8 +140,9 @@ TEST_CASE("BranchedRollout::run equals the branched_rollout free function") {
 
   ReplayPool a(40000, kOd, kAd, 1), b(40000, kOd, kAd, 1);
   const RolloutStats sa = rollout.run(real, a, 2000, 6, 2024);
-  const RolloutStats sb = branched_rollout(actor->view(), model->view(), TerminationId::kHopper, real, b, 2000,
-                                           6, 2024, /*compute_disagreement=*/true, /*disagreement_rows=*/1024);
+  const RolloutStats sb =
+      branched_rollout(actor->view(), model->view(), TerminationId::kHopper, real, b, 2000, 6, 2024,
+                       /*compute_disagreement=*/true, /*disagreement_rows=*/1024);
   CHECK(Contents(a) == Contents(b));
   CHECK(same_stats(sa, sb));
   // The case exercises both endings: some rows terminate, others run to the horizon.
@@ -156,7 +165,8 @@ TEST_CASE("termination by id, by env id and by a C++ callable agree") {
   const auto actor = load_random_actor(22);
   const ReplayPool real = real_pool(200, 23);
   int calls = 0;
-  TerminationCallback hopper = [&calls](const float*, const float*, const float* next, int64_t n, uint8_t* out) {
+  TerminationCallback hopper = [&calls](const float*, const float*, const float* next, int64_t n,
+                                        uint8_t* out) {
     ++calls;
     terminations(TerminationId::kHopper, next, n, static_cast<int>(kOd), out);
   };
@@ -191,7 +201,8 @@ TEST_CASE("concurrent runs into separate pools equal a serial run") {
   std::vector<ReplayPool> pools;
   for (int t = 0; t < 4; ++t) pools.emplace_back(50000, kOd, kAd);
   std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) threads.emplace_back([&, t] { rollout.run(real, pools[static_cast<size_t>(t)], 3000, 5, 77); });
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] { rollout.run(real, pools[static_cast<size_t>(t)], 3000, 5, 77); });
   for (auto& th : threads) th.join();
   const Contents expected(serial);
   for (const auto& p : pools) CHECK(Contents(p) == expected);

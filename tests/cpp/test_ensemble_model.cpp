@@ -243,9 +243,12 @@ TEST_CASE("Ensemble::step span overload equals the pointer form and checks sizes
   CHECK(e1.find("obs") == 0 && e1.find(std::to_string(B * kObs)) != std::string::npos &&
         e1.find(std::to_string(B * kObs - 1)) != std::string::npos);
   CHECK(message([&] { model.step(obs, act, 1, false, short_next, rew1); }).find("next_obs_out") == 0);
-  CHECK(message([&] { model.step(obs, act, 1, false, next1, rew1, std::vector<int64_t>(3, 0)); }).find("members") == 0);
+  CHECK(message([&] {
+          model.step(obs, act, 1, false, next1, rew1, std::vector<int64_t>(3, 0));
+        }).find("members") == 0);
   const std::vector<float> rew_before = rew1;
-  CHECK(message([&] { model.step(obs, std::vector<float>(3, 0.5f), 1, false, next1, rew1); }).find("act") == 0);
+  CHECK(message([&] { model.step(obs, std::vector<float>(3, 0.5f), 1, false, next1, rew1); }).find("act") ==
+        0);
   CHECK(rew1 == rew_before);  // nothing written on a size error
 }
 
