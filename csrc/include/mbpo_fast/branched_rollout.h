@@ -27,9 +27,9 @@
 // Errors: the constructor throws InvalidArgument for a null model/actor, an actor whose
 // obs/act dims differ from the model's, a model without elites, an unknown env id (the message
 // lists the known ids), a built-in termination that does not accept the model's obs_dim, or an
-// empty callback. run() throws InvalidArgument (pools with other
-// dims, num_starts < 0, an empty real pool, a horizon out of range) before changing anything;
-// an exception thrown by a custom callback propagates and leaves the model pool unchanged.
+// empty callback. run() throws InvalidArgument (pools with other dims, num_starts < 0, an empty
+// real pool, a horizon out of range) before changing anything; an exception thrown by a custom
+// callback propagates and leaves the model pool unchanged.
 #pragma once
 
 #include <cstdint>
