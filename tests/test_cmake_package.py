@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,13 +9,6 @@ import textwrap
 import pytest
 
 import mbpo_fast as mf
-
-
-def _cmake_dir_or_skip() -> str:
-    try:
-        return mf.cmake_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(f"not a pip install: {exc}")
 
 
 def test_module_entry_point_matches_function():
@@ -34,9 +25,9 @@ def test_module_entry_point_matches_function():
         assert out.stdout.strip() == expected
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
-def test_consumer_builds_and_runs(tmp_path):
-    cmake_dir = _cmake_dir_or_skip()
+def test_consumer_builds_and_runs(tmp_path, installed_cmake_prefix, cmake_build):
+    """find_package(mbpo_fast) against the pip install, or a plain build's cmake --install
+    (conftest.installed_cmake_prefix), then link mbpo_fast::core and run."""
     (tmp_path / "CMakeLists.txt").write_text(textwrap.dedent("""
         cmake_minimum_required(VERSION 3.24)
         project(consumer LANGUAGES CXX)
@@ -55,12 +46,9 @@ def test_consumer_builds_and_runs(tmp_path):
         }
     """))
     build = tmp_path / "build"
-    env = dict(os.environ)
-    subprocess.run(["cmake", "-S", str(tmp_path), "-B", str(build), f"-DCMAKE_PREFIX_PATH={cmake_dir}"],
-                   check=True, capture_output=True, text=True, env=env, timeout=300)
-    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, text=True,
-                   env=env, timeout=300)
-    out = subprocess.run([str(build / "app")], check=True, capture_output=True, text=True, timeout=60)
+    cmake_build(tmp_path, build, f"-DCMAKE_PREFIX_PATH={installed_cmake_prefix}")
+    out = subprocess.run([str(build / "app")], check=True, capture_output=True, text=True,
+                         timeout=60)
     version, *values = out.stdout.split()
     assert version == mf.__version__
     from mbpo_fast import _backend

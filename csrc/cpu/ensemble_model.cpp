@@ -1,6 +1,7 @@
 #include "mbpo_fast/ensemble_model.h"
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "mbpo_fast/safetensors.h"
@@ -120,6 +121,26 @@ Ensemble& Ensemble::operator=(Ensemble&& other) noexcept {
 void Ensemble::step(const float* obs, const float* act, int64_t batch, uint64_t seed, bool deterministic,
                     const int64_t* members, float* next_obs_out, float* reward_out, int64_t* members_out) const {
   ensemble_step(view_, obs, act, batch, seed, deterministic, members, next_obs_out, reward_out, members_out);
+}
+
+void Ensemble::step(Span<const float> obs, Span<const float> act, uint64_t seed, bool deterministic,
+                    Span<float> next_obs_out, Span<float> reward_out, Span<const int64_t> members,
+                    Span<int64_t> members_out) const {
+  const size_t batch = reward_out.size();
+  auto check = [batch](const char* name, size_t actual, int64_t per_row) {
+    const size_t expected = batch * static_cast<size_t>(per_row);
+    require(actual == expected, std::string(name) + ": expected " + std::to_string(expected) +
+                                    " values (batch " + std::to_string(batch) + " from reward_out.size() x " +
+                                    std::to_string(per_row) + "), got " + std::to_string(actual));
+  };
+  check("obs", obs.size(), obs_dim());
+  check("act", act.size(), act_dim());
+  check("next_obs_out", next_obs_out.size(), obs_dim());
+  if (!members.empty()) check("members", members.size(), 1);
+  if (!members_out.empty()) check("members_out", members_out.size(), 1);
+  ensemble_step(view_, obs.data(), act.data(), static_cast<int64_t>(batch), seed, deterministic,
+                members.empty() ? nullptr : members.data(), next_obs_out.data(), reward_out.data(),
+                members_out.empty() ? nullptr : members_out.data());
 }
 
 void Ensemble::predict(const float* obs, const float* act, int64_t batch, float* mean_out, float* var_out) const {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -205,6 +206,37 @@ TEST_CASE("Actor::load reads the export_actor layout") {
     format_error = true;
   }
   CHECK(format_error);
+  // A truncated or corrupted export raises FormatError wherever it is cut or damaged.
+  write_actor(actor, path, "mbpo_fast.actor/1");
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto load_fails = [&](const std::string& content) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+    try {
+      Actor::load(path);
+    } catch (const FormatError&) {
+      return true;
+    }
+    return false;
+  };
+  for (size_t cut : {size_t{0}, size_t{5}, size_t{8}, size_t{60}, bytes.size() / 2, bytes.size() - 1}) {
+    CHECK(load_fails(bytes.substr(0, cut)));
+  }
+  std::string wrong_header_len = bytes;
+  wrong_header_len[0] = static_cast<char>(wrong_header_len[0] + 3);
+  CHECK(load_fails(wrong_header_len));
+  std::string bad_shape = bytes;
+  const size_t at = bad_shape.find("\"shape\":[5,20]");
+  CHECK(at != std::string::npos);
+  bad_shape.replace(at, 15, "\"shape\":[4,20]");  // layer 0 no longer takes obs_dim inputs
+  CHECK(load_fails(bad_shape));
+  std::string nan_scale = bytes;
+  const float nan = std::nanf("");
+  std::memcpy(&nan_scale[nan_scale.size() - 16], &nan, 4);  // action_scale[0]
+  CHECK(load_fails(nan_scale));
   std::remove(path.c_str());
   bool io_error = false;
   try {

@@ -107,6 +107,25 @@ Model random_model(uint32_t seed) {
 
 const std::map<std::string, std::string> kMeta = {{"obs_dim", "5"}, {"act_dim", "2"}, {"activation", "silu"}};
 
+// Standard-normal obs [batch, kObs] and act [batch, kAct].
+void random_rows(int64_t batch, uint32_t seed, std::vector<float>& obs, std::vector<float>& act) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  obs.resize(static_cast<size_t>(batch * kObs));
+  act.resize(static_cast<size_t>(batch * kAct));
+  for (auto& x : obs) x = n(gen);
+  for (auto& x : act) x = n(gen);
+}
+
+// Writes `m` to a temporary file and loads it with Ensemble::load.
+Ensemble load_model(const Model& m) {
+  const std::string path = "test_ensemble_model_tmp.safetensors";
+  write_file(path, safetensors_bytes(m.tensors, kMeta));
+  Ensemble model = Ensemble::load(path);
+  std::remove(path.c_str());
+  return model;
+}
+
 // Double-precision forward of member e on one row: (mean [obs+1], raw logvar [obs+1]).
 std::vector<double> reference_head(const Model& m, int64_t e, const float* obs, const float* act) {
   std::vector<double> h(static_cast<size_t>(kObs + kAct));
@@ -130,19 +149,13 @@ std::vector<double> reference_head(const Model& m, int64_t e, const float* obs, 
 
 TEST_CASE("Ensemble::load + deterministic step and predict match a double reference") {
   const Model m = random_model(7);
-  const std::string path = "test_ensemble_model.safetensors";
-  write_file(path, safetensors_bytes(m.tensors, kMeta));
-  const Ensemble model = Ensemble::load(path);
-  std::remove(path.c_str());
+  const Ensemble model = load_model(m);
   CHECK(model.obs_dim() == kObs && model.act_dim() == kAct && model.ensemble_size() == kE);
   CHECK(model.num_layers() == 3 && model.elites().size() == 2);
 
   const int64_t B = 9;
-  std::mt19937 gen(3);
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  std::vector<float> obs(static_cast<size_t>(B * kObs)), act(static_cast<size_t>(B * kAct));
-  for (auto& x : obs) x = n(gen);
-  for (auto& x : act) x = n(gen);
+  std::vector<float> obs, act;
+  random_rows(B, 3, obs, act);
   std::vector<int64_t> members(static_cast<size_t>(B));
   for (int64_t i = 0; i < B; ++i) members[static_cast<size_t>(i)] = i % kE;
   std::vector<float> next(static_cast<size_t>(B * kObs)), rew(static_cast<size_t>(B));
@@ -172,10 +185,7 @@ TEST_CASE("Ensemble::load + deterministic step and predict match a double refere
 
 TEST_CASE("Ensemble::step picks elites only, is deterministic and thread-safe") {
   const Model m = random_model(8);
-  const std::string path = "test_ensemble_model2.safetensors";
-  write_file(path, safetensors_bytes(m.tensors, kMeta));
-  const Ensemble model = Ensemble::load(path);
-  std::remove(path.c_str());
+  const Ensemble model = load_model(m);
   const int64_t B = 2000;
   std::vector<float> obs(static_cast<size_t>(B * kObs), 0.25f), act(static_cast<size_t>(B * kAct), -0.5f);
   for (size_t i = 0; i < obs.size(); ++i) obs[i] += 0.001f * static_cast<float>(i % 97);
@@ -200,6 +210,46 @@ TEST_CASE("Ensemble::step picks elites only, is deterministic and thread-safe") 
   }
   for (auto& th : threads) th.join();
   for (int s : same) CHECK(s == 1);
+}
+
+TEST_CASE("Ensemble::step span overload equals the pointer form and checks sizes") {
+  const Model m = random_model(10);
+  const Ensemble model = load_model(m);
+  const int64_t B = 13;
+  std::vector<float> obs, act;
+  random_rows(B, 5, obs, act);
+  std::vector<float> next0(obs.size()), rew0(static_cast<size_t>(B)), next1(obs.size()), rew1(rew0.size());
+  std::vector<int64_t> mem0(static_cast<size_t>(B)), mem1(static_cast<size_t>(B));
+  model.step(obs.data(), act.data(), B, 21, false, nullptr, next0.data(), rew0.data(), mem0.data());
+  model.step(obs, act, 21, false, next1, rew1, {}, mem1);
+  CHECK(next0 == next1 && rew0 == rew1 && mem0 == mem1);
+  // Explicit members, const inputs.
+  const std::vector<int64_t> members{1, 2, 0, 1, 1, 2, 0, 0, 2, 1, 0, 2, 1};
+  const std::vector<float>& cobs = obs;
+  model.step(obs.data(), act.data(), B, 3, true, members.data(), next0.data(), rew0.data());
+  model.step(cobs, act, 3, true, next1, rew1, members);
+  CHECK(next0 == next1 && rew0 == rew1);
+
+  auto message = [&](auto&& call) {
+    try {
+      call();
+    } catch (const InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("<no InvalidArgument>");
+  };
+  std::vector<float> short_obs(obs.begin(), obs.end() - 1), short_next(next1.begin(), next1.end() - 2);
+  const std::string e1 = message([&] { model.step(short_obs, act, 1, false, next1, rew1); });
+  CHECK(e1.find("obs") == 0 && e1.find(std::to_string(B * kObs)) != std::string::npos &&
+        e1.find(std::to_string(B * kObs - 1)) != std::string::npos);
+  CHECK(message([&] { model.step(obs, act, 1, false, short_next, rew1); }).find("next_obs_out") == 0);
+  CHECK(message([&] {
+          model.step(obs, act, 1, false, next1, rew1, std::vector<int64_t>(3, 0));
+        }).find("members") == 0);
+  const std::vector<float> rew_before = rew1;
+  CHECK(message([&] { model.step(obs, std::vector<float>(3, 0.5f), 1, false, next1, rew1); }).find("act") ==
+        0);
+  CHECK(rew1 == rew_before);  // nothing written on a size error
 }
 
 TEST_CASE("Ensemble::load rejects bad files with FormatError") {

@@ -13,6 +13,7 @@
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rollout.h"
+#include "pool_contents.h"
 
 using namespace mbpo_fast;
 
@@ -96,21 +97,7 @@ ReplayPool real_pool(int64_t n) {
   return pool;
 }
 
-struct Contents {
-  std::vector<float> obs, act, rew, next;
-  std::vector<uint8_t> term;
-  explicit Contents(const ReplayPool& p)
-      : obs(static_cast<size_t>(p.size() * kOd)),
-        act(static_cast<size_t>(p.size() * kAd)),
-        rew(static_cast<size_t>(p.size())),
-        next(static_cast<size_t>(p.size() * kOd)),
-        term(static_cast<size_t>(p.size())) {
-    p.transitions(obs.data(), act.data(), rew.data(), next.data(), term.data());
-  }
-  bool operator==(const Contents& o) const {
-    return obs == o.obs && act == o.act && rew == o.rew && next == o.next && term == o.term;
-  }
-};
+using Contents = mbpo_fast_test::PoolContents;
 
 }  // namespace
 

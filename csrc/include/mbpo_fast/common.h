@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 // MBPO_HD marks functions that compile as both host and device code. Under nvcc they
 // become __host__ __device__; under a plain C++ compiler the macro is empty, so the
@@ -43,6 +45,35 @@ class FormatError : public std::runtime_error {
 inline void require(bool condition, const std::string& message) {
   if (!condition) throw InvalidArgument(message);
 }
+
+// A non-owning view of `size()` contiguous elements, like C++20's std::span (the library
+// is C++17). Converts implicitly from std::vector, std::array, C arrays and anything else with
+// data() and size(); Span<const T> also from a const container. Used by the span-style
+// overloads, which take their sizes from the spans and check them.
+template <typename T>
+class Span {
+ public:
+  constexpr Span() noexcept = default;
+  constexpr Span(T* data, size_t size) noexcept : data_(data), size_(size) {}
+  template <size_t N>
+  constexpr Span(T (&array)[N]) noexcept : data_(array), size_(N) {}  // NOLINT: implicit by design
+  template <typename C,
+            typename = std::enable_if_t<!std::is_same_v<std::decay_t<C>, Span> &&
+                                        std::is_convertible_v<decltype(std::declval<C&>().data()), T*>>>
+  constexpr Span(C&& container) noexcept  // NOLINT: implicit by design
+      : data_(container.data()), size_(static_cast<size_t>(container.size())) {}
+
+  constexpr T* data() const noexcept { return data_; }
+  constexpr size_t size() const noexcept { return size_; }
+  constexpr bool empty() const noexcept { return size_ == 0; }
+  constexpr T& operator[](size_t i) const noexcept { return data_[i]; }
+  constexpr T* begin() const noexcept { return data_; }
+  constexpr T* end() const noexcept { return data_ + size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 // Library version (kept in sync with pyproject.toml by CMake).
 const char* version() noexcept;

@@ -42,6 +42,15 @@ class Ensemble {
   void step(const float* obs, const float* act, int64_t batch, uint64_t seed, bool deterministic,
             const int64_t* members, float* next_obs_out, float* reward_out,
             int64_t* members_out = nullptr) const;
+  // Span-style overload: the batch is reward_out.size(); obs must hold batch * obs_dim values,
+  // act batch * act_dim, next_obs_out batch * obs_dim, members (when not empty) and
+  // members_out (when not empty) batch. Throws InvalidArgument naming the argument with the
+  // expected and actual sizes, before anything is written.
+  //   std::vector<float> next(B * model.obs_dim()), rew(B);
+  //   model.step(obs, act, seed, /*deterministic=*/false, next, rew);
+  void step(Span<const float> obs, Span<const float> act, uint64_t seed, bool deterministic,
+            Span<float> next_obs_out, Span<float> reward_out, Span<const int64_t> members = {},
+            Span<int64_t> members_out = {}) const;
   // Every member on every row: mean_out, var_out [E, batch, obs_dim + 1] (Δobs, reward).
   void predict(const float* obs, const float* act, int64_t batch, float* mean_out, float* var_out) const;
   // Spread of the members' means per row (members null: the elites), out [batch].
