@@ -16,6 +16,10 @@ MBPO_HD float softplus(float x) {
   return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
 }
 
+// The hidden activation, SiLU (swish): x / (1 + exp(-x)) (the portable CPU kernel and the
+// CUDA kernels; the AVX-512 kernel vectorizes the same formula).
+MBPO_HD float silu(float x) { return x / (1.0f + expf(-x)); }
+
 // MBPO's soft clamp of a raw logvar into (min_logvar, max_logvar):
 //   lv = max - softplus(max - raw); lv = min + softplus(lv - min).
 MBPO_HD float soft_clamp_logvar(float raw, float max_logvar, float min_logvar) {
