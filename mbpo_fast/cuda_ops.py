@@ -91,11 +91,20 @@ def as_cuda_tensor(name: str, value, shape: Sequence[int | None], dtype=None, de
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     got = tuple(value.shape)
-    if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got, strict=False)):
-        want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
+    if len(got) != len(shape) or any(
+        e is not None and e != g for e, g in zip(shape, got, strict=False)
+    ):
+        want = (
+            "("
+            + ", ".join("*" if e is None else str(e) for e in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise ValueError(f"{name}: expected shape {want}, got {got}")
     if not value.is_contiguous():
-        raise ValueError(f"{name}: expected a C-contiguous tensor (device inputs are borrowed, never copied)")
+        raise ValueError(
+            f"{name}: expected a C-contiguous tensor (device inputs are borrowed, never copied)"
+        )
     return value
 
 
@@ -160,8 +169,14 @@ class CudaEnsemble:
         if members is None:
             return None
         if isinstance(members, torch.Tensor):
-            if members.dtype.is_floating_point or members.dtype.is_complex or members.dtype == torch.bool:
-                raise TypeError(f"members: expected integer member indices, got dtype {members.dtype}")
+            if (
+                members.dtype.is_floating_point
+                or members.dtype.is_complex
+                or members.dtype == torch.bool
+            ):
+                raise TypeError(
+                    f"members: expected integer member indices, got dtype {members.dtype}"
+                )
             m = members.to(self.device, torch.int64)
         else:
             arr = np.asarray(members)
@@ -171,7 +186,9 @@ class CudaEnsemble:
         if m.ndim == 0:
             m = m.expand(batch)
         if tuple(m.shape) != (batch,):
-            raise ValueError(f"members: expected shape ({batch},) or a scalar, got {tuple(m.shape)}")
+            raise ValueError(
+                f"members: expected shape ({batch},) or a scalar, got {tuple(m.shape)}"
+            )
         m = m.contiguous()
         bad = (m < 0) | (m >= self.ensemble_size)
         if bool(bad.any()):  # one sync, only when members are given
@@ -196,9 +213,19 @@ class CudaEnsemble:
         work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
         with torch.cuda.device(self.device):
             self._native.cuda_ensemble_step(
-                self.view, obs.data_ptr(), act.data_ptr(), batch, int(seed), bool(deterministic),
-                0 if mem is None else mem.data_ptr(), next_obs.data_ptr(), rew.data_ptr(),
-                used.data_ptr(), work.data_ptr(), nbytes, _stream(self.device),
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                int(seed),
+                bool(deterministic),
+                0 if mem is None else mem.data_ptr(),
+                next_obs.data_ptr(),
+                rew.data_ptr(),
+                used.data_ptr(),
+                work.data_ptr(),
+                nbytes,
+                _stream(self.device),
             )
         if single:
             return next_obs[0], rew[0], used[0]
@@ -215,7 +242,12 @@ class CudaEnsemble:
         var = torch.empty(shape, device=self.device, dtype=torch.float32)
         with torch.cuda.device(self.device):
             self._native.cuda_ensemble_predict(
-                self.view, obs.data_ptr(), act.data_ptr(), batch, mean.data_ptr(), var.data_ptr(),
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                mean.data_ptr(),
+                var.data_ptr(),
                 _stream(self.device),
             )
         return (mean[:, 0], var[:, 0]) if single else (mean, var)
@@ -228,12 +260,21 @@ class CudaEnsemble:
         batch = obs.shape[0]
         mem = self.elites if members is None else [int(m) for m in np.asarray(members).reshape(-1)]
         out = torch.empty((batch,), device=self.device, dtype=torch.float32)
-        nbytes = self._native.cuda_ensemble_disagreement_workspace_bytes(batch, len(mem), self.obs_dim)
+        nbytes = self._native.cuda_ensemble_disagreement_workspace_bytes(
+            batch, len(mem), self.obs_dim
+        )
         work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
         with torch.cuda.device(self.device):
             self._native.cuda_ensemble_disagreement(
-                self.view, obs.data_ptr(), act.data_ptr(), batch, mem, out.data_ptr(),
-                work.data_ptr(), nbytes, _stream(self.device),
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                mem,
+                out.data_ptr(),
+                work.data_ptr(),
+                nbytes,
+                _stream(self.device),
             )
         return out[0] if single else out
 
@@ -246,7 +287,9 @@ class CudaPool:
     the native pool, tensors on the device. Draws are the CPU pool's
     (``random_index(seed, STREAM_POOL_SAMPLE, rng_counter + k, len)``)."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0, device="cuda") -> None:
+    def __init__(
+        self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0, device="cuda"
+    ) -> None:
         import torch
 
         native = require("ReplayPool(device='cuda')")
@@ -313,7 +356,9 @@ class CudaPool:
 
         od, ad = self.obs_dim, self.act_dim
         if not hasattr(obs, "shape") or len(obs.shape) != 2:
-            raise ValueError(f"obs: expected shape (*, {od}), got {tuple(getattr(obs, 'shape', ()))}")
+            raise ValueError(
+                f"obs: expected shape (*, {od}), got {tuple(getattr(obs, 'shape', ()))}"
+            )
         n = int(obs.shape[0])
         o = self._input("obs", obs, (n, od))
         a = self._input("act", act, (n, ad))
@@ -323,8 +368,15 @@ class CudaPool:
         if n == 0:
             return
         with torch.cuda.device(self.device):
-            self._impl.add_batch(o.data_ptr(), a.data_ptr(), r.data_ptr(), no.data_ptr(), t.data_ptr(), n,
-                                 _stream(self.device))
+            self._impl.add_batch(
+                o.data_ptr(),
+                a.data_ptr(),
+                r.data_ptr(),
+                no.data_ptr(),
+                t.data_ptr(),
+                n,
+                _stream(self.device),
+            )
 
     def add(self, obs, act, rew, next_obs, terminated) -> None:
         import torch
@@ -333,8 +385,11 @@ class CudaPool:
             return x.reshape(1, -1) if isinstance(x, torch.Tensor) else np.asarray(x).reshape(1, -1)
 
         rew_t = rew.reshape(1) if isinstance(rew, torch.Tensor) else np.asarray([rew])
-        term_t = (terminated.reshape(1) if isinstance(terminated, torch.Tensor)
-                  else np.asarray([bool(terminated)]))
+        term_t = (
+            terminated.reshape(1)
+            if isinstance(terminated, torch.Tensor)
+            else np.asarray([bool(terminated)])
+        )
         self.add_batch(row(obs), row(act), rew_t, row(next_obs), term_t)
 
     def _outputs(self, n: int):
@@ -356,7 +411,11 @@ class CudaPool:
     def sample(self, batch_size: int, num_batches: int | None = None):
         import torch
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 0
+        ):
             raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
         k = 1 if num_batches is None else int(num_batches)
         if k < 1:
@@ -409,22 +468,40 @@ class CudaPool:
         self._unsupported("save")
 
 
-def sample_mixed(real: CudaPool, model: CudaPool, batch_size: int, real_ratio: float,
-                 num_batches: int | None = None):
+def sample_mixed(
+    real: CudaPool,
+    model: CudaPool,
+    batch_size: int,
+    real_ratio: float,
+    num_batches: int | None = None,
+):
     """sample_mixed of two device pools: the CPU version's draws and counter updates."""
     import torch
 
     if real.device != model.device:
-        raise ValueError(f"model_pool: expected the device of real_pool ({real.device}), got {model.device}")
+        raise ValueError(
+            f"model_pool: expected the device of real_pool ({real.device}), got {model.device}"
+        )
     k = 1 if num_batches is None else int(num_batches)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size: expected batch_size >= 1, got {batch_size!r}")
     if k < 1:
         raise ValueError(f"num_batches: expected num_batches >= 1, got {num_batches!r}")
     outs = real._outputs(int(batch_size) * k)
     with torch.cuda.device(real.device):
-        real._native.cuda_sample_mixed(real._impl, model._impl, int(batch_size), float(real_ratio), k,
-                                       *CudaPool._ptrs(outs), _stream(real.device))
+        real._native.cuda_sample_mixed(
+            real._impl,
+            model._impl,
+            int(batch_size),
+            float(real_ratio),
+            k,
+            *CudaPool._ptrs(outs),
+            _stream(real.device),
+        )
     if num_batches is not None:
         outs = tuple(o.reshape(k, int(batch_size), *o.shape[1:]) for o in outs)
     return outs

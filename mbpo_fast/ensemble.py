@@ -699,15 +699,20 @@ class EnsembleDynamics(nn.Module):
         native = self._cuda_native()
         if native is not None:
             return native.predict(obs, act)
-        from . import cuda_ops
+        o, a, single = self._cuda_rows(obs, act)
+        mean, var = self.predict_torch(o, a)
+        return (mean[:, 0], var[:, 0]) if single else (mean, var)
+
+    def _cuda_rows(self, obs, act):
+        """Validated CUDA tensors obs [B, obs_dim], act [B, act_dim] (single rows promoted)."""
+        from .cuda_ops import as_cuda_tensor
 
         single = obs.ndim == 1
-        o = cuda_ops.as_cuda_tensor("obs", obs, (self.obs_dim,) if single else (None, self.obs_dim),
-                                    device=self.device)
-        a = cuda_ops.as_cuda_tensor("act", act, (self.act_dim,) if single else (o.shape[0], self.act_dim),
-                                    device=self.device)
-        mean, var = self.predict_torch(o.reshape(-1, self.obs_dim), a.reshape(-1, self.act_dim))
-        return (mean[:, 0], var[:, 0]) if single else (mean, var)
+        o = as_cuda_tensor("obs", obs, (self.obs_dim,) if single else (None, self.obs_dim),
+                           device=self.device).reshape(-1, self.obs_dim)
+        a = as_cuda_tensor("act", act, (self.act_dim,) if single else (o.shape[0], self.act_dim),
+                           device=self.device).reshape(-1, self.act_dim)
+        return o, a, single
 
     @torch.no_grad()
     def _step_cuda(self, obs, act, seed: int, deterministic: bool, members):
@@ -716,13 +721,7 @@ class EnsembleDynamics(nn.Module):
         native = self._cuda_native()
         if native is not None:
             return native.step(obs, act, seed=seed, deterministic=deterministic, members=members)
-        from . import cuda_ops
-
-        single = obs.ndim == 1
-        o = cuda_ops.as_cuda_tensor("obs", obs, (self.obs_dim,) if single else (None, self.obs_dim),
-                                    device=self.device).reshape(-1, self.obs_dim)
-        a = cuda_ops.as_cuda_tensor("act", act, (self.act_dim,) if single else (o.shape[0], self.act_dim),
-                                    device=self.device).reshape(-1, self.act_dim)
+        o, a, single = self._cuda_rows(obs, act)
         mem = None
         if members is not None:
             mem = self._validate_members(
