@@ -86,8 +86,12 @@ def as_cuda_tensor(name: str, value, shape: Sequence[int | None], dtype=None, de
             )
     if not value.is_cuda:
         raise ValueError(f"{name}: expected a CUDA tensor, got device {value.device}")
-    if device is not None and value.device != torch.device(device):
-        raise ValueError(f"{name}: expected a tensor on {device}, got {value.device}")
+    if device is not None:
+        want = torch.device(device)
+        if want.index is None:  # "cuda" means the current device
+            want = torch.device("cuda", torch.cuda.current_device())
+        if value.device != want:
+            raise ValueError(f"{name}: expected a tensor on {want}, got {value.device}")
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     got = tuple(value.shape)
@@ -127,7 +131,7 @@ class CudaEnsemble:
         import torch
 
         self._native = require("EnsembleDynamics on CUDA")
-        self.device = model.device
+        self.device = model.input_mean.device  # with its index ("cuda" -> "cuda:0")
         self.obs_dim, self.act_dim = model.obs_dim, model.act_dim
         self.ensemble_size = model.ensemble_size
         params = [model.input_mean, model.input_std, model.max_logvar, model.min_logvar]

@@ -336,8 +336,10 @@ void allow_smem(Kernel kernel, size_t bytes, const char* op) {
   int device = 0, optin = 0;
   MBPO_CUDA_CHECK(cudaGetDevice(&device));
   MBPO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  require(bytes <= static_cast<size_t>(optin),
-          std::string(op) + ": the widest layer needs " + std::to_string(bytes) +
+  cudaFuncAttributes attr{};
+  MBPO_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));  // its static shared memory counts too
+  require(bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin),
+          std::string(op) + ": the widest layer needs " + std::to_string(bytes + attr.sharedSizeBytes) +
               " bytes of shared memory per block, the device allows " + std::to_string(optin));
   MBPO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
