@@ -30,128 +30,22 @@
 #include <string>
 
 #include "check.cuh"
+#include "ensemble_tile.cuh"
 #include "kernels/ensemble_epilogue.h"
 #include "kernels/ensemble_grouping.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda_ops.h"
 
 namespace mbpo_fast {
+namespace cuda_detail {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int kTileRows = static_cast<int>(kCudaEnsembleTileRows);
-constexpr int kRowGroups = kThreads / 32;
-constexpr int kRowsPerThread = kTileRows / kRowGroups;
-constexpr int kColsPerThread = 8;
-constexpr int kColsPerPass = 32 * kColsPerThread;
-constexpr int kChunkK = 32;
-constexpr int kMaxMembers = static_cast<int>(kCudaMaxMembers);
-static_assert(kRowsPerThread * kRowGroups == kTileRows, "tile rows must split evenly over the warps");
-static_assert(kTileRows <= kThreads, "the epilogue runs one thread per row");
-
-// The model as the kernels see it (by value in the kernel parameters; device pointers).
-struct DeviceModel {
-  int obs_dim, act_dim, ensemble_size, num_layers;
-  int widths[kEnsembleMaxLayers + 1];
-  const float* w[kEnsembleMaxLayers];
-  const float* b[kEnsembleMaxLayers];
-  const float* input_mean;
-  const float* input_std;
-  const float* max_logvar;
-  const float* min_logvar;
-  int ld;  // row stride (floats) of an activation tile in shared memory: the widest layer
-};
-
-struct MemberList {
-  int64_t id[kMaxMembers];
-  int count;
-};
-
-// ------------------------------------------------------------------ device helpers
-
-// x[r, c] = (concat(obs, act)[row(r), c] - mean[c]) / std[c] for r < rows; rows up to
-// kTileRows are zero (so every value the layers read is defined). row(r) = order[first + r]
-// when order is not null, else first + r.
-__device__ void gather_tile(const DeviceModel& m, const float* __restrict__ obs, const float* __restrict__ act,
-                            const int* __restrict__ order, int64_t first, int rows, float* x) {
-  const int od = m.obs_dim, in = m.obs_dim + m.act_dim;
-  for (int t = threadIdx.x; t < kTileRows * in; t += kThreads) {
-    const int r = t / in, c = t - (t / in) * in;
-    float v = 0.0f;
-    if (r < rows) {
-      const int64_t row = order != nullptr ? static_cast<int64_t>(order[first + r]) : first + r;
-      const float raw = c < od ? obs[row * od + c] : act[row * m.act_dim + (c - od)];
-      v = (raw - m.input_mean[c]) / m.input_std[c];
-    }
-    x[r * m.ld + c] = v;
-  }
-  __syncthreads();
-}
-
-// Runs every layer of member e on the tile in x; returns the buffer holding the output
-// layer (mean, raw logvar) — x or y; the other one is free afterwards.
-__device__ float* forward_tile(const DeviceModel& m, int64_t e, float* x, float* y, float* wbuf) {
-  const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * kRowsPerThread;
-  for (int i = 0; i < m.num_layers; ++i) {
-    const int K = m.widths[i], N = m.widths[i + 1];
-    const bool hidden = i + 1 < m.num_layers;
-    const float* __restrict__ W = m.w[i] + e * K * N;
-    const float* __restrict__ B = m.b[i] + e * N;
-    for (int j0 = 0; j0 < N; j0 += kColsPerPass) {
-      const int nc = min(kColsPerPass, N - j0);
-      float acc[kRowsPerThread][kColsPerThread];
-#pragma unroll
-      for (int c = 0; c < kColsPerThread; ++c) {
-        const int j = lane + 32 * c;
-        const float bias = j < nc ? __ldg(B + j0 + j) : 0.0f;
-#pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) acc[r][c] = bias;
-      }
-      for (int k0 = 0; k0 < K; k0 += kChunkK) {
-        const int kc = min(kChunkK, K - k0);
-        __syncthreads();  // every thread is done with the previous chunk
-        for (int t = threadIdx.x; t < kc * kColsPerPass; t += kThreads) {
-          const int kk = t / kColsPerPass, jj = t - kk * kColsPerPass;
-          wbuf[t] = jj < nc ? __ldg(W + static_cast<int64_t>(k0 + kk) * N + j0 + jj) : 0.0f;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < kc; ++kk) {
-          float xv[kRowsPerThread];
-#pragma unroll
-          for (int r = 0; r < kRowsPerThread; ++r) xv[r] = x[(row0 + r) * m.ld + k0 + kk];
-#pragma unroll
-          for (int c = 0; c < kColsPerThread; ++c) {
-            const float wv = wbuf[kk * kColsPerPass + lane + 32 * c];
-#pragma unroll
-            for (int r = 0; r < kRowsPerThread; ++r) acc[r][c] = fmaf(xv[r], wv, acc[r][c]);
-          }
-        }
-      }
-#pragma unroll
-      for (int c = 0; c < kColsPerThread; ++c) {
-        const int j = lane + 32 * c;
-        if (j < nc) {
-#pragma unroll
-          for (int r = 0; r < kRowsPerThread; ++r) {
-            const float v = acc[r][c];
-            y[(row0 + r) * m.ld + j0 + j] = hidden ? kernels::silu(v) : v;
-          }
-        }
-      }
-    }
-    __syncthreads();  // the layer's output is complete before the next layer reads it
-    float* t = x;
-    x = y;
-    y = t;
-  }
-  return x;
-}
 
 // ------------------------------------------------------------------ kernels
 
 __global__ void __launch_bounds__(kThreads)
     choose_count_kernel(MemberList elites, uint64_t seed, const int64_t* __restrict__ members, int64_t batch,
-                        int E, int* __restrict__ chosen, int* __restrict__ counts) {
+                        const int* batch_dev, int E, int* __restrict__ chosen, int* __restrict__ counts) {
+  if (batch_dev != nullptr) batch = *batch_dev;  // the rollout's alive rows (grid: an upper bound)
   __shared__ int local[kMaxMembers];
   if (threadIdx.x < kMaxMembers) local[threadIdx.x] = 0;
   __syncthreads();
@@ -171,9 +65,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    scatter_kernel(const int* __restrict__ chosen, int64_t batch, int E, const int* __restrict__ counts,
-                   int* __restrict__ cursor, int* __restrict__ order, int64_t* __restrict__ members_out,
-                   float* __restrict__ next_obs, float* __restrict__ reward, int obs_dim) {
+    scatter_kernel(const int* __restrict__ chosen, int64_t batch, const int* batch_dev, int E,
+                   const int* __restrict__ counts, int* __restrict__ cursor, int* __restrict__ order,
+                   int64_t* __restrict__ members_out, float* __restrict__ next_obs, float* __restrict__ reward,
+                   int obs_dim) {
+  if (batch_dev != nullptr) batch = *batch_dev;
   __shared__ int start[kMaxMembers], local[kMaxMembers], base[kMaxMembers];
   if (threadIdx.x == 0) {
     int s = 0;
@@ -279,12 +175,26 @@ __global__ void __launch_bounds__(kThreads)
 constexpr size_t kAlign = 256;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
-
 void check_batch(int64_t batch, const char* op) {
   require(batch >= 0 && batch <= INT32_MAX,
           std::string(op) + ": batch must be in [0, 2**31), got " + std::to_string(batch));
 }
+
+struct StepWorkspace {
+  int* chosen;
+  int* order;
+  int* counts;  // [E], followed by the cursors [E]
+};
+
+StepWorkspace carve_step_workspace(void* workspace, int64_t batch, int64_t E) {
+  char* p = static_cast<char*>(workspace);
+  const size_t rows = align_up(sizeof(int) * static_cast<size_t>(batch));
+  (void)E;
+  return StepWorkspace{reinterpret_cast<int*>(p), reinterpret_cast<int*>(p + rows),
+                       reinterpret_cast<int*>(p + 2 * rows)};
+}
+
+}  // namespace
 
 DeviceModel device_model(const EnsembleView& v, bool need_elites, const char* op) {
   v.validate(need_elites);
@@ -313,6 +223,7 @@ DeviceModel device_model(const EnsembleView& v, bool need_elites, const char* op
   m.max_logvar = v.max_logvar;
   m.min_logvar = v.min_logvar;
   m.ld = static_cast<int>(widest);
+  m.relu_hidden = false;
   return m;
 }
 
@@ -325,40 +236,30 @@ MemberList member_list(const int64_t* ids, int64_t n, const char* what) {
   return list;
 }
 
-size_t smem_bytes(const DeviceModel& m) {
-  return sizeof(float) * (static_cast<size_t>(2) * kTileRows * m.ld + static_cast<size_t>(kChunkK) * kColsPerPass);
+void launch_step(const DeviceModel& m, const MemberList& elites, const float* obs, const float* act, int64_t batch,
+                 const int* batch_dev, uint64_t seed, bool deterministic, const int64_t* members, float* next_obs,
+                 float* reward, int64_t* members_out, void* workspace, cudaStream_t stream) {
+  const int E = m.ensemble_size;
+  const StepWorkspace ws = carve_step_workspace(workspace, batch, E);
+  const size_t smem = smem_bytes(m);
+  allow_smem(step_mlp_kernel, smem, "cuda_ensemble_step");
+  MBPO_CUDA_CHECK(cudaMemsetAsync(ws.counts, 0, 2 * sizeof(int) * static_cast<size_t>(E), stream));
+  choose_count_kernel<<<blocks_for(batch), kThreads, 0, stream>>>(elites, seed, members, batch, batch_dev, E,
+                                                                   ws.chosen, ws.counts);
+  MBPO_CUDA_CHECK_LAUNCH();
+  scatter_kernel<<<blocks_for(batch), kThreads, 0, stream>>>(ws.chosen, batch, batch_dev, E, ws.counts,
+                                                              ws.counts + E, ws.order, members_out, next_obs,
+                                                              reward, m.obs_dim);
+  MBPO_CUDA_CHECK_LAUNCH();
+  const int64_t tiles = kernels::max_step_tiles(batch, E, kTileRows);
+  const StepArgs args{obs, act, seed, ws.order, ws.counts, E, deterministic, next_obs, reward};
+  step_mlp_kernel<<<static_cast<unsigned>(tiles), kThreads, smem, stream>>>(m, args);
+  MBPO_CUDA_CHECK_LAUNCH();
 }
 
-// Opts `kernel` into `bytes` of dynamic shared memory (above the 48 KB default), or throws
-// InvalidArgument when the current device cannot give that much (a very wide model).
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes, const char* op) {
-  int device = 0, optin = 0;
-  MBPO_CUDA_CHECK(cudaGetDevice(&device));
-  MBPO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attr{};
-  MBPO_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));  // its static shared memory counts too
-  require(bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin),
-          std::string(op) + ": the widest layer needs " + std::to_string(bytes + attr.sharedSizeBytes) +
-              " bytes of shared memory per block, the device allows " + std::to_string(optin));
-  MBPO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
+}  // namespace cuda_detail
 
-struct StepWorkspace {
-  int* chosen;
-  int* order;
-  int* counts;  // [E], followed by the cursors [E]
-};
-
-StepWorkspace carve_step_workspace(void* workspace, int64_t batch, int64_t E) {
-  char* p = static_cast<char*>(workspace);
-  const size_t rows = align_up(sizeof(int) * static_cast<size_t>(batch));
-  (void)E;
-  return StepWorkspace{reinterpret_cast<int*>(p), reinterpret_cast<int*>(p + rows),
-                       reinterpret_cast<int*>(p + 2 * rows)};
-}
-
-}  // namespace
+using namespace cuda_detail;
 
 size_t cuda_ensemble_step_workspace_bytes(int64_t batch, int64_t ensemble_size) {
   require(batch >= 0 && ensemble_size >= 1, "cuda_ensemble_step_workspace_bytes: batch >= 0, ensemble_size >= 1");
@@ -384,24 +285,8 @@ void cuda_ensemble_step(const EnsembleView& v, const float* obs, const float* ac
   const size_t need = cuda_ensemble_step_workspace_bytes(batch, v.ensemble_size);
   require(workspace_bytes >= need, "workspace: expected at least " + std::to_string(need) + " bytes, got " +
                                        std::to_string(workspace_bytes));
-  const auto stream = static_cast<cudaStream_t>(cuda_stream);
-  const int E = m.ensemble_size;
-  const StepWorkspace ws = carve_step_workspace(workspace, batch, E);
-  const size_t smem = smem_bytes(m);
-  allow_smem(step_mlp_kernel, smem, "cuda_ensemble_step");
-
-  MBPO_CUDA_CHECK(cudaMemsetAsync(ws.counts, 0, 2 * sizeof(int) * static_cast<size_t>(E), stream));
-  choose_count_kernel<<<blocks_for(batch), kThreads, 0, stream>>>(elites, seed, members, batch, E, ws.chosen,
-                                                                   ws.counts);
-  MBPO_CUDA_CHECK_LAUNCH();
-  scatter_kernel<<<blocks_for(batch), kThreads, 0, stream>>>(ws.chosen, batch, E, ws.counts, ws.counts + E,
-                                                              ws.order, members_out, next_obs_out, reward_out,
-                                                              m.obs_dim);
-  MBPO_CUDA_CHECK_LAUNCH();
-  const int64_t tiles = kernels::max_step_tiles(batch, E, kTileRows);
-  const StepArgs args{obs, act, seed, ws.order, ws.counts, E, deterministic, next_obs_out, reward_out};
-  step_mlp_kernel<<<static_cast<unsigned>(tiles), kThreads, smem, stream>>>(m, args);
-  MBPO_CUDA_CHECK_LAUNCH();
+  launch_step(m, elites, obs, act, batch, nullptr, seed, deterministic, members, next_obs_out, reward_out,
+              members_out, workspace, static_cast<cudaStream_t>(cuda_stream));
 }
 
 void cuda_ensemble_predict(const EnsembleView& v, const float* obs, const float* act, int64_t batch,

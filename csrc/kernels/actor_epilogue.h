@@ -26,6 +26,9 @@ constexpr float kLog2 = 0.69314718055994530942f;
 // softplus(x) = log(1 + exp(x)) without overflow or cancellation.
 MBPO_HD float actor_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
+// The actor's hidden activation: `x < 0 ? 0 : x` keeps NaN (as torch.relu does).
+MBPO_HD float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
 // torch.clamp semantics: NaN stays NaN (fminf/fmaxf would replace it by a bound).
 MBPO_HD float clamp_keep_nan(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
