@@ -26,6 +26,7 @@ from . import _backend
 
 __all__ = [
     "CudaEnsemble",
+    "branched_rollout",
     "CudaPool",
     "as_cuda_tensor",
     "available",
@@ -509,3 +510,90 @@ def sample_mixed(
     if num_batches is not None:
         outs = tuple(o.reshape(k, int(batch_size), *o.shape[1:]) for o in outs)
     return outs
+
+
+# ---------------------------------------------------------------------------- rollout
+
+
+def branched_rollout(
+    model, agent, termination, real_pool, model_pool, num_starts: int, horizon: int, seed: int = 0
+) -> dict:
+    """One MBPO branched rollout entirely on the device (csrc/cuda/rollout.cu).
+
+    model: a CUDA :class:`~mbpo_fast.EnsembleDynamics`; agent: a CUDA :class:`~mbpo_fast.SAC`;
+    termination: an env id, a built-in termination function or id (custom callables are
+    CPU-only); real_pool, model_pool: ``ReplayPool(..., device="cuda")`` on the model's device
+    (may be the same pool). The algorithm and the random numbers are those of the CPU engine
+    (csrc/include/mbpo_fast/rollout.h): same start states, actions, members, noise and order of
+    the appended rows. No host round trip per step; one sync at the end for the statistics.
+    Returns the CPU engine's statistics dict (``mean_disagreement`` is NaN: not computed on
+    the device yet).
+    """
+    import torch
+
+    from .rollout_native import resolve_termination
+    from .sac import LOG_STD_MAX, LOG_STD_MIN
+
+    native = require("branched rollout on CUDA")
+    term = resolve_termination(termination)
+    if not isinstance(term, int):
+        raise TypeError(
+            "termination: the device rollout runs the built-in termination functions "
+            "only (an env id or mf.termination_fn(env_id)); use the CPU engine for "
+            "custom callables"
+        )
+    pools = []
+    for name, pool in (("real_pool", real_pool), ("model_pool", model_pool)):
+        impl = getattr(pool, "_impl", pool)
+        if not isinstance(impl, CudaPool):
+            raise TypeError(
+                f"{name}: expected a ReplayPool(..., device='cuda'), got {type(pool).__name__}"
+            )
+        pools.append(impl)
+    real, dest = pools
+    ens = model._cuda_native() if hasattr(model, "_cuda_native") else None
+    if ens is None or getattr(model, "device", torch.device("cpu")).type != "cuda":
+        raise TypeError("model: expected an EnsembleDynamics on a CUDA device")
+    if ens.device != real.device or dest.device != real.device:
+        raise ValueError(
+            f"model_pool, real_pool: expected the model's device {ens.device}, got "
+            f"{real.device} and {dest.device}"
+        )
+    layers = getattr(getattr(agent, "actor", None), "layers", None)
+    if layers is None or getattr(agent, "device", torch.device("cpu")).type != "cuda":
+        raise TypeError("agent: expected a SAC agent on a CUDA device")
+    weights, biases = [], []
+    for i, layer in enumerate(layers):
+        w = as_cuda_tensor(
+            f"actor.layers[{i}].weight", layer.weight.detach(), (1, None, None), device=real.device
+        )
+        b = as_cuda_tensor(
+            f"actor.layers[{i}].bias", layer.bias.detach(), (1, w.shape[2]), device=real.device
+        )
+        weights.append(w)
+        biases.append(b)
+    widths = [int(weights[0].shape[1])] + [int(w.shape[2]) for w in weights]
+    host = lambda x: np.ascontiguousarray(  # noqa: E731
+        x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32
+    )
+    low, high = getattr(agent, "_low_np", None), getattr(agent, "_high_np", None)
+    with torch.cuda.device(real.device):
+        return native.cuda_branched_rollout(
+            real._impl,
+            dest._impl,
+            ens.view,
+            [w.data_ptr() for w in weights],
+            [b.data_ptr() for b in biases],
+            widths,
+            host(agent.action_scale),
+            host(agent.action_bias),
+            None if low is None else host(low),
+            None if high is None else host(high),
+            LOG_STD_MIN,
+            LOG_STD_MAX,
+            term,
+            int(num_starts),
+            int(horizon),
+            int(seed),
+            _stream(real.device),
+        )

@@ -154,6 +154,8 @@ class BranchedRollout:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if len(real_pool) == 0:
             raise ValueError("real_pool is empty: collect real transitions before rollouts")
+        if getattr(model_pool, "device", "cpu") != "cpu":  # device pools: the CUDA engine
+            return self._run_cuda(real_pool, model_pool, int(num_starts), int(horizon), seed)
         if self.engine != "python":
             why = self._native_unsupported(real_pool, model_pool)
             if why is None:
@@ -208,6 +210,21 @@ class BranchedRollout:
             seconds=time.perf_counter() - t0,
         )
 
+
+    def _run_cuda(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
+                  seed: int) -> RolloutStats:
+        from .cuda_ops import branched_rollout
+
+        out = branched_rollout(self.model, self.agent, self.termination, real_pool, model_pool,
+                               num_starts, horizon, int(seed))
+        return RolloutStats(
+            rows_added=int(out["rows_added"]),
+            mean_length=float(out["mean_length"]),
+            frac_terminated=float(out["frac_terminated"]),
+            nonfinite=int(out["nonfinite"]),
+            mean_disagreement=float(out["mean_disagreement"]),
+            seconds=float(out["seconds"]),
+        )
 
     def _run_native(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
                     seed: int) -> RolloutStats:

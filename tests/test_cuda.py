@@ -383,6 +383,58 @@ def test_device_pool_rejects_bad_rows_and_stays_unchanged():
     _assert_same(dev.transitions(), tuple(x.cpu().numpy() for x in before))
 
 
+# ---------------------------------------------------------------------------- GPU: rollout
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("capacity", [100_000, 700])  # 700: the ring wraps
+def test_device_rollout_matches_cpu_engine(capacity):
+    """Same start states, actions, members, noise, terminations and order of stored rows."""
+    from mbpo_fast import cuda_ops
+    from mbpo_fast.rollout_native import run_native_rollout
+
+    import torch
+
+    cpu_model = _cpu_model(3)
+    with torch.no_grad():  # small, calm predictions: rollouts live a few steps, some terminate
+        cpu_model.layers[-1].weight.mul_(0.02)
+        cpu_model.layers[-1].bias.mul_(0.02)
+        cpu_model.max_logvar.fill_(-5.0)
+        cpu_model.min_logvar.fill_(-9.0)
+    cpu_model._invalidate_inference()
+    gpu_model = mf.EnsembleDynamics(OBS, ACT, seed=3, device="cuda")
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    low, high = -np.ones(ACT), np.ones(ACT)
+    agent_c = mf.SAC(OBS, ACT, low, high, seed=4)
+    agent_g = mf.SAC(OBS, ACT, low, high, seed=4, device="cuda")
+    agent_g.actor.load_state_dict(agent_c.actor.state_dict())
+    real_c = mf.ReplayPool(2000, OBS, ACT, seed=1)
+    real_g = mf.ReplayPool(2000, OBS, ACT, seed=1, device="cuda")
+    b = list(_batch(1500, 12))
+    b[0] = b[0] * 0.02
+    b[0][:, 0] = 1.25  # Hopper's height: healthy start states
+    b[3] = b[0].copy()
+    b = tuple(b)
+    real_c.add_batch(*b)
+    real_g.add_batch(*_to_cuda(b))
+    pool_c = mf.ReplayPool(capacity, OBS, ACT)
+    pool_g = mf.ReplayPool(capacity, OBS, ACT, device="cuda")
+    pool_c.add_batch(*_batch(50, 13))
+    pool_g.add_batch(*_to_cuda(_batch(50, 13)))
+    want = run_native_rollout(cpu_model, agent_c, "Hopper-v5", real_c, pool_c, 300, 4, 77,
+                              compute_disagreement=False)
+    got = cuda_ops.branched_rollout(gpu_model, agent_g, "Hopper-v5", real_g, pool_g, 300, 4, 77)
+    for key in ("rows_added", "num_terminated", "nonfinite", "steps_run"):
+        assert got[key] == want[key], key
+    # exercised: termination, compaction over 4 steps and (capacity 700) the ring wrapping
+    assert 0 < want["num_terminated"] < 300 and want["rows_added"] > 1000
+    assert (len(pool_g), pool_g.write_pos) == (len(pool_c), pool_c.write_pos)
+    g, c = pool_g.transitions(), pool_c.transitions()
+    np.testing.assert_array_equal(g.terminated.cpu().numpy(), c.terminated)
+    for x, y in zip(g[:4], c[:4], strict=True):
+        _close(x, y, rtol=1e-4)  # four chained steps of float rounding
+
+
 # ---------------------------------------------------------------------------- GPU: sanitizer
 
 _SANITIZED = textwrap.dedent(
@@ -398,6 +450,10 @@ _SANITIZED = textwrap.dedent(
                 torch.randn(100, device="cuda"), torch.randn(100, 11, device="cuda"),
                 torch.zeros(100, dtype=torch.bool, device="cuda"))
     p.sample(300); p.transitions(); mf.sample_mixed(p, p, 64, 0.25, 3)
+    from mbpo_fast import cuda_ops
+    agent = mf.SAC(11, 3, -np.ones(3), np.ones(3), device="cuda")
+    q = mf.ReplayPool(500, 11, 3, device="cuda")
+    cuda_ops.branched_rollout(m, agent, "Hopper-v5", p, q, 200, 3, 5)
     torch.cuda.synchronize()
     print("ok")
     """

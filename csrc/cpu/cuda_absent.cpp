@@ -58,4 +58,8 @@ void cuda_sample_mixed(CudaReplayPool&, CudaReplayPool&, int64_t, double, int64_
                        uint8_t*, void*) {
   no_cuda("cuda_sample_mixed");
 }
+RolloutStats cuda_branched_rollout(const ActorView&, const EnsembleView&, TerminationId, const CudaReplayPool&,
+                                   CudaReplayPool&, int64_t, int64_t, uint64_t, void*) {
+  no_cuda("cuda_branched_rollout");
+}
 }  // namespace mbpo_fast

@@ -1445,6 +1445,69 @@ void bind_cuda(py::module_& m) {
           py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"),
           py::arg("cuda_stream"));
   m.def(
+      "cuda_branched_rollout",
+      [](CudaReplayPool& real, CudaReplayPool& model_pool, const CudaEnsembleHandle& model,
+         std::vector<uintptr_t> actor_weights, std::vector<uintptr_t> actor_biases, std::vector<int64_t> actor_widths,
+         py::handle action_scale, py::handle action_bias, py::handle action_low, py::handle action_high,
+         float log_std_min, float log_std_max, int32_t termination, int64_t num_starts, int64_t horizon,
+         uint64_t seed, uintptr_t cuda_stream) {
+        const int64_t layers = static_cast<int64_t>(actor_weights.size());
+        if (layers < 1 || layers > kActorMaxLayers || static_cast<int64_t>(actor_biases.size()) != layers ||
+            static_cast<int64_t>(actor_widths.size()) != layers + 1) {
+          throw py::value_error("actor_weights: expected 1.." + std::to_string(kActorMaxLayers) +
+                                " layers, one bias per weight and layers + 1 widths");
+        }
+        ActorView a;
+        a.obs_dim = actor_widths.front();
+        a.act_dim = actor_widths.back() / 2;
+        a.num_layers = static_cast<int>(layers);
+        for (int64_t i = 0; i <= layers; ++i) a.widths[i] = actor_widths[static_cast<size_t>(i)];
+        for (int64_t i = 0; i < layers; ++i) {
+          a.weights[i] = ptr<const float>(actor_weights[static_cast<size_t>(i)]);
+          a.biases[i] = ptr<const float>(actor_biases[static_cast<size_t>(i)]);
+        }
+        auto scale = borrow_f32(action_scale, "action_scale", {a.act_dim});
+        auto bias = borrow_f32(action_bias, "action_bias", {a.act_dim});
+        py::array_t<float, py::array::c_style> low, high;
+        if (action_low.is_none() != action_high.is_none()) {
+          throw py::value_error("action_low, action_high: give both or neither");
+        }
+        if (!action_low.is_none()) {
+          low = borrow_f32(action_low, "action_low", {a.act_dim});
+          high = borrow_f32(action_high, "action_high", {a.act_dim});
+          a.action_low = low.data();
+          a.action_high = high.data();
+        }
+        a.action_scale = scale.data();
+        a.action_bias = bias.data();
+        a.log_std_min = log_std_min;
+        a.log_std_max = log_std_max;
+        RolloutStats st;
+        {
+          py::gil_scoped_release release;
+          st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
+                                     num_starts, horizon, seed, ptr<void>(cuda_stream));
+        }
+        py::dict d;
+        d["num_starts"] = st.num_starts;
+        d["rows_added"] = st.rows_added;
+        d["num_terminated"] = st.num_terminated;
+        d["nonfinite"] = st.nonfinite;
+        d["steps_run"] = st.steps_run;
+        d["mean_length"] = st.mean_length;
+        d["frac_terminated"] = st.frac_terminated;
+        d["mean_disagreement"] = st.mean_disagreement;
+        d["disagreement_rows"] = st.disagreement_rows;
+        d["seconds"] = st.seconds;
+        return d;
+      },
+      py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
+      py::arg("actor_widths"), py::arg("action_scale"), py::arg("action_bias"), py::arg("action_low") = py::none(),
+      py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0f, py::arg("log_std_max") = 2.0f,
+      py::arg("termination") = 0, py::arg("num_starts") = 0, py::arg("horizon") = 1, py::arg("seed") = 0,
+      py::arg("cuda_stream") = 0,
+      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.");
+  m.def(
       "cuda_sample_mixed",
       [](CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio, int64_t num_batches,
          uintptr_t obs, uintptr_t act, uintptr_t rew, uintptr_t next_obs, uintptr_t term, uintptr_t cuda_stream) {

@@ -19,7 +19,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/rollout.h"
+#include "mbpo_fast/termination.h"
 
 namespace mbpo_fast {
 
@@ -108,6 +111,10 @@ class CudaReplayPool {
   const float* record_data() const noexcept { return rec_; }
   const uint8_t* terminated_data() const noexcept { return term_; }
 
+  friend RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& model,
+                                            TerminationId termination, const CudaReplayPool& real,
+                                            CudaReplayPool& model_pool, int64_t num_starts, int64_t horizon,
+                                            uint64_t seed, void* cuda_stream);
   friend void cuda_sample_mixed(CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size,
                                 double real_ratio, int64_t num_batches, float* obs, float* act,
                                 float* rew, float* next_obs, uint8_t* term, void* cuda_stream);
@@ -128,5 +135,18 @@ class CudaReplayPool {
 void cuda_sample_mixed(CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio,
                        int64_t num_batches, float* obs, float* act, float* rew, float* next_obs,
                        uint8_t* term, void* cuda_stream);
+
+// branched_rollout (rollout.h) entirely on the device, with a built-in termination: the same
+// start states, actions (Philox policy noise), members, model noise, termination, dropping of
+// non-finite rows and order of the appended transitions as the CPU engine, so the model pool
+// ends up with the same rows (values to float rounding). No host round trip per step: the
+// alive count lives on the device; one sync at the end reads the statistics back.
+// actor: weights/biases DEVICE pointers ([in_i, out_i] row-major), action_scale/bias/low/high
+// HOST arrays (act_dim <= 32). model: as cuda_ensemble_step (device pointers, host elites).
+// Pools on the same device; they may be the same pool. mean_disagreement is NaN (not
+// computed on the device yet); custom termination callbacks are CPU-only.
+RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
+                                   const CudaReplayPool& real, CudaReplayPool& model_pool, int64_t num_starts,
+                                   int64_t horizon, uint64_t seed, void* cuda_stream);
 
 }  // namespace mbpo_fast
