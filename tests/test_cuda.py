@@ -390,10 +390,10 @@ def test_device_pool_rejects_bad_rows_and_stays_unchanged():
 @pytest.mark.parametrize("capacity", [100_000, 700])  # 700: the ring wraps
 def test_device_rollout_matches_cpu_engine(capacity):
     """Same start states, actions, members, noise, terminations and order of stored rows."""
+    import torch
+
     from mbpo_fast import cuda_ops
     from mbpo_fast.rollout_native import run_native_rollout
-
-    import torch
 
     cpu_model = _cpu_model(3)
     with torch.no_grad():  # small, calm predictions: rollouts live a few steps, some terminate
