@@ -29,8 +29,18 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def short(name: str) -> str:
     """'void mbpo_fast::(anonymous namespace)::step_mlp_kernel(...)' -> 'step_mlp_kernel'."""
-    base = name.replace("(anonymous namespace)::", "").split("(")[0]
-    return base.split("::")[-1]
+    name = name.replace("(anonymous namespace)::", "")
+    if name.startswith("void "):
+        name = name[5:]
+    flat, depth = [], 0  # drop template arguments: cub::DeviceScanKernel<...> -> DeviceScanKernel
+    for ch in name:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif depth == 0:
+            flat.append(ch)
+    return "".join(flat).split("(")[0].split("::")[-1]
 
 
 def parse(text: str) -> list[dict]:
