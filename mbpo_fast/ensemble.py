@@ -727,19 +727,7 @@ class EnsembleDynamics(nn.Module):
             mem = self._validate_members(
                 members.cpu().numpy() if isinstance(members, torch.Tensor) else members, o.shape[0]
             )
-        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
-        b = o.shape[0]
-        if mem is None:
-            pick = torch.randint(self.num_elites, (b,), generator=gen, device=self.device)
-            used = self.elite_index[pick]
-        else:
-            used = torch.from_numpy(mem).to(self.device)
-        mean, var = self.predict_torch(o, a)
-        rows = torch.arange(b, device=self.device)
-        mu, sd = mean[used, rows], var[used, rows].sqrt()
-        if not deterministic:
-            mu = mu + sd * torch.randn(mu.shape, generator=gen, device=self.device)
-        next_obs, rew = o + mu[:, : self.obs_dim], mu[:, self.obs_dim]
+        next_obs, rew, used = self._step_torch_tensors(o, a, seed, deterministic, mem)
         if single:
             return next_obs[0], rew[0], used[0]
         return next_obs, rew, used
@@ -754,9 +742,15 @@ class EnsembleDynamics(nn.Module):
         members: np.ndarray | None,
     ):
         """Torch version of :meth:`step` (any device): runs every member, gathers the chosen."""
-        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
         o = torch.from_numpy(obs).to(self.device)
         a = torch.from_numpy(act).to(self.device)
+        next_obs, rew, used = self._step_torch_tensors(o, a, seed, deterministic, members)
+        return next_obs.cpu().numpy(), rew.cpu().numpy(), used.cpu().numpy()
+
+    @torch.no_grad()
+    def _step_torch_tensors(self, o, a, seed: int, deterministic: bool, members):
+        """The torch step on tensors of the model's device: (next_obs, rew, members used)."""
+        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
         b = o.shape[0]
         if members is None:
             pick = torch.randint(self.num_elites, (b,), generator=gen, device=self.device)
@@ -768,8 +762,7 @@ class EnsembleDynamics(nn.Module):
         mu, sd = mean[used, rows], var[used, rows].sqrt()
         if not deterministic:
             mu = mu + sd * torch.randn(mu.shape, generator=gen, device=self.device)
-        next_obs = (o + mu[:, : self.obs_dim]).cpu().numpy()
-        return next_obs, mu[:, self.obs_dim].cpu().numpy(), used.cpu().numpy()
+        return o + mu[:, : self.obs_dim], mu[:, self.obs_dim], used
 
     def disagreement(self, obs, act, members=None) -> np.ndarray:
         """Per-row float32 [B]: population std across `members` (default: the elites) of the

@@ -1488,18 +1488,7 @@ void bind_cuda(py::module_& m) {
           st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
                                      num_starts, horizon, seed, ptr<void>(cuda_stream));
         }
-        py::dict d;
-        d["num_starts"] = st.num_starts;
-        d["rows_added"] = st.rows_added;
-        d["num_terminated"] = st.num_terminated;
-        d["nonfinite"] = st.nonfinite;
-        d["steps_run"] = st.steps_run;
-        d["mean_length"] = st.mean_length;
-        d["frac_terminated"] = st.frac_terminated;
-        d["mean_disagreement"] = st.mean_disagreement;
-        d["disagreement_rows"] = st.disagreement_rows;
-        d["seconds"] = st.seconds;
-        return d;
+        return rollout_stats_dict(st);
       },
       py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
       py::arg("actor_widths"), py::arg("action_scale"), py::arg("action_bias"), py::arg("action_low") = py::none(),
