@@ -6,7 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "check.cuh"
 #include "kernels/actor_epilogue.h"
@@ -137,10 +140,20 @@ inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / 
 
 // Opts `kernel` into `bytes` of dynamic shared memory (above the 48 KB default), or throws
 // InvalidArgument when the current device cannot give that much (a very wide model).
+// Done once per (kernel, device, size): later calls only look it up, so a warm call makes no
+// attribute API calls (cheaper, and nothing but launches while a CUDA graph is captured).
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes, const char* op) {
   int device = 0, optin = 0;
   MBPO_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = granted.find(key);
+    if (it != granted.end() && it->second >= bytes) return;
+  }
   MBPO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   MBPO_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));  // its static shared memory counts too
@@ -148,6 +161,8 @@ void allow_smem(Kernel kernel, size_t bytes, const char* op) {
           std::string(op) + ": the widest layer needs " + std::to_string(bytes + attr.sharedSizeBytes) +
               " bytes of shared memory per block, the device allows " + std::to_string(optin));
   MBPO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  std::lock_guard<std::mutex> lock(mutex);
+  granted[key] = bytes;
 }
 
 // The model of an EnsembleView with device pointers (validates it; ensemble_step.cu).
