@@ -18,6 +18,7 @@ RuntimeError with the reason.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,8 +40,10 @@ def _native():
     return _backend.get("native") if "native" in _backend.available() else None
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """True when the native extension was compiled with CUDA and a CUDA device is present."""
+    """True when the native extension was compiled with CUDA and a CUDA device is present
+    (checked once per process: it sits on every device call's path)."""
     native = _native()
     return bool(
         native is not None
