@@ -467,7 +467,14 @@ class CudaPool:
         )
 
     def resize(self, new_capacity: int) -> None:
-        self._unsupported("resize")
+        """Keeps the newest min(len, new_capacity) rows in order (as the CPU pool); waits for
+        the copy (the old storage is freed)."""
+        import torch
+
+        if isinstance(new_capacity, bool) or not isinstance(new_capacity, (int, np.integer)):
+            raise TypeError(f"new_capacity: expected an int, got {type(new_capacity).__name__}")
+        with torch.cuda.device(self.device):
+            self._impl.resize(int(new_capacity), _stream(self.device))
 
     def gather(self, rows):
         self._unsupported("gather")

@@ -33,8 +33,8 @@ class ReplayPool:
         device: "cpu" (default) or a CUDA device ("cuda", "cuda:1"): rows then live in device
             memory, add_batch takes and sample/transitions return torch CUDA tensors (on the
             caller's current stream), with the same draws as a CPU pool. RuntimeError when
-            mbpo_fast has no CUDA build or no device is present. resize/gather/save/load
-            are CPU-only for now (NotImplementedError).
+            mbpo_fast has no CUDA build or no device is present. gather/save/load are
+            CPU-only for now (NotImplementedError).
 
     Storage is ``capacity * (4 * (2 * obs_dim + act_dim + 1) + 1)`` bytes (:attr:`nbytes`),
     allocated once. Inputs may be float64 or non-contiguous (they are converted); NaN/Inf,

@@ -334,8 +334,14 @@ def test_device_pool_matches_cpu_pool():
     dev.add(*(x[0] for x in _to_cuda(_batch(1, 9))))
     cpu.add(*(x[0] for x in _batch(1, 9)))
     _assert_same(dev.transitions(), cpu.transitions())
+    for cap in (40, 250):  # shrink (keeps the newest rows), then grow
+        dev.resize(cap)
+        cpu.resize(cap)
+        assert (len(dev), dev.capacity, dev.write_pos) == (len(cpu), cpu.capacity, cpu.write_pos)
+        _assert_same(dev.transitions(), cpu.transitions())
+        _assert_same(dev.sample(100), cpu.sample(100))
     dev.clear()
-    assert len(dev) == 0 and dev.capacity == 100
+    assert len(dev) == 0 and dev.capacity == 250
     with pytest.raises(ValueError, match="empty"):
         dev.sample(4)
 

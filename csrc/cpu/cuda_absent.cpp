@@ -48,6 +48,7 @@ void CudaReplayPool::add_batch(const float*, const float*, const float*, const f
                                void*) {
   no_cuda("CudaReplayPool::add_batch");
 }
+void CudaReplayPool::resize(int64_t, void*) { no_cuda("CudaReplayPool::resize"); }
 void CudaReplayPool::sample(int64_t, float*, float*, float*, float*, uint8_t*, void*) {
   no_cuda("CudaReplayPool::sample");
 }

@@ -229,6 +229,52 @@ void CudaReplayPool::add_batch(const float* obs, const float* act, const float* 
   size_ = std::min(capacity_, size_ + n);
 }
 
+void CudaReplayPool::resize(int64_t new_capacity, void* cuda_stream) {
+  require(new_capacity >= 1 && new_capacity <= kMaxCapacity,
+          "new_capacity: expected 1 <= new_capacity < 2**32, got " + std::to_string(new_capacity));
+  cuda_detail::DeviceGuard guard(device_);
+  const auto stream = static_cast<cudaStream_t>(cuda_stream);
+  const int64_t rf = record_floats();
+  float* rec = nullptr;
+  uint8_t* term = nullptr;
+  MBPO_CUDA_CHECK(cudaMalloc(&rec, sizeof(float) * static_cast<size_t>(new_capacity * rf)));
+  const cudaError_t err = cudaMalloc(&term, static_cast<size_t>(new_capacity));
+  if (err != cudaSuccess) {
+    cudaFree(rec);
+    MBPO_CUDA_CHECK(err);
+  }
+  const int64_t keep = std::min(size_, new_capacity);
+  try {
+    if (keep > 0) {  // the newest rows: at most two contiguous segments of whole records
+      const int64_t s0 = write_pos_ - size_;
+      int64_t start = (s0 < 0 ? s0 + capacity_ : s0) + (size_ - keep);
+      if (start >= capacity_) start -= capacity_;
+      const int64_t first = std::min(keep, capacity_ - start);
+      MBPO_CUDA_CHECK(cudaMemcpyAsync(rec, rec_ + start * rf, sizeof(float) * first * rf,
+                                      cudaMemcpyDeviceToDevice, stream));
+      MBPO_CUDA_CHECK(cudaMemcpyAsync(term, term_ + start, first, cudaMemcpyDeviceToDevice, stream));
+      if (keep > first) {
+        MBPO_CUDA_CHECK(cudaMemcpyAsync(rec + first * rf, rec_, sizeof(float) * (keep - first) * rf,
+                                        cudaMemcpyDeviceToDevice, stream));
+        MBPO_CUDA_CHECK(cudaMemcpyAsync(term + first, term_, keep - first, cudaMemcpyDeviceToDevice, stream));
+      }
+    }
+  } catch (...) {
+    cudaStreamSynchronize(stream);
+    cudaFree(rec);
+    cudaFree(term);
+    throw;
+  }
+  MBPO_CUDA_CHECK(cudaStreamSynchronize(stream));  // the copies read the old storage
+  cudaFree(rec_);
+  cudaFree(term_);
+  rec_ = rec;
+  term_ = term;
+  capacity_ = new_capacity;
+  size_ = keep;
+  write_pos_ = keep % new_capacity;
+}
+
 void CudaReplayPool::sample(int64_t n, float* obs, float* act, float* rew, float* next_obs, uint8_t* term,
                             void* cuda_stream) {
   require(n >= 0, "batch_size: expected batch_size >= 0, got " + std::to_string(n));

@@ -1415,6 +1415,12 @@ void bind_cuda(py::module_& m) {
       .def_property_readonly("nbytes", &CudaReplayPool::nbytes)
       .def_property_readonly("device", &CudaReplayPool::device)
       .def("clear", &CudaReplayPool::clear)
+      .def(
+          "resize",
+          [](CudaReplayPool& p, int64_t new_capacity, uintptr_t cuda_stream) {
+            p.resize(new_capacity, ptr<void>(cuda_stream));
+          },
+          py::arg("new_capacity"), py::arg("cuda_stream"))
       // The pool calls keep the GIL: they only enqueue work (add_batch waits for a tiny
       // validation copy), and holding it serializes concurrent Python callers of one pool.
       .def(

@@ -106,6 +106,11 @@ class CudaReplayPool {
   void transitions(float* obs, float* act, float* rew, float* next_obs, uint8_t* term,
                    void* cuda_stream) const;
   void clear() noexcept { size_ = 0; write_pos_ = 0; }
+  // Changes the capacity (>= 1), keeping the newest min(size, new_capacity) rows in order from
+  // slot 0 (as ReplayPool::resize); keeps seed and rng_counter. Allocates the new storage
+  // first (a failure leaves the pool unchanged), copies on `cuda_stream`, then frees the old
+  // storage (cudaFree waits for the copies).
+  void resize(int64_t new_capacity, void* cuda_stream);
 
   // Device storage (records of record_floats() floats; terminated bytes), for zero-copy use.
   const float* record_data() const noexcept { return rec_; }
