@@ -222,6 +222,48 @@ def time_kernels(batches: list[int], iters: int, repeats: int) -> None:
         f"\n(useful FLOPs: {FLOP_PER_ROW / 1e3:.1f} kFLOP per row for the chosen member; "
         "predict counts all 7 members)"
     )
+    time_rollout(model, batches, repeats)
+
+
+def time_rollout(model, batches: list[int], repeats: int) -> None:
+    """One-step device rollouts (actor + step + termination + append, csrc/cuda/rollout.cu):
+    median wall time per call, which includes its single sync at the end."""
+    import time
+
+    import numpy as np
+    import torch
+
+    import mbpo_fast as mf
+    from mbpo_fast import cuda_ops
+
+    agent = mf.SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), device="cuda")
+    print(f"\n{'B':>8} | {'device rollout, 1 step':>24} | {'useful GFLOP/s':>14}")
+    print("-" * 54)
+    for batch in batches:
+        try:
+            real = mf.ReplayPool(batch, OBS, ACT, device="cuda")
+            obs = torch.randn(batch, OBS, device="cuda") * 0.02
+            obs[:, 0] = 1.25
+            real.add_batch(
+                obs,
+                torch.zeros(batch, ACT, device="cuda"),
+                torch.zeros(batch, device="cuda"),
+                obs,
+                torch.zeros(batch, dtype=torch.bool, device="cuda"),
+            )
+            pool = mf.ReplayPool(4 * batch, OBS, ACT, device="cuda")
+            times = []
+            for r in range(repeats + 1):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                cuda_ops.branched_rollout(model, agent, "Hopper-v5", real, pool, batch, 1, r)
+                if r:  # the first call warms up
+                    times.append(time.perf_counter() - t)
+            us = statistics.median(times) * 1e6
+            flops = batch * (FLOP_PER_ROW + 2 * (OBS * 256 + 256 * 256 + 256 * 2 * ACT))
+            print(f"{batch:>8} | {us:>21.1f} us | {flops / (us * 1e-6) / 1e9:>14.1f}")
+        except Exception as exc:  # keep the rest of the report
+            print(f"{batch:>8} | FAILED: {type(exc).__name__}: {exc}")
 
 
 def main(argv=None) -> int:
