@@ -1,5 +1,5 @@
 // Per-row epilogue of the SAC actor (tanh-squashed Gaussian policy), shared by the CPU loop
-// and (later) CUDA kernels. Mirrors mbpo_fast/sac.py (`SAC.act`, `squashed_gaussian`):
+// and the device rollout (csrc/cuda/rollout.cu). Mirrors mbpo_fast/sac.py (`SAC.act`, `squashed_gaussian`):
 //
 //   mean = head[0:A], log_std = clamp(head[A:2A], log_std_min, log_std_max)
 //   u = mean + exp(log_std) * eps          (deterministic: u = mean)

@@ -1,5 +1,6 @@
-// Per-row epilogue of the ensemble model, shared by the CPU loops and (later) the CUDA
-// kernels: logvar soft clamp, Gaussian noise from the shared Philox stream, next_obs.
+// Per-row epilogue of the ensemble model, shared by the CPU loops and the CUDA kernels
+// (csrc/cuda/ensemble_step.cu): logvar soft clamp, Gaussian noise from the shared Philox
+// stream, next_obs.
 #pragma once
 
 #include <cmath>
