@@ -182,6 +182,7 @@ class EnsembleDynamics(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self._optimizer: torch.optim.Optimizer | None = None
         self._inference: EnsembleInference | None = None
+        self._cuda_inference = None  # cuda_ops.CudaEnsemble, built on first device call
         self._bf16 = False
         # load_state_dict replaces the elites in place: rebuild the adapter (it copies them)
         self.register_load_state_dict_post_hook(lambda mod, _keys: mod._invalidate_inference())
@@ -231,6 +232,9 @@ class EnsembleDynamics(nn.Module):
         self.elite_index.copy_(torch.from_numpy(arr.astype(np.int64)))
         if self._inference is not None:
             self._inference.set_elites(self.elite_index.cpu().numpy().copy())
+        if self._cuda_inference is not None:
+            self._cuda_inference.view.set_elites([int(i) for i in arr.tolist()])
+            self._cuda_inference.elites = [int(i) for i in arr.tolist()]
 
     @property
     def inference(self) -> EnsembleInference:
@@ -272,6 +276,24 @@ class EnsembleDynamics(nn.Module):
 
     def _invalidate_inference(self) -> None:
         self._inference = None
+        self._cuda_inference = None
+
+    # ------------------------------------------------------------------ CUDA dispatch
+
+    def _cuda_call(self, obs) -> bool:
+        """True when this call takes the device path: a CUDA model given CUDA tensors."""
+        return self.device.type == "cuda" and getattr(obs, "is_cuda", False) is True
+
+    def _cuda_native(self):
+        """The fused-kernel adapter (cuda_ops.CudaEnsemble), or None when mbpo_fast has no CUDA
+        build / device (then the torch forward runs on the tensors instead)."""
+        from . import cuda_ops
+
+        if not cuda_ops.available():
+            return None
+        if self._cuda_inference is None:
+            self._cuda_inference = cuda_ops.CudaEnsemble(self)
+        return self._cuda_inference
 
     # ------------------------------------------------------------------ torch forward
 
@@ -591,7 +613,11 @@ class EnsembleDynamics(nn.Module):
 
         obs float32 [B, obs_dim], act float32 [B, act_dim] (or single rows [obs_dim],
         [act_dim] -> [E, obs_dim + 1]). Native kernels on CPU; torch forward on other devices.
+        A CUDA model given torch CUDA tensors returns CUDA tensors: the fused CUDA kernel
+        (mbpo_fast/cuda_ops.py) when mbpo_fast was built with CUDA, else the torch forward.
         """
+        if self._cuda_call(obs):
+            return self._predict_cuda(obs, act)
         obs, act, single = self._validate_rows(obs, act)
         if self._on_cpu:
             mean, var = self.inference.predict(obs, act)
@@ -640,17 +666,24 @@ class EnsembleDynamics(nn.Module):
         ``mean + std * N(0, 1)`` (``deterministic=True``: the mean); next_obs = obs + Δobs.
         ``return_members=True`` appends the members used (int64 [B]).
 
-        On a non-CPU model the torch path draws its members and noise from a torch.Generator
-        seeded with `seed` (valid samples, but not the native Philox numbers).
+        A CUDA model given torch CUDA tensors returns torch CUDA tensors computed by the fused
+        CUDA kernel (the SAME members and Philox noise as the CPU backend; inputs borrowed,
+        enqueued on the current stream; obs/act finiteness is not checked there, which would
+        cost a sync). Otherwise a non-CPU model runs the torch path, which draws its members
+        and noise from a torch.Generator seeded with `seed` (valid samples, but not the native
+        Philox numbers).
         """
-        obs, act, single = self._validate_rows(obs, act)
-        mem = self._validate_members(members, obs.shape[0])
         if (
             isinstance(seed, bool)
             or not isinstance(seed, (int, np.integer))
             or not 0 <= seed < 2**64
         ):
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        if self._cuda_call(obs):
+            next_obs, rew, used = self._step_cuda(obs, act, int(seed), bool(deterministic), members)
+            return (next_obs, rew, used) if return_members else (next_obs, rew)
+        obs, act, single = self._validate_rows(obs, act)
+        mem = self._validate_members(members, obs.shape[0])
         if self._on_cpu:
             next_obs, rew, used = self.inference.step(
                 obs, act, seed=int(seed), deterministic=bool(deterministic), members=mem
@@ -662,6 +695,44 @@ class EnsembleDynamics(nn.Module):
         return (next_obs, rew, used) if return_members else (next_obs, rew)
 
     @torch.no_grad()
+    def _predict_cuda(self, obs, act):
+        native = self._cuda_native()
+        if native is not None:
+            return native.predict(obs, act)
+        o, a, single = self._cuda_rows(obs, act)
+        mean, var = self.predict_torch(o, a)
+        return (mean[:, 0], var[:, 0]) if single else (mean, var)
+
+    def _cuda_rows(self, obs, act):
+        """Validated CUDA tensors obs [B, obs_dim], act [B, act_dim] (single rows promoted)."""
+        from .cuda_ops import as_cuda_tensor
+
+        single = obs.ndim == 1
+        o = as_cuda_tensor("obs", obs, (self.obs_dim,) if single else (None, self.obs_dim),
+                           device=self.device).reshape(-1, self.obs_dim)
+        a = as_cuda_tensor("act", act, (self.act_dim,) if single else (o.shape[0], self.act_dim),
+                           device=self.device).reshape(-1, self.act_dim)
+        return o, a, single
+
+    @torch.no_grad()
+    def _step_cuda(self, obs, act, seed: int, deterministic: bool, members):
+        """Device step on CUDA tensors: the fused kernel, or (no CUDA build) the torch path
+        kept on the device."""
+        native = self._cuda_native()
+        if native is not None:
+            return native.step(obs, act, seed=seed, deterministic=deterministic, members=members)
+        o, a, single = self._cuda_rows(obs, act)
+        mem = None
+        if members is not None:
+            mem = self._validate_members(
+                members.cpu().numpy() if isinstance(members, torch.Tensor) else members, o.shape[0]
+            )
+        next_obs, rew, used = self._step_torch_tensors(o, a, seed, deterministic, mem)
+        if single:
+            return next_obs[0], rew[0], used[0]
+        return next_obs, rew, used
+
+    @torch.no_grad()
     def _step_torch(
         self,
         obs: np.ndarray,
@@ -671,9 +742,15 @@ class EnsembleDynamics(nn.Module):
         members: np.ndarray | None,
     ):
         """Torch version of :meth:`step` (any device): runs every member, gathers the chosen."""
-        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
         o = torch.from_numpy(obs).to(self.device)
         a = torch.from_numpy(act).to(self.device)
+        next_obs, rew, used = self._step_torch_tensors(o, a, seed, deterministic, members)
+        return next_obs.cpu().numpy(), rew.cpu().numpy(), used.cpu().numpy()
+
+    @torch.no_grad()
+    def _step_torch_tensors(self, o, a, seed: int, deterministic: bool, members):
+        """The torch step on tensors of the model's device: (next_obs, rew, members used)."""
+        gen = torch.Generator(self.device).manual_seed(seed % 2**63)
         b = o.shape[0]
         if members is None:
             pick = torch.randint(self.num_elites, (b,), generator=gen, device=self.device)
@@ -685,12 +762,24 @@ class EnsembleDynamics(nn.Module):
         mu, sd = mean[used, rows], var[used, rows].sqrt()
         if not deterministic:
             mu = mu + sd * torch.randn(mu.shape, generator=gen, device=self.device)
-        next_obs = (o + mu[:, : self.obs_dim]).cpu().numpy()
-        return next_obs, mu[:, self.obs_dim].cpu().numpy(), used.cpu().numpy()
+        return o + mu[:, : self.obs_dim], mu[:, self.obs_dim], used
 
     def disagreement(self, obs, act, members=None) -> np.ndarray:
         """Per-row float32 [B]: population std across `members` (default: the elites) of the
-        predicted means, averaged over the obs_dim + 1 outputs. CPU models only."""
+        predicted means, averaged over the obs_dim + 1 outputs. CPU models, or a CUDA model given
+        CUDA tensors (the fused CUDA kernels; returns a CUDA tensor)."""
+        if self._cuda_call(obs):
+            native = self._cuda_native()
+            if native is None:
+                from . import cuda_ops
+
+                cuda_ops.require("EnsembleDynamics.disagreement on CUDA tensors")
+            if members is not None:
+                members = np.asarray(members).reshape(-1)
+                if members.size < 1:
+                    raise ValueError("members: expected at least one member index")
+                members = self._validate_members(members, members.size)
+            return native.disagreement(obs, act, members)
         obs, act, single = self._validate_rows(obs, act)
         if members is not None:
             members = np.asarray(members).reshape(-1)

@@ -30,6 +30,11 @@ class ReplayPool:
         capacity: maximum number of rows (>= 1); the oldest rows are overwritten first.
         obs_dim, act_dim: observation and action sizes (>= 1).
         seed: seed of the pool's own Philox sample stream, an int in [0, 2**64).
+        device: "cpu" (default) or a CUDA device ("cuda", "cuda:1"): rows then live in device
+            memory, add_batch takes and sample/transitions return torch CUDA tensors (on the
+            caller's current stream), with the same draws as a CPU pool. RuntimeError when
+            mbpo_fast has no CUDA build or no device is present. gather/save/load are
+            CPU-only for now (NotImplementedError).
 
     Storage is ``capacity * (4 * (2 * obs_dim + act_dim + 1) + 1)`` bytes (:attr:`nbytes`),
     allocated once. Inputs may be float64 or non-contiguous (they are converted); NaN/Inf,
@@ -40,8 +45,16 @@ class ReplayPool:
     Python threads are safe (they serialize).
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0) -> None:
-        self._bind(_backend.ops, _backend.ops.ReplayPool(capacity, obs_dim, act_dim, seed))
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0,
+                 device: str = "cpu") -> None:
+        if str(device) == "cpu":
+            self._bind(_backend.ops, _backend.ops.ReplayPool(capacity, obs_dim, act_dim, seed))
+        else:
+            # Device-resident pool (mbpo_fast/cuda_ops.py): the same draws, torch CUDA tensors
+            # in and out; RuntimeError without a CUDA build or device.
+            from . import cuda_ops
+
+            self._bind(cuda_ops, cuda_ops.CudaPool(capacity, obs_dim, act_dim, seed, device))
 
     def _bind(self, ops, impl) -> None:
         self._ops = ops
@@ -100,6 +113,13 @@ class ReplayPool:
 
     def __len__(self) -> int:
         return self._impl.size
+
+    @property
+    def device(self) -> str:
+        """"cpu", or the CUDA device ("cuda:0") holding the rows."""
+        from .cuda_ops import CudaPool
+
+        return str(self._impl.device) if isinstance(self._impl, CudaPool) else "cpu"
 
     @property
     def capacity(self) -> int:

@@ -154,6 +154,8 @@ class BranchedRollout:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if len(real_pool) == 0:
             raise ValueError("real_pool is empty: collect real transitions before rollouts")
+        if getattr(model_pool, "device", "cpu") != "cpu":  # device pools: the CUDA engine
+            return self._run_cuda(real_pool, model_pool, int(num_starts), int(horizon), seed)
         if self.engine != "python":
             why = self._native_unsupported(real_pool, model_pool)
             if why is None:
@@ -209,6 +211,13 @@ class BranchedRollout:
         )
 
 
+    def _run_cuda(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
+                  seed: int) -> RolloutStats:
+        from .cuda_ops import branched_rollout
+
+        return _stats(branched_rollout(self.model, self.agent, self.termination, real_pool,
+                                       model_pool, num_starts, horizon, int(seed)))
+
     def _run_native(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
                     seed: int) -> RolloutStats:
         from .rollout_native import run_native_rollout
@@ -217,14 +226,19 @@ class BranchedRollout:
             self.model, self.agent, self.termination, real_pool, model_pool, num_starts, horizon,
             int(seed), compute_disagreement=self.disagreement_rows > 0,
             disagreement_rows=self.disagreement_rows if self.disagreement_rows > 0 else 1)
-        return RolloutStats(
-            rows_added=int(out["rows_added"]),
-            mean_length=float(out["mean_length"]),
-            frac_terminated=float(out["frac_terminated"]),
-            nonfinite=int(out["nonfinite"]),
-            mean_disagreement=float(out["mean_disagreement"]),
-            seconds=float(out["seconds"]),
-        )
+        return _stats(out)
+
+
+def _stats(out: dict) -> RolloutStats:
+    """RolloutStats from the statistics dict of a native engine (CPU or CUDA)."""
+    return RolloutStats(
+        rows_added=int(out["rows_added"]),
+        mean_length=float(out["mean_length"]),
+        frac_terminated=float(out["frac_terminated"]),
+        nonfinite=int(out["nonfinite"]),
+        mean_disagreement=float(out["mean_disagreement"]),
+        seconds=float(out["seconds"]),
+    )
 
 
 def _to_numpy(x: Any) -> np.ndarray:

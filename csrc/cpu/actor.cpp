@@ -51,8 +51,8 @@ cpu::DenseFn active_dense() {
 void relu_tile(float* y, int64_t rows, int64_t n, int64_t ld) {
   for (int64_t r = 0; r < rows; ++r) {
     float* yr = y + r * ld;
-    // `x < 0 ? 0 : x` keeps NaN (as torch.relu does) and vectorizes to a compare + blend.
-    for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] < 0.0f ? 0.0f : yr[c];
+    // kernels::relu keeps NaN (as torch.relu does) and vectorizes to a compare + blend.
+    for (int64_t c = 0; c < n; ++c) yr[c] = kernels::relu(yr[c]);
   }
 }
 

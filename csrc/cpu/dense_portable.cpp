@@ -42,7 +42,7 @@ void dense_portable(const float* x, int64_t ldx, int64_t rows, const float* w, c
       for (int64_t r = 0; r < nr; ++r) {
         float* yr = y + (r0 + r) * ldy + j0;
         if (silu) {
-          for (int64_t j = 0; j < nc; ++j) yr[j] = acc[r][j] / (1.0f + std::exp(-acc[r][j]));
+          for (int64_t j = 0; j < nc; ++j) yr[j] = kernels::silu(acc[r][j]);
         } else {
           for (int64_t j = 0; j < nc; ++j) yr[j] = acc[r][j];
         }
@@ -72,7 +72,7 @@ void dense_bf16_portable(const float* x, int64_t ldx, int64_t rows, const uint16
         for (int64_t j = 0; j < nc; ++j) acc[j] += xv * widen(wk[2 * j]);
       }
       float* yr = y + r * ldy + j0;
-      for (int64_t j = 0; j < nc; ++j) yr[j] = silu ? acc[j] / (1.0f + std::exp(-acc[j])) : acc[j];
+      for (int64_t j = 0; j < nc; ++j) yr[j] = silu ? kernels::silu(acc[j]) : acc[j];
     }
   }
 }

@@ -18,6 +18,7 @@
 
 #include "cpu/ensemble_kernels.h"
 #include "kernels/ensemble_epilogue.h"
+#include "kernels/ensemble_grouping.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/rng.h"
 
@@ -151,6 +152,45 @@ void check_batch(int64_t batch, const char* op) {
   MBPO_ENSEMBLE_REQUIRE(batch >= 0, std::string(op) + ": batch must be >= 0, got " + std::to_string(batch));
 }
 
+// The grouping of a step (kernels/ensemble_grouping.h): the same index math as the CUDA
+// kernels; only the order of rows inside a member differs (stable here, atomic there).
+struct PlanBuffers {
+  std::vector<int64_t> start, cursor, order, tile_member, tile_first, tile_rows;
+};
+
+void plan_into(const EnsembleView& v, int64_t batch, uint64_t seed, const int64_t* members, int64_t tile_rows,
+               int64_t* chosen, PlanBuffers& p) {
+  const int64_t E = v.ensemble_size;
+  // 1. member of each row.
+  const uint32_t K = static_cast<uint32_t>(v.num_elites);
+  auto choose = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      chosen[i] = kernels::step_member(seed, static_cast<uint64_t>(i), members, v.elites, K);
+    }
+  };
+  if (batch < 8192) choose(0, batch); else parallel_for(batch, 8192, choose);
+  // 2. counting sort of the rows by member (stable: rows keep their order within a member).
+  p.start.assign(static_cast<size_t>(E + 1), 0);
+  for (int64_t i = 0; i < batch; ++i) ++p.start[static_cast<size_t>(chosen[i] + 1)];
+  for (int64_t e = 0; e < E; ++e) p.start[e + 1] += p.start[e];
+  p.order.resize(static_cast<size_t>(batch));
+  p.cursor.assign(p.start.begin(), p.start.end() - 1);
+  for (int64_t i = 0; i < batch; ++i) p.order[static_cast<size_t>(p.cursor[chosen[i]]++)] = i;
+  // 3. tiles, numbered member by member (kernels::step_tile: what a CUDA block computes).
+  for (int64_t e = 0; e < E; ++e) p.cursor[e] = p.start[e + 1] - p.start[e];  // counts
+  const int64_t bound = kernels::max_step_tiles(batch, E, tile_rows);
+  p.tile_member.clear();
+  p.tile_first.clear();
+  p.tile_rows.clear();
+  for (int64_t t = 0; t < bound; ++t) {
+    const kernels::StepTile tile = kernels::step_tile(p.cursor.data(), E, tile_rows, t);
+    if (tile.member < 0) break;
+    p.tile_member.push_back(tile.member);
+    p.tile_first.push_back(tile.first);
+    p.tile_rows.push_back(tile.rows);
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ view
@@ -217,49 +257,19 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
   // Index buffers of the calling thread, reused across calls (no allocation per call once
   // warm). The worker threads read them through the references below: naming a
   // thread_local inside the lambda would give each worker its own (empty) instance.
-  thread_local std::vector<int64_t> tl_members, tl_start, tl_order, tl_tile_member, tl_tile_begin;
-  std::vector<int64_t>& local_members = tl_members;
-  std::vector<int64_t>& start = tl_start;
-  std::vector<int64_t>& order = tl_order;
-  std::vector<int64_t>& tile_member = tl_tile_member;
-  std::vector<int64_t>& tile_begin = tl_tile_begin;
-
-  // 1. member of each row.
+  thread_local std::vector<int64_t> tl_members;
+  thread_local PlanBuffers tl_plan;
+  PlanBuffers& plan = tl_plan;
   int64_t* chosen = members_out;
   if (chosen == nullptr) {
-    local_members.resize(static_cast<size_t>(batch));
-    chosen = local_members.data();
+    tl_members.resize(static_cast<size_t>(batch));
+    chosen = tl_members.data();
   }
-  if (members != nullptr) {
-    std::copy(members, members + batch, chosen);
-  } else {
-    const uint32_t K = static_cast<uint32_t>(v.num_elites);
-    const int64_t* elites = v.elites;
-    auto choose = [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        chosen[i] = elites[kernels::member_choice(seed, static_cast<uint64_t>(i), K)];
-      }
-    };
-    if (batch < 8192) choose(0, batch); else parallel_for(batch, 8192, choose);
-  }
-
-  // 2. counting sort of the rows by member (stable: rows keep their order within a member).
-  start.assign(static_cast<size_t>(E + 1), 0);
-  for (int64_t i = 0; i < batch; ++i) ++start[static_cast<size_t>(chosen[i] + 1)];
-  for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
-  order.resize(static_cast<size_t>(batch));
-  tile_member.assign(start.begin(), start.end() - 1);  // used as the scatter cursor first
-  for (int64_t i = 0; i < batch; ++i) order[static_cast<size_t>(tile_member[chosen[i]]++)] = i;
-
-  // 3. tiles: (member, first sorted position); each tile holds up to kTileRows rows.
-  tile_member.clear();
-  tile_begin.clear();
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t p = start[e]; p < start[e + 1]; p += kTileRows) {
-      tile_member.push_back(e);
-      tile_begin.push_back(p);
-    }
-  }
+  plan_into(v, batch, seed, members, kTileRows, chosen, plan);
+  const std::vector<int64_t>& order = plan.order;
+  const std::vector<int64_t>& tile_member = plan.tile_member;
+  const std::vector<int64_t>& tile_begin = plan.tile_first;
+  const std::vector<int64_t>& tile_rows = plan.tile_rows;
   const int64_t num_tiles = static_cast<int64_t>(tile_member.size());
 
   const Kernels kern = active_kernels();
@@ -272,7 +282,7 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
     float* work = s.ensure(s.extra, static_cast<size_t>(2 * out_dim));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t e = tile_member[t], p0 = tile_begin[t];
-      const int64_t rows = std::min(kTileRows, start[e + 1] - p0);
+      const int64_t rows = tile_rows[t];
       const int64_t* idx = order.data() + p0;
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
       const float* head = forward_tile(v, e, xa, xb, rows, ld, kern);
@@ -280,6 +290,30 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
                          next_obs_out, reward_out, work);
     }
   });
+}
+
+EnsembleStepPlan ensemble_step_plan(const EnsembleView& v, int64_t batch, uint64_t seed, const int64_t* members,
+                                    int64_t tile_rows) {
+  check_batch(batch, "ensemble_step_plan");
+  MBPO_ENSEMBLE_REQUIRE(tile_rows >= 1, "tile_rows: must be >= 1, got " + std::to_string(tile_rows));
+  v.validate(members == nullptr);
+  if (members != nullptr) {
+    for (int64_t i = 0; i < batch; ++i) {
+      MBPO_ENSEMBLE_REQUIRE(members[i] >= 0 && members[i] < v.ensemble_size,
+                            "members: entry " + std::to_string(i) + " = " + std::to_string(members[i]) +
+                                " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+    }
+  }
+  EnsembleStepPlan out;
+  out.member.resize(static_cast<size_t>(batch));
+  PlanBuffers p;
+  plan_into(v, batch, seed, members, tile_rows, out.member.data(), p);
+  out.start = std::move(p.start);
+  out.order = std::move(p.order);
+  out.tile_member = std::move(p.tile_member);
+  out.tile_first = std::move(p.tile_first);
+  out.tile_rows = std::move(p.tile_rows);
+  return out;
 }
 
 // ------------------------------------------------------------------ predict
@@ -350,19 +384,7 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        double total = 0.0;
-        for (int64_t j = 0; j < out_dim; ++j) {
-          double mu = 0.0;
-          for (int64_t m = 0; m < n_members; ++m) mu += means[(m * kTileRows + r) * out_dim + j];
-          mu /= static_cast<double>(n_members);
-          double ss = 0.0;
-          for (int64_t m = 0; m < n_members; ++m) {
-            const double d = means[(m * kTileRows + r) * out_dim + j] - mu;
-            ss += d * d;
-          }
-          total += std::sqrt(ss / static_cast<double>(n_members));
-        }
-        out[row0 + r] = static_cast<float>(total / static_cast<double>(out_dim));
+        out[row0 + r] = kernels::disagreement_row(means + r * out_dim, kTileRows * out_dim, n_members, out_dim);
       }
     }
   });

@@ -1,5 +1,5 @@
 // Per-row epilogue of the SAC actor (tanh-squashed Gaussian policy), shared by the CPU loop
-// and (later) CUDA kernels. Mirrors mbpo_fast/sac.py (`SAC.act`, `squashed_gaussian`):
+// and the device rollout (csrc/cuda/rollout.cu). Mirrors mbpo_fast/sac.py (`SAC.act`, `squashed_gaussian`):
 //
 //   mean = head[0:A], log_std = clamp(head[A:2A], log_std_min, log_std_max)
 //   u = mean + exp(log_std) * eps          (deterministic: u = mean)
@@ -25,6 +25,9 @@ constexpr float kLog2 = 0.69314718055994530942f;
 
 // softplus(x) = log(1 + exp(x)) without overflow or cancellation.
 MBPO_HD float actor_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+// The actor's hidden activation: `x < 0 ? 0 : x` keeps NaN (as torch.relu does).
+MBPO_HD float relu(float x) { return x < 0.0f ? 0.0f : x; }
 
 // torch.clamp semantics: NaN stays NaN (fminf/fmaxf would replace it by a bound).
 MBPO_HD float clamp_keep_nan(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }

@@ -1,5 +1,6 @@
-// Per-row epilogue of the ensemble model, shared by the CPU loops and (later) the CUDA
-// kernels: logvar soft clamp, Gaussian noise from the shared Philox stream, next_obs.
+// Per-row epilogue of the ensemble model, shared by the CPU loops and the CUDA kernels
+// (csrc/cuda/ensemble_step.cu): logvar soft clamp, Gaussian noise from the shared Philox
+// stream, next_obs.
 #pragma once
 
 #include <cmath>
@@ -15,6 +16,10 @@ namespace kernels {
 MBPO_HD float softplus(float x) {
   return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
 }
+
+// The hidden activation, SiLU (swish): x / (1 + exp(-x)) (the portable CPU kernel and the
+// CUDA kernels; the AVX-512 kernel vectorizes the same formula).
+MBPO_HD float silu(float x) { return x / (1.0f + expf(-x)); }
 
 // MBPO's soft clamp of a raw logvar into (min_logvar, max_logvar):
 //   lv = max - softplus(max - raw); lv = min + softplus(lv - min).

@@ -24,6 +24,7 @@
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
+#include "mbpo_fast/cuda_ops.h"
 #include "mbpo_fast/ensemble.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rng.h"
@@ -1259,6 +1260,260 @@ void bind_rollout(py::module_& m) {
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
 
+// ------------------------------------------------------------------ section: CUDA ops
+//
+// Device arrays cross as raw pointers (torch.Tensor.data_ptr()) plus the caller's stream
+// (torch.cuda.current_stream().cuda_stream); mbpo_fast/cuda_ops.py validates the tensors
+// (device, dtype, contiguity, shape; errors name the argument) before calling these. 0 is
+// a null pointer. The launches are asynchronous; the GIL is released around them.
+
+// An EnsembleView over DEVICE parameter pointers plus the host copy of the elites.
+struct CudaEnsembleHandle {
+  EnsembleView view;
+  std::vector<int64_t> elites;
+  void set_elites(std::vector<int64_t> e) {
+    elites = std::move(e);
+    view.elites = elites.empty() ? nullptr : elites.data();
+    view.num_elites = static_cast<int64_t>(elites.size());
+    view.validate(false);
+  }
+};
+
+template <typename T>
+T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void bind_cuda(py::module_& m) {
+  m.attr("CUDA_ENSEMBLE_TILE_ROWS") = py::int_(kCudaEnsembleTileRows);
+  m.attr("CUDA_MAX_MEMBERS") = py::int_(kCudaMaxMembers);
+
+  py::class_<CudaEnsembleHandle>(m, "CudaEnsembleView",
+                                 "Raw device pointers of an ensemble's parameters (borrowed, never freed) and "
+                                 "a host copy of the elites.")
+      .def(py::init([](int64_t obs_dim, int64_t act_dim, int64_t ensemble_size, std::vector<int64_t> widths,
+                       uintptr_t input_mean, uintptr_t input_std, std::vector<uintptr_t> weights,
+                       std::vector<uintptr_t> biases, uintptr_t max_logvar, uintptr_t min_logvar,
+                       std::vector<int64_t> elites) {
+             const int64_t layers = static_cast<int64_t>(weights.size());
+             if (layers < 1 || layers > kEnsembleMaxLayers || static_cast<int64_t>(biases.size()) != layers ||
+                 static_cast<int64_t>(widths.size()) != layers + 1) {
+               throw py::value_error("CudaEnsembleView: expected 1.." + std::to_string(kEnsembleMaxLayers) +
+                                     " layers with one bias per weight and layers + 1 widths");
+             }
+             CudaEnsembleHandle h;
+             EnsembleView& v = h.view;
+             v.obs_dim = obs_dim;
+             v.act_dim = act_dim;
+             v.ensemble_size = ensemble_size;
+             v.num_layers = static_cast<int>(layers);
+             for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
+             for (int64_t i = 0; i < layers; ++i) {
+               v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
+               v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
+             }
+             v.input_mean = ptr<const float>(input_mean);
+             v.input_std = ptr<const float>(input_std);
+             v.max_logvar = ptr<const float>(max_logvar);
+             v.min_logvar = ptr<const float>(min_logvar);
+             h.set_elites(std::move(elites));
+             return h;
+           }),
+           py::arg("obs_dim"), py::arg("act_dim"), py::arg("ensemble_size"), py::arg("widths"),
+           py::arg("input_mean"), py::arg("input_std"), py::arg("weights"), py::arg("biases"),
+           py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"))
+      .def("set_elites", &CudaEnsembleHandle::set_elites, py::arg("elites"))
+      .def_property_readonly("elites", [](const CudaEnsembleHandle& h) { return h.elites; });
+
+  m.def("cuda_ensemble_step_workspace_bytes", &cuda_ensemble_step_workspace_bytes, py::arg("batch"),
+        py::arg("ensemble_size"));
+  m.def("cuda_ensemble_disagreement_workspace_bytes", &cuda_ensemble_disagreement_workspace_bytes,
+        py::arg("batch"), py::arg("n_members"), py::arg("obs_dim"));
+  m.def(
+      "cuda_ensemble_step",
+      [](const CudaEnsembleHandle& h, uintptr_t obs, uintptr_t act, int64_t batch, uint64_t seed, bool deterministic,
+         uintptr_t members, uintptr_t next_obs, uintptr_t reward, uintptr_t members_out, uintptr_t workspace,
+         size_t workspace_bytes, uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_ensemble_step(h.view, ptr<const float>(obs), ptr<const float>(act), batch, seed, deterministic,
+                           ptr<const int64_t>(members), ptr<float>(next_obs), ptr<float>(reward),
+                           ptr<int64_t>(members_out), ptr<void>(workspace), workspace_bytes, ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("batch"), py::arg("seed"), py::arg("deterministic"),
+      py::arg("members"), py::arg("next_obs"), py::arg("reward"), py::arg("members_out"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("cuda_stream"),
+      "ensemble_step on device pointers (see csrc/include/mbpo_fast/cuda_ops.h); asynchronous on cuda_stream.");
+  m.def(
+      "cuda_ensemble_predict",
+      [](const CudaEnsembleHandle& h, uintptr_t obs, uintptr_t act, int64_t batch, uintptr_t mean, uintptr_t var,
+         uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_ensemble_predict(h.view, ptr<const float>(obs), ptr<const float>(act), batch, ptr<float>(mean),
+                              ptr<float>(var), ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("batch"), py::arg("mean"), py::arg("var"),
+      py::arg("cuda_stream"), "ensemble_predict on device pointers: mean, var [E, B, obs_dim + 1].");
+  m.def(
+      "cuda_ensemble_disagreement",
+      [](const CudaEnsembleHandle& h, uintptr_t obs, uintptr_t act, int64_t batch, std::vector<int64_t> members,
+         uintptr_t out, uintptr_t workspace, size_t workspace_bytes, uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_ensemble_disagreement(h.view, ptr<const float>(obs), ptr<const float>(act), batch,
+                                   members.empty() ? nullptr : members.data(), static_cast<int64_t>(members.size()),
+                                   ptr<float>(out), ptr<void>(workspace), workspace_bytes, ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("batch"), py::arg("members"), py::arg("out"),
+      py::arg("workspace"), py::arg("workspace_bytes"), py::arg("cuda_stream"),
+      "ensemble_disagreement on device pointers; members: host list (empty: the elites).");
+
+  m.def(
+      "ensemble_step_plan",
+      [](int64_t batch, uint64_t seed, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, py::handle members,
+         int64_t tile_rows) {
+        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        py::array_t<int64_t, py::array::c_style> mem;
+        const int64_t* mem_ptr = nullptr;
+        if (!members.is_none()) {
+          mem = as_i64_vector(members, "members", batch);
+          mem_ptr = mem.data();
+        }
+        EnsembleStepPlan plan;
+        {
+          py::gil_scoped_release release;
+          plan = ensemble_step_plan(args.view, batch, seed, mem_ptr, tile_rows);
+        }
+        auto arr = [](const std::vector<int64_t>& v) {
+          auto a = new_array<int64_t>({static_cast<int64_t>(v.size())});
+          if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
+          return a;
+        };
+        py::dict d;
+        d["member"] = arr(plan.member);
+        d["start"] = arr(plan.start);
+        d["order"] = arr(plan.order);
+        d["tile_member"] = arr(plan.tile_member);
+        d["tile_first"] = arr(plan.tile_first);
+        d["tile_rows"] = arr(plan.tile_rows);
+        return d;
+      },
+      py::arg("batch"), py::arg("seed"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
+      py::arg("members") = py::none(), py::arg("tile_rows") = kCudaEnsembleTileRows,
+      "The row grouping of ensemble_step (CPU and CUDA): dict of int64 arrays member [B], start [E+1], order [B],\n"
+      "tile_member, tile_first, tile_rows [T] (kernels/ensemble_grouping.h).");
+
+  py::class_<CudaReplayPool>(m, "CudaReplayPool",
+                             "Replay pool in device memory (cuda_ops.h); data arguments are device pointers.")
+      .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), py::arg("capacity"), py::arg("obs_dim"),
+           py::arg("act_dim"), py::arg("seed") = 0)
+      .def_property_readonly("size", &CudaReplayPool::size)
+      .def_property_readonly("capacity", &CudaReplayPool::capacity)
+      .def_property_readonly("obs_dim", &CudaReplayPool::obs_dim)
+      .def_property_readonly("act_dim", &CudaReplayPool::act_dim)
+      .def_property_readonly("write_pos", &CudaReplayPool::write_pos)
+      .def_property_readonly("seed", &CudaReplayPool::seed)
+      .def_property_readonly("rng_counter", &CudaReplayPool::rng_counter)
+      .def_property_readonly("nbytes", &CudaReplayPool::nbytes)
+      .def_property_readonly("device", &CudaReplayPool::device)
+      .def("clear", &CudaReplayPool::clear)
+      .def(
+          "resize",
+          [](CudaReplayPool& p, int64_t new_capacity, uintptr_t cuda_stream) {
+            p.resize(new_capacity, ptr<void>(cuda_stream));
+          },
+          py::arg("new_capacity"), py::arg("cuda_stream"))
+      // The pool calls keep the GIL: they only enqueue work (add_batch waits for a tiny
+      // validation copy), and holding it serializes concurrent Python callers of one pool.
+      .def(
+          "add_batch",
+          [](CudaReplayPool& p, uintptr_t obs, uintptr_t act, uintptr_t rew, uintptr_t next_obs, uintptr_t term,
+             int64_t n, uintptr_t cuda_stream) {
+            p.add_batch(ptr<const float>(obs), ptr<const float>(act), ptr<const float>(rew),
+                        ptr<const float>(next_obs), ptr<const uint8_t>(term), n, ptr<void>(cuda_stream));
+          },
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"), py::arg("n"),
+          py::arg("cuda_stream"))
+      .def(
+          "sample",
+          [](CudaReplayPool& p, int64_t n, uintptr_t obs, uintptr_t act, uintptr_t rew, uintptr_t next_obs,
+             uintptr_t term, uintptr_t cuda_stream) {
+            p.sample(n, ptr<float>(obs), ptr<float>(act), ptr<float>(rew), ptr<float>(next_obs), ptr<uint8_t>(term),
+                     ptr<void>(cuda_stream));
+          },
+          py::arg("n"), py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"),
+          py::arg("cuda_stream"))
+      .def(
+          "transitions",
+          [](const CudaReplayPool& p, uintptr_t obs, uintptr_t act, uintptr_t rew, uintptr_t next_obs, uintptr_t term,
+             uintptr_t cuda_stream) {
+            p.transitions(ptr<float>(obs), ptr<float>(act), ptr<float>(rew), ptr<float>(next_obs), ptr<uint8_t>(term),
+                          ptr<void>(cuda_stream));
+          },
+          py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"),
+          py::arg("cuda_stream"));
+  m.def(
+      "cuda_branched_rollout",
+      [](CudaReplayPool& real, CudaReplayPool& model_pool, const CudaEnsembleHandle& model,
+         std::vector<uintptr_t> actor_weights, std::vector<uintptr_t> actor_biases, std::vector<int64_t> actor_widths,
+         py::handle action_scale, py::handle action_bias, py::handle action_low, py::handle action_high,
+         float log_std_min, float log_std_max, int32_t termination, int64_t num_starts, int64_t horizon,
+         uint64_t seed, uintptr_t cuda_stream) {
+        const int64_t layers = static_cast<int64_t>(actor_weights.size());
+        if (layers < 1 || layers > kActorMaxLayers || static_cast<int64_t>(actor_biases.size()) != layers ||
+            static_cast<int64_t>(actor_widths.size()) != layers + 1) {
+          throw py::value_error("actor_weights: expected 1.." + std::to_string(kActorMaxLayers) +
+                                " layers, one bias per weight and layers + 1 widths");
+        }
+        ActorView a;
+        a.obs_dim = actor_widths.front();
+        a.act_dim = actor_widths.back() / 2;
+        a.num_layers = static_cast<int>(layers);
+        for (int64_t i = 0; i <= layers; ++i) a.widths[i] = actor_widths[static_cast<size_t>(i)];
+        for (int64_t i = 0; i < layers; ++i) {
+          a.weights[i] = ptr<const float>(actor_weights[static_cast<size_t>(i)]);
+          a.biases[i] = ptr<const float>(actor_biases[static_cast<size_t>(i)]);
+        }
+        auto scale = borrow_f32(action_scale, "action_scale", {a.act_dim});
+        auto bias = borrow_f32(action_bias, "action_bias", {a.act_dim});
+        py::array_t<float, py::array::c_style> low, high;
+        if (action_low.is_none() != action_high.is_none()) {
+          throw py::value_error("action_low, action_high: give both or neither");
+        }
+        if (!action_low.is_none()) {
+          low = borrow_f32(action_low, "action_low", {a.act_dim});
+          high = borrow_f32(action_high, "action_high", {a.act_dim});
+          a.action_low = low.data();
+          a.action_high = high.data();
+        }
+        a.action_scale = scale.data();
+        a.action_bias = bias.data();
+        a.log_std_min = log_std_min;
+        a.log_std_max = log_std_max;
+        RolloutStats st;
+        {
+          py::gil_scoped_release release;
+          st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
+                                     num_starts, horizon, seed, ptr<void>(cuda_stream));
+        }
+        return rollout_stats_dict(st);
+      },
+      py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
+      py::arg("actor_widths"), py::arg("action_scale"), py::arg("action_bias"), py::arg("action_low") = py::none(),
+      py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0f, py::arg("log_std_max") = 2.0f,
+      py::arg("termination") = 0, py::arg("num_starts") = 0, py::arg("horizon") = 1, py::arg("seed") = 0,
+      py::arg("cuda_stream") = 0,
+      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.");
+  m.def(
+      "cuda_sample_mixed",
+      [](CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio, int64_t num_batches,
+         uintptr_t obs, uintptr_t act, uintptr_t rew, uintptr_t next_obs, uintptr_t term, uintptr_t cuda_stream) {
+        cuda_sample_mixed(real, model, batch_size, real_ratio, num_batches, ptr<float>(obs), ptr<float>(act),
+                          ptr<float>(rew), ptr<float>(next_obs), ptr<uint8_t>(term), ptr<void>(cuda_stream));
+      },
+      py::arg("real"), py::arg("model"), py::arg("batch_size"), py::arg("real_ratio"), py::arg("num_batches"),
+      py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"),
+      py::arg("cuda_stream"));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1278,4 +1533,5 @@ PYBIND11_MODULE(_C, m) {
   bind_termination(m);
   bind_replay_pool(m);
   bind_rollout(m);
+  bind_cuda(m);
 }

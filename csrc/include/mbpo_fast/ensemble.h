@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "mbpo_fast/common.h"
 
@@ -60,6 +61,18 @@ struct EnsembleView {
 void ensemble_step(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
                    uint64_t seed, bool deterministic, const int64_t* members, float* next_obs_out,
                    float* reward_out, int64_t* members_out);
+
+// The row grouping ensemble_step uses (CPU and CUDA share its index math,
+// csrc/kernels/ensemble_grouping.h): member[i] of each row; member e owns the sorted
+// positions [start[e], start[e + 1]); order[p] is the original row at sorted position p
+// (stable); tiles of at most tile_rows rows of one member, numbered member by member:
+// tile t = (tile_member[t], tile_first[t] (a sorted position), tile_rows[t]). The CUDA step
+// launches with tile_rows = kCudaEnsembleTileRows (cuda_ops.h) and maps block t to tile t.
+struct EnsembleStepPlan {
+  std::vector<int64_t> member, start, order, tile_member, tile_first, tile_rows;
+};
+EnsembleStepPlan ensemble_step_plan(const EnsembleView& view, int64_t batch, uint64_t seed, const int64_t* members,
+                                    int64_t tile_rows);
 
 // Every member on every row: mean_out, var_out [E, batch, obs_dim + 1] (Δobs, reward),
 // var = exp(soft-clamped logvar). Either output may be null (then it is not written).

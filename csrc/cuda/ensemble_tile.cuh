@@ -1,0 +1,182 @@
+// Internal to csrc/cuda: the tile machinery shared by the ensemble kernels
+// (ensemble_step.cu) and the device rollout (rollout.cu). See ensemble_step.cu for the
+// design; nothing here is public API.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "check.cuh"
+#include "kernels/actor_epilogue.h"
+#include "kernels/ensemble_epilogue.h"
+#include "mbpo_fast/common.h"
+#include "mbpo_fast/cuda_ops.h"
+
+namespace mbpo_fast {
+namespace cuda_detail {
+
+constexpr int kThreads = 256;
+constexpr int kTileRows = static_cast<int>(kCudaEnsembleTileRows);
+constexpr int kRowGroups = kThreads / 32;
+constexpr int kRowsPerThread = kTileRows / kRowGroups;
+constexpr int kColsPerThread = 8;
+constexpr int kColsPerPass = 32 * kColsPerThread;
+constexpr int kChunkK = 32;
+constexpr int kMaxMembers = static_cast<int>(kCudaMaxMembers);
+static_assert(kRowsPerThread * kRowGroups == kTileRows, "tile rows must split evenly over the warps");
+static_assert(kTileRows <= kThreads, "the epilogue runs one thread per row");
+
+// The model as the kernels see it (by value in the kernel parameters; device pointers).
+struct DeviceModel {
+  int obs_dim, act_dim, ensemble_size, num_layers;
+  int widths[kEnsembleMaxLayers + 1];
+  const float* w[kEnsembleMaxLayers];
+  const float* b[kEnsembleMaxLayers];
+  const float* input_mean;
+  const float* input_std;
+  const float* max_logvar;
+  const float* min_logvar;
+  int ld;  // row stride (floats) of an activation tile in shared memory: the widest layer
+  bool relu_hidden;  // hidden activation: SiLU (ensemble) or ReLU (SAC actor)
+};
+
+struct MemberList {
+  int64_t id[kMaxMembers];
+  int count;
+};
+
+// ------------------------------------------------------------------ device helpers
+
+// x[r, c] = (concat(obs, act)[row(r), c] - mean[c]) / std[c] for r < rows (raw inputs when
+// m.input_mean is null: the actor); rows up to kTileRows are zero (so every value the layers
+// read is defined). row(r) = order[first + r] when order is not null, else first + r.
+__device__ __forceinline__ void gather_tile(const DeviceModel& m, const float* __restrict__ obs, const float* __restrict__ act,
+                            const int* __restrict__ order, int64_t first, int rows, float* x) {
+  const int od = m.obs_dim, in = m.obs_dim + m.act_dim;
+  for (int t = threadIdx.x; t < kTileRows * in; t += kThreads) {
+    const int r = t / in, c = t - (t / in) * in;
+    float v = 0.0f;
+    if (r < rows) {
+      const int64_t row = order != nullptr ? static_cast<int64_t>(order[first + r]) : first + r;
+      const float raw = c < od ? obs[row * od + c] : act[row * m.act_dim + (c - od)];
+      v = m.input_mean != nullptr ? (raw - m.input_mean[c]) / m.input_std[c] : raw;
+    }
+    x[r * m.ld + c] = v;
+  }
+  __syncthreads();
+}
+
+// Runs every layer of member e on the tile in x; returns the buffer holding the output
+// layer (mean, raw logvar) — x or y; the other one is free afterwards.
+__device__ __forceinline__ float* forward_tile(const DeviceModel& m, int64_t e, float* x, float* y, float* wbuf) {
+  const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * kRowsPerThread;
+  for (int i = 0; i < m.num_layers; ++i) {
+    const int K = m.widths[i], N = m.widths[i + 1];
+    const bool hidden = i + 1 < m.num_layers;
+    const float* __restrict__ W = m.w[i] + e * K * N;
+    const float* __restrict__ B = m.b[i] + e * N;
+    for (int j0 = 0; j0 < N; j0 += kColsPerPass) {
+      const int nc = min(kColsPerPass, N - j0);
+      float acc[kRowsPerThread][kColsPerThread];
+#pragma unroll
+      for (int c = 0; c < kColsPerThread; ++c) {
+        const int j = lane + 32 * c;
+        const float bias = j < nc ? __ldg(B + j0 + j) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRowsPerThread; ++r) acc[r][c] = bias;
+      }
+      for (int k0 = 0; k0 < K; k0 += kChunkK) {
+        const int kc = min(kChunkK, K - k0);
+        __syncthreads();  // every thread is done with the previous chunk
+        for (int t = threadIdx.x; t < kc * kColsPerPass; t += kThreads) {
+          const int kk = t / kColsPerPass, jj = t - kk * kColsPerPass;
+          wbuf[t] = jj < nc ? __ldg(W + static_cast<int64_t>(k0 + kk) * N + j0 + jj) : 0.0f;
+        }
+        __syncthreads();
+        for (int kk = 0; kk < kc; ++kk) {
+          float xv[kRowsPerThread];
+#pragma unroll
+          for (int r = 0; r < kRowsPerThread; ++r) xv[r] = x[(row0 + r) * m.ld + k0 + kk];
+#pragma unroll
+          for (int c = 0; c < kColsPerThread; ++c) {
+            const float wv = wbuf[kk * kColsPerPass + lane + 32 * c];
+#pragma unroll
+            for (int r = 0; r < kRowsPerThread; ++r) acc[r][c] = fmaf(xv[r], wv, acc[r][c]);
+          }
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kColsPerThread; ++c) {
+        const int j = lane + 32 * c;
+        if (j < nc) {
+#pragma unroll
+          for (int r = 0; r < kRowsPerThread; ++r) {
+            const float v = acc[r][c];
+            y[(row0 + r) * m.ld + j0 + j] = !hidden ? v : (m.relu_hidden ? kernels::relu(v) : kernels::silu(v));
+          }
+        }
+      }
+    }
+    __syncthreads();  // the layer's output is complete before the next layer reads it
+    float* t = x;
+    x = y;
+    y = t;
+  }
+  return x;
+}
+
+// ------------------------------------------------------------------ host helpers
+
+inline size_t smem_bytes(const DeviceModel& m) {
+  return sizeof(float) * (static_cast<size_t>(2) * kTileRows * m.ld + static_cast<size_t>(kChunkK) * kColsPerPass);
+}
+
+inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+
+// Opts `kernel` into `bytes` of dynamic shared memory (above the 48 KB default), or throws
+// InvalidArgument when the current device cannot give that much (a very wide model).
+// Done once per (kernel, device, size): later calls only look it up, so a warm call makes no
+// attribute API calls (cheaper, and nothing but launches while a CUDA graph is captured).
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes, const char* op) {
+  int device = 0, optin = 0;
+  MBPO_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = granted.find(key);
+    if (it != granted.end() && it->second >= bytes) return;
+  }
+  MBPO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attr{};
+  MBPO_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));  // its static shared memory counts too
+  require(bytes + attr.sharedSizeBytes <= static_cast<size_t>(optin),
+          std::string(op) + ": the widest layer needs " + std::to_string(bytes + attr.sharedSizeBytes) +
+              " bytes of shared memory per block, the device allows " + std::to_string(optin));
+  MBPO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  std::lock_guard<std::mutex> lock(mutex);
+  granted[key] = bytes;
+}
+
+// The model of an EnsembleView with device pointers (validates it; ensemble_step.cu).
+DeviceModel device_model(const EnsembleView& v, bool need_elites, const char* op);
+// The elites / members as a by-value list (InvalidArgument beyond kCudaMaxMembers).
+MemberList member_list(const int64_t* ids, int64_t n, const char* what);
+
+// The device pieces of one step (ensemble_step.cu): the member per row, grouping and the
+// fused MLP + epilogue, enqueued on `stream`. The batch is `*batch_dev` when batch_dev is not
+// null (a device counter: the rollout's alive rows, no host round trip) and `batch` then is
+// only an upper bound that sizes the grids; workspace as in cuda_ensemble_step.
+void launch_step(const DeviceModel& m, const MemberList& elites, const float* obs, const float* act, int64_t batch,
+                 const int* batch_dev, uint64_t seed, bool deterministic, const int64_t* members, float* next_obs,
+                 float* reward, int64_t* members_out, void* workspace, cudaStream_t stream);
+
+}  // namespace cuda_detail
+}  // namespace mbpo_fast

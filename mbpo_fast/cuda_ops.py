@@ -1,0 +1,609 @@
+"""CUDA paths of the ensemble ops and the device-resident replay pool.
+
+torch CUDA tensors in, torch CUDA tensors out: inputs are borrowed through ``data_ptr()``
+(objects exposing ``__cuda_array_interface__`` are wrapped by ``torch.as_tensor`` without a
+copy), outputs are allocated by torch's caching allocator, and every kernel is enqueued on
+the caller's current stream (``torch.cuda.current_stream(device).cuda_stream``), so the
+ops order correctly with the caller's torch work and nothing synchronizes except where
+documented (``ReplayPool.add_batch`` validates on the device and waits for that result;
+``EnsembleDynamics.step`` with explicit ``members`` checks their range).
+
+Validation happens here, at the boundary: device, dtype, contiguity and shape, with
+errors naming the argument (TypeError for a wrong type/dtype, ValueError otherwise).
+
+The kernels live in ``csrc/cuda`` (see ``csrc/include/mbpo_fast/cuda_ops.h``). Without a
+CUDA build or a device, :func:`available` is False and the entry points raise
+RuntimeError with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _backend
+
+__all__ = [
+    "CudaEnsemble",
+    "branched_rollout",
+    "CudaPool",
+    "as_cuda_tensor",
+    "available",
+    "require",
+    "sample_mixed",
+]
+
+
+def _native():
+    return _backend.get("native") if "native" in _backend.available() else None
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """True when the native extension was compiled with CUDA and a CUDA device is present
+    (checked once per process: it sits on every device call's path)."""
+    native = _native()
+    return bool(
+        native is not None
+        and native.build_info()["cuda_compiled"]
+        and native.cuda_device_count() > 0
+    )
+
+
+def require(what: str):
+    """The native module, or RuntimeError saying why the CUDA path cannot run."""
+    native = _native()
+    if native is None:
+        raise RuntimeError(f"{what}: needs the native extension mbpo_fast._C (not importable)")
+    if not native.build_info()["cuda_compiled"]:
+        raise RuntimeError(
+            f"{what}: mbpo_fast was built without CUDA (MBPO_FAST_CUDA=OFF or no nvcc); "
+            "rebuild with nvcc on PATH"
+        )
+    if native.cuda_device_count() < 1:
+        raise RuntimeError(f"{what}: no CUDA device is available")
+    return native
+
+
+def is_cuda_tensor(value) -> bool:
+    """True for a torch tensor on a CUDA device (what selects the device paths)."""
+    return bool(getattr(value, "is_cuda", False)) and hasattr(value, "data_ptr")
+
+
+def as_cuda_tensor(name: str, value, shape: Sequence[int | None], dtype=None, device=None):
+    """Borrows `value` as a C-contiguous CUDA tensor of `dtype` (default float32) and `shape`
+    (None = any size). Accepts torch CUDA tensors and objects with
+    ``__cuda_array_interface__`` (wrapped zero-copy). Never copies: a wrong device, dtype,
+    shape or layout raises, naming the argument."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    if not isinstance(value, torch.Tensor):
+        if hasattr(value, "__cuda_array_interface__"):
+            value = torch.as_tensor(value, device="cuda")
+        else:
+            raise TypeError(
+                f"{name}: expected a torch CUDA tensor (or an object with "
+                f"__cuda_array_interface__), got {type(value).__name__}"
+            )
+    if not value.is_cuda:
+        raise ValueError(f"{name}: expected a CUDA tensor, got device {value.device}")
+    if device is not None:
+        want = torch.device(device)
+        if want.index is None:  # "cuda" means the current device
+            want = torch.device("cuda", torch.cuda.current_device())
+        if value.device != want:
+            raise ValueError(f"{name}: expected a tensor on {want}, got {value.device}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
+    got = tuple(value.shape)
+    if len(got) != len(shape) or any(
+        e is not None and e != g for e, g in zip(shape, got, strict=False)
+    ):
+        want = (
+            "("
+            + ", ".join("*" if e is None else str(e) for e in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
+        raise ValueError(f"{name}: expected shape {want}, got {got}")
+    if not value.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a C-contiguous tensor (device inputs are borrowed, never copied)"
+        )
+    return value
+
+
+def _stream(device) -> int:
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+# ---------------------------------------------------------------------------- ensemble
+
+
+class CudaEnsemble:
+    """Device adapter of an :class:`~mbpo_fast.EnsembleDynamics` whose parameters live on a
+    CUDA device: borrows their device pointers (in-place updates are seen by the next call;
+    replacing a parameter object or changing the elites needs a new adapter, which the model
+    does for you) and runs the fused kernels of ``csrc/cuda/ensemble_step.cu``."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self._native = require("EnsembleDynamics on CUDA")
+        self.device = model.input_mean.device  # with its index ("cuda" -> "cuda:0")
+        self.obs_dim, self.act_dim = model.obs_dim, model.act_dim
+        self.ensemble_size = model.ensemble_size
+        params = [model.input_mean, model.input_std, model.max_logvar, model.min_logvar]
+        for layer in model.layers:
+            params += [layer.weight, layer.bias]
+        for p in params:  # parameters of a model built on the device are contiguous float32
+            if not (p.is_cuda and p.dtype == torch.float32 and p.is_contiguous()):
+                raise RuntimeError("EnsembleDynamics: CUDA parameters must be contiguous float32")
+        widths = [model.in_dim] + [int(layer.weight.shape[2]) for layer in model.layers]
+        self._params = params  # keeps the tensors alive as long as the view
+        self.elites = [int(i) for i in model.elite_index.tolist()]
+        self.view = self._native.CudaEnsembleView(
+            self.obs_dim,
+            self.act_dim,
+            self.ensemble_size,
+            widths,
+            model.input_mean.data_ptr(),
+            model.input_std.data_ptr(),
+            [layer.weight.data_ptr() for layer in model.layers],
+            [layer.bias.data_ptr() for layer in model.layers],
+            model.max_logvar.data_ptr(),
+            model.min_logvar.data_ptr(),
+            self.elites,
+        )
+
+    def _rows(self, obs, act):
+        single = getattr(obs, "ndim", None) == 1
+        if single:
+            obs = as_cuda_tensor("obs", obs, (self.obs_dim,), device=self.device)[None]
+            act = as_cuda_tensor("act", act, (self.act_dim,), device=self.device)[None]
+        else:
+            obs = as_cuda_tensor("obs", obs, (None, self.obs_dim), device=self.device)
+            act = as_cuda_tensor("act", act, (obs.shape[0], self.act_dim), device=self.device)
+        return obs, act, single
+
+    def _members(self, members, batch: int):
+        import torch
+
+        if members is None:
+            return None
+        if isinstance(members, torch.Tensor):
+            if (
+                members.dtype.is_floating_point
+                or members.dtype.is_complex
+                or members.dtype == torch.bool
+            ):
+                raise TypeError(
+                    f"members: expected integer member indices, got dtype {members.dtype}"
+                )
+            m = members.to(self.device, torch.int64)
+        else:
+            arr = np.asarray(members)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"members: expected integer member indices, got dtype {arr.dtype}")
+            m = torch.as_tensor(arr.astype(np.int64), device=self.device)
+        if m.ndim == 0:
+            m = m.expand(batch)
+        if tuple(m.shape) != (batch,):
+            raise ValueError(
+                f"members: expected shape ({batch},) or a scalar, got {tuple(m.shape)}"
+            )
+        m = m.contiguous()
+        bad = (m < 0) | (m >= self.ensemble_size)
+        if bool(bad.any()):  # one sync, only when members are given
+            i = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(
+                f"members: entry {i} = {int(m[i])} is out of range [0, {self.ensemble_size})"
+            )
+        return m
+
+    def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None):
+        """(next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]) on the device;
+        the same member choices and Philox noise as the CPU backend."""
+        import torch
+
+        obs, act, single = self._rows(obs, act)
+        batch = obs.shape[0]
+        mem = self._members(members, batch)
+        next_obs = torch.empty((batch, self.obs_dim), device=self.device, dtype=torch.float32)
+        rew = torch.empty((batch,), device=self.device, dtype=torch.float32)
+        used = torch.empty((batch,), device=self.device, dtype=torch.int64)
+        nbytes = self._native.cuda_ensemble_step_workspace_bytes(batch, self.ensemble_size)
+        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
+        with torch.cuda.device(self.device):
+            self._native.cuda_ensemble_step(
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                int(seed),
+                bool(deterministic),
+                0 if mem is None else mem.data_ptr(),
+                next_obs.data_ptr(),
+                rew.data_ptr(),
+                used.data_ptr(),
+                work.data_ptr(),
+                nbytes,
+                _stream(self.device),
+            )
+        if single:
+            return next_obs[0], rew[0], used[0]
+        return next_obs, rew, used
+
+    def predict(self, obs, act):
+        """(mean, var) f32 [E, B, obs_dim + 1] on the device."""
+        import torch
+
+        obs, act, single = self._rows(obs, act)
+        batch = obs.shape[0]
+        shape = (self.ensemble_size, batch, self.obs_dim + 1)
+        mean = torch.empty(shape, device=self.device, dtype=torch.float32)
+        var = torch.empty(shape, device=self.device, dtype=torch.float32)
+        with torch.cuda.device(self.device):
+            self._native.cuda_ensemble_predict(
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                mean.data_ptr(),
+                var.data_ptr(),
+                _stream(self.device),
+            )
+        return (mean[:, 0], var[:, 0]) if single else (mean, var)
+
+    def disagreement(self, obs, act, members=None):
+        """f32 [B] on the device (population std across `members` of the means, averaged)."""
+        import torch
+
+        obs, act, single = self._rows(obs, act)
+        batch = obs.shape[0]
+        mem = self.elites if members is None else [int(m) for m in np.asarray(members).reshape(-1)]
+        out = torch.empty((batch,), device=self.device, dtype=torch.float32)
+        nbytes = self._native.cuda_ensemble_disagreement_workspace_bytes(
+            batch, len(mem), self.obs_dim
+        )
+        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
+        with torch.cuda.device(self.device):
+            self._native.cuda_ensemble_disagreement(
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                mem,
+                out.data_ptr(),
+                work.data_ptr(),
+                nbytes,
+                _stream(self.device),
+            )
+        return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------- pool
+
+
+class CudaPool:
+    """The implementation behind ``ReplayPool(..., device="cuda")``: the same method names as
+    the native pool, tensors on the device. Draws are the CPU pool's
+    (``random_index(seed, STREAM_POOL_SAMPLE, rng_counter + k, len)``)."""
+
+    def __init__(
+        self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0, device="cuda"
+    ) -> None:
+        import torch
+
+        native = require("ReplayPool(device='cuda')")
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"device: expected a CUDA device, got {device!r}")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        with torch.cuda.device(self.device):
+            self._impl = native.CudaReplayPool(capacity, obs_dim, act_dim, seed)
+        self._native = native
+
+    # properties the ReplayPool wrapper reads
+    size = property(lambda self: self._impl.size)
+    capacity = property(lambda self: self._impl.capacity)
+    obs_dim = property(lambda self: self._impl.obs_dim)
+    act_dim = property(lambda self: self._impl.act_dim)
+    seed = property(lambda self: self._impl.seed)
+    rng_counter = property(lambda self: self._impl.rng_counter)
+    write_pos = property(lambda self: self._impl.write_pos)
+    nbytes = property(lambda self: self._impl.nbytes)
+
+    def _input(self, name: str, value, shape):
+        """A contiguous float32 tensor on the pool's device: zero-copy when it already is one,
+        else converted (like the CPU pool converts float64 / non-contiguous inputs)."""
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            if hasattr(value, "__cuda_array_interface__"):
+                value = torch.as_tensor(value, device=self.device)
+            else:
+                arr = np.asarray(value)
+                if arr.dtype.kind not in "fiub":
+                    raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+                value = torch.from_numpy(np.ascontiguousarray(arr))
+        if value.dtype.is_complex:
+            raise TypeError(f"{name}: expected a real numeric dtype, got {value.dtype}")
+        value = value.to(self.device, torch.float32).contiguous()
+        got = tuple(value.shape)
+        if got != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {got}")
+        return value
+
+    def _terminated(self, value, n: int):
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(np.asarray(value))
+        if value.dtype == torch.bool:
+            value = value.to(self.device).contiguous().view(torch.uint8)
+        elif value.dtype.is_floating_point or value.dtype.is_complex:
+            raise TypeError(f"terminated: expected bool (or 0/1 integers), got dtype {value.dtype}")
+        else:
+            # check before narrowing to uint8 (256 would wrap to 0); bool needs no check
+            if value.numel() and bool(((value < 0) | (value > 1)).any()):
+                raise ValueError("terminated: values must be 0 or 1")
+            value = value.to(self.device, torch.uint8).contiguous()
+        if tuple(value.shape) != (n,):
+            raise ValueError(f"terminated: expected shape ({n},), got {tuple(value.shape)}")
+        return value
+
+    def add_batch(self, obs, act, rew, next_obs, terminated) -> None:
+        import torch
+
+        od, ad = self.obs_dim, self.act_dim
+        if not hasattr(obs, "shape") or len(obs.shape) != 2:
+            raise ValueError(
+                f"obs: expected shape (*, {od}), got {tuple(getattr(obs, 'shape', ()))}"
+            )
+        n = int(obs.shape[0])
+        o = self._input("obs", obs, (n, od))
+        a = self._input("act", act, (n, ad))
+        r = self._input("rew", rew, (n,))
+        no = self._input("next_obs", next_obs, (n, od))
+        t = self._terminated(terminated, n)
+        if n == 0:
+            return
+        with torch.cuda.device(self.device):
+            self._impl.add_batch(
+                o.data_ptr(),
+                a.data_ptr(),
+                r.data_ptr(),
+                no.data_ptr(),
+                t.data_ptr(),
+                n,
+                _stream(self.device),
+            )
+
+    def add(self, obs, act, rew, next_obs, terminated) -> None:
+        import torch
+
+        def row(x):
+            return x.reshape(1, -1) if isinstance(x, torch.Tensor) else np.asarray(x).reshape(1, -1)
+
+        rew_t = rew.reshape(1) if isinstance(rew, torch.Tensor) else np.asarray([rew])
+        term_t = (
+            terminated.reshape(1)
+            if isinstance(terminated, torch.Tensor)
+            else np.asarray([bool(terminated)])
+        )
+        self.add_batch(row(obs), row(act), rew_t, row(next_obs), term_t)
+
+    def _outputs(self, n: int):
+        import torch
+
+        kw = {"device": self.device}
+        return (
+            torch.empty((n, self.obs_dim), dtype=torch.float32, **kw),
+            torch.empty((n, self.act_dim), dtype=torch.float32, **kw),
+            torch.empty((n,), dtype=torch.float32, **kw),
+            torch.empty((n, self.obs_dim), dtype=torch.float32, **kw),
+            torch.empty((n,), dtype=torch.bool, **kw),
+        )
+
+    @staticmethod
+    def _ptrs(outs):
+        return [o.data_ptr() for o in outs]
+
+    def sample(self, batch_size: int, num_batches: int | None = None):
+        import torch
+
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 0
+        ):
+            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
+        k = 1 if num_batches is None else int(num_batches)
+        if k < 1:
+            raise ValueError(f"num_batches: expected num_batches >= 1, got {num_batches!r}")
+        n = int(batch_size) * k
+        outs = self._outputs(n)
+        with torch.cuda.device(self.device):
+            self._impl.sample(n, *self._ptrs(outs), _stream(self.device))
+        if num_batches is not None:
+            outs = tuple(o.reshape(k, int(batch_size), *o.shape[1:]) for o in outs)
+        return outs
+
+    def sample_obs(self, n: int):
+        return self.sample(n)[0]
+
+    def transitions(self):
+        import torch
+
+        outs = self._outputs(self.size)
+        with torch.cuda.device(self.device):
+            self._impl.transitions(*self._ptrs(outs), _stream(self.device))
+        return outs
+
+    def peek_indices(self, n: int) -> np.ndarray:
+        """int64 [n] (host): the rows the next n draws return (computed with the CPU Philox)."""
+        if n < 0:
+            raise ValueError(f"n: expected n >= 0, got {n}")
+        if n and self.size == 0:
+            raise ValueError("sample: the pool is empty (add transitions before sampling)")
+        native = self._native
+        words = native.philox_fill_u32(self.seed, native.STREAM_POOL_SAMPLE, self.rng_counter, n)
+        return ((words.astype(np.uint64) * np.uint64(self.size)) >> np.uint64(32)).astype(np.int64)
+
+    def clear(self) -> None:
+        self._impl.clear()
+
+    def _unsupported(self, what: str):
+        raise NotImplementedError(
+            f"ReplayPool(device='cuda').{what} is not implemented yet; copy transitions() into a "
+            "CPU pool for it"
+        )
+
+    def resize(self, new_capacity: int) -> None:
+        """Keeps the newest min(len, new_capacity) rows in order (as the CPU pool); waits for
+        the copy (the old storage is freed)."""
+        import torch
+
+        if isinstance(new_capacity, bool) or not isinstance(new_capacity, (int, np.integer)):
+            raise TypeError(f"new_capacity: expected an int, got {type(new_capacity).__name__}")
+        with torch.cuda.device(self.device):
+            self._impl.resize(int(new_capacity), _stream(self.device))
+
+    def gather(self, rows):
+        self._unsupported("gather")
+
+    def save(self, path) -> None:
+        self._unsupported("save")
+
+
+def sample_mixed(
+    real: CudaPool,
+    model: CudaPool,
+    batch_size: int,
+    real_ratio: float,
+    num_batches: int | None = None,
+):
+    """sample_mixed of two device pools: the CPU version's draws and counter updates."""
+    import torch
+
+    if real.device != model.device:
+        raise ValueError(
+            f"model_pool: expected the device of real_pool ({real.device}), got {model.device}"
+        )
+    k = 1 if num_batches is None else int(num_batches)
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size: expected batch_size >= 1, got {batch_size!r}")
+    if k < 1:
+        raise ValueError(f"num_batches: expected num_batches >= 1, got {num_batches!r}")
+    outs = real._outputs(int(batch_size) * k)
+    with torch.cuda.device(real.device):
+        real._native.cuda_sample_mixed(
+            real._impl,
+            model._impl,
+            int(batch_size),
+            float(real_ratio),
+            k,
+            *CudaPool._ptrs(outs),
+            _stream(real.device),
+        )
+    if num_batches is not None:
+        outs = tuple(o.reshape(k, int(batch_size), *o.shape[1:]) for o in outs)
+    return outs
+
+
+# ---------------------------------------------------------------------------- rollout
+
+
+def branched_rollout(
+    model, agent, termination, real_pool, model_pool, num_starts: int, horizon: int, seed: int = 0
+) -> dict:
+    """One MBPO branched rollout entirely on the device (csrc/cuda/rollout.cu).
+
+    model: a CUDA :class:`~mbpo_fast.EnsembleDynamics`; agent: a CUDA :class:`~mbpo_fast.SAC`;
+    termination: an env id, a built-in termination function or id (custom callables are
+    CPU-only); real_pool, model_pool: ``ReplayPool(..., device="cuda")`` on the model's device
+    (may be the same pool). The algorithm and the random numbers are those of the CPU engine
+    (csrc/include/mbpo_fast/rollout.h): same start states, actions, members, noise and order of
+    the appended rows. No host round trip per step; one sync at the end for the statistics.
+    Returns the CPU engine's statistics dict (``mean_disagreement`` is NaN: not computed on
+    the device yet).
+    """
+    import torch
+
+    from .rollout_native import resolve_termination
+    from .sac import LOG_STD_MAX, LOG_STD_MIN
+
+    native = require("branched rollout on CUDA")
+    term = resolve_termination(termination)
+    if not isinstance(term, int):
+        raise TypeError(
+            "termination: the device rollout runs the built-in termination functions "
+            "only (an env id or mf.termination_fn(env_id)); use the CPU engine for "
+            "custom callables"
+        )
+    pools = []
+    for name, pool in (("real_pool", real_pool), ("model_pool", model_pool)):
+        impl = getattr(pool, "_impl", pool)
+        if not isinstance(impl, CudaPool):
+            raise TypeError(
+                f"{name}: expected a ReplayPool(..., device='cuda'), got {type(pool).__name__}"
+            )
+        pools.append(impl)
+    real, dest = pools
+    ens = model._cuda_native() if hasattr(model, "_cuda_native") else None
+    if ens is None or getattr(model, "device", torch.device("cpu")).type != "cuda":
+        raise TypeError("model: expected an EnsembleDynamics on a CUDA device")
+    if ens.device != real.device or dest.device != real.device:
+        raise ValueError(
+            f"model_pool, real_pool: expected the model's device {ens.device}, got "
+            f"{real.device} and {dest.device}"
+        )
+    layers = getattr(getattr(agent, "actor", None), "layers", None)
+    if layers is None or getattr(agent, "device", torch.device("cpu")).type != "cuda":
+        raise TypeError("agent: expected a SAC agent on a CUDA device")
+    weights, biases = [], []
+    for i, layer in enumerate(layers):
+        w = as_cuda_tensor(
+            f"actor.layers[{i}].weight", layer.weight.detach(), (1, None, None), device=real.device
+        )
+        b = as_cuda_tensor(
+            f"actor.layers[{i}].bias", layer.bias.detach(), (1, w.shape[2]), device=real.device
+        )
+        weights.append(w)
+        biases.append(b)
+    widths = [int(weights[0].shape[1])] + [int(w.shape[2]) for w in weights]
+    host = lambda x: np.ascontiguousarray(  # noqa: E731
+        x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32
+    )
+    low, high = getattr(agent, "_low_np", None), getattr(agent, "_high_np", None)
+    with torch.cuda.device(real.device):
+        return native.cuda_branched_rollout(
+            real._impl,
+            dest._impl,
+            ens.view,
+            [w.data_ptr() for w in weights],
+            [b.data_ptr() for b in biases],
+            widths,
+            host(agent.action_scale),
+            host(agent.action_bias),
+            None if low is None else host(low),
+            None if high is None else host(high),
+            LOG_STD_MIN,
+            LOG_STD_MAX,
+            term,
+            int(num_starts),
+            int(horizon),
+            int(seed),
+            _stream(real.device),
+        )

@@ -1,0 +1,98 @@
+// C++ tests of the CUDA entry points that run without a GPU: the row grouping the CUDA step
+// launches with (ensemble_step_plan, the same MBPO_HD index math) against the CPU step, and
+// the errors of the device entry points when no device (or no CUDA build) is present.
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "harness.h"
+#include "mbpo_fast/cuda.h"
+#include "mbpo_fast/cuda_ops.h"
+#include "mbpo_fast/ensemble.h"
+
+using namespace mbpo_fast;
+
+namespace {
+
+// A small random ensemble (obs 3, act 2, E 5, one hidden layer of 8) with its storage.
+struct Small {
+  std::vector<float> w0, b0, w1, b1, mean, std_, maxlv, minlv;
+  std::vector<int64_t> elites{4, 1, 3};
+  EnsembleView view;
+  Small() {
+    std::mt19937 g(7);
+    std::normal_distribution<float> n(0.0f, 0.5f);
+    auto fill = [&](std::vector<float>& v, size_t count) {
+      v.resize(count);
+      for (auto& x : v) x = n(g);
+    };
+    fill(w0, 5 * 5 * 8);
+    fill(b0, 5 * 8);
+    fill(w1, 5 * 8 * 8);
+    fill(b1, 5 * 8);
+    fill(mean, 5);
+    std_.assign(5, 1.5f);
+    maxlv.assign(4, 0.5f);
+    minlv.assign(4, -5.0f);
+    view.obs_dim = 3;
+    view.act_dim = 2;
+    view.ensemble_size = 5;
+    view.num_layers = 2;
+    view.widths[0] = 5;
+    view.widths[1] = 8;
+    view.widths[2] = 8;
+    view.weights[0] = w0.data();
+    view.biases[0] = b0.data();
+    view.weights[1] = w1.data();
+    view.biases[1] = b1.data();
+    view.input_mean = mean.data();
+    view.input_std = std_.data();
+    view.max_logvar = maxlv.data();
+    view.min_logvar = minlv.data();
+    view.elites = elites.data();
+    view.num_elites = 3;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("plan: members are the CPU step's, tiles cover every row once within the grid bound") {
+  Small m;
+  for (int64_t batch : {1, 31, 32, 33, 500}) {
+    std::vector<float> obs(static_cast<size_t>(batch * 3), 0.25f), act(static_cast<size_t>(batch * 2), -0.5f);
+    std::vector<float> next(static_cast<size_t>(batch * 3)), rew(static_cast<size_t>(batch));
+    std::vector<int64_t> used(static_cast<size_t>(batch));
+    ensemble_step(m.view, obs.data(), act.data(), batch, 99, false, nullptr, next.data(), rew.data(), used.data());
+    const EnsembleStepPlan plan = ensemble_step_plan(m.view, batch, 99, nullptr, kCudaEnsembleTileRows);
+    CHECK(plan.member == used);
+    std::vector<int> covered(static_cast<size_t>(batch), 0);
+    for (size_t t = 0; t < plan.tile_member.size(); ++t) {
+      const int64_t e = plan.tile_member[t];
+      CHECK(plan.tile_rows[t] >= 1 && plan.tile_rows[t] <= kCudaEnsembleTileRows);
+      CHECK(plan.tile_first[t] >= plan.start[e] && plan.tile_first[t] + plan.tile_rows[t] <= plan.start[e + 1]);
+      for (int64_t p = plan.tile_first[t]; p < plan.tile_first[t] + plan.tile_rows[t]; ++p) {
+        const int64_t row = plan.order[static_cast<size_t>(p)];
+        ++covered[static_cast<size_t>(row)];
+        CHECK(used[static_cast<size_t>(row)] == e);
+      }
+    }
+    CHECK(std::all_of(covered.begin(), covered.end(), [](int c) { return c == 1; }));
+    CHECK(static_cast<int64_t>(plan.tile_member.size()) <=
+          (batch + kCudaEnsembleTileRows - 1) / kCudaEnsembleTileRows + m.view.ensemble_size);
+  }
+}
+
+TEST_CASE("device entry points raise (never crash) without a device") {
+  if (cuda_device_count() > 0) return;  // covered by the gpu tests
+  Small m;
+  CHECK_THROWS(CudaReplayPool(16, 3, 2, 0));
+  float dummy = 0.0f;
+  std::vector<unsigned char> ws(4096);
+  CHECK_THROWS(cuda_ensemble_step(m.view, &dummy, &dummy, 1, 0, false, nullptr, &dummy, &dummy, nullptr, ws.data(),
+                                  ws.size(), nullptr));
+  CHECK_THROWS(cuda_ensemble_predict(m.view, &dummy, &dummy, 1, &dummy, &dummy, nullptr));
+}
+
+MBPO_TEST_MAIN
