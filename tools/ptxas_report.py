@@ -15,13 +15,15 @@ import sys
 
 ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+)'")
 PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes cumulative stack size)?"
+USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?"
+                  r"(?:, (\d+) bytes cumulative stack size)?"
                   r"(?:, (\d+) bytes smem)?")
 
 
 def demangle(names: list[str]) -> dict[str, str]:
     try:
-        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
+                             check=True)
         return dict(zip(names, out.stdout.splitlines(), strict=True))
     except (OSError, subprocess.CalledProcessError, ValueError):
         return {n: n for n in names}
@@ -51,7 +53,8 @@ def parse(text: str) -> list[dict]:
         elif cur is not None and (m := PROPS.search(line)):
             cur.update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
         elif cur is not None and (m := USED.search(line)):
-            cur.update(regs=int(m.group(1)), barriers=int(m.group(2) or 0), smem=int(m.group(4) or 0))
+            cur.update(regs=int(m.group(1)), barriers=int(m.group(2) or 0),
+                       smem=int(m.group(4) or 0))
             rows.append(cur)
             cur = None
     seen, unique = set(), []
@@ -66,10 +69,12 @@ def parse(text: str) -> list[dict]:
 def main(path: str) -> int:
     rows = parse(open(path, encoding="utf-8", errors="replace").read())
     names = demangle(sorted({r["kernel"] for r in rows}))
-    print("| kernel | arch | registers | spill stores / loads (B) | stack frame (B) | static smem (B) | barriers |")
+    print("| kernel | arch | registers | spill stores / loads (B) | stack frame (B) "
+          "| static smem (B) | barriers |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (short(names[r["kernel"]]), r["arch"])):
-        print(f"| `{short(names[r['kernel']])}` | {r['arch']} | {r['regs']} | {r['spill_st']} / {r['spill_ld']} "
+        print(f"| `{short(names[r['kernel']])}` | {r['arch']} | {r['regs']} | "
+              f"{r['spill_st']} / {r['spill_ld']} "
               f"| {r['stack']} | {r['smem']} | {r['barriers']} |")
     spills = [r for r in rows if r["spill_st"] or r["spill_ld"]]
     print(f"\n{len(rows)} kernel/arch pairs, {len(spills)} with spills.")
