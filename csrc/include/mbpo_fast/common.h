@@ -40,7 +40,7 @@ class FormatError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Throws InvalidArgument(message) when `condition` is false. Used instead of assert():
+// Throws InvalidArgument(message) when `condition` is false. Used instead of the assert macro:
 // validation must survive release builds.
 inline void require(bool condition, const std::string& message) {
   if (!condition) throw InvalidArgument(message);
