@@ -142,6 +142,10 @@ inline int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / 
 // InvalidArgument when the current device cannot give that much (a very wide model).
 // Done once per (kernel, device, size): later calls only look it up, so a warm call makes no
 // attribute API calls (cheaper, and nothing but launches while a CUDA graph is captured).
+// The attribute is per (kernel, device) and only ever RAISED: the lock is held across the
+// check, the cudaFuncSetAttribute and the bookkeeping, so two threads asking for different
+// sizes cannot leave the attribute below a grant another thread already relies on (the
+// launch with the larger size would then fail with "invalid argument").
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes, const char* op) {
   int device = 0, optin = 0;
@@ -149,11 +153,9 @@ void allow_smem(Kernel kernel, size_t bytes, const char* op) {
   static std::mutex mutex;
   static std::map<std::pair<const void*, int>, size_t> granted;
   const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    const auto it = granted.find(key);
-    if (it != granted.end() && it->second >= bytes) return;
-  }
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto it = granted.find(key);
+  if (it != granted.end() && it->second >= bytes) return;
   MBPO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   MBPO_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));  // its static shared memory counts too
@@ -161,7 +163,6 @@ void allow_smem(Kernel kernel, size_t bytes, const char* op) {
           std::string(op) + ": the widest layer needs " + std::to_string(bytes + attr.sharedSizeBytes) +
               " bytes of shared memory per block, the device allows " + std::to_string(optin));
   MBPO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  std::lock_guard<std::mutex> lock(mutex);
   granted[key] = bytes;
 }
 
