@@ -166,13 +166,21 @@ CudaReplayPool::CudaReplayPool(int64_t capacity, int64_t obs_dim, int64_t act_di
 }
 
 void CudaReplayPool::release() noexcept {
-  // cudaFree synchronizes the device, so no kernel still reads the storage.
+  if (rec_ == nullptr && term_ == nullptr && flags_ == nullptr) return;
+  // cudaFree synchronizes the device, so no kernel still reads the storage. Free on the
+  // pool's own device (the caller may have another device current: a pool on cuda:1
+  // collected while cuda:0 is current); best effort, a destructor must not throw.
+  int previous = -1;
+  const bool switched = cudaGetDevice(&previous) == cudaSuccess && device_ >= 0 && previous != device_ &&
+                        cudaSetDevice(device_) == cudaSuccess;
   if (rec_ != nullptr) cudaFree(rec_);
   if (term_ != nullptr) cudaFree(term_);
   if (flags_ != nullptr) cudaFree(flags_);
   rec_ = nullptr;
   term_ = nullptr;
   flags_ = nullptr;
+  if (switched) cudaSetDevice(previous);
+  cudaGetLastError();  // leave no error of this best-effort cleanup for the next check
 }
 
 CudaReplayPool::~CudaReplayPool() { release(); }
