@@ -139,6 +139,30 @@ def test_cuda_constants_exposed():
     assert native.CUDA_MAX_MEMBERS >= 7
 
 
+@needs_native
+def test_cuda_view_set_elites_is_validated_before_it_changes_anything():
+    """CudaEnsembleView only holds pointers (nothing is dereferenced on the host but the
+    elites), so it can be built here with fake non-null device pointers."""
+    native = _native()
+    if not hasattr(native, "CudaEnsembleView"):
+        pytest.skip("extension built without the CUDA bindings")
+    fake = 256
+    widths = [OBS + ACT, 8, 2 * (OBS + 1)]
+    view = native.CudaEnsembleView(
+        OBS, ACT, 3, widths, fake, fake, [fake, fake], [fake, fake], fake, fake, [2, 0]
+    )
+    assert view.elites == [2, 0]
+    with pytest.raises(ValueError, match="elites"):
+        view.set_elites([1, 3])  # 3 is out of range for E = 3
+    assert view.elites == [2, 0]  # unchanged: the failed call left the handle as it was
+    view.set_elites([1])
+    assert view.elites == [1]
+    with pytest.raises(ValueError, match="elites"):
+        native.CudaEnsembleView(
+            OBS, ACT, 3, widths, fake, fake, [fake, fake], [fake, fake], fake, fake, [5]
+        )
+
+
 @pytest.mark.skipif(mf.has_cuda(), reason="checks the no-device errors")
 def test_cuda_entry_points_fail_clearly_without_a_device():
     from mbpo_fast import cuda_ops

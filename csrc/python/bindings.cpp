@@ -1271,11 +1271,33 @@ void bind_rollout(py::module_& m) {
 struct CudaEnsembleHandle {
   EnsembleView view;
   std::vector<int64_t> elites;
+  CudaEnsembleHandle() = default;
+  // view.elites points into `elites`: a copy or move must re-point it at its own vector
+  // (the implicit copy would keep the source's pointer, dangling once the source dies).
+  CudaEnsembleHandle(const CudaEnsembleHandle& o) : view(o.view), elites(o.elites) { repoint(); }
+  CudaEnsembleHandle(CudaEnsembleHandle&& o) noexcept : view(o.view), elites(std::move(o.elites)) { repoint(); }
+  CudaEnsembleHandle& operator=(const CudaEnsembleHandle& o) {
+    view = o.view;
+    elites = o.elites;
+    repoint();
+    return *this;
+  }
+  CudaEnsembleHandle& operator=(CudaEnsembleHandle&& o) noexcept {
+    view = o.view;
+    elites = std::move(o.elites);
+    repoint();
+    return *this;
+  }
+  void repoint() noexcept { view.elites = elites.empty() ? nullptr : elites.data(); }
+  // Validates first: bad elites raise and leave the handle as it was.
   void set_elites(std::vector<int64_t> e) {
+    EnsembleView candidate = view;
+    candidate.elites = e.empty() ? nullptr : e.data();
+    candidate.num_elites = static_cast<int64_t>(e.size());
+    candidate.validate(false);
     elites = std::move(e);
-    view.elites = elites.empty() ? nullptr : elites.data();
     view.num_elites = static_cast<int64_t>(elites.size());
-    view.validate(false);
+    repoint();
   }
 };
 
@@ -1488,12 +1510,12 @@ void bind_cuda(py::module_& m) {
         a.action_bias = bias.data();
         a.log_std_min = log_std_min;
         a.log_std_max = log_std_max;
-        RolloutStats st;
-        {
-          py::gil_scoped_release release;
-          st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
-                                     num_starts, horizon, seed, ptr<void>(cuda_stream));
-        }
+        // Keeps the GIL, like the pool methods: the rollout reads the pools' host-side ring
+        // state at the start and advances model_pool's at the end, so a Python thread calling
+        // model_pool.add_batch in between (GIL released) would write the same slots and lose
+        // its rows from the counters. The GIL is what serializes calls on a device pool.
+        const RolloutStats st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real,
+                                                      model_pool, num_starts, horizon, seed, ptr<void>(cuda_stream));
         return rollout_stats_dict(st);
       },
       py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
