@@ -82,7 +82,9 @@ def as_cuda_tensor(name: str, value, shape: Sequence[int | None], dtype=None, de
     dtype = torch.float32 if dtype is None else dtype
     if not isinstance(value, torch.Tensor):
         if hasattr(value, "__cuda_array_interface__"):
-            value = torch.as_tensor(value, device="cuda")
+            # no device argument: the tensor stays on the object's own device (zero-copy);
+            # device="cuda" would copy an object living on another GPU to the current one
+            value = torch.as_tensor(value)
         else:
             raise TypeError(
                 f"{name}: expected a torch CUDA tensor (or an object with "
@@ -144,6 +146,11 @@ class CudaEnsemble:
         for p in params:  # parameters of a model built on the device are contiguous float32
             if not (p.is_cuda and p.dtype == torch.float32 and p.is_contiguous()):
                 raise RuntimeError("EnsembleDynamics: CUDA parameters must be contiguous float32")
+            if p.device != self.device:  # the kernels dereference every pointer on one device
+                raise RuntimeError(
+                    f"EnsembleDynamics: every CUDA parameter must be on {self.device}, "
+                    f"found one on {p.device}"
+                )
         widths = [model.in_dim] + [int(layer.weight.shape[2]) for layer in model.layers]
         self._params = params  # keeps the tensors alive as long as the view
         self.elites = [int(i) for i in model.elite_index.tolist()]
