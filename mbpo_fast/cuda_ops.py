@@ -467,12 +467,6 @@ class CudaPool:
     def clear(self) -> None:
         self._impl.clear()
 
-    def _unsupported(self, what: str):
-        raise NotImplementedError(
-            f"ReplayPool(device='cuda').{what} is not implemented yet; copy transitions() into a "
-            "CPU pool for it"
-        )
-
     def resize(self, new_capacity: int) -> None:
         """Keeps the newest min(len, new_capacity) rows in order (as the CPU pool); waits for
         the copy (the old storage is freed)."""
@@ -484,10 +478,71 @@ class CudaPool:
             self._impl.resize(int(new_capacity), _stream(self.device))
 
     def gather(self, rows):
-        self._unsupported("gather")
+        """Copies of logical rows `rows` (int [n], 0 = oldest; each in [0, len)) as device
+        tensors, like the CPU pool's gather. `rows` may be a host array or a tensor; the range
+        check costs one sync (as ``members`` of the ensemble step)."""
+        import torch
+
+        if isinstance(rows, torch.Tensor):
+            if rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+                raise TypeError(f"rows: expected an integer array, got {rows.dtype}")
+            idx = rows.to(self.device, torch.int64)
+        else:
+            arr = np.asarray(rows)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"rows: expected an integer array, got {arr.dtype}")
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+                raise ValueError(f"rows: expected row indices in [0, {self.size}), got {arr.max()}")
+            idx = torch.as_tensor(arr.astype(np.int64), device=self.device)
+        if idx.ndim != 1:
+            raise ValueError(f"rows: expected shape (n,), got {tuple(idx.shape)}")
+        idx = idx.contiguous()
+        n = int(idx.shape[0])
+        if n:
+            bad = (idx < 0) | (idx >= self.size)
+            if bool(bad.any()):  # one sync; the kernel never reads outside the storage anyway
+                i = int(torch.nonzero(bad)[0, 0])
+                raise ValueError(
+                    f"rows: expected row indices in [0, {self.size}), got {int(idx[i])} "
+                    f"at position {i}"
+                )
+        outs = self._outputs(n)
+        if n:
+            with torch.cuda.device(self.device):
+                self._impl.gather(idx.data_ptr(), n, *self._ptrs(outs), _stream(self.device))
+        return outs
 
     def save(self, path) -> None:
-        self._unsupported("save")
+        """Writes the CPU pool's file format (csrc/include/mbpo_fast/replay_pool.h) through
+        the host: one device-to-host copy of the stored rows (waits for it), then the CPU
+        pool's atomic writer. A CPU pool (or Numba) loads the file, and vice versa."""
+        import os
+
+        import torch
+
+        with torch.cuda.device(self.device):
+            self._impl.save(os.fspath(path), _stream(self.device))
+
+    @classmethod
+    def load(cls, path, device="cuda") -> CudaPool:
+        """Reads a pool file written by any backend onto `device` (the CPU pool's reader,
+        then one host-to-device copy; waits for it)."""
+        import os
+
+        import torch
+
+        native = require("ReplayPool.load(device='cuda')")
+        dev = torch.device(device)
+        if dev.type != "cuda":
+            raise ValueError(f"device: expected a CUDA device, got {device!r}")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        pool = cls.__new__(cls)
+        pool.device = dev
+        pool._native = native
+        with torch.cuda.device(dev):
+            pool._impl = native.CudaReplayPool.load(os.fspath(path), _stream(dev))
+        return pool
 
 
 def sample_mixed(

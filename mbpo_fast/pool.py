@@ -33,8 +33,8 @@ class ReplayPool:
         device: "cpu" (default) or a CUDA device ("cuda", "cuda:1"): rows then live in device
             memory, add_batch takes and sample/transitions return torch CUDA tensors (on the
             caller's current stream), with the same draws as a CPU pool. RuntimeError when
-            mbpo_fast has no CUDA build or no device is present. gather/save/load are
-            CPU-only for now (NotImplementedError).
+            mbpo_fast has no CUDA build or no device is present. save/load copy through the
+            host and use the CPU pool's file format, so files are interchangeable.
 
     Storage is ``capacity * (4 * (2 * obs_dim + act_dim + 1) + 1)`` bytes (:attr:`nbytes`),
     allocated once. Inputs may be float64 or non-contiguous (they are converted); NaN/Inf,
@@ -165,12 +165,18 @@ class ReplayPool:
         self._impl.save(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ReplayPool:
-        """Reads a file written by :meth:`save` (any backend) into the active backend.
-        Raises OSError when it cannot be read and ValueError (FormatError) when it is
-        truncated, corrupted or not a pool file."""
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> ReplayPool:
+        """Reads a file written by :meth:`save` (any backend, CPU or device pool) into the
+        active backend, or onto a CUDA device with ``device="cuda"`` / ``"cuda:1"`` (the same
+        reader, then one host-to-device copy). Raises OSError when it cannot be read and
+        ValueError (FormatError) when it is truncated, corrupted or not a pool file."""
         pool = cls.__new__(cls)
-        pool._bind(_backend.ops, _backend.ops.ReplayPool.load(path))
+        if str(device) == "cpu":
+            pool._bind(_backend.ops, _backend.ops.ReplayPool.load(path))
+        else:
+            from . import cuda_ops
+
+            pool._bind(cuda_ops, cuda_ops.CudaPool.load(path, device))
         return pool
 
 

@@ -172,6 +172,8 @@ def test_cuda_entry_points_fail_clearly_without_a_device():
         mf.ReplayPool(16, OBS, ACT, device="cuda")
     with pytest.raises(RuntimeError, match="CUDA|cuda|native"):
         cuda_ops.require("test")
+    with pytest.raises(RuntimeError, match="CUDA|cuda|native"):
+        mf.ReplayPool.load("unused.bin", device="cuda")
 
 
 def test_as_cuda_tensor_rejects_host_arrays_naming_the_argument():
@@ -411,6 +413,63 @@ def test_device_pool_rejects_bad_rows_and_stays_unchanged():
         dev.add_batch(good[0], good[1][:5], *good[2:])
     assert len(dev) == 10
     _assert_same(dev.transitions(), tuple(x.cpu().numpy() for x in before))
+
+
+@pytest.mark.gpu
+def test_device_pool_gather_matches_cpu_and_checks_rows():
+    import torch
+
+    cpu = mf.ReplayPool(60, OBS, ACT, seed=4)
+    dev = mf.ReplayPool(60, OBS, ACT, seed=4, device="cuda")
+    b = _batch(90, 8)  # wraps: logical rows != physical slots
+    cpu.add_batch(*b)
+    dev.add_batch(*_to_cuda(b))
+    rows = np.array([0, 59, 17, 17, 30, 1], dtype=np.int64)
+    for r in (rows, rows.astype(np.int32), torch.from_numpy(rows).cuda(), rows[:0]):
+        got = dev.gather(r)
+        assert got.obs.is_cuda and got.terminated.dtype == torch.bool
+        _assert_same(got, cpu.gather(np.asarray(r.cpu() if hasattr(r, "cpu") else r)))
+    with pytest.raises(ValueError, match=r"rows: .* in \[0, 60\), got 60 at position 1"):
+        dev.gather([3, 60])
+    with pytest.raises(ValueError, match="rows"):
+        dev.gather([-1])
+    with pytest.raises(TypeError, match="rows"):
+        dev.gather(np.array([0.5]))
+    with pytest.raises(ValueError, match="rows: expected shape"):
+        dev.gather(np.zeros((2, 2), np.int64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("adds", [0, 37, 100, 130])  # empty, partial, exactly full, wrapped
+def test_device_pool_save_load_is_the_cpu_file_format(tmp_path, adds):
+    cpu = mf.ReplayPool(100, OBS, ACT, seed=21)
+    dev = mf.ReplayPool(100, OBS, ACT, seed=21, device="cuda")
+    if adds:
+        b = _batch(adds, 3)
+        cpu.add_batch(*b)
+        dev.add_batch(*_to_cuda(b))
+        cpu.sample(17)
+        dev.sample(17)
+    cpu.save(tmp_path / "cpu.bin")
+    dev.save(tmp_path / "sub" / "dev.bin")  # parent directories are created, as for CPU pools
+    # byte-identical files: same header (ring state, seed, rng_counter), rows and CRCs
+    assert (tmp_path / "cpu.bin").read_bytes() == (tmp_path / "sub" / "dev.bin").read_bytes()
+    # device file -> CPU pool, CPU file -> device pool: both continue the same draws
+    back_cpu = mf.ReplayPool.load(tmp_path / "sub" / "dev.bin")
+    back_dev = mf.ReplayPool.load(tmp_path / "cpu.bin", device="cuda")
+    assert back_dev.device.startswith("cuda")
+    for p in (back_cpu, back_dev):
+        assert (len(p), p.capacity, p.write_pos, p.seed, p.rng_counter) == (
+            len(cpu), cpu.capacity, cpu.write_pos, cpu.seed, cpu.rng_counter
+        )
+    _assert_same(back_dev.transitions(), cpu.transitions())
+    if adds:
+        want = cpu.sample(50)
+        _assert_same(back_dev.sample(50), want)
+        np.testing.assert_array_equal(back_cpu.sample(50).obs, want.obs)
+    (tmp_path / "bad.bin").write_bytes(b"MBPOPOOL" + b"\0" * 100)
+    with pytest.raises(ValueError, match="not a valid pool file"):
+        mf.ReplayPool.load(tmp_path / "bad.bin", device="cuda")
 
 
 # ---------------------------------------------------------------------------- GPU: rollout

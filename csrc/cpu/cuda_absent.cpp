@@ -55,6 +55,11 @@ void CudaReplayPool::sample(int64_t, float*, float*, float*, float*, uint8_t*, v
 void CudaReplayPool::transitions(float*, float*, float*, float*, uint8_t*, void*) const {
   no_cuda("CudaReplayPool::transitions");
 }
+void CudaReplayPool::gather(const int64_t*, int64_t, float*, float*, float*, float*, uint8_t*, void*) const {
+  no_cuda("CudaReplayPool::gather");
+}
+ReplayPool CudaReplayPool::to_host(void*) const { no_cuda("CudaReplayPool::to_host"); }
+CudaReplayPool CudaReplayPool::from_host(const ReplayPool&, void*) { no_cuda("CudaReplayPool::from_host"); }
 void cuda_sample_mixed(CudaReplayPool&, CudaReplayPool&, int64_t, double, int64_t, float*, float*, float*, float*,
                        uint8_t*, void*) {
   no_cuda("cuda_sample_mixed");

@@ -17,6 +17,7 @@
 
 #include "check.cuh"
 #include "device_guard.cuh"
+#include "kernels/pool_segments.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda_ops.h"
 #include "mbpo_fast/replay_pool.h"
@@ -106,6 +107,27 @@ __global__ void sample_kernel(PoolRef p, uint64_t first, int64_t n, Outs o) {
   const uint32_t row = random_index(p.seed, kStreamPoolSample, first + static_cast<uint64_t>(i),
                                     static_cast<uint32_t>(p.size));
   copy_row_out(p, row, o, i);
+}
+
+// Output row i = logical row rows[i]; an out-of-range entry (the caller validates) gives NaN
+// and terminated 0 instead of reading outside the storage.
+__global__ void gather_kernel(PoolRef p, const int64_t* __restrict__ rows, int64_t n, Outs o) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = rows[i];
+  if (r >= 0 && r < p.size) {
+    copy_row_out(p, r, o, i);
+    return;
+  }
+  const float nan = __int_as_float(0x7fc00000);
+  if (o.obs != nullptr)
+    for (int c = 0; c < p.od; ++c) o.obs[i * p.od + c] = nan;
+  if (o.act != nullptr)
+    for (int c = 0; c < p.ad; ++c) o.act[i * p.ad + c] = nan;
+  if (o.rew != nullptr) o.rew[i] = nan;
+  if (o.next_obs != nullptr)
+    for (int c = 0; c < p.od; ++c) o.next_obs[i * p.od + c] = nan;
+  if (o.term != nullptr) o.term[i] = 0;
 }
 
 __global__ void transitions_kernel(PoolRef p, Outs o) {
@@ -302,6 +324,76 @@ void CudaReplayPool::transitions(float* obs, float* act, float* rew, float* next
   transitions_kernel<<<blocks_for(size_), kThreads, 0, static_cast<cudaStream_t>(cuda_stream)>>>(
       ref_of(*this), Outs{obs, act, rew, next_obs, term});
   MBPO_CUDA_CHECK_LAUNCH();
+}
+
+void CudaReplayPool::gather(const int64_t* rows, int64_t n, float* obs, float* act, float* rew, float* next_obs,
+                            uint8_t* term, void* cuda_stream) const {
+  require(n >= 0 && n <= INT32_MAX, "rows: expected 0 <= n < 2**31 row indices, got " + std::to_string(n));
+  if (n == 0) return;
+  require(rows != nullptr, "rows: null pointer");
+  cuda_detail::DeviceGuard guard(device_);
+  gather_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(cuda_stream)>>>(
+      ref_of(*this), rows, n, Outs{obs, act, rew, next_obs, term});
+  MBPO_CUDA_CHECK_LAUNCH();
+}
+
+ReplayPool CudaReplayPool::to_host(void* cuda_stream) const {
+  ReplayPool host(capacity_, obs_dim_, act_dim_, seed_);
+  cuda_detail::DeviceGuard guard(device_);
+  const auto stream = static_cast<cudaStream_t>(cuda_stream);
+  const int64_t rf = record_floats();
+  // The used slots, physically where they are on the device (identical record layout).
+  const kernels::SlotSegments seg = kernels::slot_segments(capacity_, size_, write_pos_, 0, size_);
+  float* rec = host.rec_.get();
+  uint8_t* term = host.term_.get();
+  if (seg.first_len > 0) {
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(rec + seg.first_slot * rf, rec_ + seg.first_slot * rf,
+                                    sizeof(float) * static_cast<size_t>(seg.first_len * rf), cudaMemcpyDeviceToHost,
+                                    stream));
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(term + seg.first_slot, term_ + seg.first_slot,
+                                    static_cast<size_t>(seg.first_len), cudaMemcpyDeviceToHost, stream));
+  }
+  if (seg.second_len > 0) {
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(rec, rec_, sizeof(float) * static_cast<size_t>(seg.second_len * rf),
+                                    cudaMemcpyDeviceToHost, stream));
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(term, term_, static_cast<size_t>(seg.second_len), cudaMemcpyDeviceToHost,
+                                    stream));
+  }
+  // Pageable destination: wait before the host pool is read (or destroyed by an exception).
+  MBPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  host.size_ = size_;
+  host.write_pos_ = write_pos_;
+  host.rng_counter_ = rng_counter_;
+  return host;
+}
+
+CudaReplayPool CudaReplayPool::from_host(const ReplayPool& pool, void* cuda_stream) {
+  CudaReplayPool dev(pool.capacity(), pool.obs_dim(), pool.act_dim(), pool.seed());  // current device
+  const auto stream = static_cast<cudaStream_t>(cuda_stream);
+  const int64_t rf = dev.record_floats();
+  const kernels::SlotSegments seg = kernels::slot_segments(pool.capacity(), pool.size(), pool.write_pos(), 0,
+                                                           pool.size());
+  const float* rec = pool.record_data();
+  const uint8_t* term = pool.terminated_data();
+  if (seg.first_len > 0) {
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(dev.rec_ + seg.first_slot * rf, rec + seg.first_slot * rf,
+                                    sizeof(float) * static_cast<size_t>(seg.first_len * rf), cudaMemcpyHostToDevice,
+                                    stream));
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(dev.term_ + seg.first_slot, term + seg.first_slot,
+                                    static_cast<size_t>(seg.first_len), cudaMemcpyHostToDevice, stream));
+  }
+  if (seg.second_len > 0) {
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(dev.rec_, rec, sizeof(float) * static_cast<size_t>(seg.second_len * rf),
+                                    cudaMemcpyHostToDevice, stream));
+    MBPO_CUDA_CHECK(cudaMemcpyAsync(dev.term_, term, static_cast<size_t>(seg.second_len), cudaMemcpyHostToDevice,
+                                    stream));
+  }
+  // Pageable source: the copies must be done before the caller may free the host pool.
+  MBPO_CUDA_CHECK(cudaStreamSynchronize(stream));
+  dev.size_ = pool.size();
+  dev.write_pos_ = pool.write_pos();
+  dev.rng_counter_ = pool.rng_counter();
+  return dev;
 }
 
 void cuda_sample_mixed(CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio,

@@ -1471,7 +1471,33 @@ void bind_cuda(py::module_& m) {
                           ptr<void>(cuda_stream));
           },
           py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"), py::arg("terminated"),
-          py::arg("cuda_stream"));
+          py::arg("cuda_stream"))
+      .def(
+          "gather",
+          [](const CudaReplayPool& p, uintptr_t rows, int64_t n, uintptr_t obs, uintptr_t act, uintptr_t rew,
+             uintptr_t next_obs, uintptr_t term, uintptr_t cuda_stream) {
+            p.gather(ptr<const int64_t>(rows), n, ptr<float>(obs), ptr<float>(act), ptr<float>(rew),
+                     ptr<float>(next_obs), ptr<uint8_t>(term), ptr<void>(cuda_stream));
+          },
+          py::arg("rows"), py::arg("n"), py::arg("obs"), py::arg("act"), py::arg("rew"), py::arg("next_obs"),
+          py::arg("terminated"), py::arg("cuda_stream"),
+          "Logical rows rows[0..n) (device int64, validated by the caller) into device outputs.")
+      // save/load copy through the host and use the CPU pool's file code (same format). They
+      // keep the GIL, like the other pool calls (serializes callers of one pool).
+      .def(
+          "save",
+          [](const CudaReplayPool& p, const std::string& path, uintptr_t cuda_stream) {
+            p.save(path, ptr<void>(cuda_stream));
+          },
+          py::arg("path"), py::arg("cuda_stream"),
+          "Writes the pool in the CPU pool's file format (one device-to-host copy; syncs cuda_stream).")
+      .def_static(
+          "load",
+          [](const std::string& path, uintptr_t cuda_stream) {
+            return CudaReplayPool::load(path, ptr<void>(cuda_stream));
+          },
+          py::arg("path"), py::arg("cuda_stream"),
+          "Reads a pool file written by any backend into a new pool on the current device.");
   m.def(
       "cuda_branched_rollout",
       [](CudaReplayPool& real, CudaReplayPool& model_pool, const CudaEnsembleHandle& model,

@@ -3,14 +3,18 @@
 // the errors of the device entry points when no device (or no CUDA build) is present.
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "harness.h"
+#include "kernels/pool_segments.h"
 #include "mbpo_fast/cuda.h"
 #include "mbpo_fast/cuda_ops.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/replay_pool.h"
 
 using namespace mbpo_fast;
 
@@ -93,6 +97,48 @@ TEST_CASE("device entry points raise (never crash) without a device") {
   CHECK_THROWS(cuda_ensemble_step(m.view, &dummy, &dummy, 1, 0, false, nullptr, &dummy, &dummy, nullptr, ws.data(),
                                   ws.size(), nullptr));
   CHECK_THROWS(cuda_ensemble_predict(m.view, &dummy, &dummy, 1, &dummy, &dummy, nullptr));
+}
+
+TEST_CASE("slot_segments (device pool save/load copies) are the CPU pool's slots of every logical row") {
+  // Pools of capacity 7 after n single adds (wrapping several times), then every range of
+  // logical rows: the two runs must list exactly ReplayPool::slot(r) for r in the range.
+  const float o[2] = {0.5f, -1.0f}, a[1] = {0.25f};
+  for (int64_t adds : {0, 1, 3, 6, 7, 8, 13, 20}) {
+    ReplayPool pool(7, 2, 1, 0);
+    for (int64_t i = 0; i < adds; ++i) pool.add(o, a, 1.0f, o, false);
+    for (int64_t row0 = 0; row0 <= pool.size(); ++row0) {
+      for (int64_t n = 0; row0 + n <= pool.size(); ++n) {
+        const kernels::SlotSegments s =
+            kernels::slot_segments(pool.capacity(), pool.size(), pool.write_pos(), row0, n);
+        CHECK(s.first_len >= 0 && s.second_len >= 0 && s.first_len + s.second_len == n);
+        CHECK(s.first_slot >= 0 && s.first_slot < pool.capacity());
+        CHECK(s.first_slot + s.first_len <= pool.capacity());
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t slot = r < s.first_len ? s.first_slot + r : r - s.first_len;
+          CHECK(slot == pool.slot(row0 + r));
+        }
+      }
+    }
+  }
+  // After a resize the ring restarts at slot 0 (write_pos = size when not full).
+  ReplayPool pool(5, 2, 1, 0);
+  for (int i = 0; i < 9; ++i) pool.add(o, a, 1.0f, o, false);
+  pool.resize(8);
+  const kernels::SlotSegments s = kernels::slot_segments(8, pool.size(), pool.write_pos(), 0, pool.size());
+  CHECK(s.first_slot == 0 && s.first_len == 5 && s.second_len == 0);
+}
+
+TEST_CASE("device pool gather/save/load raise (never crash) without a device") {
+  if (cuda_device_count() > 0) return;  // covered by the gpu tests
+  CHECK_THROWS(CudaReplayPool::load("/nonexistent/pool.bin", nullptr));  // IoError first
+  // A valid file: the CPU reader succeeds, then the device pool reports the missing device.
+  ReplayPool cpu(4, 2, 1, 3);
+  const float o[2] = {0.5f, -1.0f}, a[1] = {0.25f};
+  cpu.add(o, a, 1.0f, o, true);
+  const std::string path = "test_cuda_ops_pool.bin";
+  cpu.save(path);
+  CHECK_THROWS(CudaReplayPool::load(path, nullptr));
+  std::remove(path.c_str());
 }
 
 MBPO_TEST_MAIN

@@ -18,9 +18,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
 
@@ -111,6 +113,25 @@ class CudaReplayPool {
   // first (a failure leaves the pool unchanged), copies on `cuda_stream`, then frees the old
   // storage (cudaFree waits for the copies).
   void resize(int64_t new_capacity, void* cuda_stream);
+
+  // Copies logical rows rows[0..n) (a DEVICE int64 array) into device outputs (any may be
+  // null), like ReplayPool::gather. Validate the rows first (the Python binding does, with one
+  // sync): an entry outside [0, size()) yields NaN floats and terminated 0 for that output row,
+  // never an out-of-bounds read. Asynchronous on cuda_stream.
+  void gather(const int64_t* rows, int64_t n, float* obs, float* act, float* rew, float* next_obs, uint8_t* term,
+              void* cuda_stream) const;
+
+  // The pool as a CPU ReplayPool: the same rows in the same slots, write position, seed and
+  // rng_counter (one device-to-host copy of the used slots, then a sync of cuda_stream).
+  ReplayPool to_host(void* cuda_stream) const;
+  // A device pool (on the current device) holding `pool`'s rows and state; syncs cuda_stream.
+  static CudaReplayPool from_host(const ReplayPool& pool, void* cuda_stream);
+  // save / load go through the host with ReplayPool::save / ReplayPool::load, so the file
+  // format is the CPU pool's and files are interchangeable between CPU and device pools.
+  void save(const std::string& path, void* cuda_stream) const { to_host(cuda_stream).save(path); }
+  static CudaReplayPool load(const std::string& path, void* cuda_stream) {
+    return from_host(ReplayPool::load(path), cuda_stream);
+  }
 
   // Device storage (records of record_floats() floats; terminated bytes), for zero-copy use.
   const float* record_data() const noexcept { return rec_; }

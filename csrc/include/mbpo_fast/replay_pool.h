@@ -52,6 +52,8 @@
 
 namespace mbpo_fast {
 
+class CudaReplayPool;  // cuda_ops.h: builds/reads a ReplayPool for its save and load
+
 namespace pool_detail {
 // Frees memory from ::operator new(bytes, align_val_t{align}).
 struct AlignedFree {
@@ -170,6 +172,8 @@ class ReplayPool {
   void check_rows(const float* obs, const float* act, const float* rew, const float* next_obs,
                   const uint8_t* term, int64_t n) const;
 
+  // The device pool's to_host fills the storage and the ring state directly (same layout).
+  friend class CudaReplayPool;
   friend void sample_mixed(ReplayPool& real, ReplayPool& model, int64_t batch_size,
                            double real_ratio, int64_t num_batches, float* obs, float* act,
                            float* rew, float* next_obs, uint8_t* term);
