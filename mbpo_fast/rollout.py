@@ -139,6 +139,8 @@ class BranchedRollout:
         for name, pool in (("real_pool", real_pool), ("model_pool", model_pool)):
             if pool is not None and not isinstance(pool, ReplayPool):
                 return f"{name} is a {type(pool).__name__}, not a ReplayPool"
+            if pool is not None and pool.device != "cpu":  # else pybind's opaque TypeError
+                return f"{name} is on {pool.device}, the native engine runs on CPU pools"
         return None
 
     def run(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
