@@ -229,7 +229,10 @@ CudaReplayPool& CudaReplayPool::operator=(CudaReplayPool&& o) noexcept {
 
 void CudaReplayPool::add_batch(const float* obs, const float* act, const float* rew, const float* next_obs,
                                const uint8_t* term, int64_t n, void* cuda_stream) {
-  require(n >= 0 && n <= INT32_MAX, "add_batch: expected 0 <= n < 2**31 rows, got " + std::to_string(n));
+  // Row indices of bad values travel as int32 with kNoRow (0x7f7f7f7f, the memset pattern)
+  // meaning "none": a batch reaching that row could not report a bad value there.
+  require(n >= 0 && n < kNoRow, "add_batch: expected 0 <= n < " + std::to_string(kNoRow) + " rows, got " +
+                                    std::to_string(n));
   if (n == 0) return;
   require(obs && act && rew && next_obs && term, "add_batch: null input pointer");
   cuda_detail::DeviceGuard guard(device_);
