@@ -206,23 +206,11 @@ DeviceModel device_model(const EnsembleView& v, bool need_elites, const char* op
   m.obs_dim = static_cast<int>(v.obs_dim);
   m.act_dim = static_cast<int>(v.act_dim);
   m.ensemble_size = static_cast<int>(v.ensemble_size);
-  m.num_layers = v.num_layers;
-  int64_t widest = 0;
-  for (int i = 0; i <= v.num_layers; ++i) {
-    require(v.widths[i] <= (1 << 16), std::string(op) + ": layer widths must be <= 65536 on the device, got " +
-                                          std::to_string(v.widths[i]));
-    m.widths[i] = static_cast<int>(v.widths[i]);
-    widest = std::max(widest, v.widths[i]);
-  }
-  for (int i = 0; i < v.num_layers; ++i) {
-    m.w[i] = v.weights[i];
-    m.b[i] = v.biases[i];
-  }
+  set_device_layers(m, v.num_layers, v.widths, v.weights, v.biases, std::string(op) + ": layer");
   m.input_mean = v.input_mean;
   m.input_std = v.input_std;
   m.max_logvar = v.max_logvar;
   m.min_logvar = v.min_logvar;
-  m.ld = static_cast<int>(widest);
   m.relu_hidden = false;
   return m;
 }

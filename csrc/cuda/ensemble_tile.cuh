@@ -45,6 +45,27 @@ struct DeviceModel {
   bool relu_hidden;  // hidden activation: SiLU (ensemble) or ReLU (SAC actor)
 };
 
+// Host side: copies a CPU view's layer widths and weight/bias pointers into `m` (the ensemble
+// and the actor share this layout) and sets m.ld to the widest layer. `what` names the op
+// and the network in the error when a width exceeds the device limit.
+inline void set_device_layers(DeviceModel& m, int num_layers, const int64_t* widths,
+                              const float* const* weights, const float* const* biases,
+                              const std::string& what) {
+  m.num_layers = num_layers;
+  int64_t widest = 0;
+  for (int i = 0; i <= num_layers; ++i) {
+    require(widths[i] <= (1 << 16),
+            what + " widths must be <= 65536 on the device, got " + std::to_string(widths[i]));
+    m.widths[i] = static_cast<int>(widths[i]);
+    widest = widths[i] > widest ? widths[i] : widest;
+  }
+  for (int i = 0; i < num_layers; ++i) {
+    m.w[i] = weights[i];
+    m.b[i] = biases[i];
+  }
+  m.ld = static_cast<int>(widest);
+}
+
 struct MemberList {
   int64_t id[kMaxMembers];
   int count;

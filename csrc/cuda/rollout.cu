@@ -215,19 +215,7 @@ DeviceModel actor_model(const ActorView& a) {
   m.obs_dim = static_cast<int>(a.obs_dim);
   m.act_dim = 0;  // the actor's input is obs alone, not normalized (input_mean null)
   m.ensemble_size = 1;
-  m.num_layers = a.num_layers;
-  int64_t widest = 0;
-  for (int i = 0; i <= a.num_layers; ++i) {
-    require(a.widths[i] <= (1 << 16), "cuda_branched_rollout: actor widths must be <= 65536, got " +
-                                          std::to_string(a.widths[i]));
-    m.widths[i] = static_cast<int>(a.widths[i]);
-    widest = std::max(widest, a.widths[i]);
-  }
-  for (int i = 0; i < a.num_layers; ++i) {
-    m.w[i] = a.weights[i];
-    m.b[i] = a.biases[i];
-  }
-  m.ld = static_cast<int>(widest);
+  set_device_layers(m, a.num_layers, a.widths, a.weights, a.biases, "cuda_branched_rollout: actor");
   m.relu_hidden = true;
   return m;
 }
