@@ -48,6 +48,7 @@ from _canary import canary_gflops  # noqa: E402
 
 OBS, ACT, E, K, HIDDEN, LAYERS = 11, 3, 7, 5, 200, 4
 THREADS = 2
+SETTLE_S = 0.002  # untimed pause before each candidate's samples (see compare())
 BATCHES = (1, 32, 256, 4096, 100_000)
 WIDTHS = [OBS + ACT] + [HIDDEN] * LAYERS + [2 * (OBS + 1)]
 FLOP_PER_ROW = 2 * sum(WIDTHS[i] * WIDTHS[i + 1] for i in range(len(WIDTHS) - 1))
@@ -183,14 +184,18 @@ def compare(
         fn()
     one = max(_time(fn) for fn in cands.values())
     inner = max(1, int(0.002 / max(one, 1e-7)))  # ~2 ms per timed sample at small B
-    rounds = max(5, min(200, int(budget_s / (len(cands) * one * (inner + 1)))))
+    rounds = max(5, min(200, int(budget_s / (len(cands) * (one * (inner + 1) + SETTLE_S)))))
     times: dict[str, list[float]] = {k: [] for k in cands}
     for _ in range(rounds):
         for name, fn in cands.items():
-            # One untimed call first: it absorbs the hand-over from the previous candidate
-            # (its weights evicted from the caches; torch's OpenMP workers still spinning
-            # on the second core for a while after torch's last parallel region), so each
-            # sample measures the candidate's steady-state per-call cost.
+            # A short pause, then one untimed call: together they absorb the hand-over from
+            # the previous candidate, so each sample measures the candidate's steady-state
+            # per-call cost. The pause lets torch's OpenMP workers, which keep spinning on
+            # the second core for ~0.5-2 ms after torch's last parallel region, go to
+            # sleep; without it whatever runs next shares that core with a spinner (see
+            # RESULTS_ensemble_step.md: +300 µs on the native B = 256 call). The untimed
+            # call reloads the candidate's weights into the caches and wakes its threads.
+            time.sleep(SETTLE_S)
             fn()
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -229,7 +234,8 @@ def main(path: str | None = None, budget_s: float = 6.0) -> str:
         f"{FLOP_PER_ROW / 1e3:.1f} kFLOP per row for the chosen member. Backend: "
         f"{_backend.name}, kernel: {_backend.ops.ensemble_kernel()}. Medians of interleaved "
         "calls (candidate and references alternate in one process; each timed sample "
-        "follows one untimed call of the same implementation).",
+        f"follows a {SETTLE_S * 1e3:.0f} ms pause and one untimed call of the same "
+        "implementation).",
         "",
         f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (see the module docstring). "
         f"Large batched matmul (torch bmm 7x1024x512 @ 512x512) in the same run: "

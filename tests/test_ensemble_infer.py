@@ -4,6 +4,10 @@ across backends, kernels (AVX-512 vs portable) and thread counts; bad input."""
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -350,6 +354,37 @@ def test_results_do_not_depend_on_the_thread_count(native, rng):
         native.set_num_threads(saved)
     for a, b in zip(out[1], out[2], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_results_do_not_depend_on_thread_placement(native, rng, tmp_path):
+    """MBPO_FAST_THREAD_PLACEMENT=0 (workers never migrate) gives the same bits as the default."""
+    m = make_model(rng)
+    obs, act = inputs(rng, m, 700)
+    saved = native.num_threads()
+    try:
+        native.set_num_threads(2)
+        expected = infer(m).step(obs, act, seed=3)
+    finally:
+        native.set_num_threads(saved)
+    # The setting is read once per process (when the thread pool starts): a fresh one.
+    with open(tmp_path / "case.pkl", "wb") as f:
+        pickle.dump((m, obs, act), f)
+    script = f"""
+import pickle, numpy as np
+from mbpo_fast import _backend
+from mbpo_fast.ensemble_infer import EnsembleInference
+_backend.ops.set_num_threads(2)
+with open({str(tmp_path / "case.pkl")!r}, "rb") as f:
+    m, obs, act = pickle.load(f)
+model = EnsembleInference(m["obs_dim"], m["act_dim"], m["input_mean"], m["input_std"], m["weights"],
+                          m["biases"], m["max_logvar"], m["min_logvar"], m["elites"])
+np.savez({str(tmp_path / "out.npz")!r}, *model.step(obs, act, seed=3))
+"""
+    env = {**os.environ, "MBPO_FAST_THREAD_PLACEMENT": "0", "MBPO_FAST_BACKEND": "native"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    got = np.load(tmp_path / "out.npz")
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(got[f"arr_{i}"], want)
 
 
 # ---------------------------------------------------------------------------- borrowing

@@ -1,7 +1,8 @@
 // CPU implementation of the fused ensemble inference (ensemble.h).
 //
 // step: choose a member per row (Philox) -> counting-sort the rows by member -> tiles of up
-// to kTileRows rows of ONE member -> per tile (one thread): gather + normalize the inputs
+// to kTileRows rows of ONE member (smaller for small batches), claimed by the threads from a
+// shared counter -> per tile (one thread): gather + normalize the inputs
 // into a thread-local buffer, run every layer with the dense micro-kernel (the member's
 // weights stream through the cache once per tile), then the per-row epilogue writes each
 // row back to its original position. Small batches run inline on the calling thread (a
@@ -32,6 +33,8 @@ constexpr int64_t kTileRows = 64;
 // Below this many rows the whole call runs on the calling thread (measured: at 32 rows a
 // second thread costs more to wake than it saves).
 constexpr int64_t kParallelMinRows = 64;
+// Smallest tile of a threaded step (smaller tiles waste the 6-row register blocks).
+constexpr int64_t kMinTileRows = 16;
 
 // ------------------------------------------------------------------ kernel selection
 
@@ -176,7 +179,9 @@ void plan_into(const EnsembleView& v, int64_t batch, uint64_t seed, const int64_
   p.order.resize(static_cast<size_t>(batch));
   p.cursor.assign(p.start.begin(), p.start.end() - 1);
   for (int64_t i = 0; i < batch; ++i) p.order[static_cast<size_t>(p.cursor[chosen[i]]++)] = i;
-  // 3. tiles, numbered member by member (kernels::step_tile: what a CUDA block computes).
+  // 3. tiles, numbered member by member (kernels::step_tile: what a CUDA block computes);
+  //    the CPU step cuts its own per-thread tiles and passes tile_rows = 0 to skip this.
+  if (tile_rows <= 0) return;
   for (int64_t e = 0; e < E; ++e) p.cursor[e] = p.start[e + 1] - p.start[e];  // counts
   const int64_t bound = kernels::max_step_tiles(batch, E, tile_rows);
   p.tile_member.clear();
@@ -265,31 +270,54 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
     tl_members.resize(static_cast<size_t>(batch));
     chosen = tl_members.data();
   }
-  plan_into(v, batch, seed, members, kTileRows, chosen, plan);
-  const std::vector<int64_t>& order = plan.order;
-  const std::vector<int64_t>& tile_member = plan.tile_member;
-  const std::vector<int64_t>& tile_begin = plan.tile_first;
-  const std::vector<int64_t>& tile_rows = plan.tile_rows;
-  const int64_t num_tiles = static_cast<int64_t>(tile_member.size());
+  plan_into(v, batch, seed, members, /*tile_rows=*/0, chosen, plan);
+  const int64_t* order = plan.order.data();
 
   const Kernels kern = active_kernels();
   const int64_t ld = round_up16(v.max_width());
   const int64_t out_dim = v.out_dim();
-  run_tiles(num_tiles, batch, [&](int64_t t0, int64_t t1) {
+  // Tiles: each member's sorted rows cut into equal tiles of <= tile_rows rows, numbered
+  // member by member. Threads claim tiles from a shared counter (dynamic scheduling), so
+  // a thread that starts late (a slow wake-up, a core shared with another process) takes
+  // fewer tiles instead of holding up the call. Small batches use smaller tiles so that
+  // every thread gets several (B = 256 over 5 elites: 10 tiles of ~26 rows, not 5 of 51
+  // split 2 + 3); large ones keep kTileRows (one pass of a member's weights per tile).
+  const int threads = batch < kParallelMinRows ? 1 : std::max(1, num_threads());
+  const int64_t tile_rows =
+      std::clamp<int64_t>((batch + 4 * threads - 1) / (4 * threads), kMinTileRows, kTileRows);
+  thread_local std::vector<int64_t> tl_tiles;  // (member, first, rows) triples
+  std::vector<int64_t>& tiles = tl_tiles;
+  tiles.clear();
+  for (int64_t e = 0; e < v.ensemble_size; ++e) {
+    const int64_t begin = plan.start[e], count = plan.start[e + 1] - begin;
+    const int64_t n = (count + tile_rows - 1) / tile_rows;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t first = begin + count * t / n;
+      tiles.insert(tiles.end(), {e, first, begin + count * (t + 1) / n - first});
+    }
+  }
+  const int64_t num_tiles = static_cast<int64_t>(tiles.size() / 3);
+  const int64_t* tile = tiles.data();
+  std::atomic<int64_t> next_tile{0};
+  auto run_slots = [&](int64_t, int64_t) {
     Scratch& s = scratch();
     float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
     float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
     float* work = s.ensure(s.extra, static_cast<size_t>(2 * out_dim));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t e = tile_member[t], p0 = tile_begin[t];
-      const int64_t rows = tile_rows[t];
-      const int64_t* idx = order.data() + p0;
+    for (int64_t t; (t = next_tile.fetch_add(1, std::memory_order_relaxed)) < num_tiles;) {
+      const int64_t e = tile[3 * t], rows = tile[3 * t + 2];
+      const int64_t* idx = order + tile[3 * t + 1];
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
       const float* head = forward_tile(v, e, xa, xb, rows, ld, kern);
       kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
                          next_obs_out, reward_out, work);
     }
-  });
+  };
+  if (threads == 1 || num_tiles < 2) {
+    run_slots(0, 1);
+  } else {
+    parallel_for(std::min<int64_t>(threads, num_tiles), 1, run_slots);
+  }
 }
 
 EnsembleStepPlan ensemble_step_plan(const EnsembleView& v, int64_t batch, uint64_t seed, const int64_t* members,

@@ -17,6 +17,8 @@ void set_num_threads(int n);
 // fewer than 2 * grain elements, nested calls and calls made while another thread is
 // inside parallel_for run inline on the calling thread, so it is safe to call from any
 // thread. Exceptions thrown by fn are rethrown on the caller (the first one wins).
+// On Linux the workers are kept off the caller's CPU (their affinity masks exclude it;
+// MBPO_FAST_THREAD_PLACEMENT=0 turns that off); see parallel.cpp.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace mbpo_fast
