@@ -24,20 +24,32 @@ and the matmul canary rate before and after (tools/matmul_canary.py).
 
 from __future__ import annotations
 
-import math
-import statistics
-import sys
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
-import torch
+# torch's OpenMP (libgomp) workers keep spinning on the second core after each parallel
+# region, for milliseconds at libgomp's default spin count; the native block that follows a
+# torch block then shares that core with a spinner. Measured here (400 x 1, two runs each):
+# native 1.36-1.48 ms per call at the default vs 1.10-1.29 ms with GOMP_SPINCOUNT=20000,
+# while the torch references did not move (mbrl-lib style 2.82-3.02 vs 2.72-3.43 ms, lean
+# torch 1.98-2.27 vs 1.93-2.40 ms). The same setting as bench_ensemble_step.py; it only
+# takes effect when this module imports torch first (the script, not a pytest session
+# that imported torch earlier). Override by setting GOMP_SPINCOUNT yourself.
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
-import mbpo_fast as mf
-from mbpo_fast.ensemble_infer import EnsembleInference
-from mbpo_fast.rollout_native import run_native_rollout
-from mbpo_fast.sac import SAC
+import math  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import mbpo_fast as mf  # noqa: E402
+from mbpo_fast.ensemble_infer import EnsembleInference  # noqa: E402
+from mbpo_fast.rollout_native import run_native_rollout  # noqa: E402
+from mbpo_fast.sac import SAC  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _canary import canary_gflops  # noqa: E402
