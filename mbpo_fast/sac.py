@@ -461,7 +461,9 @@ class SAC:
         Tensors: ``layers.{i}.weight`` float32 [in_i, out_i] (y = x @ W + b),
         ``layers.{i}.bias`` float32 [out_i] for i = 0..num_layers (the last layer has
         2*act_dim outputs: mean, then raw log_std), ``action_scale`` and ``action_bias``
-        float32 [act_dim]. Metadata: ``format`` ("mbpo_fast.actor/1"), ``obs_dim``,
+        float32 [act_dim], and the action box ``action_low``, ``action_high`` float32
+        [act_dim] (the clamp ``act`` applies; loaders derive it from scale and bias when a
+        file lacks it). Metadata: ``format`` ("mbpo_fast.actor/1"), ``obs_dim``,
         ``act_dim``, ``num_layers`` (hidden layers), ``hidden_size``, ``activation``
         ("relu"), ``log_std_min`` ("-20"), ``log_std_max`` ("2").
         Policy: ``log_std = clamp(raw, log_std_min, log_std_max)``,
@@ -473,6 +475,8 @@ class SAC:
             tensors[f"layers.{i}.bias"] = layer.bias.detach()[0].float().cpu().numpy()
         tensors["action_scale"] = self.action_scale.cpu().numpy()
         tensors["action_bias"] = self.action_bias.cpu().numpy()
+        tensors["action_low"] = self._low_np.copy()
+        tensors["action_high"] = self._high_np.copy()
         metadata = {"format": "mbpo_fast.actor/1", "obs_dim": str(self.obs_dim),
                     "act_dim": str(self.act_dim), "num_layers": str(self.config["num_layers"]),
                     "hidden_size": str(self.config["hidden_size"]), "activation": "relu",

@@ -250,6 +250,47 @@ def test_actor_load_matches_agent(backend, rng, tmp_path):
         np.testing.assert_array_equal(lp, rlp)
 
 
+def test_actor_load_keeps_the_agents_exact_action_box(backend, rng, tmp_path):
+    """With this box, bias -/+ scale in float32 lands one ulp outside float32(low/high) on
+    every dimension; saturated actions must still equal the agent's own clamp."""
+    from mbpo_fast.io import load_safetensors, save_safetensors
+
+    low, high = (-0.705, -2.083, -1.13), (1.606, 0.659, 0.987)
+    agent = make_agent(low=low, high=high)
+    with torch.no_grad():  # saturate tanh: every action sits on a bound
+        agent.actor.layers[-1].weight[0, :, :AD] *= 1e4
+    low32, high32 = np.float32(low), np.float32(high)
+    derived_low = agent.action_bias.numpy() - agent.action_scale.numpy()
+    assert np.all(derived_low != low32)  # the case this test is about
+    path = tmp_path / "actor.safetensors"
+    agent.export_actor(path)
+    tensors, meta = load_safetensors(path)
+    np.testing.assert_array_equal(tensors["action_low"], low32)
+    np.testing.assert_array_equal(tensors["action_high"], high32)
+    obs = rng.standard_normal((200, OD)).astype(np.float32)
+    a, _ = backend.Actor.load(path).act(obs, seed=1, deterministic=True)
+    ra, _ = actor_act(agent, obs, seed=1, deterministic=True)
+    np.testing.assert_array_equal(a, ra)
+    on_bound = (a == low32) | (a == high32)
+    assert on_bound.mean() > 0.9 and np.all((a >= low32) & (a <= high32))
+    # ... and on the bounds the torch agent's own act() clamps to (off them, the torch
+    # and native forwards differ by float rounding, amplified here by the 1e4 weights).
+    np.testing.assert_array_equal(a[on_bound], agent.act(obs, deterministic=True)[on_bound])
+    # A file without the box (written before it was exported) still loads, with the derived box.
+    old = {k: v for k, v in tensors.items() if k not in ("action_low", "action_high")}
+    save_safetensors(tmp_path / "old.safetensors", old, meta)
+    a_old, _ = backend.Actor.load(tmp_path / "old.safetensors").act(obs, seed=1, deterministic=True)
+    derived_high = agent.action_bias.numpy() + agent.action_scale.numpy()
+    np.testing.assert_array_equal(a_old[on_bound & (a == low32)], np.broadcast_to(
+        derived_low, a.shape)[on_bound & (a == low32)])
+    np.testing.assert_array_equal(a_old[on_bound & (a == high32)], np.broadcast_to(
+        derived_high, a.shape)[on_bound & (a == high32)])
+    # Only one half of the box is a format error.
+    save_safetensors(tmp_path / "half.safetensors", {**old, "action_low": low32}, meta)
+    with pytest.raises(ValueError, match="action_low"):
+        backend.Actor.load(tmp_path / "half.safetensors")
+
+
 def test_actor_load_rejects_bad_files(backend, tmp_path):
     from mbpo_fast.io import save_safetensors
 

@@ -378,7 +378,10 @@ def test_export_actor_layout_and_numpy_forward(tmp_path, rng):
                     "log_std_min": "-20", "log_std_max": "2"}
     sizes = [OBS, 16, 16, 16, 2 * ACT]
     names = [f"layers.{i}.{p}" for i in range(4) for p in ("weight", "bias")]
-    assert sorted(tensors) == sorted(names + ["action_scale", "action_bias"])
+    assert sorted(tensors) == sorted(names + ["action_scale", "action_bias", "action_low",
+                                              "action_high"])
+    np.testing.assert_array_equal(tensors["action_low"], LOW.astype(np.float32))
+    np.testing.assert_array_equal(tensors["action_high"], HIGH.astype(np.float32))
     for i in range(4):
         assert tensors[f"layers.{i}.weight"].shape == (sizes[i], sizes[i + 1])
         assert tensors[f"layers.{i}.bias"].shape == (sizes[i + 1],)

@@ -193,7 +193,7 @@ void actor_act(const ActorView& v, const float* obs, int64_t batch, uint64_t see
 Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
              std::vector<std::vector<float>> layer_weights, std::vector<std::vector<float>> layer_biases,
              std::vector<float> action_scale, std::vector<float> action_bias, float log_std_min,
-             float log_std_max)
+             float log_std_max, std::vector<float> action_low, std::vector<float> action_high)
     : obs_dim_(obs_dim),
       act_dim_(act_dim),
       widths_(std::move(widths)),
@@ -201,6 +201,8 @@ Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
       biases_(std::move(layer_biases)),
       scale_(std::move(action_scale)),
       bias_(std::move(action_bias)),
+      low_(std::move(action_low)),
+      high_(std::move(action_high)),
       log_std_min_(log_std_min),
       log_std_max_(log_std_max) {
   const size_t L = weights_.size();
@@ -222,14 +224,21 @@ Actor::Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
                 std::to_string(widths_[i]) + " x " + std::to_string(widths_[i + 1]) + " and " +
                 std::to_string(widths_[i + 1]));
   }
-  // The action box as the agent computes it: low = bias - scale, high = bias + scale.
-  low_.resize(scale_.size());
-  high_.resize(scale_.size());
-  for (size_t j = 0; j < scale_.size(); ++j) {
-    low_[j] = bias_[j] - scale_[j];
-    high_[j] = bias_[j] + scale_[j];
+  require(low_.empty() == high_.empty(), "Actor: action_low and action_high must both be given or both be empty");
+  if (low_.empty()) {
+    // No explicit box: low = bias - scale, high = bias + scale (in float32).
+    low_.resize(scale_.size());
+    high_.resize(scale_.size());
+    for (size_t j = 0; j < scale_.size(); ++j) {
+      low_[j] = bias_[j] - scale_[j];
+      high_[j] = bias_[j] + scale_[j];
+    }
+  } else {
+    require(low_.size() == static_cast<size_t>(act_dim_) && high_.size() == static_cast<size_t>(act_dim_),
+            "Actor: action_low and action_high must have act_dim = " + std::to_string(act_dim_) +
+                " entries, got " + std::to_string(low_.size()) + " and " + std::to_string(high_.size()));
   }
-  view().validate();
+  view().validate();  // finite, low <= high
 }
 
 ActorView Actor::view() const {
@@ -309,9 +318,15 @@ Actor Actor::load(const std::string& path) {
   }
   std::vector<float> scale = f.f32("action_scale", {act_dim});
   std::vector<float> bias = f.f32("action_bias", {act_dim});
+  std::vector<float> low, high;
+  if (f.has("action_low") || f.has("action_high")) {
+    if (!f.has("action_low") || !f.has("action_high")) fail("holds only one of action_low and action_high");
+    low = f.f32("action_low", {act_dim});
+    high = f.f32("action_high", {act_dim});
+  }
   try {
     return Actor(obs_dim, act_dim, std::move(widths), std::move(ws), std::move(bs), std::move(scale),
-                 std::move(bias), ls_min, ls_max);
+                 std::move(bias), ls_min, ls_max, std::move(low), std::move(high));
   } catch (const InvalidArgument& e) {
     fail(e.what());
   }

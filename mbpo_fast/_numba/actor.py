@@ -208,10 +208,18 @@ class Actor:
                 raise ValueError(f"{src}: missing tensor '{name}'")
             if np.asarray(tensors[name]).dtype != np.float32:
                 raise ValueError(f"{src}: tensor '{name}' must be float32")
+        box = [name for name in ("action_low", "action_high") if name in tensors]
+        if len(box) == 1:
+            raise ValueError(f"{src}: holds only one of action_low and action_high")
+        for name in box:
+            if np.asarray(tensors[name]).dtype != np.float32:
+                raise ValueError(f"{src}: tensor '{name}' must be float32")
         try:
             params = ActorParams([tensors[f"layers.{i}.weight"] for i in range(n_layers)],
                                  [tensors[f"layers.{i}.bias"] for i in range(n_layers)],
                                  tensors["action_scale"], tensors["action_bias"],
+                                 action_low=tensors.get("action_low"),
+                                 action_high=tensors.get("action_high"),
                                  log_std_min=ls_min, log_std_max=ls_max)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{src}: {exc}") from None

@@ -138,6 +138,11 @@ TEST_CASE("validation") {
       Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 0}, {0, 0}));  // scale 0
   CHECK_THROWS(
       Actor(5, 2, {5, 4}, {std::vector<float>(20)}, {std::vector<float>(4)}, {1, 1}, {0, 0}, 3.f, 2.f));
+  // An explicit action box: both halves, act_dim entries each, finite, low <= high.
+  const std::vector<float> w20(20, 0.1f), b4(4, 0.0f);
+  CHECK_THROWS(Actor(5, 2, {5, 4}, {w20}, {b4}, {1, 1}, {0, 0}, -20.f, 2.f, {-1, -1}, {}));
+  CHECK_THROWS(Actor(5, 2, {5, 4}, {w20}, {b4}, {1, 1}, {0, 0}, -20.f, 2.f, {-1}, {1}));
+  CHECK_THROWS(Actor(5, 2, {5, 4}, {w20}, {b4}, {1, 1}, {0, 0}, -20.f, 2.f, {-1, 2}, {1, 1}));
   const Actor ok(5, 2, {5, 4}, {std::vector<float>(20, 0.1f)}, {std::vector<float>(4)}, {1, 1}, {0, 0});
   float o[5] = {1, 2, 3, 4, 5}, a[2];
   CHECK_THROWS(ok.act(o, -1, 0, 0, false, a));
@@ -245,6 +250,26 @@ TEST_CASE("Actor::load reads the export_actor layout") {
     io_error = true;
   }
   CHECK(io_error);
+}
+
+TEST_CASE("an explicit action box is the clamp") {
+  // Saturating weights: every mean is far beyond tanh's range, so every action is
+  // bias +/- scale, which here lies just outside the explicit box and is clamped onto it.
+  std::vector<float> w(20, 50.0f), b(4, 0.0f);
+  const std::vector<float> low{-0.705f, -2.083f}, high{1.606f, 0.659f};
+  const std::vector<float> scale{(1.606f + 0.705f) / 2.0f + 1e-3f, (0.659f + 2.083f) / 2.0f + 1e-3f};
+  const std::vector<float> bias{(1.606f - 0.705f) / 2.0f, (0.659f - 2.083f) / 2.0f};
+  const Actor boxed(5, 2, {5, 4}, {w}, {b}, scale, bias, -20.f, 2.f, low, high);
+  const Actor derived(5, 2, {5, 4}, {w}, {b}, scale, bias);
+  const float obs[10] = {1, 2, 3, 4, 5, -1, -2, -3, -4, -5};  // + and - means
+  float a[4], d[4];
+  boxed.act(obs, 2, 0, 0, true, a);
+  derived.act(obs, 2, 0, 0, true, d);
+  for (int j = 0; j < 2; ++j) {
+    CHECK(a[j] == high[static_cast<size_t>(j)] && a[2 + j] == low[static_cast<size_t>(j)]);
+    CHECK(d[j] == bias[static_cast<size_t>(j)] + scale[static_cast<size_t>(j)]);
+    CHECK(d[2 + j] == bias[static_cast<size_t>(j)] - scale[static_cast<size_t>(j)]);
+  }
 }
 
 MBPO_TEST_MAIN

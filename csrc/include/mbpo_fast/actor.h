@@ -63,16 +63,20 @@ int64_t actor_macs_per_row(const ActorView& view);
 class Actor {
  public:
   // layer_weights[i] row-major [widths[i], widths[i + 1]], layer_biases[i] [widths[i + 1]];
-  // widths[0] = obs_dim, last = 2 * act_dim. Validated (InvalidArgument).
+  // widths[0] = obs_dim, last = 2 * act_dim. Actions are clamped to [action_low,
+  // action_high] (both [act_dim], finite, low <= high); when both are empty the box is
+  // action_bias -/+ action_scale computed in float32, which can differ by one ulp from the
+  // float32 rounding of the agent's own (float64) bounds. Validated (InvalidArgument).
   Actor(int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths,
         std::vector<std::vector<float>> layer_weights, std::vector<std::vector<float>> layer_biases,
         std::vector<float> action_scale, std::vector<float> action_bias, float log_std_min = -20.0f,
-        float log_std_max = 2.0f);
+        float log_std_max = 2.0f, std::vector<float> action_low = {}, std::vector<float> action_high = {});
 
   // Reads the file SAC.export_actor writes: layers.{i}.weight [in, out], layers.{i}.bias
-  // [out] (i = 0..num_layers), action_scale, action_bias [act_dim]; metadata format
-  // "mbpo_fast.actor/1", obs_dim, act_dim, num_layers (hidden), activation "relu",
-  // log_std_min, log_std_max. IoError when unreadable, FormatError when inconsistent.
+  // [out] (i = 0..num_layers), action_scale, action_bias [act_dim], action_low, action_high
+  // [act_dim] (optional: files written before they were added load with the derived box);
+  // metadata format "mbpo_fast.actor/1", obs_dim, act_dim, num_layers (hidden), activation
+  // "relu", log_std_min, log_std_max. IoError when unreadable, FormatError when inconsistent.
   static Actor load(const std::string& safetensors_path);
 
   int64_t obs_dim() const noexcept { return obs_dim_; }
