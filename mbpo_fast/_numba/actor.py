@@ -203,15 +203,12 @@ class Actor:
         if f"layers.{n_layers}.weight" in tensors:
             raise ValueError(f"{src}: holds more layers than metadata num_layers + 1 = {n_layers}")
         names = [f"layers.{i}.{k}" for i in range(n_layers) for k in ("weight", "bias")]
-        for name in (*names, "action_scale", "action_bias"):
-            if name not in tensors:
-                raise ValueError(f"{src}: missing tensor '{name}'")
-            if np.asarray(tensors[name]).dtype != np.float32:
-                raise ValueError(f"{src}: tensor '{name}' must be float32")
         box = [name for name in ("action_low", "action_high") if name in tensors]
         if len(box) == 1:
             raise ValueError(f"{src}: holds only one of action_low and action_high")
-        for name in box:
+        for name in (*names, "action_scale", "action_bias", *box):
+            if name not in tensors:
+                raise ValueError(f"{src}: missing tensor '{name}'")
             if np.asarray(tensors[name]).dtype != np.float32:
                 raise ValueError(f"{src}: tensor '{name}' must be float32")
         try:
