@@ -44,7 +44,8 @@ class MBPOConfig:
 
     # ---------------------------------------------------------------- schedule
     epoch_length: int = 200
-    """env steps per epoch; the rollout schedule is indexed by ``env_steps // epoch_length``."""
+    """env steps per epoch; the rollout schedule is indexed by :meth:`epoch_at` (epochs count
+    from the end of the random phase, as in the original MBPO)."""
     init_random_steps: int = 400
     """uniformly random actions before any model or SAC training."""
     model_train_freq: int = 200
@@ -103,6 +104,17 @@ class MBPOConfig:
     """env steps between checkpoints (one is also written at the end); 0 disables periodic ones."""
 
     # ================================================================ derived quantities
+    def epoch_at(self, env_steps: int) -> int:
+        """The schedule's epoch at `env_steps` real steps: ``max(0, env_steps -
+        init_random_steps) // epoch_length``.
+
+        Epoch 0 is the first ``epoch_length`` steps AFTER the random phase, as in the original
+        MBPO (jannerm/mbpo collects the initial exploration steps before its epoch loop, whose
+        counter starts at 0); indexing by ``env_steps // epoch_length`` instead would grow the
+        rollouts ``init_random_steps / epoch_length`` epochs early (5 on Hopper).
+        """
+        return max(0, int(env_steps) - self.init_random_steps) // self.epoch_length
+
     def rollout_length(self, epoch: int) -> int:
         """Rollout horizon at `epoch`: ``k0`` up to ``e0``, ``k1`` from ``e1``, linear between.
 

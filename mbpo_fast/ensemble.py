@@ -449,10 +449,12 @@ class EnsembleDynamics(nn.Module):
         set per member (with replacement, size = training rows); then per epoch: reshuffle each
         member's set, one Adam step per batch of ``batch_size`` rows per member, evaluate the
         holdout MSE. A member "improves" when its holdout MSE drops by more than
-        ``improvement_threshold`` relative to its best (the weights before the fit count as
-        the first best, so a warm start never ends worse on the holdout); training stops after
-        ``patience`` epochs in which no member improved, or at ``max_epochs`` / ``max_seconds``
-        (checked after each epoch). Each member's best weights are then restored (the logvar
+        ``improvement_threshold`` relative to its best. As in the original MBPO, every member's
+        best starts at +inf at each call, so epoch 1 is always kept: the pre-fit weights were
+        trained on most of the re-drawn holdout rows and would score too well to be a fair
+        baseline. Training stops when more than ``patience`` epochs have passed since any
+        member last improved (so at least ``patience + 2`` epochs), or at ``max_epochs`` /
+        ``max_seconds`` (checked after each epoch). Each member's best weights are then restored (the logvar
         bounds are shared by all members and keep their last values) and the ``num_elites``
         members with the lowest holdout MSE become the elites. With no holdout rows
         (tiny N or holdout_ratio=0) the training split stands in for it.
@@ -519,8 +521,9 @@ class EnsembleDynamics(nn.Module):
         opt = self._optimizer
         members = self._per_member()
 
-        best = self._member_mse(x_hold, y_hold)
-        initial = best.tolist()
+        initial = self._member_mse(x_hold, y_hold).tolist()
+        # Every member's best starts at +inf: epoch 1 always improves (see the docstring).
+        best = torch.full((E,), math.inf, device=dev, dtype=torch.float64)
         snapshot = [p.detach().clone() for p in members]
         epochs, since_improved, train_loss = 0, 0, float("nan")
         bar = None
@@ -545,7 +548,7 @@ class EnsembleDynamics(nn.Module):
                     n_batches += 1
                 epochs += 1
                 mse = self._member_mse(x_hold, y_hold)
-                improved = (best - mse) > improvement_threshold * best.abs()
+                improved = torch.isinf(best) | ((best - mse) > improvement_threshold * best)
                 best = torch.where(improved, mse, best)
                 with torch.no_grad():
                     for p, snap in zip(members, snapshot, strict=True):
@@ -561,7 +564,7 @@ class EnsembleDynamics(nn.Module):
                     bar.set_postfix(
                         holdout_mse=f"{float(mse.mean()):.4g}", loss=f"{train_loss:.4g}"
                     )
-                if since_improved >= patience:
+                if since_improved > patience:
                     break
                 if max_epochs is not None and epochs >= max_epochs:
                     break

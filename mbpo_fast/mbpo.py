@@ -10,7 +10,8 @@ Per real env step (after ``init_random_steps`` uniformly random ones):
 
 1. every ``model_train_freq`` steps (the first time right after the random phase): fit the
    ensemble on the whole real pool, set the rollout length from the schedule
-   (``epoch = env_steps // epoch_length``), resize the model pool to
+   (``epoch = config.epoch_at(env_steps)``, counted from the end of the random phase),
+   resize the model pool to
    ``config.model_pool_capacity(length)`` (keeping the newest rows) when it changed, and
    run ``rollout_batch_size`` branched rollouts of that length into the model pool;
 2. one step of the training env with the stochastic policy; the transition goes into the real
@@ -256,7 +257,7 @@ class MBPO:
         t1 = time.perf_counter()
         self.seconds["model"] += t1 - t0
 
-        length = cfg.rollout_length(self.env_steps // cfg.epoch_length)
+        length = cfg.rollout_length(cfg.epoch_at(self.env_steps))
         capacity = cfg.model_pool_capacity(length)
         if capacity != self.model_pool.capacity:
             self.model_pool.resize(capacity)  # keeps the newest rows

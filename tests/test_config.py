@@ -100,6 +100,17 @@ def test_rollout_length_hopper_points():
         [1, 1, 1, 8, 14, 15, 15]
 
 
+def test_epoch_counts_from_the_end_of_the_random_phase():
+    # jannerm/mbpo: the initial exploration runs before the epoch loop, whose counter starts
+    # at 0, so Hopper's length 2 comes at 5,000 + 30 * 1,000 steps, not at 30,000.
+    cfg = MBPOConfig.for_env("Hopper-v5")
+    assert [cfg.epoch_at(s) for s in (0, 4_999, 5_000, 5_999, 6_000, 40_000)] == \
+        [0, 0, 0, 0, 1, 35]
+    lengths = {s: cfg.rollout_length(cfg.epoch_at(s)) for s in (30_000, 34_999, 35_000, 43_999,
+                                                                  44_000)}
+    assert lengths == {30_000: 1, 34_999: 1, 35_000: 2, 43_999: 2, 44_000: 3}
+
+
 def test_rollout_length_step_schedule():
     cfg = MBPOConfig(rollout_schedule=(5, 5, 1, 3))  # e0 == e1: a step, no division by zero
     assert [cfg.rollout_length(e) for e in (4, 5, 6)] == [1, 1, 3]

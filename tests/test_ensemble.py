@@ -136,8 +136,9 @@ def test_fit_identifies_a_nonlinear_system_and_its_noise_levels():
 def test_early_stopping_stops_and_restores_each_members_best_snapshot(monkeypatch):
     model = _small()
     E = model.ensemble_size
-    # Scripted holdout MSE per evaluation (row 0 = before training): member 0 improves at
-    # epochs 1 and 3, member 1 only at 2, member 2 never by > 1 %, member 3 at 1 and 4.
+    # Scripted holdout MSE per evaluation (row 0 = before training, reported only). Every
+    # member's best starts at +inf, so all improve at epoch 1; then member 0 improves at
+    # epoch 3, member 1 at 2, member 2 never again by > 1 %, member 3 at 4.
     script = np.array(
         [
             [1.00, 1.00, 1.00, 1.00],
@@ -159,9 +160,10 @@ def test_early_stopping_stops_and_restores_each_members_best_snapshot(monkeypatc
 
     monkeypatch.setattr(model, "_member_mse", scripted)
     st = model.fit(*_data(300), patience=3, max_epochs=50)
-    # last improvement at epoch 4, then 3 epochs without one
-    assert st["epochs"] == 7
-    best_epoch = [3, 2, 0, 4]  # member 2 keeps the weights from before training
+    # last improvement at epoch 4, then stop once MORE than 3 epochs passed without one
+    assert st["epochs"] == 8
+    assert st["initial_holdout_mse"] == [1.0] * E
+    best_epoch = [3, 2, 1, 4]  # member 2 keeps epoch 1: the pre-fit weights never count
     for m in range(E):
         for i, layer in enumerate(model.layers):
             torch.testing.assert_close(layer.weight[m], states[best_epoch[m]][i][m], rtol=0, atol=0)
@@ -169,14 +171,25 @@ def test_early_stopping_stops_and_restores_each_members_best_snapshot(monkeypatc
     assert not torch.equal(states[7][0][0], states[3][0][0])
 
 
-def test_early_stopping_with_no_improvement_stops_after_patience_and_keeps_initial_weights():
+def test_early_stopping_always_keeps_epoch_one_even_without_improvement(monkeypatch):
+    # The original MBPO resets every member's best at each training call: a fit is never a
+    # no-op, even when the pre-fit weights would score better on the re-drawn holdout.
     model = _small()
-    before = [p.detach().clone() for p in model.parameters() if p.dim() >= 2]
+    before = [layer.weight.detach().clone() for layer in model.layers]
+    states = []
+    real = model._member_mse
+
+    def recording(x, y):
+        states.append([layer.weight.detach().clone() for layer in model.layers])
+        return real(x, y)
+
+    monkeypatch.setattr(model, "_member_mse", recording)
     st = model.fit(*_data(400), patience=2, improvement_threshold=1e6)
-    assert st["epochs"] == 2
-    after = [p.detach() for p in model.parameters() if p.dim() >= 2]
-    for b, a in zip(before, after, strict=True):
-        assert torch.equal(a, b)
+    assert st["epochs"] == 4  # epoch 1 kept, then 3 (> patience) epochs without a gain
+    after = [layer.weight.detach() for layer in model.layers]
+    for b, a, e1 in zip(before, after, states[1], strict=True):
+        assert not torch.equal(a, b)
+        assert torch.equal(a, e1)
 
 
 def test_elites_are_the_lowest_holdout_members_of_the_restored_weights():
