@@ -255,7 +255,7 @@ def test_seed_determines_the_run(tmp_path, one_thread):
 
 
 def test_model_pool_resized_on_schedule_change(tmp_path, one_thread):
-    cfg = _tiny_config(total_steps=260, checkpoint_freq=0, rollout_schedule=(1, 2, 1, 3))
+    cfg = _tiny_config(total_steps=360, checkpoint_freq=0, rollout_schedule=(1, 2, 1, 3))
     algo = MBPO(cfg, logdir=tmp_path, quiet=True)
     capacities = []
     orig = algo.train_model_and_rollout
@@ -267,10 +267,11 @@ def test_model_pool_resized_on_schedule_change(tmp_path, one_thread):
     algo.train_model_and_rollout = spy
     algo.train()
     algo.close()
-    # fits at 100, 150, 200, 250 (epoch = steps // 100: 1, 1, 2, 2)
-    assert [c[0] for c in capacities] == [100, 150, 200, 250]
-    assert [c[1] for c in capacities] == [1, 1, 3, 3]
-    assert [c[2] for c in capacities] == [cfg.model_pool_capacity(k) for k in (1, 1, 3, 3)]
+    # fits every 50 steps after the 100 random ones; epochs count from the end of the random
+    # phase (epoch = (steps - 100) // 100: 0, 0, 1, 1, 2, 2), as in the original MBPO
+    assert [c[0] for c in capacities] == [100, 150, 200, 250, 300, 350]
+    assert [c[1] for c in capacities] == [1, 1, 1, 1, 3, 3]
+    assert [c[2] for c in capacities] == [cfg.model_pool_capacity(k) for k in (1, 1, 1, 1, 3, 3)]
 
 
 def test_cli_errors(tmp_path, capsys):

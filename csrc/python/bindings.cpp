@@ -1,4 +1,4 @@
-// The only file that includes pybind11: converts and validates arrays, releases the GIL
+// The Python module (with csrc/python/bind_*.cpp, the only files that include pybind11): converts and validates arrays, releases the GIL
 // and calls one raw-pointer implementation of the C++ core per op.
 //
 // Conventions for every binding in this file:
@@ -33,6 +33,11 @@
 
 namespace py = pybind11;
 using namespace mbpo_fast;
+
+// Defined in csrc/python/bind_*.cpp (one file per native trainer).
+void bind_train_ops(py::module_& m);
+void bind_sac_learner(py::module_& m);
+void bind_ensemble_trainer(py::module_& m);
 
 namespace {
 
@@ -1582,4 +1587,7 @@ PYBIND11_MODULE(_C, m) {
   bind_replay_pool(m);
   bind_rollout(m);
   bind_cuda(m);
+  bind_train_ops(m);
+  bind_sac_learner(m);
+  bind_ensemble_trainer(m);
 }
