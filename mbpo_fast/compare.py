@@ -22,9 +22,9 @@ Conventions, the same on both sides:
   every real step from the first random one, and so does the reference (MBPO's logger
   counts its 5,000 random steps; its small offsets such as 6,019 are the logger's own).
 - Each run and the reference are interpolated linearly onto one grid (multiples of
-  ``every``), never extrapolated: a grid point outside a run's first..last evaluation has no
-  value for that run, so runs that stop early drop out of later points and the number of
-  seeds ``n`` is reported per point.
+  ``every``, plus the longest run's last evaluation), never extrapolated: a grid point
+  outside a run's first..last evaluation has no value for that run, so runs that stop early
+  drop out of later points and the number of seeds ``n`` is reported per point.
 - Across seeds: mean, and sd with ddof=1 (undefined for a single seed). The z-score is
   (seed mean - published mean) / published sd: how many published (across-seed) sds the
   seed mean lies from the published mean.
@@ -365,7 +365,8 @@ def compare_env(runs: Sequence[Run], reference: ReferenceCurve | None, every: in
     """Tables the runs of ONE environment every `every` env steps against `reference`.
 
     Grid: every multiple of `every` from `every` up to the last evaluation of the longest
-    run; points no run reaches (n = 0) are left out.
+    run, and that last evaluation itself (e.g. 125,000 with every = 10,000); points no run
+    reaches (n = 0) are left out.
     """
     if not runs:
         raise ValueError("runs must hold at least one run")
@@ -376,9 +377,10 @@ def compare_env(runs: Sequence[Run], reference: ReferenceCurve | None, every: in
         raise ValueError(f"every must be a positive integer number of env steps, got {every!r}")
     last = max(r.steps[-1] for r in runs)
     grid = np.arange(every, last + 1, every, dtype=np.float64)
-    per_seed = np.stack([interpolate(r.steps, r.returns, grid) for r in runs]) if len(grid) \
-        else np.empty((len(runs), 0))
-    if reference is not None and len(grid):
+    if not len(grid) or grid[-1] != last:
+        grid = np.append(grid, last)
+    per_seed = np.stack([interpolate(r.steps, r.returns, grid) for r in runs])
+    if reference is not None:
         ref_mean = interpolate(reference.steps, reference.mean, grid)
         ref_sd = interpolate(reference.steps, reference.sd, grid)
     else:
@@ -461,10 +463,7 @@ def _markdown_env(c: EnvComparison) -> str:
         out.append("**Configs differ between seeds**: " + "; ".join(
             f"{k} = {', '.join(json.dumps(v) for v in vals)}" for k, vals in diffs.items()))
     out.append("")
-    if not c.rows:
-        out.append(f"No multiple of {c.every} env steps within the runs' evaluations (last at "
-                   f"{max(r.steps[-1] for r in c.runs):.0f}); use a smaller --every.")
-    else:
+    if c.rows:  # (always: the longest run's last evaluation is a grid point)
         head = ["env steps", "n", f"seeds ({seeds})", "seed mean", "sd"]
         if ref is not None:
             head += ["published mean ± sd", "z"]
