@@ -375,6 +375,9 @@ def compare_env(runs: Sequence[Run], reference: ReferenceCurve | None, every: in
         raise ValueError(f"runs must be of one environment, got {sorted(envs)}")
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise ValueError(f"every must be a positive integer number of env steps, got {every!r}")
+    for lo, hi in windows:
+        if not 0 <= lo <= hi:
+            raise ValueError(f"windows must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
     last = max(r.steps[-1] for r in runs)
     grid = np.arange(every, last + 1, every, dtype=np.float64)
     if not len(grid) or grid[-1] != last:

@@ -158,6 +158,10 @@ def test_window_average(runs, reference):
     assert w.ref_mean == pytest.approx((200 + 240 + 250 + 280 + 300) / 5)
     assert w.ref_sd == pytest.approx((40 + 48 + 50 + 56 + 60) / 5)
     assert w.z == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"0 <= lo <= hi, got \(30000, 20000\)"):
+        cmp.compare([runs["h0"]], reference, windows=[(30000, 20000)])
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        cmp.compare([runs["h0"]], reference, every=0)
     md = cmp.format_markdown([hop])
     assert "Average over 20000–30000 env steps" in md
     assert "0: 220.0 (3); 1: 288.0 (3)" in md and "Seed 2 not counted" in md
