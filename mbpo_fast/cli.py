@@ -70,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                        "published mean ± sd, z. See docs/comparing_runs.md.")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run directories (config.json + progress.csv)")
-    c.add_argument("--reference", default=None, metavar="CSV",
-                   help="published curves, columns env,step,return_mean,return_std (e.g. "
-                   "mbpo_official_curves.csv); without it, no reference columns")
+    c.add_argument("--reference", default="mbpo", metavar="CSV",
+                   help="published curves, columns env,step,return_mean,return_std; default "
+                   "'mbpo': MBPO's published curves shipped with the package "
+                   "(mbpo_fast/data/mbpo_official_curves.csv); 'none': no reference columns")
     c.add_argument("--out", default=None, metavar="PNG",
                    help="write a plot: this file for one environment, <stem>-<env>.png for "
                    "several, <dir>/<env>.png for an existing directory or a path ending in /")
@@ -158,7 +159,9 @@ def _compare(args: argparse.Namespace) -> int:
     windows = [compare.parse_window(w) for w in args.window]
     if args.every < 1:
         raise ValueError(f"--every must be >= 1 env step, got {args.every}")
-    result = compare.compare(args.runs, args.reference, every=args.every, windows=windows)
+    reference = {"mbpo": compare.MBPO_REFERENCE, "none": None}.get(args.reference,
+                                                                   args.reference)
+    result = compare.compare(args.runs, reference, every=args.every, windows=windows)
     print(compare.format_markdown(result), end="")
     if args.out is not None:
         paths = compare.plot_paths(args.out, [c.env_id for c in result])

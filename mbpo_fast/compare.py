@@ -63,6 +63,10 @@ __all__ = [
 
 PathLike = str | Path
 
+#: MBPO's published curves (Janner et al. 2019; mean and sd over seeds per evaluation step),
+#: shipped with the package; where they come from: ``data/mbpo_official_curves.md``.
+MBPO_REFERENCE = Path(__file__).resolve().parent / "data" / "mbpo_official_curves.csv"
+
 #: Columns ``load_reference`` needs in the reference CSV.
 REFERENCE_COLUMNS = ("env", "step", "return_mean", "return_std")
 #: Columns ``load_run`` needs in ``progress.csv``.

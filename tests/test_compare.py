@@ -338,3 +338,15 @@ def test_import_does_not_load_matplotlib():
             "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120, env=env)
+
+
+def test_cli_defaults_to_the_packaged_mbpo_curves(capsys):
+    # The published curves ship with the package: a clean checkout compares without a path.
+    shipped = cmp.load_reference(cmp.MBPO_REFERENCE)
+    assert {"Hopper", "Walker2d", "HalfCheetah", "Ant", "Humanoid"} <= set(shipped)
+    hopper_run = Path(__file__).resolve().parents[1] / "docs" / "results" / "hopper-s0"
+    assert cli.main(["compare", str(hopper_run)]) == 0
+    out = capsys.readouterr().out
+    assert "| 20000 | 1 | 322.4 | 322.4 |  | 529.4 ± 156.6 | -1.32 |" in out
+    assert cli.main(["compare", str(hopper_run), "--reference", "none"]) == 0
+    assert "529.4" not in capsys.readouterr().out
