@@ -1,8 +1,250 @@
-// AVX-512 GEMM kernel behind sgemm (train_ops.h). PLACEHOLDER until the register-blocked
-// kernel lands: reports unsupported so sgemm dispatches to the portable kernel.
+// AVX-512 float32 GEMM behind sgemm (train_ops.h). Compiled with AVX-512 flags
+// (CMakeLists.txt) and chosen at run time (gemm_avx512_supported), so the library still runs
+// on older CPUs.
+//
+// Structure (GotoBLAS/BLIS style, single-threaded):
+//   * op(B) is packed per (k block x column block) into panels of kNr = 32 columns,
+//     [kc][32] contiguous, zero-padded past n: the transposes of B are resolved here.
+//   * op(A) is packed per row block into a [kc][14] micro-panel (transposes of A likewise).
+//   * One register-blocked micro-kernel serves every form: 14 rows x 2 vectors = 28 zmm
+//     accumulators; per k it loads 2 B vectors and broadcasts 14 A values straight from
+//     memory into the FMAs (embedded broadcast), 28 FMAs per 16 loads. Edge tiles use the
+//     same kernel instantiated for 1..14 rows and 1..2 vectors; the last vector's column
+//     tail is masked, so C is never read or written past its n columns.
+//   * n == 1 (the critic head) runs as a GEMV (dot products or column AXPYs), because a
+//     32-wide panel would waste 31/32 of the arithmetic.
+// Buffers are thread_local and only grow, so steady-state calls do not allocate.
 #include "cpu/gemm_kernels.h"
 
 #include "mbpo_fast/train_ops.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace mbpo_fast {
+namespace cpu {
+
+namespace {
+
+constexpr int kMr = 14;          // rows of the micro-tile (A micro-panel width)
+constexpr int kNr = 32;          // columns of the micro-tile (B panel width): 2 zmm
+constexpr int64_t kKc = 384;     // k block: a 32 x 384 B panel is 48 KiB, A micro-panel 21 KiB
+constexpr int64_t kNc = 2048;    // column block: packed B block <= 3 MiB
+
+inline __mmask16 lane_mask(int64_t lanes) {
+  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << lanes) - 1u);
+}
+
+// 64-byte aligned view of a thread-local buffer of at least `count` floats.
+float* scratch(std::vector<float>& buf, int64_t count) {
+  const size_t need = static_cast<size_t>(count) + 16;
+  if (buf.size() < need) buf.resize(need);
+  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((addr + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// Packs rows r0 .. r0+w-1 (w <= W) of a matrix view X over k indices p0 .. p0+kc-1 into
+// dst[kc][W]: dst[p * W + r] = X(r0 + r, p0 + p), lanes r >= w zero.
+//   k_contig: X(r, p) = src[r * ld + p]   (rows of X contiguous in k: needs a transpose)
+//   else:     X(r, p) = src[p * ld + r]   (X^T stored row-major: a plain copy per k)
+template <int W>
+void pack(bool k_contig, const float* src, int64_t ld, int64_t r0, int w, int64_t p0, int64_t kc,
+          float* dst) {
+  static_assert(W % 2 == 0 && W <= 32, "panel width");
+  constexpr int kVecs = (W + 15) / 16;
+  if (!k_contig) {
+    const float* s = src + p0 * ld + r0;
+    for (int64_t p = 0; p < kc; ++p, s += ld) {
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) {
+        const __m512 x = _mm512_maskz_loadu_ps(lane_mask(w - 16 * v), s + 16 * v);
+        _mm512_mask_storeu_ps(dst + p * W + 16 * v, lane_mask(W - 16 * v), x);
+      }
+    }
+    return;
+  }
+  // Transpose 16 k values of each row at a time: load a row chunk, write its lanes with a
+  // stride of W. Rows past w are zeroed.
+  const float* s = src + r0 * ld + p0;
+  for (int r = 0; r < w; ++r) {
+    const float* sr = s + r * ld;
+    float* d = dst + r;
+    for (int64_t p = 0; p < kc; ++p) d[p * W] = sr[p];
+  }
+  if (w < W) {
+    for (int64_t p = 0; p < kc; ++p) {
+      for (int r = w; r < W; ++r) dst[p * W + r] = 0.0f;
+    }
+  }
+}
+
+// C[MR, cols] = beta * C + A_panel[kc][kMr] (first MR rows) @ B_panel[kc][kNr] (first NV
+// vectors; the last vector's columns masked by `tail`). beta == 0 never reads C.
+template <int MR, int NV>
+void micro(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, float beta,
+           __mmask16 tail) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 14
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* a = ap + p * kMr;
+    __m512 b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(bp + p * kNr + 16 * v);
+#pragma GCC unroll 14
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(x, b[v], acc[r][v]);
+    }
+  }
+  const __m512 beta_v = _mm512_set1_ps(beta);
+#pragma GCC unroll 14
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 mask = v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF);
+      __m512 out = acc[r][v];
+      if (beta == 1.0f) {
+        out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, cr + 16 * v));
+      } else if (beta != 0.0f) {
+        out = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, cr + 16 * v), out);
+      }
+      _mm512_mask_storeu_ps(cr + 16 * v, mask, out);
+    }
+  }
+}
+
+using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t, float, __mmask16);
+
+template <int MR>
+constexpr std::array<MicroFn, 2> micro_row() {
+  return {&micro<MR, 1>, &micro<MR, 2>};
+}
+
+template <int... R>
+constexpr std::array<std::array<MicroFn, 2>, sizeof...(R)> micro_table(std::integer_sequence<int, R...>) {
+  return {micro_row<R + 1>()...};
+}
+
+// kMicro[mr - 1][nv - 1]
+const std::array<std::array<MicroFn, 2>, kMr> kMicro = micro_table(std::make_integer_sequence<int, kMr>{});
+
+// C[:, 0] (column of stride ldc) = beta * C + op(A) @ x, x = op(B)[:, 0] (contiguous, k).
+void gemv(bool trans_a, int64_t m, int64_t k, const float* a, int64_t lda, const float* x, float beta,
+          float* c, int64_t ldc) {
+  auto finish = [&](int64_t i, float dot) {
+    float& out = c[i * ldc];
+    out = beta == 0.0f ? dot : (beta == 1.0f ? out + dot : beta * out + dot);
+  };
+  if (!trans_a) {
+    // Rows of A are contiguous in k: 4 dot products at a time (4 independent FMA chains).
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t p = 0; p < k; p += 16) {
+        const __mmask16 mask = lane_mask(k - p);
+        const __m512 xv = _mm512_maskz_loadu_ps(mask, x + p);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + (i + r) * lda + p), xv, acc[r]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) finish(i + r, _mm512_reduce_add_ps(acc[r]));
+    }
+    for (; i < m; ++i) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t p = 0; p < k; p += 16) {
+        const __mmask16 mask = lane_mask(k - p);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i * lda + p), _mm512_maskz_loadu_ps(mask, x + p), acc);
+      }
+      finish(i, _mm512_reduce_add_ps(acc));
+    }
+    return;
+  }
+  // A stored [k, m]: C[i0 .. i0+63] accumulates x[p] * A[p, i0 .. i0+63] over p.
+  alignas(64) float out[64];
+  for (int64_t i0 = 0; i0 < m; i0 += 64) {
+    const int64_t rows = std::min<int64_t>(64, m - i0);
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) mask[v] = lane_mask(std::max<int64_t>(0, rows - 16 * v));
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t p = 0; p < k; ++p) {
+      const __m512 xv = _mm512_set1_ps(x[p]);
+      const float* ap = a + p * lda + i0;
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[v] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(mask[v], ap + 16 * v), acc[v]);
+    }
+    for (int v = 0; v < 4; ++v) _mm512_store_ps(out + 16 * v, acc[v]);
+    for (int64_t r = 0; r < rows; ++r) finish(i0 + r, out[r]);
+  }
+}
+
+}  // namespace
+
+void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    gemm_scale_c(m, n, beta, c, ldc);
+    return;
+  }
+  thread_local std::vector<float> a_buf, b_buf;
+  if (n == 1) {
+    float* x = scratch(b_buf, k);
+    for (int64_t p = 0; p < k; ++p) x[p] = trans_b ? b[p] : b[p * ldb];
+    gemv(trans_a, m, k, a, lda, x, beta, c, ldc);
+    return;
+  }
+  const bool a_k_contig = !trans_a;  // op(A)(i, p) = a[i * lda + p]
+  const bool b_k_contig = trans_b;   // op(B)(p, j) = b[j * ldb + p]
+  for (int64_t jc = 0; jc < n; jc += kNc) {
+    const int64_t nc = std::min(kNc, n - jc);
+    const int64_t panels = (nc + kNr - 1) / kNr;
+    for (int64_t pc = 0; pc < k; pc += kKc) {
+      const int64_t kc = std::min(kKc, k - pc);
+      float* bp = scratch(b_buf, panels * kNr * kc);
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
+        pack<kNr>(b_k_contig, b, ldb, jc + jp * kNr, w, pc, kc, bp + jp * kNr * kc);
+      }
+      const float beta_block = pc == 0 ? beta : 1.0f;
+      float* ap = scratch(a_buf, kMr * kc);
+      for (int64_t ic = 0; ic < m; ic += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
+        pack<kMr>(a_k_contig, a, lda, ic, mr, pc, kc, ap);
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const int64_t cols = std::min<int64_t>(kNr, nc - jp * kNr);
+          const int nv = static_cast<int>((cols + 15) / 16);
+          const __mmask16 tail = lane_mask(cols - 16 * (nv - 1));
+          kMicro[mr - 1][nv - 1](ap, bp + jp * kNr * kc, kc, c + ic * ldc + jc + jp * kNr, ldc,
+                                 beta_block, tail);
+        }
+      }
+    }
+  }
+}
+
+bool gemm_avx512_supported() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return supported;
+}
+
+}  // namespace cpu
+}  // namespace mbpo_fast
+
+#else  // compiled without AVX-512 support (non-x86 or MBPO_FAST_SIMD=PORTABLE)
 
 namespace mbpo_fast {
 namespace cpu {
@@ -16,3 +258,5 @@ void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, c
 
 }  // namespace cpu
 }  // namespace mbpo_fast
+
+#endif
