@@ -18,6 +18,8 @@
 
 #include "mbpo_fast/train_ops.h"
 
+#include <cmath>
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -26,6 +28,8 @@
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#include "cpu/simd_avx512.h"
 
 namespace mbpo_fast {
 namespace cpu {
@@ -235,6 +239,100 @@ void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, c
   }
 }
 
+// ------------------------------------------------------------------ elementwise
+
+void relu_forward_avx512(float* x, int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    // max(x, 0) returns the second operand for NaN: 0, as the portable x > 0 ? x : 0.
+    _mm512_mask_storeu_ps(x + i, m, _mm512_max_ps(_mm512_maskz_loadu_ps(m, x + i), zero));
+  }
+}
+
+void relu_backward_avx512(const float* h, float* g, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    const __mmask16 pos = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, h + i), _mm512_setzero_ps(), _CMP_GT_OQ);
+    _mm512_mask_storeu_ps(g + i, m, _mm512_maskz_loadu_ps(pos, g + i));
+  }
+}
+
+void silu_forward_avx512(float* x, float* pre, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    _mm512_mask_storeu_ps(pre + i, m, v);
+    _mm512_mask_storeu_ps(x + i, m, silu512(v));
+  }
+}
+
+void silu_backward_avx512(const float* pre, float* g, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    const __m512 x = _mm512_maskz_loadu_ps(m, pre + i);
+    const __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    const __m512 d = _mm512_mul_ps(s, _mm512_fmadd_ps(x, _mm512_sub_ps(one, s), one));
+    _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + i), d));
+  }
+}
+
+void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, float* db, bool accumulate) {
+  for (int64_t j0 = 0; j0 < n; j0 += 64) {
+    __mmask16 mask[4];
+    __m512 acc[4];
+    for (int v = 0; v < 4; ++v) {
+      mask[v] = lane_mask(std::max<int64_t>(0, n - j0 - 16 * v));
+      acc[v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], db + j0 + 16 * v) : _mm512_setzero_ps();
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = dy + r * ld + j0;
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(mask[v], row + 16 * v));
+    }
+    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(db + j0 + 16 * v, mask[v], acc[v]);
+  }
+}
+
+// torch's fused Adam (aten/src/ATen/native/cpu/FusedAdamKernel.cpp) as its AVX-512 build
+// computes it, checked bit for bit against torch 2.x: on full 16-float vectors the L2 term,
+// the lerp and the second moment are FMAs,
+//   g = fma(p, wd, g);  m = fma(1 - beta1, g - m, m);  v = fma((1 - beta2) * g, g, v * beta2)
+// and the tail (n % 16 floats, torch's scalar loop) is contracted as
+//   v = fma(v, beta2, (1 - beta2) * g * g).
+// Then p -= (step_size * m) / (sqrt(v) / sqrt(bias_correction2) + eps) everywhere.
+void adam_avx512(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+                 const AdamScalars& s) {
+  const __m512 wd = _mm512_set1_ps(s.weight_decay), c1 = _mm512_set1_ps(s.one_minus_beta1);
+  const __m512 b2 = _mm512_set1_ps(s.beta2), c2 = _mm512_set1_ps(s.one_minus_beta2);
+  const __m512 bc2 = _mm512_set1_ps(s.bias_correction2_sqrt), eps = _mm512_set1_ps(s.eps);
+  const __m512 step = _mm512_set1_ps(s.step_size);
+  const bool decay = s.weight_decay != 0.0f;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 p = _mm512_loadu_ps(param + i), g = _mm512_loadu_ps(grad + i);
+    if (decay) g = _mm512_fmadd_ps(p, wd, g);
+    __m512 m = _mm512_loadu_ps(exp_avg + i), v = _mm512_loadu_ps(exp_avg_sq + i);
+    m = _mm512_fmadd_ps(c1, _mm512_sub_ps(g, m), m);
+    v = _mm512_fmadd_ps(_mm512_mul_ps(c2, g), g, _mm512_mul_ps(v, b2));
+    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), bc2), eps);
+    p = _mm512_sub_ps(p, _mm512_div_ps(_mm512_mul_ps(step, m), denom));
+    _mm512_storeu_ps(exp_avg + i, m);
+    _mm512_storeu_ps(exp_avg_sq + i, v);
+    _mm512_storeu_ps(param + i, p);
+  }
+  for (; i < n; ++i) {
+    float g = grad[i];
+    if (decay) g = std::fma(param[i], s.weight_decay, g);
+    const float m = std::fma(s.one_minus_beta1, g - exp_avg[i], exp_avg[i]);
+    const float v = std::fma(exp_avg_sq[i], s.beta2, s.one_minus_beta2 * g * g);
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    param[i] -= (s.step_size * m) / (std::sqrt(v) / s.bias_correction2_sqrt + s.eps);
+  }
+}
+
 bool gemm_avx512_supported() {
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
@@ -254,6 +352,28 @@ bool gemm_avx512_supported() { return false; }
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                   int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   sgemm_portable(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Never called (gemm_avx512_supported() is false); defined for the link.
+void relu_forward_avx512(float* x, int64_t n) { relu_forward(x, n); }
+void relu_backward_avx512(const float* h, float* g, int64_t n) { relu_backward(h, g, n); }
+void silu_forward_avx512(float* x, float* pre, int64_t n) { silu_forward(x, pre, n); }
+void silu_backward_avx512(const float* pre, float* g, int64_t n) { silu_backward(pre, g, n); }
+void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, float* db, bool accumulate) {
+  for (int64_t j = 0; j < n; ++j) {
+    float acc = accumulate ? db[j] : 0.0f;
+    for (int64_t r = 0; r < rows; ++r) acc += dy[r * ld + j];
+    db[j] = acc;
+  }
+}
+void adam_avx512(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+                 const AdamScalars& s) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i] + s.weight_decay * param[i];
+    exp_avg[i] += s.one_minus_beta1 * (g - exp_avg[i]);
+    exp_avg_sq[i] = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * g * g;
+    param[i] -= s.step_size * exp_avg[i] / (std::sqrt(exp_avg_sq[i]) / s.bias_correction2_sqrt + s.eps);
+  }
 }
 
 }  // namespace cpu
