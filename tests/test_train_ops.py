@@ -202,6 +202,29 @@ def test_adam_step_matches_torch_fused_adam(n, weight_decay):
         np.testing.assert_allclose(p, p_t.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512" or ops.sgemm_kernel_name() != "avx512",
+    reason="bit-exactness holds between torch's AVX-512 build and our AVX-512 kernel",
+)
+def test_adam_step_is_bit_exact_with_torch_on_whole_vectors():
+    """torch's fused kernel FMA-contracts the L2 term, the lerp and the second moment on
+    16-float vectors; ours computes the same, so whole vectors agree bit for bit."""
+    n = 4096
+    rng = np.random.default_rng(1)
+    p_t = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(n).astype(np.float32)))
+    opt = torch.optim.Adam([p_t], lr=1e-3, weight_decay=0.01, fused=True)
+    p, m, v = p_t.detach().numpy().copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    step = np.zeros(1, np.float32)
+    for _ in range(20):
+        g = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        p_t.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ops.adam_step(p, g, m, v, step, lr=1e-3, weight_decay=0.01)
+    np.testing.assert_array_equal(p, p_t.detach().numpy())
+    np.testing.assert_array_equal(m, opt.state[p_t]["exp_avg"].numpy())
+    np.testing.assert_array_equal(v, opt.state[p_t]["exp_avg_sq"].numpy())
+
+
 def test_adam_step_works_in_place_on_torch_state():
     """The trainers update torch's own storage: step on .numpy() views of the state."""
     p_t = torch.nn.Parameter(torch.randn(300))

@@ -296,12 +296,12 @@ void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, fl
 }
 
 // torch's fused Adam (aten/src/ATen/native/cpu/FusedAdamKernel.cpp) as its AVX-512 build
-// computes it, checked bit for bit against torch 2.x: on full 16-float vectors the L2 term,
+// computes it (checked bit for bit against torch 2.x on float32 parameters): the L2 term,
 // the lerp and the second moment are FMAs,
 //   g = fma(p, wd, g);  m = fma(1 - beta1, g - m, m);  v = fma((1 - beta2) * g, g, v * beta2)
-// and the tail (n % 16 floats, torch's scalar loop) is contracted as
-//   v = fma(v, beta2, (1 - beta2) * g * g).
-// Then p -= (step_size * m) / (sqrt(v) / sqrt(bias_correction2) + eps) everywhere.
+//   p -= (step_size * m) / (sqrt(v) / sqrt(bias_correction2) + eps)
+// torch runs its last n % 16 floats through a scalar loop whose compiled contraction may
+// differ by an ulp in v; here the tail is the same formula under a lane mask.
 void adam_avx512(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
                  const AdamScalars& s) {
   const __m512 wd = _mm512_set1_ps(s.weight_decay), c1 = _mm512_set1_ps(s.one_minus_beta1);
@@ -309,27 +309,18 @@ void adam_avx512(float* param, const float* grad, float* exp_avg, float* exp_avg
   const __m512 bc2 = _mm512_set1_ps(s.bias_correction2_sqrt), eps = _mm512_set1_ps(s.eps);
   const __m512 step = _mm512_set1_ps(s.step_size);
   const bool decay = s.weight_decay != 0.0f;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 p = _mm512_loadu_ps(param + i), g = _mm512_loadu_ps(grad + i);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = lane_mask(n - i);
+    __m512 p = _mm512_maskz_loadu_ps(k, param + i), g = _mm512_maskz_loadu_ps(k, grad + i);
     if (decay) g = _mm512_fmadd_ps(p, wd, g);
-    __m512 m = _mm512_loadu_ps(exp_avg + i), v = _mm512_loadu_ps(exp_avg_sq + i);
+    __m512 m = _mm512_maskz_loadu_ps(k, exp_avg + i), v = _mm512_maskz_loadu_ps(k, exp_avg_sq + i);
     m = _mm512_fmadd_ps(c1, _mm512_sub_ps(g, m), m);
     v = _mm512_fmadd_ps(_mm512_mul_ps(c2, g), g, _mm512_mul_ps(v, b2));
     const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), bc2), eps);
     p = _mm512_sub_ps(p, _mm512_div_ps(_mm512_mul_ps(step, m), denom));
-    _mm512_storeu_ps(exp_avg + i, m);
-    _mm512_storeu_ps(exp_avg_sq + i, v);
-    _mm512_storeu_ps(param + i, p);
-  }
-  for (; i < n; ++i) {
-    float g = grad[i];
-    if (decay) g = std::fma(param[i], s.weight_decay, g);
-    const float m = std::fma(s.one_minus_beta1, g - exp_avg[i], exp_avg[i]);
-    const float v = std::fma(exp_avg_sq[i], s.beta2, s.one_minus_beta2 * g * g);
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    param[i] -= (s.step_size * m) / (std::sqrt(v) / s.bias_correction2_sqrt + s.eps);
+    _mm512_mask_storeu_ps(exp_avg + i, k, m);
+    _mm512_mask_storeu_ps(exp_avg_sq + i, k, v);
+    _mm512_mask_storeu_ps(param + i, k, p);
   }
 }
 
