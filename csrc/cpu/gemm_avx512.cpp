@@ -53,6 +53,35 @@ float* scratch(std::vector<float>& buf, int64_t count) {
   return reinterpret_cast<float*>((addr + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// In-register transpose of a 16 x 16 float block: t[i] holds row i on entry, column i on exit.
+inline void transpose16(__m512 t[16]) {
+  __m512 u[16];
+  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved within 128-bit lanes
+    u[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]);
+    u[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // t[4i + j], lane L: rows 4i..4i+3 at column 4L + j
+    const __m512d a = _mm512_castps_pd(u[4 * i]), b = _mm512_castps_pd(u[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(u[4 * i + 1]), d = _mm512_castps_pd(u[4 * i + 3]);
+    t[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    t[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    t[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    t[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int j = 0; j < 4; ++j) {  // gather 128-bit lanes across the row groups
+    u[j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0x88);
+    u[4 + j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0xDD);
+    u[8 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0x88);
+    u[12 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0xDD);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0xDD);
+  }
+}
+
 // Packs rows r0 .. r0+w-1 (w <= W) of a matrix view X over k indices p0 .. p0+kc-1 into
 // dst[kc][W]: dst[p * W + r] = X(r0 + r, p0 + p), lanes r >= w zero.
 //   k_contig: X(r, p) = src[r * ld + p]   (rows of X contiguous in k: needs a transpose)
@@ -73,17 +102,19 @@ void pack(bool k_contig, const float* src, int64_t ld, int64_t r0, int w, int64_
     }
     return;
   }
-  // Transpose 16 k values of each row at a time: load a row chunk, write its lanes with a
-  // stride of W. Rows past w are zeroed.
-  const float* s = src + r0 * ld + p0;
-  for (int r = 0; r < w; ++r) {
-    const float* sr = s + r * ld;
-    float* d = dst + r;
-    for (int64_t p = 0; p < kc; ++p) d[p * W] = sr[p];
-  }
-  if (w < W) {
-    for (int64_t p = 0; p < kc; ++p) {
-      for (int r = w; r < W; ++r) dst[p * W + r] = 0.0f;
+  // Rows of X are contiguous in k: transpose 16 rows x 16 k blocks in registers.
+  for (int rb = 0; rb < W; rb += 16) {
+    const int rows = std::max(0, std::min(16, w - rb));
+    const __mmask16 lanes = lane_mask(W - rb);
+    for (int64_t p = 0; p < kc; p += 16) {
+      const __mmask16 km = lane_mask(kc - p);
+      __m512 t[16];
+      for (int i = 0; i < 16; ++i) {
+        t[i] = i < rows ? _mm512_maskz_loadu_ps(km, src + (r0 + rb + i) * ld + p0 + p) : _mm512_setzero_ps();
+      }
+      transpose16(t);
+      const int64_t np = std::min<int64_t>(16, kc - p);
+      for (int64_t q = 0; q < np; ++q) _mm512_mask_storeu_ps(dst + (p + q) * W + rb, lanes, t[q]);
     }
   }
 }
@@ -91,7 +122,7 @@ void pack(bool k_contig, const float* src, int64_t ld, int64_t r0, int w, int64_
 // C[MR, cols] = beta * C + A_panel[kc][kMr] (first MR rows) @ B_panel[kc][kNr] (first NV
 // vectors; the last vector's columns masked by `tail`). beta == 0 never reads C.
 template <int MR, int NV>
-void micro(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, float beta,
+void micro(const float* ap, const float* bp, int64_t ldbp, int64_t kc, float* c, int64_t ldc, float beta,
            __mmask16 tail) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 14
@@ -103,7 +134,10 @@ void micro(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, 
     const float* a = ap + p * kMr;
     __m512 b[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_load_ps(bp + p * kNr + 16 * v);
+    for (int v = 0; v < NV; ++v) {
+      // Masked: bp may be B itself (unpacked), whose rows end at the last column.
+      b[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? tail : static_cast<__mmask16>(0xFFFF), bp + p * ldbp + 16 * v);
+    }
 #pragma GCC unroll 14
     for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(a[r]);
@@ -129,7 +163,7 @@ void micro(const float* ap, const float* bp, int64_t kc, float* c, int64_t ldc, 
   }
 }
 
-using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t, float, __mmask16);
+using MicroFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t, float, __mmask16);
 
 template <int MR>
 constexpr std::array<MicroFn, 2> micro_row() {
@@ -194,6 +228,59 @@ void gemv(bool trans_a, int64_t m, int64_t k, const float* a, int64_t lda, const
   }
 }
 
+
+// C (=beta*C+) X @ Y over packed panels, X(i, p) / Y(p, j) views as in pack(). c_trans:
+// the product is C^T, i.e. element (i, j) lives at c[j * ldc + i] (tiles go through a
+// local buffer and are stored transposed).
+void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
+                  const float* y, int64_t ldy, float beta, float* c, int64_t ldc, bool c_trans) {
+  thread_local std::vector<float> a_buf, b_buf;
+  // Y's rows are used in place (no packing) when they are contiguous along n and only a few
+  // row blocks would reuse a packed copy (e.g. dW = x^T @ dy with in = 11..14).
+  const bool direct_y = !y_k_contig && m <= 2 * kMr;
+  alignas(64) float tile[kMr * kNr];
+  for (int64_t jc = 0; jc < n; jc += kNc) {
+    const int64_t nc = std::min(kNc, n - jc);
+    const int64_t panels = (nc + kNr - 1) / kNr;
+    for (int64_t pc = 0; pc < k; pc += kKc) {
+      const int64_t kc = std::min(kKc, k - pc);
+      float* bp = direct_y ? nullptr : scratch(b_buf, panels * kNr * kc);
+      if (!direct_y) {
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
+          pack<kNr>(y_k_contig, y, ldy, jc + jp * kNr, w, pc, kc, bp + jp * kNr * kc);
+        }
+      }
+      const float beta_block = pc == 0 ? beta : 1.0f;
+      float* ap = scratch(a_buf, kMr * kc);
+      for (int64_t ic = 0; ic < m; ic += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
+        pack<kMr>(x_k_contig, x, ldx, ic, mr, pc, kc, ap);
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const int64_t j0 = jc + jp * kNr;
+          const int64_t cols = std::min<int64_t>(kNr, nc - jp * kNr);
+          const int nv = static_cast<int>((cols + 15) / 16);
+          const __mmask16 tail = lane_mask(cols - 16 * (nv - 1));
+          const float* panel = direct_y ? y + pc * ldy + j0 : bp + jp * kNr * kc;
+          const int64_t ldp = direct_y ? ldy : kNr;
+          if (!c_trans) {
+            kMicro[mr - 1][nv - 1](ap, panel, ldp, kc, c + ic * ldc + j0, ldc, beta_block, tail);
+            continue;
+          }
+          kMicro[mr - 1][nv - 1](ap, panel, ldp, kc, tile, kNr, 0.0f, tail);
+          for (int64_t j = 0; j < cols; ++j) {
+            float* cj = c + (j0 + j) * ldc + ic;
+            for (int r = 0; r < mr; ++r) {
+              const float v = tile[r * kNr + j];
+              cj[r] = beta_block == 0.0f ? v : (beta_block == 1.0f ? cj[r] + v : beta_block * cj[r] + v);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
@@ -203,40 +290,23 @@ void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, c
     gemm_scale_c(m, n, beta, c, ldc);
     return;
   }
-  thread_local std::vector<float> a_buf, b_buf;
   if (n == 1) {
-    float* x = scratch(b_buf, k);
+    thread_local std::vector<float> x_buf;
+    float* x = scratch(x_buf, k);
     for (int64_t p = 0; p < k; ++p) x[p] = trans_b ? b[p] : b[p * ldb];
     gemv(trans_a, m, k, a, lda, x, beta, c, ldc);
     return;
   }
-  const bool a_k_contig = !trans_a;  // op(A)(i, p) = a[i * lda + p]
-  const bool b_k_contig = trans_b;   // op(B)(p, j) = b[j * ldb + p]
-  for (int64_t jc = 0; jc < n; jc += kNc) {
-    const int64_t nc = std::min(kNc, n - jc);
-    const int64_t panels = (nc + kNr - 1) / kNr;
-    for (int64_t pc = 0; pc < k; pc += kKc) {
-      const int64_t kc = std::min(kKc, k - pc);
-      float* bp = scratch(b_buf, panels * kNr * kc);
-      for (int64_t jp = 0; jp < panels; ++jp) {
-        const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
-        pack<kNr>(b_k_contig, b, ldb, jc + jp * kNr, w, pc, kc, bp + jp * kNr * kc);
-      }
-      const float beta_block = pc == 0 ? beta : 1.0f;
-      float* ap = scratch(a_buf, kMr * kc);
-      for (int64_t ic = 0; ic < m; ic += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
-        pack<kMr>(a_k_contig, a, lda, ic, mr, pc, kc, ap);
-        for (int64_t jp = 0; jp < panels; ++jp) {
-          const int64_t cols = std::min<int64_t>(kNr, nc - jp * kNr);
-          const int nv = static_cast<int>((cols + 15) / 16);
-          const __mmask16 tail = lane_mask(cols - 16 * (nv - 1));
-          kMicro[mr - 1][nv - 1](ap, bp + jp * kNr * kc, kc, c + ic * ldc + jc + jp * kNr, ldc,
-                                 beta_block, tail);
-        }
-      }
-    }
+  // Vector lanes run along n; a narrow n (the actor head's 6 outputs) would leave most of
+  // them idle, so then compute C^T = op(B)^T op(A)^T with the lanes along m instead. Cost
+  // ~ rows x 16-lane vectors, the transposed store counted 25 % dearer.
+  const int64_t cost = m * ((n + 15) / 16), cost_swapped = n * ((m + 15) / 16);
+  if (5 * cost_swapped < 4 * cost) {
+    // X(j, p) = op(B)(p, j): b[j * ldb + p] when trans_b; Y(p, i) = op(A)(i, p).
+    gemm_blocked(trans_b, !trans_a, n, m, k, b, ldb, a, lda, beta, c, ldc, true);
+    return;
   }
+  gemm_blocked(!trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, false);
 }
 
 // ------------------------------------------------------------------ elementwise
