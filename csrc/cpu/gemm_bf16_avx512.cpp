@@ -63,6 +63,35 @@ inline __m512 round_bf16(__m512 x) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+// In-register transpose of a 16 x 16 block of 32-bit values: t[i] holds row i on entry, column i on exit.
+inline void transpose16(__m512 t[16]) {
+  __m512 u[16];
+  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved within 128-bit lanes
+    u[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]);
+    u[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // t[4i + j], lane L: rows 4i..4i+3 at column 4L + j
+    const __m512d a = _mm512_castps_pd(u[4 * i]), b = _mm512_castps_pd(u[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(u[4 * i + 1]), d = _mm512_castps_pd(u[4 * i + 3]);
+    t[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    t[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    t[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    t[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int j = 0; j < 4; ++j) {  // gather 128-bit lanes across the row groups
+    u[j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0x88);
+    u[4 + j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0xDD);
+    u[8 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0x88);
+    u[12 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0xDD);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0xDD);
+  }
+}
+
 // Packs rows r0 .. r0+w-1 (w <= W) of a view X over k indices p0 .. p0+kc-1 into pair words
 // dst[ceil(kc/2)][W]; lanes r >= w and the upper half past an odd kc are zero.
 //   k_contig: X(r, p) = src[r * ld + p];  else X(r, p) = src[p * ld + r].
@@ -85,22 +114,28 @@ void pack(bool k_contig, const float* src, int64_t ld, int64_t r0, int w, int64_
     }
     return;
   }
-  // Rows of X are contiguous in k: convert 32 k values (16 words) of a row at a time and
-  // write the words with a stride of W.
-  alignas(64) uint32_t words[16];
-  for (int r = 0; r < w; ++r) {
-    const float* sr = src + (r0 + r) * ld + p0;
+  // Rows of X are contiguous in k: convert 32 k values (16 words) of 16 rows, then
+  // transpose the 16 x 16 word block in registers.
+  for (int rb = 0; rb < W; rb += 16) {
+    const int rows = std::max(0, std::min(16, w - rb));
+    const __mmask16 lanes = lane_mask(W - rb);
     for (int64_t p = 0; p < kc; p += 32) {
-      const __m512 lo = _mm512_maskz_loadu_ps(lane_mask(kc - p), sr + p);
-      const __m512 hi = _mm512_maskz_loadu_ps(lane_mask(kc - p - 16), sr + p + 16);
-      _mm512_store_si512(reinterpret_cast<void*>(words), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+      const __mmask16 lo_mask = lane_mask(kc - p), hi_mask = lane_mask(kc - p - 16);
+      __m512 t[16];
+      for (int i = 0; i < 16; ++i) {
+        if (i < rows) {
+          const float* sr = src + (r0 + rb + i) * ld + p0 + p;
+          const __m512 lo = _mm512_maskz_loadu_ps(lo_mask, sr), hi = _mm512_maskz_loadu_ps(hi_mask, sr + 16);
+          t[i] = reinterpret_cast<__m512>(_mm512_cvtne2ps_pbh(hi, lo));
+        } else {
+          t[i] = _mm512_setzero_ps();
+        }
+      }
+      transpose16(t);
       const int64_t q0 = p / 2, count = std::min<int64_t>(16, pairs - q0);
-      for (int64_t t = 0; t < count; ++t) dst[(q0 + t) * W + r] = words[t];
-    }
-  }
-  if (w < W) {
-    for (int64_t q = 0; q < pairs; ++q) {
-      for (int r = w; r < W; ++r) dst[q * W + r] = 0u;
+      for (int64_t q = 0; q < count; ++q) {
+        _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst + (q0 + q) * W + rb), lanes, t[q]);
+      }
     }
   }
 }
@@ -211,6 +246,51 @@ void gemv(bool trans_a, int64_t m, int64_t k, const float* a, int64_t lda, const
   }
 }
 
+// C (=beta*C+) bf16(X) @ bf16(Y), X(i, p) / Y(p, j) views as in pack(); c_trans: element
+// (i, j) lives at c[j * ldc + i].
+void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
+                  const float* y, int64_t ldy, float beta, float* c, int64_t ldc, bool c_trans) {
+  thread_local std::vector<uint32_t> a_buf, b_buf;
+  alignas(64) float tile[kMr * kNr];
+  for (int64_t jc = 0; jc < n; jc += kNc) {
+    const int64_t nc = std::min(kNc, n - jc);
+    const int64_t panels = (nc + kNr - 1) / kNr;
+    for (int64_t pc = 0; pc < k; pc += kKc) {
+      const int64_t kc = std::min(kKc, k - pc);
+      const int64_t pairs = (kc + 1) / 2;
+      uint32_t* bp = scratch(b_buf, panels * kNr * pairs);
+      for (int64_t jp = 0; jp < panels; ++jp) {
+        const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
+        pack<kNr>(y_k_contig, y, ldy, jc + jp * kNr, w, pc, kc, bp + jp * kNr * pairs);
+      }
+      const float beta_block = pc == 0 ? beta : 1.0f;
+      uint32_t* ap = scratch(a_buf, kMr * pairs);
+      for (int64_t ic = 0; ic < m; ic += kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
+        pack<kMr>(x_k_contig, x, ldx, ic, mr, pc, kc, ap);
+        for (int64_t jp = 0; jp < panels; ++jp) {
+          const int64_t j0 = jc + jp * kNr;
+          const int64_t cols = std::min<int64_t>(kNr, nc - jp * kNr);
+          const int nv = static_cast<int>((cols + 15) / 16);
+          const __mmask16 tail = lane_mask(cols - 16 * (nv - 1));
+          if (!c_trans) {
+            kMicro[mr - 1][nv - 1](ap, bp + jp * kNr * pairs, pairs, c + ic * ldc + j0, ldc, beta_block, tail);
+            continue;
+          }
+          kMicro[mr - 1][nv - 1](ap, bp + jp * kNr * pairs, pairs, tile, kNr, 0.0f, tail);
+          for (int64_t j = 0; j < cols; ++j) {
+            float* cj = c + (j0 + j) * ldc + ic;
+            for (int r = 0; r < mr; ++r) {
+              const float v = tile[r * kNr + j];
+              cj[r] = beta_block == 0.0f ? v : (beta_block == 1.0f ? cj[r] + v : beta_block * cj[r] + v);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void sgemm_bf16_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
@@ -220,7 +300,6 @@ void sgemm_bf16_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     gemm_scale_c(m, n, beta, c, ldc);
     return;
   }
-  thread_local std::vector<uint32_t> a_buf, b_buf;
   thread_local std::vector<float> x_buf;
   if (n == 1) {
     if (x_buf.size() < static_cast<size_t>(k + 16)) x_buf.resize(static_cast<size_t>(k + 16));
@@ -233,33 +312,12 @@ void sgemm_bf16_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     gemv(trans_a, m, k, a, lda, x, beta, c, ldc);
     return;
   }
-  const bool a_k_contig = !trans_a;
-  const bool b_k_contig = trans_b;
-  for (int64_t jc = 0; jc < n; jc += kNc) {
-    const int64_t nc = std::min(kNc, n - jc);
-    const int64_t panels = (nc + kNr - 1) / kNr;
-    for (int64_t pc = 0; pc < k; pc += kKc) {
-      const int64_t kc = std::min(kKc, k - pc);
-      const int64_t pairs = (kc + 1) / 2;
-      uint32_t* bp = scratch(b_buf, panels * kNr * pairs);
-      for (int64_t jp = 0; jp < panels; ++jp) {
-        const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
-        pack<kNr>(b_k_contig, b, ldb, jc + jp * kNr, w, pc, kc, bp + jp * kNr * pairs);
-      }
-      const float beta_block = pc == 0 ? beta : 1.0f;
-      uint32_t* ap = scratch(a_buf, kMr * pairs);
-      for (int64_t ic = 0; ic < m; ic += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
-        pack<kMr>(a_k_contig, a, lda, ic, mr, pc, kc, ap);
-        for (int64_t jp = 0; jp < panels; ++jp) {
-          const int64_t cols = std::min<int64_t>(kNr, nc - jp * kNr);
-          const int nv = static_cast<int>((cols + 15) / 16);
-          const __mmask16 tail = lane_mask(cols - 16 * (nv - 1));
-          kMicro[mr - 1][nv - 1](ap, bp + jp * kNr * pairs, pairs, c + ic * ldc + jc + jp * kNr, ldc,
-                                 beta_block, tail);
-        }
-      }
-    }
+  // Narrow n: compute C^T = op(B)^T op(A)^T with the lanes along m (see gemm_avx512.cpp).
+  const int64_t cost = m * ((n + 15) / 16), cost_swapped = n * ((m + 15) / 16);
+  if (5 * cost_swapped < 4 * cost) {
+    gemm_blocked(trans_b, !trans_a, n, m, k, b, ldb, a, lda, beta, c, ldc, true);
+  } else {
+    gemm_blocked(!trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, false);
   }
 }
 
