@@ -185,7 +185,9 @@ def test_adam_step_matches_torch_fused_adam(n, weight_decay):
     rng = np.random.default_rng(n)
     lr, betas, eps = 3e-4, (0.9, 0.999), 1e-8
     p_t = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(n).astype(np.float32)))
-    opt = torch.optim.Adam([p_t], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+    opt = torch.optim.Adam(
+        [p_t], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True
+    )
     p = p_t.detach().numpy().copy()
     m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
     step = np.zeros(1, np.float32)
