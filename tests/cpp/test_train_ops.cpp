@@ -110,7 +110,9 @@ std::vector<GemmCase> gemm_cases(std::mt19937& rng, int random_count) {
       {256, 200, 24},  {1, 1, 1},      {1, 7, 3},      {5, 1, 9},      {15, 33, 17},  {29, 47, 400},
       {3, 2, 1},       {1, 256, 256},  {256, 256, 1},  {17, 1, 1},     {64, 2, 5},
       // k beyond one k block (384 float32 / 512 bf16), plain and transposed-C paths
-      {300, 3, 1100},  {40, 5, 777},   {20, 300, 1030}, {70, 90, 800}};
+      {300, 3, 1100},  {40, 5, 777},   {20, 300, 1030}, {70, 90, 800},
+      // more than one 2048-column block, plain and transposed-C (n = 3 runs as C^T)
+      {3, 2100, 5},    {2100, 3, 20}};
   for (const auto& s : shapes) {
     for (int form = 0; form < 4; ++form) {
       const bool ta = form & 1, tb = form & 2;
