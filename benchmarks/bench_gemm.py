@@ -141,6 +141,82 @@ def torch_call_overhead(samples=21) -> float:
     return statistics.median(ts)
 
 
+def elementwise_candidates(n_adam: int = 70_401, rows: int = 256, width: int = 200):
+    """(label, ours, torch) pairs for the trainers' elementwise ops, one call each.
+
+    n_adam = one SAC critic's parameters (14*256+256 + 256*256+256 + 256+1). torch's side is
+    the op a torch trainer runs: Adam(fused=True).step() on one parameter of that size,
+    F.silu / aten.silu_backward, aten.threshold_backward (ReLU's backward), dy.sum(0).
+    Ours work in place, so their timings include restoring the inputs (np.copyto) each call.
+    """
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n_adam).astype(np.float32)
+    g = (0.1 * rng.standard_normal(n_adam)).astype(np.float32)
+    m, v, step = np.zeros_like(p), np.zeros_like(p), np.zeros(1, np.float32)
+    p_t = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    p_t.grad = torch.from_numpy(g.copy())
+    opt = torch.optim.Adam([p_t], lr=1e-9, weight_decay=1e-4, fused=True)
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    gy = rng.standard_normal((rows, width)).astype(np.float32)
+    w = rng.standard_normal((width, width)).astype(np.float32)
+    xs, gs, pre = x.copy(), gy.copy(), np.empty_like(x)
+    x_t, gy_t = torch.from_numpy(x), torch.from_numpy(gy)
+    dw, db = np.zeros((width, width), np.float32), np.zeros(width, np.float32)
+    return [
+        (
+            f"adam_step n={n_adam} (wd 1e-4)",
+            lambda: ops.adam_step(p, g, m, v, step, lr=1e-9, weight_decay=1e-4),
+            opt.step,
+        ),
+        (
+            f"silu fwd+bwd [{rows},{width}]",
+            lambda: (  # fresh inputs each call: repeated in-place SiLU drifts into denormals
+                np.copyto(xs, x),
+                np.copyto(gs, gy),
+                ops.activation_forward(xs, "silu", pre),
+                ops.activation_backward(x, gs, "silu"),
+            ),
+            lambda: (
+                torch.nn.functional.silu(x_t),
+                torch.ops.aten.silu_backward(gy_t, x_t),
+            ),
+        ),
+        (
+            f"relu bwd [{rows},{width}]",
+            lambda: (np.copyto(gs, gy), ops.activation_backward(x, gs, "relu")),
+            lambda: torch.ops.aten.threshold_backward(gy_t, x_t, 0.0),
+        ),
+        (
+            f"linear_backward dW+db [{rows},{width}]->{width}",
+            lambda: ops.linear_backward(x, w, gy, dw=dw, db=db, need_dx=False),
+            lambda: (x_t.t() @ gy_t, gy_t.sum(0)),
+        ),
+    ]
+
+
+def run_elementwise(samples: int) -> list[str]:
+    lines = [
+        "",
+        "| op | ours us | torch us | torch / ours |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, ours, theirs in elementwise_candidates():
+        reps = 50
+        for f in (ours, theirs):
+            f()
+        times = {0: [], 1: []}
+        for _ in range(samples):
+            for i, f in enumerate((ours, theirs)):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    f()
+                times[i].append((time.perf_counter() - t0) / reps)
+        a, b = statistics.median(times[0]), statistics.median(times[1])
+        lines.append(f"| {label} | {a * 1e6:.2f} | {b * 1e6:.2f} | {b / a:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def run(quick: bool) -> str:
     torch.set_num_threads(1)
     samples = 7 if quick else 15
@@ -169,6 +245,7 @@ def run(quick: bool) -> str:
                 f"| {flop / tt / 1e9:.0f} | {tt / nat:.2f} | {tt / py:.2f} |"
             )
             print(lines[-1], flush=True)
+    lines += run_elementwise(samples)
     canary_after = canary_gflops(threads=1)
     lines.append("")
     lines.append(

@@ -161,6 +161,10 @@ def test_activations_match_torch_elementwise():
     s = x.copy()
     saved = ops.activation_forward(s, "silu")
     np.testing.assert_array_equal(saved, x)
+    s2, pre = x.copy(), np.empty_like(x)
+    assert ops.activation_forward(s2, "silu", pre) is pre
+    np.testing.assert_array_equal(pre, x)
+    np.testing.assert_array_equal(s2, s)
     np.testing.assert_allclose(s, ts.detach().numpy(), rtol=2e-6, atol=1e-30)
     gs = g.copy()
     ops.activation_backward(saved, gs, "silu")
@@ -296,3 +300,9 @@ def test_bad_input_raises_and_changes_nothing():
         ops.linear_backward(a, b, np.ones((4, 5), np.float32), accumulate=True)
     with pytest.raises(ValueError, match="kind: expected 'relu' or 'silu'"):
         ops.activation_forward(np.ones(3, np.float32), "tanh")
+    h = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="pre: expected 3 elements"):
+        ops.activation_forward(h, "silu", np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="pre: must not overlap x"):
+        ops.activation_forward(h, "silu", h)
+    assert np.all(h == 1.0)

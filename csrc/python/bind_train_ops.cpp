@@ -257,28 +257,35 @@ written in place (accumulate=True adds to them). bf16=True rounds the GEMM input
 
   t.def(
       "activation_forward",
-      [](py::handle x_obj, const std::string& kind) {
+      [](py::handle x_obj, const std::string& kind, py::object pre_obj) {
+        if (kind != "relu" && kind != "silu") {
+          throw py::value_error("kind: expected 'relu' or 'silu', got '" + kind + "'");
+        }
         py::array arr = float32_array(x_obj, "x", true);
-        py::array keep;
-        float* x = flat(x_obj, "x", arr.size(), true, &keep);
+        py::array keep, keep_pre;
         const int64_t n = arr.size();
+        float* x = flat(x_obj, "x", n, true, &keep);
         if (kind == "relu") {
+          if (!pre_obj.is_none()) throw py::value_error("pre: only silu saves its input");
           py::gil_scoped_release release;
           relu_forward(x, n);
           return py::object(py::none());
         }
-        if (kind != "silu") throw py::value_error("kind: expected 'relu' or 'silu', got '" + kind + "'");
-        py::array_t<float> pre(std::vector<py::ssize_t>(arr.shape(), arr.shape() + arr.ndim()));
-        float* pp = pre.mutable_data();
+        if (pre_obj.is_none()) pre_obj = py::array_t<float>(std::vector<py::ssize_t>(arr.shape(), arr.shape() + arr.ndim()));
+        float* pre = flat(pre_obj, "pre", n, true, &keep_pre);
+        if (overlap(reinterpret_cast<const char*>(pre), reinterpret_cast<const char*>(pre + n),
+                    reinterpret_cast<const char*>(x), reinterpret_cast<const char*>(x + n))) {
+          throw py::value_error("pre: must not overlap x in memory");
+        }
         {
           py::gil_scoped_release release;
-          silu_forward(x, pp, n);
+          silu_forward(x, pre, n);
         }
-        return py::object(pre);
+        return pre_obj;
       },
-      py::arg("x"), py::arg("kind"),
-      "In place on a C-contiguous float32 array: relu (returns None) or silu (returns the input, "
-      "needed by the backward).");
+      py::arg("x"), py::arg("kind"), py::arg("pre") = py::none(),
+      "In place on a C-contiguous float32 array: relu (returns None) or silu (returns pre, the "
+      "input the backward needs; written into `pre` when given, else a new array).");
 
   t.def(
       "activation_backward",
