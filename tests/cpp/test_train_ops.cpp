@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -179,6 +180,34 @@ TEST_CASE("sgemm and sgemm_bf16 agree with the portable kernels entry by entry")
       CHECK(worst < 1e-4);  // |C| ~ sqrt(123): only summation-order rounding may differ
     }
   }
+}
+
+TEST_CASE("sgemm and sgemm_bf16 are safe on concurrent threads (thread-local packing buffers)") {
+  // The trainers call the GEMM from parallel_for workers at the same time, with different
+  // shapes: each thread's results must equal the same call made alone.
+  auto work = [](uint32_t seed, int* bad) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int it = 0; it < 30; ++it) {
+      const int64_t m = 1 + (seed * 7 + it * 13) % 200, n = 1 + (seed * 11 + it * 5) % 150;
+      const int64_t k = 1 + (seed * 3 + it * 17) % 300;
+      const bool ta = (it + seed) & 1, tb = (it / 2 + seed) & 1, bf = it % 3 == 0;
+      std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n));
+      for (auto& v : a) v = nd(rng);
+      for (auto& v : b) v = nd(rng);
+      std::vector<float> c(static_cast<size_t>(m * n)), ref(c.size());
+      const int64_t lda = ta ? m : k, ldb = tb ? k : n;
+      (bf ? sgemm_bf16 : sgemm)(ta, tb, m, n, k, a.data(), lda, b.data(), ldb, 0.0f, c.data(), n);
+      (bf ? sgemm_bf16_portable : sgemm_portable)(ta, tb, m, n, k, a.data(), lda, b.data(), ldb, 0.0f,
+                                                  ref.data(), n);
+      for (size_t i = 0; i < c.size(); ++i) *bad += !(std::fabs(c[i] - ref[i]) <= 1e-4f * (1.0f + std::fabs(ref[i])) * std::sqrt(float(k)));
+    }
+  };
+  int bad[4] = {0, 0, 0, 0};
+  std::vector<std::thread> threads;
+  for (uint32_t t = 0; t < 4; ++t) threads.emplace_back(work, t + 1, &bad[t]);
+  for (auto& th : threads) th.join();
+  CHECK(bad[0] + bad[1] + bad[2] + bad[3] == 0);
 }
 
 TEST_CASE("sgemm with k == 0 scales C (beta 0 clears NaN), m or n == 0 touches nothing") {
