@@ -41,8 +41,10 @@ constexpr int kNr = 32;          // columns of the micro-tile (B panel width): 2
 constexpr int64_t kKc = 384;     // k block: a 32 x 384 B panel is 48 KiB, A micro-panel 21 KiB
 constexpr int64_t kNc = 2048;    // column block: packed B block <= 3 MiB
 
+// The first `lanes` lanes (none for lanes <= 0, all 16 for lanes >= 16).
 inline __mmask16 lane_mask(int64_t lanes) {
-  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << lanes) - 1u);
+  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF)
+                     : static_cast<__mmask16>(lanes <= 0 ? 0u : (1u << lanes) - 1u);
 }
 
 // 64-byte aligned view of a thread-local buffer of at least `count` floats.

@@ -13,6 +13,11 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "harness.h"
 #include "mbpo_fast/train_ops.h"
 
@@ -209,6 +214,60 @@ TEST_CASE("sgemm and sgemm_bf16 are safe on concurrent threads (thread-local pac
   for (auto& th : threads) th.join();
   CHECK(bad[0] + bad[1] + bad[2] + bad[3] == 0);
 }
+
+#if defined(__linux__)
+// `count` floats that end exactly where an inaccessible page begins: any read or write past
+// the last element faults.
+struct Guarded {
+  char* base = nullptr;
+  size_t bytes = 0;
+  float* data = nullptr;
+  explicit Guarded(size_t count) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t body = (count * sizeof(float) + page - 1) / page * page;
+    bytes = body + page;
+    base = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    mprotect(base + body, page, PROT_NONE);
+    data = reinterpret_cast<float*>(base + body) - count;
+  }
+  ~Guarded() { munmap(base, bytes); }
+  Guarded(const Guarded&) = delete;
+  Guarded& operator=(const Guarded&) = delete;
+};
+
+TEST_CASE("sgemm / sgemm_bf16 never touch memory past the last row (guard page)") {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t shapes[][3] = {{256, 6, 256}, {13, 5, 7}, {1, 1, 33}, {7, 24, 200}, {256, 1, 17},
+                               {3, 40, 1},    {30, 17, 19}, {256, 14, 256}, {11, 256, 256}};
+  int bad = 0;
+  for (const auto& sh : shapes) {
+    for (int form = 0; form < 4; ++form) {
+      for (int bf = 0; bf < 2; ++bf) {
+        const bool ta = form & 1, tb = form & 2;
+        const int64_t m = sh[0], n = sh[1], k = sh[2];
+        const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+        const int64_t lda = a_cols + 1, ldb = b_cols + 2, ldc = n + 3;
+        Guarded a(static_cast<size_t>((a_rows - 1) * lda + a_cols)), b(static_cast<size_t>((b_rows - 1) * ldb + b_cols)),
+            c(static_cast<size_t>((m - 1) * ldc + n));
+        for (int64_t i = 0; i < (a_rows - 1) * lda + a_cols; ++i) a.data[i] = nd(rng);
+        for (int64_t i = 0; i < (b_rows - 1) * ldb + b_cols; ++i) b.data[i] = nd(rng);
+        for (int64_t i = 0; i < (m - 1) * ldc + n; ++i) c.data[i] = 1.0f;
+        std::vector<float> ref(static_cast<size_t>((m - 1) * ldc + n), 1.0f);
+        (bf ? sgemm_bf16 : sgemm)(ta, tb, m, n, k, a.data, lda, b.data, ldb, 1.0f, c.data, ldc);
+        (bf ? sgemm_bf16_portable : sgemm_portable)(ta, tb, m, n, k, a.data, lda, b.data, ldb, 1.0f, ref.data(),
+                                                    ldc);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            bad += !(std::fabs(c.data[i * ldc + j] - ref[i * ldc + j]) <= 1e-4 * std::sqrt(double(k)) * 4);
+          }
+        }
+      }
+    }
+  }
+  CHECK(bad == 0);  // (reaching this line at all means no access faulted)
+}
+#endif
 
 TEST_CASE("sgemm with k == 0 scales C (beta 0 clears NaN), m or n == 0 touches nothing") {
   std::vector<float> c = {std::nanf(""), 2.0f, 3.0f, 4.0f};
