@@ -1,18 +1,24 @@
-// AVX-512 float32 GEMM behind sgemm (train_ops.h). Compiled with AVX-512 flags
-// (CMakeLists.txt) and chosen at run time (gemm_avx512_supported), so the library still runs
-// on older CPUs.
+// AVX-512 float32 GEMM behind sgemm (train_ops.h), plus the trainers' elementwise kernels
+// (ReLU/SiLU, bias column sums, Adam) because this is the unit compiled with AVX-512 flags
+// (CMakeLists.txt); train_ops.cpp chooses these at run time (gemm_avx512_supported), so the
+// library still runs on older CPUs.
 //
 // Structure (GotoBLAS/BLIS style, single-threaded):
 //   * op(B) is packed per (k block x column block) into panels of kNr = 32 columns,
 //     [kc][32] contiguous, zero-padded past n: the transposes of B are resolved here.
 //   * op(A) is packed per row block into a [kc][14] micro-panel (transposes of A likewise).
+//     Operands contiguous along k are transposed 16 x 16 at a time in registers.
 //   * One register-blocked micro-kernel serves every form: 14 rows x 2 vectors = 28 zmm
 //     accumulators; per k it loads 2 B vectors and broadcasts 14 A values straight from
 //     memory into the FMAs (embedded broadcast), 28 FMAs per 16 loads. Edge tiles use the
 //     same kernel instantiated for 1..14 rows and 1..2 vectors; the last vector's column
-//     tail is masked, so C is never read or written past its n columns.
+//     tail is masked, so no operand is read and C is not written past its rows.
+//   * Narrow n (e.g. the actor head's 6 outputs): C^T = op(B)^T op(A)^T, so the vector lanes
+//     run along m, stored transposed through a tile buffer.
 //   * n == 1 (the critic head) runs as a GEMV (dot products or column AXPYs), because a
-//     32-wide panel would waste 31/32 of the arithmetic.
+//     16-wide vector would waste 15/16 of the arithmetic.
+//   * With few row blocks (m <= 28) and B contiguous along n, B's rows are read in place:
+//     a packed copy would be used only once or twice.
 // Buffers are thread_local and only grow, so steady-state calls do not allocate.
 #include "cpu/gemm_kernels.h"
 
