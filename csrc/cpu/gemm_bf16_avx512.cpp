@@ -9,6 +9,8 @@
 //   * B panels [kc/2][32 columns] (2 zmm of words), A micro-panels [kc/2][14 rows];
 //   * micro-kernel 14 rows x 32 columns: 28 float32 accumulators, per k pair 2 B loads and 14
 //     32-bit broadcasts into 28 vdpbf16ps (twice the multiply-adds of the float32 kernel);
+//   * operands contiguous along k: rows converted to pair words, then 16 x 16 word blocks
+//     transposed in registers; narrow n computed as C^T (lanes along m), as in float32;
 //   * n == 1 runs as a GEMV on bf16-rounded values with float32 FMAs (the products of two
 //     bf16 numbers are exact in float32, so this is the same arithmetic).
 // vdpbf16ps treats bf16 denormals as zero (DAZ) and flushes denormal results: with inputs
