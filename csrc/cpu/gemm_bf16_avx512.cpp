@@ -248,6 +248,27 @@ void gemv(bool trans_a, int64_t m, int64_t k, const float* a, int64_t lda, const
   }
 }
 
+// k == 1 (the critic head's input gradient dy[B, 1] @ w^T[1, in]): a rank-1 update,
+// C[i, :] = beta * C[i, :] + y[i] * x[:] with x = op(B)[0, :], y = op(A)[:, 0] gathered
+// contiguously (and rounded to bf16 in the bf16 kernel) - no packing.
+void rank1(int64_t m, int64_t n, const float* y, const float* x, float beta, float* c, int64_t ldc) {
+  const __m512 beta_v = _mm512_set1_ps(beta);
+  for (int64_t i = 0; i < m; ++i) {
+    const __m512 yi = _mm512_set1_ps(y[i]);
+    float* ci = c + i * ldc;
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 mask = lane_mask(n - j);
+      __m512 out = _mm512_mul_ps(yi, _mm512_maskz_loadu_ps(mask, x + j));
+      if (beta == 1.0f) {
+        out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ci + j), out);
+      } else if (beta != 0.0f) {
+        out = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, ci + j), out);
+      }
+      _mm512_mask_storeu_ps(ci + j, mask, out);
+    }
+  }
+}
+
 // C (=beta*C+) bf16(X) @ bf16(Y), X(i, p) / Y(p, j) views as in pack(); c_trans: element
 // (i, j) lives at c[j * ldc + i].
 void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx,
@@ -312,6 +333,20 @@ void sgemm_bf16_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
       _mm512_mask_storeu_ps(x + p, mask, round_bf16(_mm512_maskz_loadu_ps(mask, x + p)));
     }
     gemv(trans_a, m, k, a, lda, x, beta, c, ldc);
+    return;
+  }
+  if (k == 1) {
+    thread_local std::vector<float> v_buf;
+    if (v_buf.size() < static_cast<size_t>(m + n)) v_buf.resize(static_cast<size_t>(m + n));
+    float* y = v_buf.data();  // y = op(A)[:, 0], then x = op(B)[0, :]
+    float* x = y + m;
+    for (int64_t i = 0; i < m; ++i) y[i] = trans_a ? a[i] : a[i * lda];
+    for (int64_t j = 0; j < n; ++j) x[j] = trans_b ? b[j * ldb] : b[j];
+    for (int64_t t = 0; t < m + n; t += 16) {  // round both vectors to bf16
+      const __mmask16 mask = lane_mask(m + n - t);
+      _mm512_mask_storeu_ps(y + t, mask, round_bf16(_mm512_maskz_loadu_ps(mask, y + t)));
+    }
+    rank1(m, n, y, x, beta, c, ldc);
     return;
   }
   // Narrow n: compute C^T = op(B)^T op(A)^T with the lanes along m (see gemm_avx512.cpp).
