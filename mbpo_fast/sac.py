@@ -306,6 +306,16 @@ class SAC:
         """The trainer that runs :meth:`update`: "native" or "torch" ("auto" resolved)."""
         return self._trainer.name
 
+    def set_trainer(self, trainer: str) -> None:
+        """Switches the trainer ("auto" | "native" | "torch") for the next :meth:`update`;
+        the state (tensors, Adam, generator, num_updates) carries over unchanged. Raises
+        ValueError (and keeps the current trainer) when "native" cannot run."""
+        if trainer not in TRAINERS:
+            raise ValueError(f"SAC: trainer must be one of {TRAINERS}, got {trainer!r}")
+        self._trainer = make_trainer(self, trainer, compile=bool(self.config["compile"]))
+        self.config["trainer"] = trainer
+        logger.info("SAC trainer: %s (requested %r)", self._trainer.name, trainer)
+
     # ------------------------------------------------------------------ acting
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, obs_dim] -> (mean, clamped log_std), each [B, act_dim]."""
@@ -384,8 +394,10 @@ class SAC:
                                  f"got {tuple(t.shape)}")
         single = obs.dim() == 2
         if single:
-            obs, act, rew, next_obs, term = (t.unsqueeze(0) for t in (obs, act, rew, next_obs, term))
+            obs, act, rew, next_obs, term = (t.unsqueeze(0)
+                                             for t in (obs, act, rew, next_obs, term))
         k, b = obs.shape[0], obs.shape[1]
+        self._trainer.prepare()  # may raise (unsupported Adam settings): nothing drawn yet
         # The whole block's noise in one draw (both trainers consume the generator alike).
         eps = torch.randn((k, 2, b, self.act_dim), generator=self.generator, device=self.device)
         stats = self._trainer.update_block(obs, act, rew, next_obs, term, eps)

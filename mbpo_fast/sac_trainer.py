@@ -9,6 +9,7 @@ any block.
 
 Interface (what :meth:`SAC.update` calls)::
 
+    trainer.prepare()   # validates / binds; raises before anything changes
     trainer.update_block(obs, act, rew, next_obs, terminated, eps) -> dict[str, Tensor [K]]
 
 with float32 tensors obs, next_obs [K, B, obs_dim], act [K, B, act_dim], rew [K, B], bool
@@ -89,6 +90,9 @@ class TorchSacTrainer:
         if self.agent.autocast_bf16:
             return torch.autocast(self.agent.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def prepare(self) -> None:
+        """Nothing to check: autograd runs any configuration."""
 
     def _update_one(self, obs, act, rew, next_obs, not_done, eps) -> dict[str, torch.Tensor]:
         """One update; eps [2, B, act_dim] (next-state actions, then policy actions)."""
@@ -208,6 +212,12 @@ class NativeSacTrainer:
         target = list(ag.critic_target.parameters())
         log_alpha = (ag.log_alpha, self._adam_state(ag.actor_optim, ag.log_alpha))
         return actor, critic, target, log_alpha
+
+    def prepare(self) -> None:
+        """Binds (or re-binds) the learner to the agent's current tensors; raises ValueError
+        for settings the native trainer does not implement. Called before the block's noise
+        is drawn, so a raising call changes nothing."""
+        self._learner_for_block()
 
     def _learner_for_block(self):
         ag = self.agent

@@ -18,6 +18,7 @@ from scipy import stats
 import mbpo_fast as mf
 from mbpo_fast.io import load_safetensors
 from mbpo_fast.sac import LOG_STD_MAX, LOG_STD_MIN, SAC, squashed_gaussian
+from mbpo_fast.sac_trainer import TorchSacTrainer
 from mbpo_fast.types import Transition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,8 +165,8 @@ def test_td_target_and_critic_loss_hand_computed():
     assert y[1] == -0.5
 
     t = torch.tensor
-    got = agent._td_target(t(rew), t(np.ones((2, 2), np.float32)), t([1.0, 0.0]), t(0.5),
-                           t([[eps[0]], [eps[1]]]))
+    got = TorchSacTrainer(agent)._td_target(t(rew), t(np.ones((2, 2), np.float32)),
+                                            t([1.0, 0.0]), t(0.5), t([[eps[0]], [eps[1]]]))
     np.testing.assert_allclose(got.numpy(), y, rtol=1e-6)
 
     # and through update(): the critic loss is sum_j mean_b (Q_j - y_b)^2 with those y
