@@ -5,9 +5,11 @@
 #include "mbpo_fast/sac_learner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "mbpo_fast/parallel.h"
@@ -21,14 +23,6 @@ constexpr double kHalfLog2Pi = 0.91893853320467274178;  // log(2 pi) / 2
 constexpr double kLog2 = 0.69314718055994530942;
 
 std::string str(int64_t v) { return std::to_string(v); }
-
-// Runs both tasks (0 and 1) of a phase; on one thread they run one after the other.
-template <typename Fn>
-void run_two(const Fn& fn) {
-  parallel_for(2, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) fn(static_cast<int>(t));
-  });
-}
 
 // torch.nn.functional.softplus(x) (beta 1, threshold 20).
 inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
@@ -50,6 +44,47 @@ void mlp_forward(const float* x, int64_t ldx, int64_t rows, const float* const* 
     in = y;
     ld = widths[i + 1];
   }
+}
+
+// Runs fn(task, stage) for tasks 0 and 1 and stages 0 .. n_stages - 1, where the two task
+// bodies of a stage are independent and a stage may use anything earlier stages wrote.
+// On two threads (one parallel_for region) each task runs its stages in order with a spin
+// barrier between consecutive stages: one thread wake-up per block instead of one per
+// phase. When parallel_for runs the region inline (one thread, or a nested call) the
+// stages run in order, task 0 then task 1. An exception in one task releases the other.
+template <typename Fn>
+void run_staged(int64_t n_stages, const Fn& fn) {
+  std::atomic<int64_t> arrived{0};
+  std::atomic<bool> failed{false};
+  struct Released {};  // unwinds a task whose partner failed
+  parallel_for(2, 1, [&](int64_t begin, int64_t end) {
+    if (end - begin == 2) {
+      for (int64_t st = 0; st < n_stages; ++st) {
+        fn(0, st);
+        fn(1, st);
+      }
+      return;
+    }
+    const int task = static_cast<int>(begin);
+    try {
+      for (int64_t st = 0; st < n_stages; ++st) {
+        if (st > 0) {
+          // barrier number st: both tasks have finished stage st - 1 when arrived == 2 * st
+          arrived.fetch_add(1, std::memory_order_acq_rel);
+          for (int spins = 0; arrived.load(std::memory_order_acquire) < 2 * st; ++spins) {
+            if (failed.load(std::memory_order_relaxed)) throw Released{};
+            if (spins > 2000) std::this_thread::yield();
+          }
+        }
+        fn(task, st);
+      }
+    } catch (const Released&) {
+      return;  // the partner's exception is the one parallel_for rethrows
+    } catch (...) {
+      failed.store(true, std::memory_order_relaxed);
+      throw;
+    }
+  });
 }
 
 // Pointers of member `member` of an ensemble's layers (weight [E, in, out], bias [E, out]).
@@ -116,7 +151,6 @@ struct SacLearner::Scratch {
   std::vector<float> pol_std, pol_tanh;    // [B, A]
   // critic inputs concat(obs, act) [B, O + A]
   std::vector<float> x_data, x_next, x_pol;
-  std::vector<float> y;  // TD target [B]
   // per critic member j
   struct Member {
     std::vector<float> target_hidden[2];           // ping-pong [B, H]
@@ -126,11 +160,16 @@ struct SacLearner::Scratch {
     std::vector<float> grad_h[2];                  // ping-pong [B, H]
     std::vector<float> da;                         // [B, A]
     float adam_step[2 * kActorMaxLayers] = {};
+    double loss_sum = 0.0, q_sum = 0.0;  // this member's critic loss, sum of Q(s, a)
   } member[2];
+  float task_alpha[2] = {};  // exp(log_alpha) at the start of the update, per task
+  double actor_sum = 0.0;    // sum_B (alpha * logp - min Q)
+  float mean_logp = 0.0f;
   // actor backward
   std::vector<float> dout;      // [B, 2A]
   std::vector<float> grad_h[2];  // ping-pong [B, H]
   float actor_adam_step[2][2 * kActorMaxLayers] = {};
+  float alpha_adam_step = 0.0f;
   // gradients, laid out like the parameters
   std::vector<std::vector<float>> actor_grad, critic_grad;
   std::vector<float> noise;  // [K, 2, B, A] drawn when update_block gets no eps
@@ -270,7 +309,6 @@ void SacLearner::ensure_scratch(int64_t batch, int64_t noise_floats) {
   s.pol_std.assign(batch * A, 0.0f);
   s.pol_tanh.assign(batch * A, 0.0f);
   for (auto* v : {&s.x_data, &s.x_next, &s.x_pol}) v->assign(batch * (O + A), 0.0f);
-  s.y.assign(batch, 0.0f);
   for (auto& m : s.member) {
     for (auto& v : m.target_hidden) v.assign(BH, 0.0f);
     m.data_hidden.assign(L, std::vector<float>(BH, 0.0f));
@@ -329,7 +367,7 @@ void SacLearner::update_block(int64_t k, int64_t batch, const float* obs, const 
   require(batch >= 1, "SacLearner::update_block: batch must be >= 1, got " + str(batch));
   require(obs && act && rew && next_obs && terminated,
           "SacLearner::update_block: obs, act, rew, next_obs and terminated must be non-null");
-  const int64_t O = config_.obs_dim, A = config_.act_dim;
+  const int64_t A = config_.act_dim;
   const int64_t noise_floats = eps == nullptr ? k * 2 * batch * A : 0;
   ensure_scratch(batch, noise_floats);
   if (eps == nullptr) {
@@ -338,24 +376,22 @@ void SacLearner::update_block(int64_t k, int64_t batch, const float* obs, const 
     noise_offset_ += static_cast<uint64_t>(noise_floats);
     eps = scratch_->noise.data();
   }
-  for (int64_t i = 0; i < k; ++i) {
-    update_one(batch, obs + i * batch * O, act + i * batch * A, rew + i * batch,
-               next_obs + i * batch * O, terminated + i * batch, eps + i * 2 * batch * A,
-               stats_out ? stats_out + i : nullptr);
-  }
+  run_block(k, batch, obs, act, rew, next_obs, terminated, eps, stats_out);
 }
 
-// -------------------------------------------------------------------------- one update
+// -------------------------------------------------------------------------- one block
 
-void SacLearner::update_one(int64_t B, const float* obs, const float* act, const float* rew,
-                            const float* next_obs, const uint8_t* terminated, const float* eps,
-                            SacStats* stats) {
+void SacLearner::run_block(int64_t K, int64_t B, const float* obs_all, const float* act_all,
+                           const float* rew_all, const float* next_obs_all,
+                           const uint8_t* term_all, const float* eps_all, SacStats* stats_all) {
   Scratch& s = *scratch_;
   const SacConfig& cfg = config_;
   const int64_t O = cfg.obs_dim, A = cfg.act_dim, H = cfg.hidden_size, X = O + A;
   const int L = cfg.num_layers, nl = L + 1;
   const MatmulPrecision prec = cfg.precision;
   const float inv_b = 1.0f / static_cast<float>(B);
+  const float gamma = static_cast<float>(cfg.gamma);
+  const float tau = static_cast<float>(cfg.tau);
 
   int64_t actor_w[kActorMaxLayers + 1], critic_w[kActorMaxLayers + 1];
   actor_w[0] = O;
@@ -380,8 +416,18 @@ void SacLearner::update_one(int64_t B, const float* obs, const float* act, const
     }
     return m;
   };
+  // Member j of the critics (target or current) on x [B, X]; hidden activations into
+  // `keep` (for a backward) or a ping-pong scratch.
+  auto critic_forward = [&](int j, bool target, const float* x,
+                            std::vector<std::vector<float>>* keep, float* q) {
+    const MemberLayers m = critic_member(target, j);
+    float* hidden[kActorMaxLayers];
+    for (int i = 0; i < L; ++i) {
+      hidden[i] = keep ? (*keep)[i].data() : s.member[j].target_hidden[i % 2].data();
+    }
+    mlp_forward(x, X, B, m.w, m.b, critic_w, nl, hidden, q, prec);
+  };
 
-  const float alpha = std::exp(*storage_.log_alpha.param);
   // log pi's u-independent part, as sac.py forms it: a float32 rounding of
   // -A * (log(2 pi) / 2 + 2 log 2) minus the float32 sum of log(scale).
   float sum_log_scale = 0.0f;
@@ -418,249 +464,276 @@ void SacLearner::update_one(int64_t B, const float* obs, const float* act, const
   auto copy_obs = [&](const float* src, float* dst) {
     for (int64_t r = 0; r < B; ++r) std::memcpy(dst + r * X, src + r * O, sizeof(float) * O);
   };
+  // Adam on elements [lo, hi) of actor tensor p, on task t's copy of its step counter.
+  auto actor_adam = [&](int t, int p, bool low_half, bool high_half) {
+    const int i = p / 2;
+    const int64_t n = (p % 2 == 0) ? actor_w[i] * actor_w[i + 1] : actor_w[i + 1];
+    const int64_t lo = low_half ? 0 : n / 2, hi = high_half ? n : n / 2;
+    const AdamTensor& at = storage_.actor[p];
+    s.actor_adam_step[t][p] = *at.step;
+    adam_step(at.param + lo, s.actor_grad[p].data() + lo, at.exp_avg + lo, at.exp_avg_sq + lo,
+              &s.actor_adam_step[t][p], hi - lo, cfg.adam);
+  };
+  // The step counters advance on task-local copies during an update (both tasks read the
+  // stored value in the same stage); task 0 stores them in the next update's first stage
+  // (where nobody reads them) and after the block.
+  auto store_steps = [&] {
+    for (int t = 0; t < 2 * nl; ++t) *storage_.critic[t].step = s.member[0].adam_step[t];
+    *storage_.actor[0].step = s.actor_adam_step[0][0];
+    *storage_.actor[1].step = s.actor_adam_step[0][1];
+    for (int p = 2; p < 2 * nl; ++p) *storage_.actor[p].step = s.actor_adam_step[1][p];
+    *storage_.log_alpha.step = s.alpha_adam_step;
+  };
+  // Gradient buffer holding d loss / d (input of actor layer i), i >= 1.
+  auto actor_grad_in = [&](int i) { return s.grad_h[(L - i) % 2].data(); };
 
-  // ---- phase 1: the actor at s' (task 0) and at s (task 1), with the current weights.
-  run_two([&](int t) {
-    if (t == 0) {
+  // Stages of one update (each a pair of independent task bodies; see run_staged):
+  const int kForward = 0, kCriticForward = 1, kCriticStep = 2, kCriticInputGrad = 3,
+            kActorHead = 4;
+  const int kActorHidden = 5;                       // layers L-1 .. 2: L - 2 stages
+  const int kActorLayer1 = kActorHidden + std::max(L - 2, 0);
+  const int kActorAdam = kActorLayer1 + 1;
+  const int stages = kActorAdam + 1;
+
+  run_staged(K * stages, [&](int t, int64_t stage) {
+    const int64_t k = stage / stages;
+    const int st = static_cast<int>(stage % stages);
+    const float* obs = obs_all + k * B * O;
+    const float* act = act_all + k * B * A;
+    const float* rew = rew_all + k * B;
+    const float* next_obs = next_obs_all + k * B * O;
+    const uint8_t* terminated = term_all + k * B;
+    const float* eps = eps_all + k * 2 * B * A;
+    auto& mine = s.member[t];
+
+    if (st == kForward) {
+      // alpha = exp(log_alpha) of this update (log_alpha last changed before a barrier)
+      s.task_alpha[t] = std::exp(*storage_.log_alpha.param);
       float* hidden[kActorMaxLayers];
-      for (int i = 0; i < L; ++i) hidden[i] = s.next_hidden[i % 2].data();
-      mlp_forward(next_obs, O, B, actor.w, actor.b, actor_w, nl, hidden, s.next_out.data(), prec);
-      copy_obs(next_obs, s.x_next.data());
-      sample(s.next_out.data(), eps, s.x_next.data() + O, s.next_logp.data(), nullptr, nullptr);
-    } else {
-      float* hidden[kActorMaxLayers];
-      for (int i = 0; i < L; ++i) hidden[i] = s.pol_hidden[i].data();
-      mlp_forward(obs, O, B, actor.w, actor.b, actor_w, nl, hidden, s.pol_out.data(), prec);
-      copy_obs(obs, s.x_pol.data());
-      sample(s.pol_out.data(), eps + B * A, s.x_pol.data() + O, s.pol_logp.data(),
-             s.pol_std.data(), s.pol_tanh.data());
-      copy_obs(obs, s.x_data.data());
+      if (t == 0) {
+        if (k > 0) store_steps();
+        copy_obs(obs, s.x_data.data());
+        for (int64_t r = 0; r < B; ++r) {
+          std::memcpy(s.x_data.data() + r * X + O, act + r * A, sizeof(float) * A);
+        }
+        for (int i = 0; i < L; ++i) hidden[i] = s.next_hidden[i % 2].data();
+        mlp_forward(next_obs, O, B, actor.w, actor.b, actor_w, nl, hidden, s.next_out.data(),
+                    prec);
+        copy_obs(next_obs, s.x_next.data());
+        sample(s.next_out.data(), eps, s.x_next.data() + O, s.next_logp.data(), nullptr, nullptr);
+      } else {
+        for (int i = 0; i < L; ++i) hidden[i] = s.pol_hidden[i].data();
+        mlp_forward(obs, O, B, actor.w, actor.b, actor_w, nl, hidden, s.pol_out.data(), prec);
+        copy_obs(obs, s.x_pol.data());
+        sample(s.pol_out.data(), eps + B * A, s.x_pol.data() + O, s.pol_logp.data(),
+               s.pol_std.data(), s.pol_tanh.data());
+      }
+    } else if (st == kCriticForward) {
+      // target critic j at (s', a'), critic j at (s, a)
+      critic_forward(t, true, s.x_next.data(), nullptr, mine.q_next.data());
+      critic_forward(t, false, s.x_data.data(), &mine.data_hidden, mine.q_data.data());
+    } else if (st == kCriticStep) {
+      // TD target (sac.py `_td_target`; each task forms it for its own member) and
+      // d/dq of mean_B (q - y)^2 in autograd's order.
+      const float alpha = s.task_alpha[t];
+      const auto& q0 = s.member[0].q_next;
+      const auto& q1 = s.member[1].q_next;
+      double loss = 0.0, q_sum = 0.0;
       for (int64_t r = 0; r < B; ++r) {
-        std::memcpy(s.x_data.data() + r * X + O, act + r * A, sizeof(float) * A);
+        const float v = std::min(q0[r], q1[r]) - alpha * s.next_logp[r];
+        const float not_done = terminated[r] ? 0.0f : 1.0f;
+        const float y = rew[r] + gamma * not_done * v;  // addcmul(rew, not_done, v, value=gamma)
+        const float d = mine.q_data[r] - y;
+        loss += static_cast<double>(d) * d;
+        q_sum += mine.q_data[r];
+        mine.dq[r] = inv_b * (2.0f * d);
       }
-    }
-  });
-
-  // ---- phase 2: target critic j at (s', a') and critic j at (s, a).
-  run_two([&](int j) {
-    auto& m = s.member[j];
-    float* hidden[kActorMaxLayers];
-    const MemberLayers tgt = critic_member(true, j);
-    for (int i = 0; i < L; ++i) hidden[i] = m.target_hidden[i % 2].data();
-    mlp_forward(s.x_next.data(), X, B, tgt.w, tgt.b, critic_w, nl, hidden, m.q_next.data(), prec);
-    const MemberLayers cur = critic_member(false, j);
-    for (int i = 0; i < L; ++i) hidden[i] = m.data_hidden[i].data();
-    mlp_forward(s.x_data.data(), X, B, cur.w, cur.b, critic_w, nl, hidden, m.q_data.data(), prec);
-  });
-
-  // ---- TD target and the critic loss (sac.py `_td_target`, `_critic_loss`).
-  const float gamma = static_cast<float>(cfg.gamma);
-  double loss_sum = 0.0, q_sum = 0.0;
-  {
-    auto& m0 = s.member[0];
-    auto& m1 = s.member[1];
-    for (int64_t r = 0; r < B; ++r) {
-      const float v = std::min(m0.q_next[r], m1.q_next[r]) - alpha * s.next_logp[r];
-      const float not_done = terminated[r] ? 0.0f : 1.0f;
-      s.y[r] = rew[r] + gamma * not_done * v;  // torch.addcmul(rew, not_done, v, value=gamma)
-    }
-    for (auto& m : s.member) {
-      double member_sum = 0.0;
+      mine.loss_sum = loss / static_cast<double>(B);
+      mine.q_sum = q_sum;
+      // backward of critic j: output layer q = h @ w + b (one column), then the hidden layers
+      const MemberLayers cur = critic_member(false, t);
+      float* gw[kActorMaxLayers];
+      float* gb[kActorMaxLayers];
+      for (int i = 0; i < nl; ++i) {
+        gw[i] = s.critic_grad[2 * i].data() + t * critic_w[i] * critic_w[i + 1];
+        gb[i] = s.critic_grad[2 * i + 1].data() + t * critic_w[i + 1];
+      }
+      const float* h_last = mine.data_hidden[L - 1].data();
+      linear_backward(h_last, H, B, cur.w[L], H, 1, mine.dq.data(), 1, gw[L], gb[L], nullptr, 0,
+                      false, MatmulPrecision::kFloat32);
+      float* g = mine.grad_h[0].data();
+      float* g_next = mine.grad_h[1].data();
       for (int64_t r = 0; r < B; ++r) {
-        const float d = m.q_data[r] - s.y[r];
-        member_sum += static_cast<double>(d) * d;
-        q_sum += m.q_data[r];
-        m.dq[r] = inv_b * (2.0f * d);  // d/dq of mean_B (q - y)^2, in autograd's order
+        const float dq = mine.dq[r];
+        for (int64_t c = 0; c < H; ++c) {
+          g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
+        }
       }
-      loss_sum += member_sum / static_cast<double>(B);
-    }
-  }
-
-  // ---- phase 3: critic j: backward (weight gradients), Adam, Polyak; then Q_j(s, a_pi)
-  // with the updated weights.
-  const float tau = static_cast<float>(cfg.tau);
-  run_two([&](int j) {
-    auto& m = s.member[j];
-    const MemberLayers cur = critic_member(false, j);
-    float* gw[kActorMaxLayers];
-    float* gb[kActorMaxLayers];
-    for (int i = 0; i < nl; ++i) {
-      gw[i] = s.critic_grad[2 * i].data() + j * critic_w[i] * critic_w[i + 1];
-      gb[i] = s.critic_grad[2 * i + 1].data() + j * critic_w[i + 1];
-    }
-    // output layer q = h @ w + b (one column): dW = h^T dq, db = sum dq, dh = dq w^T.
-    const float* h_last = m.data_hidden[L - 1].data();
-    linear_backward(h_last, H, B, cur.w[L], H, 1, m.dq.data(), 1, gw[L], gb[L], nullptr, 0, false,
-                    MatmulPrecision::kFloat32);
-    float* g = m.grad_h[0].data();
-    float* g_next = m.grad_h[1].data();
-    for (int64_t r = 0; r < B; ++r) {
-      const float dq = m.dq[r];
-      for (int64_t c = 0; c < H; ++c) {
-        g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
+      for (int i = L - 1; i >= 0; --i) {
+        const float* x = i == 0 ? s.x_data.data() : mine.data_hidden[i - 1].data();
+        const int64_t in = critic_w[i];
+        linear_backward(x, in, B, cur.w[i], in, H, g, H, gw[i], gb[i], i == 0 ? nullptr : g_next,
+                        H, false, prec);
+        if (i > 0) {
+          relu_backward(mine.data_hidden[i - 1].data(), g_next, B * H);
+          std::swap(g, g_next);
+        }
       }
-    }
-    for (int i = L - 1; i >= 0; --i) {
-      const float* x = i == 0 ? s.x_data.data() : m.data_hidden[i - 1].data();
-      const int64_t in = critic_w[i];
-      linear_backward(x, in, B, cur.w[i], in, H, g, H, gw[i], gb[i], i == 0 ? nullptr : g_next, H,
-                      false, prec);
-      if (i > 0) {
-        relu_backward(m.data_hidden[i - 1].data(), g_next, B * H);
+      // Adam on this member's halves of the critic tensors, then Polyak
+      // (target.lerp_(critic, tau): torch's two-branch lerp formula).
+      for (int p = 0; p < 2 * nl; ++p) {
+        const int i = p / 2;
+        const int64_t n = (p % 2 == 0) ? critic_w[i] * critic_w[i + 1] : critic_w[i + 1];
+        const AdamTensor& at = storage_.critic[p];
+        mine.adam_step[p] = *at.step;
+        adam_step(at.param + t * n, s.critic_grad[p].data() + t * n, at.exp_avg + t * n,
+                  at.exp_avg_sq + t * n, &mine.adam_step[p], n, cfg.adam);
+        float* tp = storage_.critic_target[p] + t * n;
+        const float* cp = at.param + t * n;
+        if (tau < 0.5f) {
+          for (int64_t e = 0; e < n; ++e) tp[e] = tp[e] + tau * (cp[e] - tp[e]);
+        } else {
+          const float one_minus = 1.0f - tau;
+          for (int64_t e = 0; e < n; ++e) tp[e] = cp[e] - (cp[e] - tp[e]) * one_minus;
+        }
+      }
+      // Q_j(s, a_pi) with the updated critic
+      critic_forward(t, false, s.x_pol.data(), &mine.pol_hidden, mine.q_pol.data());
+    } else if (st == kCriticInputGrad) {
+      // actor loss mean(alpha * logp - min_j Q_j): its gradient w.r.t. Q_t (torch.min's
+      // backward: the side that is the minimum gets it, half each on ties) ...
+      const auto& qa = s.member[0].q_pol;
+      const auto& qb = s.member[1].q_pol;
+      const float dmin = -inv_b;
+      for (int64_t r = 0; r < B; ++r) {
+        const float own = t == 0 ? qa[r] : qb[r], other = t == 0 ? qb[r] : qa[r];
+        mine.dq[r] = own == other ? dmin / 2.0f : (own > other ? 0.0f : dmin);
+      }
+      if (t == 0) {
+        double actor_sum = 0.0, logp_sum = 0.0;
+        for (int64_t r = 0; r < B; ++r) {
+          actor_sum += static_cast<double>(s.task_alpha[0] * s.pol_logp[r] - std::min(qa[r], qb[r]));
+          logp_sum += s.pol_logp[r];
+        }
+        s.actor_sum = actor_sum;
+        s.mean_logp = static_cast<float>(logp_sum / static_cast<double>(B));
+      }
+      // ... and back through critic t to the action columns of its input (no weight grads)
+      const MemberLayers cur = critic_member(false, t);
+      const float* h_last = mine.pol_hidden[L - 1].data();
+      float* g = mine.grad_h[0].data();
+      float* g_next = mine.grad_h[1].data();
+      for (int64_t r = 0; r < B; ++r) {
+        const float dq = mine.dq[r];
+        for (int64_t c = 0; c < H; ++c) {
+          g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
+        }
+      }
+      for (int i = L - 1; i >= 1; --i) {
+        linear_backward(nullptr, H, B, cur.w[i], H, H, g, H, nullptr, nullptr, g_next, H, false,
+                        prec);
+        relu_backward(mine.pol_hidden[i - 1].data(), g_next, B * H);
         std::swap(g, g_next);
       }
-    }
-    // Adam on this member's halves of the critic tensors (torch steps each [2, ...] tensor
-    // once: the step counter is advanced on a copy here and stored after the phase).
-    for (int t = 0; t < 2 * nl; ++t) {
-      const int i = t / 2;
-      const int64_t n = (t % 2 == 0) ? critic_w[i] * critic_w[i + 1] : critic_w[i + 1];
-      const AdamTensor& at = storage_.critic[t];
-      m.adam_step[t] = *at.step;
-      adam_step(at.param + j * n, s.critic_grad[t].data() + j * n, at.exp_avg + j * n,
-                at.exp_avg_sq + j * n, &m.adam_step[t], n, cfg.adam);
-      // Polyak: target.lerp_(critic, tau), torch's two-branch lerp formula.
-      float* tp = storage_.critic_target[t] + j * n;
-      const float* cp = at.param + j * n;
-      if (tau < 0.5f) {
-        for (int64_t e = 0; e < n; ++e) tp[e] = tp[e] + tau * (cp[e] - tp[e]);
-      } else {
-        const float one_minus = 1.0f - tau;
-        for (int64_t e = 0; e < n; ++e) tp[e] = cp[e] - (cp[e] - tp[e]) * one_minus;
-      }
-    }
-    const MemberLayers upd = critic_member(false, j);
-    float* hidden[kActorMaxLayers];
-    for (int i = 0; i < L; ++i) hidden[i] = m.pol_hidden[i].data();
-    mlp_forward(s.x_pol.data(), X, B, upd.w, upd.b, critic_w, nl, hidden, m.q_pol.data(), prec);
-  });
-  for (int t = 0; t < 2 * nl; ++t) *storage_.critic[t].step = s.member[0].adam_step[t];
-
-  // ---- actor loss mean(alpha * logp - min_j Q_j) and its gradient w.r.t. the Q's
-  // (torch.min's backward: each side gets the gradient where it is the minimum, half on ties).
-  double actor_sum = 0.0, logp_sum = 0.0;
-  {
-    auto& m0 = s.member[0];
-    auto& m1 = s.member[1];
-    const float dmin = -inv_b;
-    for (int64_t r = 0; r < B; ++r) {
-      const float q0 = m0.q_pol[r], q1 = m1.q_pol[r];
-      actor_sum += static_cast<double>(alpha * s.pol_logp[r] - std::min(q0, q1));
-      logp_sum += s.pol_logp[r];
-      const float split = dmin / 2.0f;
-      m0.dq[r] = q0 == q1 ? split : (q0 > q1 ? 0.0f : dmin);
-      m1.dq[r] = q0 == q1 ? split : (q1 > q0 ? 0.0f : dmin);
-    }
-  }
-
-  // ---- phase 4: input gradients through critic j (no weight gradients) -> da_j [B, A].
-  run_two([&](int j) {
-    auto& m = s.member[j];
-    const MemberLayers cur = critic_member(false, j);
-    const float* h_last = m.pol_hidden[L - 1].data();
-    float* g = m.grad_h[0].data();
-    float* g_next = m.grad_h[1].data();
-    for (int64_t r = 0; r < B; ++r) {
-      const float dq = m.dq[r];
-      for (int64_t c = 0; c < H; ++c) {
-        g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
-      }
-    }
-    for (int i = L - 1; i >= 1; --i) {
-      linear_backward(nullptr, H, B, cur.w[i], H, H, g, H, nullptr, nullptr, g_next, H, false, prec);
-      relu_backward(m.pol_hidden[i - 1].data(), g_next, B * H);
-      std::swap(g, g_next);
-    }
-    // Layer 0: only the action columns of the input gradient (rows O.. of W0 [X, H]).
-    linear_backward(nullptr, A, B, cur.w[0] + O * H, A, H, g, H, nullptr, nullptr, m.da.data(), A,
-                    false, prec);
-  });
-
-  // ---- actor head: d loss / d (mean, raw log_std), through the squashed sample.
-  const float dlogp = inv_b * alpha;  // d mean(alpha * logp - .) / d logp
-  for (int64_t r = 0; r < B; ++r) {
-    const float* mean = s.pol_out.data() + r * 2 * A;
-    const float* raw = mean + A;
-    const float* e = eps + B * A + r * A;
-    float* dmean = s.dout.data() + r * 2 * A;
-    float* draw = dmean + A;
-    for (int64_t i = 0; i < A; ++i) {
-      const int64_t idx = r * A + i;
-      const float sd = s.pol_std[idx], th = s.pol_tanh[idx];
-      const float u = mean[i] + sd * e[i];
-      // a = bias + tanh(u) * scale; the critics' input gradient is summed over both members
-      const float da = s.member[0].da[idx] + s.member[1].da[idx];
-      const float du_action = da * cfg.action_scale[i] * (1.0f - th * th);
-      // logp's per-dim term 2 * (u + softplus(-2u)): softplus_backward, then the chain rule
-      const float ds = dlogp * 2.0f;
-      const float x = -2.0f * u;
-      float dsp = ds;
-      if (!(x > 20.0f)) {
-        const float z = std::exp(x);
-        dsp = ds * z / (z + 1.0f);
-      }
-      const float du = du_action + (ds + dsp * -2.0f);
-      // u = mean + std * eps; std = exp(log_std); per-dim term -log_std
-      const float dlog_std = -dlogp + du * e[i] * sd;
-      dmean[i] = du;
-      draw[i] = (raw[i] >= cfg.log_std_min && raw[i] <= cfg.log_std_max) ? dlog_std : 0.0f;
-    }
-  }
-
-  // ---- actor backward: output layer, then the hidden layers (weight gradients in task 0,
-  // input gradients in task 1), then layer 0's weights.
-  {
-    float* g = s.grad_h[0].data();
-    float* g_next = s.grad_h[1].data();
-    const int64_t out = 2 * A;
-    linear_backward(s.pol_hidden[L - 1].data(), H, B, actor.w[L], H, out, s.dout.data(), out,
-                    s.actor_grad[2 * L].data(), s.actor_grad[2 * L + 1].data(), g, H, false,
-                    MatmulPrecision::kFloat32);
-    relu_backward(s.pol_hidden[L - 1].data(), g, B * H);
-    for (int i = L - 1; i >= 1; --i) {
-      const float* x = s.pol_hidden[i - 1].data();
-      run_two([&](int t) {
-        if (t == 0) {
-          linear_backward(x, H, B, actor.w[i], H, H, g, H, s.actor_grad[2 * i].data(),
-                          s.actor_grad[2 * i + 1].data(), nullptr, H, false, prec);
-        } else {
-          linear_backward(x, H, B, actor.w[i], H, H, g, H, nullptr, nullptr, g_next, H, false,
-                          prec);
-          relu_backward(x, g_next, B * H);
+      // layer 0: rows O.. of W0 [X, H] are the action inputs
+      linear_backward(nullptr, A, B, cur.w[0] + O * H, A, H, g, H, nullptr, nullptr,
+                      mine.da.data(), A, false, prec);
+    } else if (st == kActorHead) {
+      if (t != 0) return;
+      // d loss / d (mean, raw log_std) through the squashed sample (sac.py's graph)
+      const float dlogp = inv_b * s.task_alpha[0];  // d mean(alpha * logp - .) / d logp
+      for (int64_t r = 0; r < B; ++r) {
+        const float* mean = s.pol_out.data() + r * 2 * A;
+        const float* raw = mean + A;
+        const float* e = eps + B * A + r * A;
+        float* dmean = s.dout.data() + r * 2 * A;
+        float* draw = dmean + A;
+        for (int64_t i = 0; i < A; ++i) {
+          const int64_t idx = r * A + i;
+          const float sd = s.pol_std[idx], th = s.pol_tanh[idx];
+          const float u = mean[i] + sd * e[i];
+          // a = bias + tanh(u) * scale; the critic input is shared by both members
+          const float da = s.member[0].da[idx] + s.member[1].da[idx];
+          const float du_action = da * cfg.action_scale[i] * (1.0f - th * th);
+          // logp's per-dim term 2 * (u + softplus(-2u)): softplus_backward, chain rule
+          const float ds = dlogp * 2.0f;
+          const float x = -2.0f * u;
+          float dsp = ds;
+          if (!(x > 20.0f)) {
+            const float z = std::exp(x);
+            dsp = ds * z / (z + 1.0f);
+          }
+          const float du = du_action + (ds + dsp * -2.0f);
+          // u = mean + std * eps, std = exp(log_std); the per-dim term -log_std; the clamp
+          // passes the gradient where log_std_min <= raw <= log_std_max
+          const float dlog_std = -dlogp + du * e[i] * sd;
+          dmean[i] = du;
+          draw[i] = (raw[i] >= cfg.log_std_min && raw[i] <= cfg.log_std_max) ? dlog_std : 0.0f;
         }
-      });
-      std::swap(g, g_next);
-    }
-    linear_backward(obs, O, B, actor.w[0], O, H, g, H, s.actor_grad[0].data(),
-                    s.actor_grad[1].data(), nullptr, O, false, prec);
-  }
-
-  // ---- Adam on the actor (each tensor split in two halves, one per task) and log_alpha.
-  const float mean_logp = static_cast<float>(logp_sum / static_cast<double>(B));
-  run_two([&](int t) {
-    for (int p = 0; p < 2 * nl; ++p) {
-      const int i = p / 2;
-      const int64_t n = (p % 2 == 0) ? actor_w[i] * actor_w[i + 1] : actor_w[i + 1];
-      const int64_t lo = n * t / 2, hi = n * (t + 1) / 2;
-      const AdamTensor& at = storage_.actor[p];
-      s.actor_adam_step[t][p] = *at.step;
-      adam_step(at.param + lo, s.actor_grad[p].data() + lo, at.exp_avg + lo, at.exp_avg_sq + lo,
-                &s.actor_adam_step[t][p], hi - lo, cfg.adam);
+      }
+      const int64_t out = 2 * A;
+      float* g = actor_grad_in(L);
+      linear_backward(s.pol_hidden[L - 1].data(), H, B, actor.w[L], H, out, s.dout.data(), out,
+                      s.actor_grad[2 * L].data(), s.actor_grad[2 * L + 1].data(), g, H, false,
+                      MatmulPrecision::kFloat32);
+      relu_backward(s.pol_hidden[L - 1].data(), g, B * H);
+    } else if (st < kActorLayer1) {
+      // hidden layer i (L-1 .. 2): weight gradients (task 0) | input gradients (task 1)
+      const int i = L - 1 - (st - kActorHidden);
+      const float* x = s.pol_hidden[i - 1].data();
+      const float* dy = actor_grad_in(i + 1);
+      if (t == 0) {
+        linear_backward(x, H, B, actor.w[i], H, H, dy, H, s.actor_grad[2 * i].data(),
+                        s.actor_grad[2 * i + 1].data(), nullptr, H, false, prec);
+      } else {
+        float* dx = actor_grad_in(i);
+        linear_backward(nullptr, H, B, actor.w[i], H, H, dy, H, nullptr, nullptr, dx, H, false,
+                        prec);
+        relu_backward(x, dx, B * H);
+      }
+    } else if (st == kActorLayer1) {
+      // task 0: layer 1's input gradients and layer 0's weight gradients; task 1: layer 1's
+      // weight gradients (with one hidden layer, layer 1 is the head, done above).
+      if (t == 0) {
+        const float* g0 = actor_grad_in(1);
+        if (L >= 2) {
+          float* dx = const_cast<float*>(g0);
+          linear_backward(nullptr, H, B, actor.w[1], H, H, actor_grad_in(2), H, nullptr, nullptr,
+                          dx, H, false, prec);
+          relu_backward(s.pol_hidden[0].data(), dx, B * H);
+        }
+        linear_backward(obs, O, B, actor.w[0], O, H, g0, H, s.actor_grad[0].data(),
+                        s.actor_grad[1].data(), nullptr, O, false, prec);
+      } else if (L >= 2) {
+        linear_backward(s.pol_hidden[0].data(), H, B, actor.w[1], H, H, actor_grad_in(2), H,
+                        s.actor_grad[2].data(), s.actor_grad[3].data(), nullptr, H, false, prec);
+      }
+    } else {  // kActorAdam: task 0 takes layer 0 and the low halves, task 1 the high halves
+      if (t == 0) {
+        actor_adam(0, 0, true, true);
+        actor_adam(0, 1, true, true);
+        for (int p = 2; p < 2 * nl; ++p) actor_adam(0, p, true, false);
+        // alpha loss -log_alpha * (mean logp + target_entropy): gradient -(mean logp + H)
+        const float alpha_grad = -(s.mean_logp + static_cast<float>(cfg.target_entropy));
+        const AdamTensor& la = storage_.log_alpha;
+        s.alpha_adam_step = *la.step;
+        adam_step(la.param, &alpha_grad, la.exp_avg, la.exp_avg_sq, &s.alpha_adam_step, 1,
+                  cfg.adam);
+        if (stats_all) {
+          SacStats& st_out = stats_all[k];
+          st_out.critic_loss = static_cast<float>(s.member[0].loss_sum + s.member[1].loss_sum);
+          st_out.actor_loss = static_cast<float>(s.actor_sum / static_cast<double>(B));
+          st_out.alpha = s.task_alpha[0];
+          st_out.entropy = -s.mean_logp;
+          st_out.mean_q = static_cast<float>((s.member[0].q_sum + s.member[1].q_sum) /
+                                             static_cast<double>(2 * B));
+        }
+      } else {
+        for (int p = 2; p < 2 * nl; ++p) actor_adam(1, p, false, true);
+      }
     }
   });
-  for (int p = 0; p < 2 * nl; ++p) *storage_.actor[p].step = s.actor_adam_step[0][p];
-  // alpha loss -log_alpha * (mean logp + target_entropy): its gradient is -(mean logp + H).
-  const float alpha_grad = -(mean_logp + static_cast<float>(cfg.target_entropy));
-  const AdamTensor& la = storage_.log_alpha;
-  adam_step(la.param, &alpha_grad, la.exp_avg, la.exp_avg_sq, la.step, 1, cfg.adam);
-
-  if (stats) {
-    stats->critic_loss = static_cast<float>(loss_sum);
-    stats->actor_loss = static_cast<float>(actor_sum / static_cast<double>(B));
-    stats->alpha = alpha;
-    stats->entropy = -mean_logp;
-    stats->mean_q = static_cast<float>(q_sum / static_cast<double>(2 * B));
-  }
+  store_steps();
 }
 
 }  // namespace mbpo_fast

@@ -21,9 +21,11 @@
 // learner can work IN PLACE on the tensors torch owns (borrowed mode), or own its storage
 // (SacLearner::create, for C++ programs).
 //
-// Threads: the two critics (and target critics) are independent networks and run as two
-// tasks of parallel_for; the actor's backward splits weight and input gradients into two
-// tasks. The split is fixed (2 tasks), so results do not depend on the thread count.
+// Threads: a block runs as two tasks in ONE parallel_for region, in stages separated by
+// spin barriers: the two critics (and target critics) are independent networks, one per
+// task; the actor's forward passes at s' and s, its backward (weight vs input gradients)
+// and Adam (tensor halves) are split between the tasks. The split is fixed (2 tasks), so
+// results do not depend on the thread count; on one thread the stages run in order.
 // Precision: MatmulPrecision::kBf16 runs the hidden layers' matmuls (forward and backward)
 // with bf16 inputs and float32 accumulation; output layers, losses, weights and Adam stay
 // float32 (SAC(autocast_bf16=True)).
@@ -151,9 +153,9 @@ class SacLearner {
  private:
   struct Scratch;
   void ensure_scratch(int64_t batch, int64_t noise_floats);
-  void update_one(int64_t batch, const float* obs, const float* act, const float* rew,
-                  const float* next_obs, const uint8_t* terminated, const float* eps,
-                  SacStats* stats);
+  void run_block(int64_t k, int64_t batch, const float* obs, const float* act, const float* rew,
+                 const float* next_obs, const uint8_t* terminated, const float* eps,
+                 SacStats* stats);
 
   SacConfig config_;
   SacStorage storage_;
