@@ -102,6 +102,28 @@ int64_t SacConfig::actor_out(int i) const { return i == num_layers ? 2 * act_dim
 int64_t SacConfig::critic_in(int i) const { return i == 0 ? obs_dim + act_dim : hidden_size; }
 int64_t SacConfig::critic_out(int i) const { return i == num_layers ? 1 : hidden_size; }
 
+SacConfig SacConfig::for_action_box(int64_t obs_dim, const std::vector<double>& low,
+                                    const std::vector<double>& high) {
+  require(!low.empty() && low.size() == high.size(),
+          "SacConfig::for_action_box: low and high must have the same non-zero size (act_dim), "
+          "got " + str(static_cast<int64_t>(low.size())) + " and " +
+              str(static_cast<int64_t>(high.size())));
+  SacConfig c;
+  c.obs_dim = obs_dim;
+  c.act_dim = static_cast<int64_t>(low.size());
+  c.target_entropy = -static_cast<double>(c.act_dim);
+  for (size_t i = 0; i < low.size(); ++i) {
+    require(std::isfinite(low[i]) && std::isfinite(high[i]) && low[i] < high[i],
+            "SacConfig::for_action_box: need finite low[i] < high[i], got low[" +
+                str(static_cast<int64_t>(i)) + "] = " + std::to_string(low[i]) + ", high = " +
+                std::to_string(high[i]));
+    c.action_scale.push_back(static_cast<float>((high[i] - low[i]) / 2.0));
+    c.action_bias.push_back(static_cast<float>((high[i] + low[i]) / 2.0));
+  }
+  c.validate();
+  return c;
+}
+
 void SacConfig::validate() const {
   require(obs_dim > 0, "SacConfig: obs_dim must be > 0, got " + str(obs_dim));
   require(act_dim > 0, "SacConfig: act_dim must be > 0, got " + str(act_dim));

@@ -338,6 +338,17 @@ TEST_CASE("bf16 matmuls: finite and close to float32") {
   }
 }
 
+TEST_CASE("SacConfig::for_action_box: sac.py's defaults and its float32 rounding of the box") {
+  const SacConfig c = SacConfig::for_action_box(11, {-1.0, 0.1, -3.0}, {1.0, 0.7, 2.0});
+  CHECK(c.obs_dim == 11 && c.act_dim == 3 && c.hidden_size == 256 && c.num_layers == 2);
+  CHECK(c.target_entropy == -3.0 && c.gamma == 0.99 && c.tau == 5e-3 && c.adam.lr == 3e-4);
+  CHECK(c.action_scale[1] == static_cast<float>((0.7 - 0.1) / 2.0));
+  CHECK(c.action_bias[2] == static_cast<float>((2.0 + -3.0) / 2.0));
+  CHECK_THROWS(SacConfig::for_action_box(11, {1.0}, {1.0}));
+  CHECK_THROWS(SacConfig::for_action_box(11, {0.0, 0.0}, {1.0}));
+  CHECK_THROWS(SacConfig::for_action_box(0, {0.0}, {1.0}));
+}
+
 TEST_CASE("validation: bad config, null storage, bad block arguments change nothing") {
   SacConfig bad = tiny_config();
   bad.action_scale = {1.0f};

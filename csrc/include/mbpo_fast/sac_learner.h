@@ -61,6 +61,12 @@ struct SacConfig {
   float log_std_max = 2.0f;
   MatmulPrecision precision = MatmulPrecision::kFloat32;
 
+  // sac.py's defaults for an action box [low, high] (each [act_dim], low < high, finite):
+  // scale = (high - low) / 2 and bias = (high + low) / 2 computed in double and rounded to
+  // float32 (as the agent does), target_entropy = -act_dim, 2 x 256 hidden, lr 3e-4,
+  // gamma 0.99, tau 5e-3. Throws InvalidArgument for bad sizes or bounds.
+  static SacConfig for_action_box(int64_t obs_dim, const std::vector<double>& low,
+                                  const std::vector<double>& high);
   // Throws InvalidArgument naming the first bad field.
   void validate() const;
   // Linear layer i (0 .. num_layers) of the actor / of one critic: [in, out] sizes.
