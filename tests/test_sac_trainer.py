@@ -47,20 +47,37 @@ def _state(agent: SAC) -> dict[str, torch.Tensor]:
     return out
 
 
-def _assert_states_close(got: dict, want: dict, rtol: float = 1e-5) -> None:
-    """Elementwise |got - want| <= rtol * |want| + atol, atol = rtol * f * (the tensor's
-    largest magnitude): relative everywhere except at values near 0. f = 1% for parameters,
-    targets, log_alpha and exp_avg_sq; 10% for exp_avg, the running mean of gradients
-    whose sums cancel (measured over 60 random configurations x 10 updates: worst relative
-    error 2.4e-6 for parameters at f = 1%, 1.5e-5 for exp_avg at f = 5%: float32 rounding
-    of the same sums in another order, amplified by the cancellation)."""
+def _assert_states_close(got: dict, want: dict, rtol: float = 1e-5, lr: float = 3e-4) -> None:
+    """Elementwise |got - want| <= rtol * |want| + atol, atol = 1% of rtol x the tensor's
+    largest magnitude (relative everywhere except at values ~0), with rtol = 1e-5 for
+    parameters, targets, log_alpha and the step counters.
+
+    Adam's moments (exp_avg, exp_avg_sq) get rtol = 1e-4 and atol = 1e-5 x their largest
+    magnitude plus a floor (1e-6 for exp_avg, 1e-9 for exp_avg_sq): they are running means
+    of raw gradients (squared), whose elements come from differences that cancel (the TD
+    error q - y; log_alpha's mean logp + target_entropy, terms ~act_dim), so an element can
+    differ by several ulps of the cancelled terms between two correct float32
+    implementations (another summation order, FMA or not). Measured with the portable and
+    the AVX-512 GEMM kernels over 300 hypothesis examples: moments up to 4e-4 relative /
+    1.4e-7 absolute on networks of 1-2 hidden units, parameters within 3e-6. log_alpha
+    starts at 0 (alpha 1) and moves by Adam steps of at most lr whose gradient
+    -(mean logp + target_entropy) cancels: atol 1e-4 * lr.
+    test_native_is_as_close_to_float64_as_torch shows those differences are the torch
+    trainer's own float32 rounding as much as ours."""
     assert got.keys() == want.keys()
     for name, w in want.items():
         g = got[name]
         assert g.dtype == w.dtype and g.shape == w.shape, name
         scale = float(w.abs().max()) if w.numel() else 0.0
-        f = 0.1 if name.endswith("exp_avg") else 0.01
-        torch.testing.assert_close(g, w, rtol=rtol, atol=rtol * f * scale + 1e-12,
+        if name.endswith(".exp_avg"):
+            tol, atol = 1e-4, 1e-5 * scale + 1e-6
+        elif name.endswith(".exp_avg_sq"):
+            tol, atol = 1e-4, 1e-5 * scale + 1e-9
+        elif name == "log_alpha":
+            tol, atol = rtol, 1e-4 * lr
+        else:
+            tol, atol = rtol, rtol * 0.01 * scale + 1e-12
+        torch.testing.assert_close(g, w, rtol=tol, atol=atol,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -117,16 +134,65 @@ def test_native_matches_torch_after_1_and_10_updates(obs_dim, act_dim, hidden, n
         _push_log_std_past_the_clamp(nat, np.random.default_rng(seed))
     one = _batch(rng, b, obs_dim, act_dim, low=low, high=high)
     _assert_stats_close(nat.update(one), ref.update(one))
-    _assert_states_close(_state(nat), _state(ref))
+    _assert_states_close(_state(nat), _state(ref), lr=1e-3)
     done = 1
     while done < 10:
         kk = min(k, 10 - done)
         block = _batch(rng, b, obs_dim, act_dim, lead=(kk,), low=low, high=high)
         _assert_stats_close(nat.update(block), ref.update(block))
         done += kk
-    _assert_states_close(_state(nat), _state(ref))
+    _assert_states_close(_state(nat), _state(ref), lr=1e-3)
     assert nat.num_updates == ref.num_updates == 10
     assert torch.equal(nat.generator.get_state(), ref.generator.get_state())
+
+
+def _float64_torch_twin(kw: dict) -> SAC:
+    """The same agent with every network, log_alpha and the action box in float64, for
+    the torch trainer (fused Adam runs in float64 too)."""
+    agent = SAC(**kw, trainer="torch")
+    for module in (agent.actor, agent.critic, agent.critic_target):
+        module.double()
+    agent.log_alpha.data = agent.log_alpha.data.double()
+    agent.action_scale = agent.action_scale.double()
+    agent.action_bias = agent.action_bias.double()
+    return agent
+
+
+@settings(max_examples=8, deadline=None)
+@given(hidden=st.integers(1, 12), num_layers=st.integers(1, 3), b=st.sampled_from([1, 3, 8]),
+       seed=st.integers(0, 2**16))
+def test_native_is_as_close_to_float64_as_torch(hidden, num_layers, b, seed):
+    """After 10 updates, every tensor of the native trainer deviates from a float64 run of
+    the same updates by no more than 3x what the torch trainer's float32 run does, or by
+    float32 rounding (2e-6 of the tensor's largest magnitude)."""
+    from mbpo_fast.sac_trainer import TorchSacTrainer
+
+    rng = np.random.default_rng(seed)
+    kw = dict(obs_dim=3, act_dim=2, action_low=[-1.0, 0.0], action_high=[2.0, 0.5],
+              hidden_size=hidden, num_layers=num_layers, seed=seed, tau=0.05, lr=1e-3)
+    ref, nat = _pair(**kw)
+    f64 = _float64_torch_twin(kw)
+    trainer64 = TorchSacTrainer(f64)
+    for _ in range(10):
+        blk = _batch(rng, b, 3, 2, low=np.array([-1.0, 0.0]), high=np.array([2.0, 0.5]))
+        ref.update(blk)
+        nat.update(blk)
+        t = [torch.from_numpy(np.asarray(x))[None] for x in blk]
+        eps = torch.randn((1, 2, b, 2), generator=f64.generator).double()
+        trainer64.update_block(*(x.double() for x in t[:4]), t[4], eps)
+    s32, s_nat, s64 = _state(ref), _state(nat), _state(f64)
+    for name, want in s64.items():
+        if name.endswith("step"):
+            continue
+        err_torch = float((s32[name].double() - want).abs().max())
+        err_native = float((s_nat[name].double() - want).abs().max())
+        # float32 rounding level: 2e-6 of the tensor's largest magnitude; log_alpha (a sum
+        # of Adam steps <= lr = 1e-3 of a gradient that cancels) 1e-7; Adam's moments of
+        # gradients that cancel to ~0 (see _assert_states_close) 1e-8 absolute
+        floor = 1e-7 if name == "log_alpha" else 2e-6 * float(want.abs().max())
+        if name.endswith((".exp_avg", ".exp_avg_sq")):
+            floor += 1e-8
+        assert err_native <= 3.0 * err_torch + floor, (name, err_native, err_torch)
 
 
 def test_parity_with_tied_critics_and_saturated_actions():
