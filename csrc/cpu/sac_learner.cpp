@@ -581,16 +581,12 @@ void SacLearner::run_block(int64_t K, int64_t B, const float* obs_all, const flo
         gb[i] = s.critic_grad[2 * i + 1].data() + t * critic_w[i + 1];
       }
       const float* h_last = mine.data_hidden[L - 1].data();
-      linear_backward(h_last, H, B, cur.w[L], H, 1, mine.dq.data(), 1, gw[L], gb[L], nullptr, 0,
-                      false, MatmulPrecision::kFloat32);
       float* g = mine.grad_h[0].data();
       float* g_next = mine.grad_h[1].data();
-      for (int64_t r = 0; r < B; ++r) {
-        const float dq = mine.dq[r];
-        for (int64_t c = 0; c < H; ++c) {
-          g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
-        }
-      }
+      // dW = h^T dq, db = sum dq, dh = dq w^T (a rank-1 product), then the ReLU mask
+      linear_backward(h_last, H, B, cur.w[L], H, 1, mine.dq.data(), 1, gw[L], gb[L], g, H,
+                      false, MatmulPrecision::kFloat32);
+      relu_backward(h_last, g, B * H);
       for (int i = L - 1; i >= 0; --i) {
         const float* x = i == 0 ? s.x_data.data() : mine.data_hidden[i - 1].data();
         const int64_t in = critic_w[i];
@@ -645,12 +641,9 @@ void SacLearner::run_block(int64_t K, int64_t B, const float* obs_all, const flo
       const float* h_last = mine.pol_hidden[L - 1].data();
       float* g = mine.grad_h[0].data();
       float* g_next = mine.grad_h[1].data();
-      for (int64_t r = 0; r < B; ++r) {
-        const float dq = mine.dq[r];
-        for (int64_t c = 0; c < H; ++c) {
-          g[r * H + c] = h_last[r * H + c] > 0.0f ? dq * cur.w[L][c] : 0.0f;
-        }
-      }
+      linear_backward(nullptr, H, B, cur.w[L], H, 1, mine.dq.data(), 1, nullptr, nullptr, g, H,
+                      false, MatmulPrecision::kFloat32);
+      relu_backward(h_last, g, B * H);
       for (int i = L - 1; i >= 1; --i) {
         linear_backward(nullptr, H, B, cur.w[i], H, H, g, H, nullptr, nullptr, g_next, H, false,
                         prec);
