@@ -389,7 +389,7 @@ def test_bad_inputs_raise_and_change_nothing():
         learner.update_block(t[0], t[1], t[2], t[3], t[4], eps[:, :1])
     with pytest.raises(ValueError, match="rew: must be C-contiguous"):
         learner.update_block(t[0], t[1], np.asfortranarray(t[2]), t[3], t[4], eps)
-    with pytest.raises(TypeError, match="terminated: expected dtype uint8"):
+    with pytest.raises(TypeError, match="terminated: expected dtype bool or uint8"):
         learner.update_block(t[0], t[1], t[2], t[3], t[4].astype(np.int32), eps)
     _assert_unchanged(agent, snap)
 

@@ -20,20 +20,11 @@ using namespace mbpo_fast;
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) os << ", ";
-    os << shape[i];
-  }
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::vector<int64_t> shape_of(const py::array& a) {
-  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+// "(2, 3)" / "(5,)": Python's own spelling of a shape.
+std::string shape_of(const py::array& a) {
+  py::tuple t(a.ndim());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) t[i] = a.shape(i);
+  return std::string(py::str(t));
 }
 
 // A writable, C-contiguous float32 array of exactly `shape`, borrowed (never copied).
@@ -46,18 +37,23 @@ py::array borrow_f32(py::handle obj, const std::string& name, const std::vector<
   if (!a.dtype().is(py::dtype::of<float>())) {
     throw py::type_error(name + ": expected dtype float32, got " + std::string(py::str(a.dtype())));
   }
-  if (shape_of(a) != shape) {
-    throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " +
-                          shape_str(shape_of(a)));
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+  if (!ok) {
+    py::tuple want(shape.size());
+    for (size_t i = 0; i < shape.size(); ++i) want[i] = shape[i];
+    throw py::value_error(name + ": expected shape " + std::string(py::str(want)) + ", got " +
+                          shape_of(a));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be C-contiguous");
   if (!a.writeable()) throw py::value_error(name + ": must be writeable");
   return a;
 }
 
-// A C-contiguous input array of `dtype` and `shape` (-1: any size), not copied.
+// A C-contiguous input array of `dtype` whose shape matches `shape` (-1: any size), not
+// copied; `spelled` names the expected shape in errors, e.g. "(K, B, 11)".
 py::array input_array(py::handle obj, const std::string& name, const py::dtype& dtype,
-                      const std::vector<int64_t>& shape) {
+                      const std::vector<int64_t>& shape, const std::string& spelled) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(name + ": expected a numpy array, got " +
                          std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -67,20 +63,9 @@ py::array input_array(py::handle obj, const std::string& name, const py::dtype& 
     throw py::type_error(name + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
                          std::string(py::str(a.dtype())));
   }
-  const auto got = shape_of(a);
-  bool ok = got.size() == shape.size();
-  for (size_t i = 0; ok && i < got.size(); ++i) ok = shape[i] < 0 || shape[i] == got[i];
-  if (!ok) {
-    std::vector<int64_t> want = shape;
-    std::ostringstream os;
-    os << "(";
-    for (size_t i = 0; i < want.size(); ++i) {
-      if (i) os << ", ";
-      if (want[i] < 0) os << "*"; else os << want[i];
-    }
-    os << ")";
-    throw py::value_error(name + ": expected shape " + os.str() + ", got " + shape_str(got));
-  }
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == a.shape(i);
+  if (!ok) throw py::value_error(name + ": expected shape " + spelled + ", got " + shape_of(a));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be C-contiguous");
   return a;
 }
@@ -162,24 +147,34 @@ class PySacLearner {
                         py::handle term_h, py::handle eps_h) {
     const SacConfig& cfg = learner_->config();
     const auto f32 = py::dtype::of<float>();
-    py::array obs = input_array(obs_h, "obs", f32, {-1, -1, cfg.obs_dim});
+    const std::string O = std::to_string(cfg.obs_dim), A = std::to_string(cfg.act_dim);
+    py::array obs = input_array(obs_h, "obs", f32, {-1, -1, cfg.obs_dim}, "(K, B, " + O + ")");
     const int64_t k = obs.shape(0), b = obs.shape(1);
     if (k < 1 || b < 1) {
-      throw py::value_error("obs: expected shape (K, B, " + std::to_string(cfg.obs_dim) +
-                            ") with K, B >= 1, got " + shape_str(shape_of(obs)));
+      throw py::value_error("obs: expected shape (K, B, " + O + ") with K, B >= 1, got " +
+                            shape_of(obs));
     }
-    py::array act = input_array(act_h, "act", f32, {k, b, cfg.act_dim});
-    py::array rew = input_array(rew_h, "rew", f32, {k, b});
-    py::array next = input_array(next_h, "next_obs", f32, {k, b, cfg.obs_dim});
-    py::array term = py::isinstance<py::array>(term_h) &&
-                             py::reinterpret_borrow<py::array>(term_h).dtype().is(
-                                 py::dtype::of<bool>())
-                         ? input_array(term_h, "terminated", py::dtype::of<bool>(), {k, b})
-                         : input_array(term_h, "terminated", py::dtype::of<uint8_t>(), {k, b});
+    const std::string K = std::to_string(k), B = std::to_string(b);
+    py::array act = input_array(act_h, "act", f32, {k, b, cfg.act_dim},
+                                "(" + K + ", " + B + ", " + A + ")");
+    py::array rew = input_array(rew_h, "rew", f32, {k, b}, "(" + K + ", " + B + ")");
+    py::array next = input_array(next_h, "next_obs", f32, {k, b, cfg.obs_dim},
+                                 "(" + K + ", " + B + ", " + O + ")");
+    const bool is_bool = py::isinstance<py::array>(term_h) &&
+                         py::reinterpret_borrow<py::array>(term_h).dtype().is(py::dtype::of<bool>());
+    if (!is_bool && py::isinstance<py::array>(term_h) &&
+        !py::reinterpret_borrow<py::array>(term_h).dtype().is(py::dtype::of<uint8_t>())) {
+      throw py::type_error("terminated: expected dtype bool or uint8, got " +
+                           std::string(py::str(py::reinterpret_borrow<py::array>(term_h).dtype())));
+    }
+    py::array term = input_array(term_h, "terminated",
+                                 is_bool ? py::dtype::of<bool>() : py::dtype::of<uint8_t>(), {k, b},
+                                 "(" + K + ", " + B + ")");
     const float* eps = nullptr;
     py::array eps_arr;
     if (!eps_h.is_none()) {
-      eps_arr = input_array(eps_h, "eps", f32, {k, 2, b, cfg.act_dim});
+      eps_arr = input_array(eps_h, "eps", f32, {k, 2, b, cfg.act_dim},
+                            "(" + K + ", 2, " + B + ", " + A + ")");
       eps = static_cast<const float*>(eps_arr.data());
     }
     std::vector<SacStats> stats(static_cast<size_t>(k));
