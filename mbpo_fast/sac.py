@@ -182,10 +182,13 @@ class SAC:
         seed: seeds the parameter initialization and the agent's own ``torch.Generator``,
             which drives all action noise (``act`` and ``update``): two agents built with the
             same arguments behave identically.
-        autocast_bf16: run the hidden layers' matmuls of :meth:`update` under bf16
-            autocast (parameters, optimizer state, output layers, losses stay float32).
-            ~15% faster updates on CPUs with bf16 dot products; learning on Pendulum-v1 was
-            unchanged (benchmarks/RESULTS_sac.md). ``act`` always runs in float32.
+        autocast_bf16: run the hidden layers' matmuls of :meth:`update` (forward and
+            backward) with bf16 inputs and float32 accumulation; parameters, optimizer
+            state, output layers and losses stay float32. The torch trainer uses bf16
+            autocast (which also rounds those layers' outputs to bf16); the native trainer
+            keeps activations in float32. Faster on CPUs with bf16 dot products; learning on
+            Pendulum-v1 was unchanged (benchmarks/RESULTS_sac.md). ``act`` always runs in
+            float32.
         compile: wrap the two loss computations in ``torch.compile``. Measured on the 2-core
             CPU machines: ~40 s of compilation, then updates ~25% SLOWER than eager, so it
             is off by default; it is here for GPUs, where it may pay (torch trainer only).
