@@ -1,14 +1,20 @@
-"""SAC update and act() speed: mbpo_fast.SAC against a CleanRL-style reference.
+"""SAC update speed: the native trainer (float32, bf16) against the torch trainer.
 
-Hopper sizes (obs 11, act 3), batch 256, 2 x 256 hidden. The reference
-(benchmarks/sac_reference.py) is the same math written the straightforward way: two
-separate critic nn.Sequential modules, default torch.optim.Adam, a Python Polyak loop and
-``.item()`` per update. Candidate and reference run interleaved (A B A B ...) in one process;
-we report medians and ratios, the effective matmul GFLOP/s, and the matmul canary before
-and after (distrust a run where it dropped).
+One SAC block of K = 20 updates, batch 256, Hopper sizes (obs 11, act 3, actor and twin
+critics 2 x 256), the same agent configuration with ``trainer="native"`` /
+``trainer="torch"`` (mbpo_fast/sac_trainer.py). Two threads on both sides
+(``mbpo_fast.set_num_threads(2)``, ``torch.set_num_threads(2)``), the library's defaults, no
+tuning variables. Variants run interleaved (A B C A B C ...) in one process; we report
+medians per update, the ratio to the torch trainer, the matmul GFLOP/s and the fraction of
+this CPU's peak (2 cores: float32 ~236 GFLOP/s, bf16 ~472 GFLOP/s as issue 12 estimates
+them; 550 / 1026 as measured by an FMA loop), and the matmul canary
+before and after (distrust a run where it dropped).
 
-    PYTHONPATH=. python benchmarks/bench_sac.py [--threads 1]   # the interleaved table
+    PYTHONPATH=. python benchmarks/bench_sac.py [--rounds 9] [--with-reference]
     PYTHONPATH=. pytest benchmarks/bench_sac.py --benchmark-only   # pytest-benchmark view
+
+``--with-reference`` adds the CleanRL-style reference (benchmarks/sac_reference.py: the
+same math written the straightforward way) as one more interleaved variant.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+import mbpo_fast
 from mbpo_fast.sac import SAC
 from mbpo_fast.types import Transition
 
@@ -30,32 +37,38 @@ sys.path.insert(0, str(_HERE))
 from _canary import canary_gflops  # noqa: E402
 from sac_reference import ReferenceSAC  # noqa: E402
 
-OBS, ACT, HIDDEN, BATCH = 11, 3, 256, 256
-
-
+OBS, ACT, HIDDEN, BATCH, K_BLOCK = 11, 3, 256, 256, 20
+# Peak GFLOP/s of one core: the issue's estimate (one 512-bit FMA per cycle: 118 float32, x2
+# for bf16) and the one measured by a register-only FMA loop on this VM (two 512-bit FMAs
+# per cycle: 275 float32, 513 bf16; benchmarks/RESULTS_gemm.md). Tables use threads x these.
+PEAK_F32_CORE, PEAK_BF16_CORE = 118.0, 236.0
+MEASURED_PEAK_F32_CORE, MEASURED_PEAK_BF16_CORE = 275.0, 513.0
 
 
 def update_flops(batch: int = BATCH, obs: int = OBS, act: int = ACT, hidden: int = HIDDEN,
-                 frozen_critic: bool = True) -> float:
-    """Matmul FLOPs of one SAC update (2 hidden layers). The reference also computes the
-    critics' weight gradients of the actor loss (frozen_critic=False)."""
-    a = obs * hidden + hidden * hidden + hidden * 2 * act  # actor MACs per row
-    c = (obs + act) * hidden + hidden * hidden + hidden  # one critic's MACs per row
-    target = a + 2 * c
-    critic = 2 * c + 2 * c + (2 * c - 2 * (obs + act) * hidden)  # fwd, dW, dX (not layer 0)
-    actor = a + 2 * c + 2 * c + a + (a - obs * hidden)  # fwd, dX through critics, dW, dX
-    if not frozen_critic:
-        actor += 2 * c
-    return 2.0 * batch * (target + critic + actor)
+                 num_layers: int = 2) -> float:
+    """Matmul FLOPs (2 x multiply-adds) of one SAC update, forward and backward, the work
+    both trainers must do: actor at s' and s, target critics at (s', a'), critics at (s, a),
+    their weight and input gradients (not below layer 0), the updated critics at
+    (s, a_pi) and their input gradients (action columns of layer 0), the actor's weight and
+    input gradients (not below layer 0). Equals SacLearner.update_macs(batch) * 2."""
+    a_w = [obs] + [hidden] * num_layers + [2 * act]
+    c_w = [obs + act] + [hidden] * num_layers + [1]
+    a = sum(i * o for i, o in zip(a_w[:-1], a_w[1:], strict=True))
+    c = sum(i * o for i, o in zip(c_w[:-1], c_w[1:], strict=True))
+    c_dx = c - (obs + act) * hidden
+    per_row = 2 * a + 4 * c + 2 * c + 2 * c_dx + 2 * c + 2 * (c_dx + act * hidden) + a + (
+        a - obs * hidden)
+    return 2.0 * batch * per_row
 
 
-def make_batches(n: int, seed: int = 0, lead: tuple[int, ...] = ()) -> list[Transition]:
+def make_blocks(n: int, k: int = K_BLOCK, seed: int = 0) -> list[Transition]:
     rng = np.random.default_rng(seed)
-    return [Transition(rng.standard_normal((*lead, BATCH, OBS), dtype=np.float32),
-                       rng.uniform(-1, 1, (*lead, BATCH, ACT)).astype(np.float32),
-                       rng.standard_normal((*lead, BATCH), dtype=np.float32),
-                       rng.standard_normal((*lead, BATCH, OBS), dtype=np.float32),
-                       rng.random((*lead, BATCH)) < 0.05) for _ in range(n)]
+    return [Transition(rng.standard_normal((k, BATCH, OBS), dtype=np.float32),
+                       rng.uniform(-1, 1, (k, BATCH, ACT)).astype(np.float32),
+                       rng.standard_normal((k, BATCH), dtype=np.float32),
+                       rng.standard_normal((k, BATCH, OBS), dtype=np.float32),
+                       rng.random((k, BATCH)) < 0.05) for _ in range(n)]
 
 
 def make_agent(**kw) -> SAC:
@@ -63,146 +76,98 @@ def make_agent(**kw) -> SAC:
 
 
 def reference_step(ref: ReferenceSAC):
-    def step(b: Transition) -> None:
-        ref.update(torch.from_numpy(b.obs), torch.from_numpy(b.act), torch.from_numpy(b.rew),
-                   torch.from_numpy(b.next_obs), torch.from_numpy(b.terminated.astype(np.float32)))
+    def step(blk: Transition) -> None:
+        for k in range(blk.obs.shape[0]):
+            ref.update(*(torch.from_numpy(x[k]) for x in blk[:4]),
+                       torch.from_numpy(blk.terminated[k].astype(np.float32)))
     return step
 
 
-def _time_block(fn, batches, per_call: int = 1) -> float:
-    """Median seconds per update over one call per batch."""
-    times = []
-    for b in batches:
-        t0 = time.perf_counter()
-        fn(b)
-        times.append((time.perf_counter() - t0) / per_call)
-    return statistics.median(times)
-
-
-def interleaved(rounds: int = 7, per_round: int = 20, k_block: int = 10) -> dict:
-    """A B A B ... timing of every variant; returns median ms per update and act() µs."""
-    batches = make_batches(per_round)
-    blocks = make_batches(max(2, per_round // k_block), seed=1, lead=(k_block,))
-    cand = make_agent()
-    bf16 = make_agent(autocast_bf16=True)
-    ref_step = reference_step(ReferenceSAC.from_agent(make_agent()))
+def interleaved(rounds: int = 9, blocks_per_round: int = 2, with_reference: bool = False) -> dict:
+    """A B C A B C ... timing; returns median ms per update of every variant."""
+    blocks = make_blocks(blocks_per_round)
     variants = {
-        "reference (CleanRL-style)": (ref_step, batches, 1),
-        "mbpo_fast.SAC": (cand.update, batches, 1),
-        f"mbpo_fast.SAC, [K={k_block}] block": (cand.update, blocks, k_block),
-        "mbpo_fast.SAC, bf16 autocast": (bf16.update, batches, 1),
+        "torch trainer, float32": make_agent(trainer="torch").update,
+        "native trainer, float32": make_agent(trainer="native").update,
+        "native trainer, bf16": make_agent(trainer="native", autocast_bf16=True).update,
+        "torch trainer, bf16 autocast": make_agent(trainer="torch", autocast_bf16=True).update,
     }
-    for fn, bs, _ in variants.values():  # warm-up (allocator, oneDNN primitive caches)
-        for b in bs[:3]:
-            fn(b)
-    samples: dict[str, list[float]] = {k: [] for k in variants}
+    if with_reference:
+        variants["CleanRL-style reference"] = reference_step(
+            ReferenceSAC.from_agent(make_agent(trainer="torch")))
+    for fn in variants.values():  # warm-up: scratch, allocator, oneDNN primitive caches
+        fn(blocks[0])
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, (fn, bs, k) in variants.items():
-            samples[name].append(_time_block(fn, bs, k))
-    ms = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
-
-    obs1 = np.random.default_rng(2).standard_normal(OBS).astype(np.float32)
-    act_us = {}
-    for det in (True, False):
-        for _ in range(200):
-            cand.act(obs1, deterministic=det)
-        times = []
-        for _ in range(3000):
-            t0 = time.perf_counter()
-            cand.act(obs1, deterministic=det)
-            times.append(time.perf_counter() - t0)
-        act_us["deterministic" if det else "stochastic"] = 1e6 * statistics.median(times)
-    return {"ms": ms, "act_us": act_us}
-
-
-def bf16_numerical_difference(updates: int = 50) -> dict:
-    """Same agent, same batches: float32 vs bf16-autocast updates; relative differences."""
-    batches = make_batches(updates, seed=3)
-    a32, a16 = make_agent(), make_agent(autocast_bf16=True)
-    first = None
-    for b in batches:
-        s32, s16 = a32.update(b), a16.update(b)
-        if first is None:
-            first = {k: abs(float(s16[k]) - float(s32[k])) / max(abs(float(s32[k])), 1e-8)
-                     for k in ("critic_loss", "actor_loss", "mean_q")}
-    w32 = torch.cat([p.detach().flatten() for p in a32.critic.parameters()])
-    w16 = torch.cat([p.detach().flatten() for p in a16.critic.parameters()])
-    w0 = torch.cat([p.detach().flatten() for p in make_agent().critic.parameters()])
-    drift = float((w16 - w32).norm() / (w32 - w0).norm())
-    return {"first_update_rel_diff": first, "critic_weight_divergence_after": drift,
-            "updates": updates}
+        for name, fn in variants.items():
+            for blk in blocks:
+                t0 = time.perf_counter()
+                fn(blk)
+                samples[name].append((time.perf_counter() - t0) / blk.obs.shape[0])
+    return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
     import argparse
 
-    p = argparse.ArgumentParser(description="SAC update / act() benchmark")
-    p.add_argument("--threads", type=int, default=2,
-                   help="torch intra-op threads (1 is robust when the machine is shared)")
-    p.add_argument("--rounds", type=int, default=7)
+    p = argparse.ArgumentParser(description="SAC update benchmark: native vs torch trainer")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2, help="threads on both sides")
+    p.add_argument("--with-reference", action="store_true")
     args = p.parse_args()
+    mbpo_fast.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     before = canary_gflops()
-    res = interleaved(rounds=args.rounds)
+    ms = interleaved(rounds=args.rounds, with_reference=args.with_reference)
     after = canary_gflops()
-    ms, act_us = res["ms"], res["act_us"]
-    ref_ms = ms["reference (CleanRL-style)"]
-    f_ref, f_cand = update_flops(frozen_critic=False), update_flops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"canary {before:.0f} GFLOP/s before, {after:.0f} after")
-    print("| variant | ms/update (median) | speedup vs reference | effective GFLOP/s |")
-    print("|---|---|---|---|")
+    flops = update_flops()
+    base = ms["torch trainer, float32"]
+    print(f"torch {torch.__version__}, {args.threads} threads (mbpo_fast and torch); "
+          f"K = {K_BLOCK}, B = {BATCH}, obs {OBS}, act {ACT}, 2 x {HIDDEN}; "
+          f"{flops / 1e6:.0f} MFLOP/update; canary {before:.0f} GFLOP/s before, {after:.0f} after")
+    print("| variant | ms/update (median) | vs torch trainer | GFLOP/s | % of peak (issue) "
+          "| % of peak (measured) |")
+    print("|---|---|---|---|---|---|")
     for name, v in ms.items():
-        flops = f_ref if name.startswith("reference") else f_cand
-        print(f"| {name} | {v:.2f} | {ref_ms / v:.2f}x | {flops / v / 1e6:.0f} |")
-    for k, v in act_us.items():
-        print(f"act() single observation, {k}: {v:.1f} us (median)")
-    diff = bf16_numerical_difference()
-    print(f"bf16 vs float32: first-update relative differences {diff['first_update_rel_diff']}, "
-          f"critic weights after {diff['updates']} updates differ by "
-          f"{100 * diff['critic_weight_divergence_after']:.1f}% of their total change")
+        rate = flops / v / 1e6
+        bf16 = "bf16" in name
+        peak = args.threads * (PEAK_BF16_CORE if bf16 else PEAK_F32_CORE)
+        measured = args.threads * (MEASURED_PEAK_BF16_CORE if bf16 else MEASURED_PEAK_F32_CORE)
+        print(f"| {name} | {v:.2f} | {base / v:.2f}x | {rate:.0f} | "
+              f"{100 * rate / peak:.0f}% of {peak:.0f} | {100 * rate / measured:.0f}% of "
+              f"{measured:.0f} |")
 
 
 # ---------------------------------------------------------------- pytest-benchmark view
 @pytest.fixture(scope="module")
-def batches():
-    return make_batches(8)
+def blocks():
+    return make_blocks(2)
 
 
-@pytest.mark.benchmark(group="sac-update")
-def test_update_reference(benchmark, batches):
-    step = reference_step(ReferenceSAC.from_agent(make_agent()))
+def _bench(benchmark, agent: SAC, blocks) -> None:
     it = iter(range(10**9))
-    benchmark(lambda: step(batches[next(it) % len(batches)]))
+    benchmark(lambda: agent.update(blocks[next(it) % len(blocks)]))
 
 
-@pytest.mark.benchmark(group="sac-update")
-def test_update_mbpo_fast(benchmark, batches):
-    agent = make_agent()
-    it = iter(range(10**9))
-    benchmark(lambda: agent.update(batches[next(it) % len(batches)]))
+@pytest.mark.benchmark(group="sac-update-block")
+def test_block_torch_trainer(benchmark, blocks):
+    _bench(benchmark, make_agent(trainer="torch"), blocks)
 
 
-@pytest.mark.benchmark(group="sac-update")
-def test_update_mbpo_fast_bf16(benchmark, batches):
-    agent = make_agent(autocast_bf16=True)
-    it = iter(range(10**9))
-    benchmark(lambda: agent.update(batches[next(it) % len(batches)]))
+@pytest.mark.benchmark(group="sac-update-block")
+def test_block_native_trainer(benchmark, blocks):
+    _bench(benchmark, make_agent(trainer="native"), blocks)
 
 
-@pytest.mark.benchmark(group="sac-act")
-def test_act_single_observation(benchmark):
-    agent = make_agent()
-    obs = np.random.default_rng(0).standard_normal(OBS).astype(np.float32)
-    benchmark(agent.act, obs)
+@pytest.mark.benchmark(group="sac-update-block")
+def test_block_native_trainer_bf16(benchmark, blocks):
+    _bench(benchmark, make_agent(trainer="native", autocast_bf16=True), blocks)
 
 
-def test_interleaved_speedup():
-    """The interleaved comparison; prints the table's numbers (-s to see them)."""
-    res = interleaved(rounds=3, per_round=10)
-    ms = res["ms"]
-    print(res)
-    assert ms["mbpo_fast.SAC"] > 0 and ms["reference (CleanRL-style)"] > 0
+def test_update_flops_matches_the_native_count():
+    agent = make_agent(trainer="native")
+    agent._trainer.prepare()
+    assert update_flops() == 2.0 * agent._trainer._learner.update_macs(BATCH)
 
 
 if __name__ == "__main__":

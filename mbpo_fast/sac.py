@@ -25,12 +25,12 @@ The math is the standard SAC of the MBPO paper (softlearning / CleanRL / SB3):
 * Temperature: ``alpha = exp(log_alpha)``, loss ``-mean(log_alpha * (log pi(a|s) + H_target))``
   using the actor step's sample; ``H_target`` defaults to ``-act_dim``.
 
-Where the speed comes from (see benchmarks/RESULTS_sac.md): both critics run as one batched
-matmul per layer; the critic weights are frozen while the actor loss is back-propagated
-(no wasted weight gradients); Adam is the fused CPU/GPU kernel; Polyak averaging is one
-``torch._foreach_lerp_``; nothing in :meth:`SAC.update` synchronizes with the host (the stats
-are returned as 0-d tensors); and ``update`` accepts a ``[K, B, ...]`` block of K batches
-sampled in one call, running K updates back to back.
+This module holds the agent: networks, acting, export and checkpoints. The update itself
+runs in a trainer (:mod:`mbpo_fast.sac_trainer`): the torch trainer (autograd, any device)
+or the native one (one C++ call per ``[K, B, ...]`` block, in place on the same tensors;
+benchmarks/RESULTS_sac.md). ``update`` accepts a block of K batches sampled in one call and
+draws the block's noise in one ``torch.randn`` call, so the trainers are interchangeable
+at any block.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -50,7 +51,11 @@ from torch.nn import functional as F
 
 from .io import atomic_write, save_safetensors
 from .nn import BatchedLinear
+from .sac_trainer import TRAINERS, make_trainer
 from .types import Transition
+
+logger = logging.getLogger("mbpo_fast.sac")
+_LOGGED_TRAINERS: set[tuple] = set()  # log each (requested, resolved) trainer once
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -177,16 +182,27 @@ class SAC:
         seed: seeds the parameter initialization and the agent's own ``torch.Generator``,
             which drives all action noise (``act`` and ``update``): two agents built with the
             same arguments behave identically.
-        autocast_bf16: run the hidden layers' matmuls of :meth:`update` under bf16
-            autocast (parameters, optimizer state, output layers, losses stay float32).
-            ~15% faster updates on CPUs with bf16 dot products; learning on Pendulum-v1 was
-            unchanged (benchmarks/RESULTS_sac.md). ``act`` always runs in float32.
+        autocast_bf16: run the hidden layers' matmuls of :meth:`update` (forward and
+            backward) with bf16 inputs and float32 accumulation; parameters, optimizer
+            state, output layers and losses stay float32. The torch trainer uses bf16
+            autocast (which also rounds those layers' outputs to bf16); the native trainer
+            keeps activations in float32. Faster on CPUs with bf16 dot products; learning on
+            Pendulum-v1 was unchanged (benchmarks/RESULTS_sac.md). ``act`` always runs in
+            float32.
         compile: wrap the two loss computations in ``torch.compile``. Measured on the 2-core
             CPU machines: ~40 s of compilation, then updates ~25% SLOWER than eager, so it
-            is off by default; it is here for GPUs, where it may pay.
+            is off by default; it is here for GPUs, where it may pay (torch trainer only).
+        trainer: who runs :meth:`update` (:mod:`mbpo_fast.sac_trainer`): "native" (one C++
+            call per block, in place on these tensors; CPU, native extension, no compile),
+            "torch" (autograd; any device), or "auto": native where it can run, else torch.
+            "native" raises ValueError when it cannot run. Stored in ``config``; checkpoints
+            written before the option existed load with "auto". The state is the same
+            tensors for both, so trainers may be switched at any point (e.g. save, then
+            ``SAC.load(path, trainer=...)``).
 
     Attributes ``actor`` (ensemble-of-one :class:`_MLP`), ``critic``, ``critic_target`` (2-member
-    ensembles), ``log_alpha`` and the optimizers are public for inspection.
+    ensembles), ``log_alpha`` and the optimizers are public for inspection; ``trainer`` names
+    the resolved trainer.
     """
 
     def __init__(
@@ -206,6 +222,7 @@ class SAC:
         seed: int = 0,
         autocast_bf16: bool = False,
         compile: bool = False,
+        trainer: str = "auto",
     ) -> None:
         for arg, value in (("obs_dim", obs_dim), ("act_dim", act_dim),
                            ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -228,6 +245,8 @@ class SAC:
                                    ("init_alpha", init_alpha, 0.0, math.inf)):
             if not (lo < float(value) <= hi) or not math.isfinite(float(value)):
                 raise ValueError(f"SAC: {arg} must be in ({lo}, {hi}], got {value!r}")
+        if trainer not in TRAINERS:
+            raise ValueError(f"SAC: trainer must be one of {TRAINERS}, got {trainer!r}")
         if target_entropy is None:
             target_entropy = -float(act_dim)
         if not math.isfinite(float(target_entropy)):
@@ -275,15 +294,30 @@ class SAC:
         self.actor_optim = torch.optim.Adam(
             [{"params": list(self.actor.parameters())}, {"params": [self.log_alpha]}],
             lr=lr, **opt_kw)
-        self._critic_params = list(self.critic.parameters())
-        self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
 
-        self._critic_loss_fn = self._critic_loss
-        self._actor_loss_fn = self._actor_loss
-        if compile:
-            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False)
-            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False)
+        self._trainer = make_trainer(self, trainer, compile=bool(compile))
+        self.config["trainer"] = trainer
+        log_key = (trainer, self._trainer.name, self.autocast_bf16)
+        if log_key not in _LOGGED_TRAINERS:
+            _LOGGED_TRAINERS.add(log_key)
+            logger.info("SAC trainer: %s (requested %r%s)", self._trainer.name, trainer,
+                        ", bf16 matmuls" if self.autocast_bf16 else "")
+
+    @property
+    def trainer(self) -> str:
+        """The trainer that runs :meth:`update`: "native" or "torch" ("auto" resolved)."""
+        return self._trainer.name
+
+    def set_trainer(self, trainer: str) -> None:
+        """Switches the trainer ("auto" | "native" | "torch") for the next :meth:`update`;
+        the state (tensors, Adam, generator, num_updates) carries over unchanged. Raises
+        ValueError (and keeps the current trainer) when "native" cannot run."""
+        if trainer not in TRAINERS:
+            raise ValueError(f"SAC: trainer must be one of {TRAINERS}, got {trainer!r}")
+        self._trainer = make_trainer(self, trainer, compile=bool(self.config["compile"]))
+        self.config["trainer"] = trainer
+        logger.info("SAC trainer: %s (requested %r)", self._trainer.name, trainer)
 
     # ------------------------------------------------------------------ acting
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,73 +359,6 @@ class SAC:
             return a.cpu().numpy()
 
     # ------------------------------------------------------------------ updating
-    @torch.no_grad()
-    def _td_target(self, rew, next_obs, not_done, alpha, eps_next) -> torch.Tensor:
-        """y = r + gamma * (1 - terminated) * (min_j Qtarg_j(s', a') - alpha * log pi(a'|s')),
-        a' = the squashed sample of the current actor at s' with noise eps_next [B, act_dim]."""
-        mean, log_std = self._policy(next_obs)
-        next_act, next_logp = squashed_gaussian(mean, log_std, eps_next,
-                                                self.action_scale, self.action_bias)
-        q_next = self.critic_target(torch.cat([next_obs, next_act], -1)).squeeze(-1)  # [2, B]
-        v_next = torch.min(q_next[0], q_next[1]) - alpha * next_logp
-        return torch.addcmul(rew, not_done, v_next, value=self.gamma)
-
-    def _critic_loss(self, obs, act, rew, next_obs, not_done, alpha, eps_next):
-        target = self._td_target(rew, next_obs, not_done, alpha, eps_next)
-        q = self.critic(torch.cat([obs, act], -1)).squeeze(-1)  # [2, B]
-        loss = (q - target).square().mean(-1).sum()
-        return loss, q.detach().mean()
-
-    def _actor_loss(self, obs, alpha, eps):
-        mean, log_std = self._policy(obs)
-        action, logp = squashed_gaussian(mean, log_std, eps, self.action_scale, self.action_bias)
-        q = self.critic(torch.cat([obs, action], -1)).squeeze(-1)
-        loss = (alpha * logp - torch.min(q[0], q[1])).mean()
-        return loss, logp.detach()
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _update_one(self, obs, act, rew, next_obs, not_done) -> dict[str, torch.Tensor]:
-        alpha = self.log_alpha.detach().exp()
-        b = obs.shape[0]
-        # one draw for both samples, in a fixed order (next-state actions, then policy actions)
-        eps = torch.randn((2, b, self.act_dim), generator=self.generator, device=self.device)
-        with self._autocast():
-            critic_loss, mean_q = self._critic_loss_fn(obs, act, rew, next_obs, not_done,
-                                                       alpha, eps[0])
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optim.step()
-
-        # Freeze the critic weights: back-propagating the actor loss then computes only the
-        # input gradients through the critics, not their (discarded) weight gradients.
-        for p in self._critic_params:
-            p.requires_grad_(False)
-        try:
-            with self._autocast():
-                actor_loss, logp = self._actor_loss_fn(obs, alpha, eps[1])
-            mean_logp = logp.float().mean()
-            alpha_loss = -self.log_alpha * (mean_logp + self.target_entropy)
-            self.actor_optim.zero_grad(set_to_none=True)
-            # the two losses share no parameters: one backward gives both gradients
-            (actor_loss + alpha_loss).backward()
-        finally:
-            for p in self._critic_params:
-                p.requires_grad_(True)
-        self.actor_optim.step()
-
-        with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, self.tau)
-        self.num_updates += 1
-        return {"critic_loss": critic_loss.detach().float(),
-                "actor_loss": actor_loss.detach().float(),
-                "alpha": alpha,
-                "entropy": -mean_logp,
-                "mean_q": mean_q.float()}
-
     def update(self, batch: Transition) -> dict[str, torch.Tensor]:
         """One SAC update per batch.
 
@@ -428,12 +395,19 @@ class SAC:
             if tuple(t.shape) != shape:
                 raise ValueError(f"update: batch.{name} must have shape {shape}, "
                                  f"got {tuple(t.shape)}")
-        not_done = (~term).to(f32)
-        if obs.dim() == 2:
-            return self._update_one(obs, act, rew, next_obs, not_done)
-        stats = [self._update_one(obs[k], act[k], rew[k], next_obs[k], not_done[k])
-                 for k in range(obs.shape[0])]
-        return {key: torch.stack([s[key] for s in stats]) for key in stats[0]}
+        single = obs.dim() == 2
+        if single:
+            obs, act, rew, next_obs, term = (t.unsqueeze(0)
+                                             for t in (obs, act, rew, next_obs, term))
+        k, b = obs.shape[0], obs.shape[1]
+        self._trainer.prepare()  # may raise (unsupported Adam settings): nothing drawn yet
+        # The whole block's noise in one draw (both trainers consume the generator alike).
+        eps = torch.randn((k, 2, b, self.act_dim), generator=self.generator, device=self.device)
+        stats = self._trainer.update_block(obs, act, rew, next_obs, term, eps)
+        self.num_updates += k
+        if single:
+            return {key: v[0] for key, v in stats.items()}
+        return stats
 
     @property
     def alpha(self) -> float:
@@ -514,8 +488,8 @@ class SAC:
             raise ValueError(f"load_state_dict: architecture mismatch (saved, this agent): {diff}")
         # Validate everything on scratch copies first so a failure leaves this agent intact.
         try:
-            scratch = SAC(**{k: v for k, v in cfg.items() if k != "compile"},
-                          device=self.device)
+            scratch = SAC(**{k: v for k, v in cfg.items() if k not in ("compile", "trainer")},
+                          device=self.device, trainer="torch")
             scratch._load_unchecked(state)
         except (KeyError, RuntimeError, TypeError) as exc:
             raise ValueError(f"load_state_dict: invalid state ({exc})") from exc
@@ -554,9 +528,11 @@ class SAC:
         atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAC:
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             trainer: str | None = None) -> SAC:
         """Rebuilds an agent saved with :meth:`save`; training continues exactly as if the
-        original had never stopped. Raises ValueError for a truncated or corrupt file."""
+        original had never stopped. ``trainer`` overrides the saved choice (None: keep it;
+        checkpoints without one: "auto"). Raises ValueError for a truncated or corrupt file."""
         with open(path, "rb") as f:
             blob = f.read()
         try:
@@ -566,7 +542,9 @@ class SAC:
                              f"{exc})") from None
         if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
             raise ValueError(f"{path}: not a {_FORMAT} checkpoint")
-        agent = cls(**state["config"], device=device)
+        config = dict(state["config"])
+        config["trainer"] = trainer if trainer is not None else config.get("trainer", "auto")
+        agent = cls(**config, device=device)
         agent.load_state_dict(state)
         return agent
 

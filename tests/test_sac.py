@@ -18,6 +18,7 @@ from scipy import stats
 import mbpo_fast as mf
 from mbpo_fast.io import load_safetensors
 from mbpo_fast.sac import LOG_STD_MAX, LOG_STD_MIN, SAC, squashed_gaussian
+from mbpo_fast.sac_trainer import TorchSacTrainer
 from mbpo_fast.types import Transition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,8 +165,8 @@ def test_td_target_and_critic_loss_hand_computed():
     assert y[1] == -0.5
 
     t = torch.tensor
-    got = agent._td_target(t(rew), t(np.ones((2, 2), np.float32)), t([1.0, 0.0]), t(0.5),
-                           t([[eps[0]], [eps[1]]]))
+    got = TorchSacTrainer(agent)._td_target(t(rew), t(np.ones((2, 2), np.float32)),
+                                            t([1.0, 0.0]), t(0.5), t([[eps[0]], [eps[1]]]))
     np.testing.assert_allclose(got.numpy(), y, rtol=1e-6)
 
     # and through update(): the critic loss is sum_j mean_b (Q_j - y_b)^2 with those y
@@ -220,10 +221,14 @@ def test_batched_critic_equals_two_independent_linear_critics():
                                        rtol=1e-10, atol=1e-12)
 
 
-def test_update_matches_cleanrl_style_reference():
-    """Same math as the benchmark's reference (separate critics, plain Adam, Python Polyak)."""
+@pytest.mark.parametrize("trainer", ["torch", "native"])
+def test_update_matches_cleanrl_style_reference(trainer):
+    """Same math as the benchmark's reference (separate critics, plain Adam, Python Polyak),
+    for both trainers (mbpo_fast/sac_trainer.py)."""
+    if trainer == "native" and mf.backend() != "native":
+        pytest.skip("needs the native extension")
     reference = _load_benchmark_module("sac_reference")
-    agent = _agent(hidden_size=64)
+    agent = _agent(hidden_size=64, trainer=trainer)
     ref = reference.ReferenceSAC.from_agent(agent)
     rng = np.random.default_rng(9)
     for _ in range(5):
@@ -277,9 +282,12 @@ def test_target_critics_follow_by_polyak_averaging(rng):
         torch.testing.assert_close(v, want, rtol=1e-6, atol=1e-7)
 
 
-def test_block_of_k_batches_equals_k_updates(rng):
+@pytest.mark.parametrize("trainer", ["torch", "auto"])
+def test_block_of_k_batches_equals_k_updates(rng, trainer):
+    """A [4, B] block == 4 single updates: the block's noise is one randn((4, 2, B, act))
+    draw, which for 2 * B * act_dim a multiple of 16 is the same stream as four draws."""
     block = _batch(rng, 16, lead=(4,))
-    a, b = _agent(), _agent()
+    a, b = _agent(trainer=trainer), _agent(trainer=trainer)
     out = a.update(block)
     assert all(v.shape == (4,) for v in out.values())
     for k in range(4):
@@ -312,9 +320,10 @@ def test_update_is_deterministic_for_a_seed(rng):
     assert not torch.equal(a3.actor.layers[0].weight, a1.actor.layers[0].weight)
 
 
+@pytest.mark.parametrize("trainer", ["torch", "auto"])
 @pytest.mark.parametrize("autocast_bf16", [False, True])
-def test_update_reduces_critic_loss_on_a_fixed_batch(rng, autocast_bf16):
-    agent = _agent(lr=3e-3, autocast_bf16=autocast_bf16)
+def test_update_reduces_critic_loss_on_a_fixed_batch(rng, autocast_bf16, trainer):
+    agent = _agent(lr=3e-3, autocast_bf16=autocast_bf16, trainer=trainer)
     b = _batch(rng, 32)
     first = float(agent.update(b)["critic_loss"])
     last = agent.update(Transition(*(np.broadcast_to(x, (25, *x.shape)) for x in b)))
