@@ -171,9 +171,9 @@ class EnsembleDynamics(nn.Module):
         self.weight_decays = [float(d) for d in decays]
         self.device = torch.device(device)
         self._on_cpu = self.device.type == "cpu"
-        self.trainer = resolve_trainer(trainer, self.device)
-        self.autocast_bf16 = bool(autocast_bf16)
         self._trainer_impl = None  # the epoch backend, built at the first fit
+        self._trainer = resolve_trainer(trainer, self.device)
+        self._autocast_bf16 = bool(autocast_bf16)
 
         in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
         widths = [in_dim] + [self.hidden_size] * self.num_layers + [2 * out_dim]
@@ -213,6 +213,28 @@ class EnsembleDynamics(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def trainer(self) -> str:
+        """The trainer :meth:`fit` runs: "native" or "torch" (resolved from the requested
+        "auto" | "native" | "torch"). Assignable between fits: the next fit continues from the
+        same parameters and Adam state on the other trainer."""
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, value: str) -> None:
+        self._trainer = resolve_trainer(value, self.device)
+        self._trainer_impl = None
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether training matmuls of the hidden layers take bf16 inputs (assignable)."""
+        return self._autocast_bf16
+
+    @autocast_bf16.setter
+    def autocast_bf16(self, value: bool) -> None:
+        self._autocast_bf16 = bool(value)
+        self._trainer_impl = None
 
     @property
     def in_dim(self) -> int:

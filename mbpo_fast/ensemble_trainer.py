@@ -409,15 +409,15 @@ def make_backend(model, name: str, bf16: bool):
 
 
 def log_trainer_once(model) -> None:
-    """Logs (INFO, once per model) which trainer its fits run."""
-    if not getattr(model, "_trainer_logged", False):
-        model._trainer_logged = True
+    """Logs (INFO) which trainer a model's fits run: once per model and trainer setting."""
+    setting = (model.trainer, model.autocast_bf16)
+    if getattr(model, "_trainer_logged", None) != setting:
+        model._trainer_logged = setting
         _log.info(
-            "EnsembleDynamics: %s trainer%s (%d x %d x %d, E=%d)",
+            "EnsembleDynamics: %s trainer%s (E=%d, %d x %d hidden)",
             model.trainer,
             " with bf16 matmuls" if model.autocast_bf16 else "",
+            model.ensemble_size,
             model.num_layers,
             model.hidden_size,
-            model.in_dim,
-            model.ensemble_size,
         )
