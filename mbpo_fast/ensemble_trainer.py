@@ -257,12 +257,19 @@ def _check_native_optimizer(optimizer: torch.optim.Optimizer, model) -> None:
         raise TypeError(
             f"native trainer: expected torch.optim.Adam, got {type(optimizer).__name__}"
         )
+    first = optimizer.param_groups[0]
     for g in optimizer.param_groups:
-        if g.get("amsgrad") or g.get("maximize") or g["lr"] != optimizer.param_groups[0]["lr"]:
-            raise ValueError("native trainer: amsgrad, maximize and per-group lr are not supported")
-    expected = [[id(p) for p in g["params"]] for g in model._param_groups()]
-    if [[id(p) for p in g["params"]] for g in optimizer.param_groups] != expected:
-        raise ValueError("native trainer: the optimizer's param groups differ from the model's")
+        if g.get("amsgrad") or g.get("maximize") or g.get("decoupled_weight_decay"):
+            raise ValueError("native trainer: amsgrad, maximize and AdamW are not supported")
+        if any(g[k] != first[k] for k in ("lr", "betas", "eps")):
+            raise ValueError("native trainer: per-group lr / betas / eps are not supported")
+    expected = model._param_groups()
+    got = [([id(p) for p in g["params"]], g["weight_decay"]) for g in optimizer.param_groups]
+    if got != [([id(p) for p in g["params"]], g["weight_decay"]) for g in expected]:
+        raise ValueError(
+            "native trainer: the optimizer's param groups (tensors, weight_decay) differ from "
+            "the model's (_param_groups)"
+        )
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:

@@ -327,14 +327,24 @@ struct EnsembleTrainer::Impl {
   double train_batch(const float* x, const float* y, const int64_t* idx, int64_t cols, int64_t s, int64_t b) {
     const int64_t out = cfg.out_dim();
     const int64_t units = E() * row_parts;
-    std::atomic<int> next_slot{0};
-    const int n_slots = scratch_slots;
-    parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
-      const int slot = next_slot.fetch_add(1);
-      require(slot < n_slots, "EnsembleTrainer: more parallel chunks than scratch slots (thread count changed "
-                              "during an epoch?)");
-      float* base = slots.data() + static_cast<int64_t>(slot) * slot_floats;
-      for (int64_t u = u0; u < u1; ++u) train_unit(u, base, x, y, idx, cols, s, b);
+    // The lambdas capture one pointer, so std::function keeps them in its small buffer: no
+    // heap allocation per batch.
+    struct BatchArgs {
+      Impl* self;
+      const float *x, *y;
+      const int64_t* idx;
+      int64_t cols, s, b;
+      std::atomic<int> next_slot{0};
+      const std::vector<float>* steps;
+    } args{this, x, y, idx, cols, s, b, {}, &steps_scratch};
+    BatchArgs* a = &args;
+    parallel_for(units, 1, [a](int64_t u0, int64_t u1) {
+      Impl& me = *a->self;
+      const int slot = a->next_slot.fetch_add(1);
+      require(slot < me.scratch_slots, "EnsembleTrainer: more parallel chunks than scratch slots (thread "
+                                       "count changed during an epoch?)");
+      float* base = me.slots.data() + static_cast<int64_t>(slot) * me.slot_floats;
+      for (int64_t u = u0; u < u1; ++u) me.train_unit(u, base, a->x, a->y, a->idx, a->cols, a->s, a->b);
     });
     // Loss value (before the step) and the shared bounds' gradient, reduced in unit order.
     const double denom = static_cast<double>(b * out);
@@ -363,7 +373,7 @@ struct EnsembleTrainer::Impl {
     std::vector<float>& steps = steps_scratch;
     steps.resize(static_cast<size_t>(n_t));
     for (int t = 0; t < n_t; ++t) steps[t] = *tensor(t).step;
-    parallel_for(flat_total, 4096, [&](int64_t a, int64_t z) { adam_range(a, z, steps); });
+    parallel_for(flat_total, 4096, [a](int64_t lo, int64_t hi) { a->self->adam_range(lo, hi, *a->steps); });
     for (int t = 0; t < n_t; ++t) *tensor(t).step = steps[t] + 1.0f;  // what adam_step did per range
     adam_step(st.max_logvar.param, gm.data(), st.max_logvar.exp_avg, st.max_logvar.exp_avg_sq, st.max_logvar.step,
               out, cfg.adam, 0.0);
