@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import mbpo_fast as mf
@@ -113,8 +112,11 @@ def run(rows: int = 100_000, reps: int = 3) -> dict:
 
 
 def format_table(res: dict) -> str:
-    names = {"torch": "torch trainer (float32)", "native": "native float32",
-             "native_bf16": "native bf16"}
+    names = {
+        "torch": "torch trainer (float32)",
+        "native": "native float32",
+        "native_bf16": "native bf16",
+    }
     lines = [
         f"| {res['rows']:,} rows, E={E}, {LAYERS}x{HIDDEN}, batch {BATCH}, {THREADS} threads "
         f"| s / epoch (median of {res['reps']}) | vs torch | effective GFLOP/s |",
