@@ -3,6 +3,12 @@
 Usage::
 
     python benchmarks/learning_report.py RUN_DIR [RUN_DIR ...] [--threshold ENV=VALUE ...]
+    python benchmarks/learning_report.py compare RUN_DIR [RUN_DIR ...] [--reference CSV] \\
+        [--out PNG] [--every 10000] [--window LO:HI]
+
+(from the repository root with ``PYTHONPATH=.`` unless mbpo_fast is installed). The second
+form is ``mbpo-fast compare`` (mbpo_fast/compare.py): seeds grouped by environment against
+a published curve; see docs/comparing_runs.md.
 
 For each run directory written by ``mbpo-fast train`` it reads ``progress.csv`` and prints a
 markdown table of the evaluations (env steps, eval return mean ± std, model holdout MSE,
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 PHASES = ("env", "model", "rollout", "sac", "eval")
@@ -66,18 +73,25 @@ def report(run: Path, thresholds: dict[str, float]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Prints the per-run report; ``compare ...`` hands over to ``mbpo-fast compare``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        from mbpo_fast.cli import main as cli_main
+
+        return cli_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--threshold", action="append", default=[],
                         help="ENV=VALUE: report the first evaluation reaching VALUE")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     thresholds = {}
     for item in args.threshold:
         env, _, value = item.partition("=")
         thresholds[env] = float(value)
     print("\n\n".join(report(run, thresholds) for run in args.runs))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,8 @@
     mbpo-fast resume runs/hopper                      # continue from the latest checkpoint
     mbpo-fast eval runs/hopper --episodes 10          # deterministic return of the saved policy
     mbpo-fast bench                                   # ms per op of the hot paths, and the backend
+    mbpo-fast compare runs/hopper-s* --reference mbpo_official_curves.csv --out hopper.png \\
+        --window 115000:125000                        # seeds vs the published curve
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="rows in the real pool (the model pool holds 4x as many)")
     b.add_argument("--repeat", type=int, default=20)
     _threads_arg(b)
+
+    c = sub.add_parser("compare", help="runs (grouped by env, several seeds) against a "
+                       "published curve: markdown tables, and PNGs with --out",
+                       description="Groups runs by environment, interpolates each run and the "
+                       "reference onto one grid of env steps (random phase included, never "
+                       "extrapolated) and prints per grid point: seeds n, seed mean, sd, "
+                       "published mean ± sd, z. See docs/comparing_runs.md.")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (config.json + progress.csv)")
+    c.add_argument("--reference", default="mbpo", metavar="CSV",
+                   help="published curves, columns env,step,return_mean,return_std; default "
+                   "'mbpo': MBPO's published curves shipped with the package "
+                   "(mbpo_fast/data/mbpo_official_curves.csv); 'none': no reference columns")
+    c.add_argument("--out", default=None, metavar="PNG",
+                   help="write a plot: this file for one environment, <stem>-<env>.png for "
+                   "several, <dir>/<env>.png for an existing directory or a path ending in /")
+    c.add_argument("--every", type=int, default=10_000, metavar="STEPS",
+                   help="table grid spacing in env steps (default 10000)")
+    c.add_argument("--window", action="append", default=[], metavar="LO:HI",
+                   help="also average each seed's evaluations with LO <= env steps <= HI "
+                   "(e.g. 115000:125000); repeatable")
     return p
 
 
@@ -71,7 +94,7 @@ def _threads_arg(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mbpo-fast`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.threads is not None:
+    if getattr(args, "threads", None) is not None:
         import torch
 
         import mbpo_fast
@@ -82,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         mbpo_fast.set_num_threads(args.threads)
     try:
-        return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench}[
-            args.command](args)
+        return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench,
+                "compare": _compare}[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mbpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +150,29 @@ def _eval(args: argparse.Namespace) -> int:
     mean, std, returns = evaluate_checkpoint(args.logdir, args.episodes, seed=args.seed)
     print(json.dumps({"eval_return_mean": mean, "eval_return_std": std,
                       "episodes": len(returns), "returns": returns}))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from . import compare
+
+    windows = [compare.parse_window(w) for w in args.window]
+    if args.every < 1:
+        raise ValueError(f"--every must be >= 1 env step, got {args.every}")
+    reference = {"mbpo": compare.MBPO_REFERENCE, "none": None}.get(args.reference,
+                                                                   args.reference)
+    result = compare.compare(args.runs, reference, every=args.every, windows=windows)
+    print(compare.format_markdown(result), end="")
+    if args.out is not None:
+        paths = compare.plot_paths(args.out, [c.env_id for c in result])
+        for c in result:
+            try:
+                written = compare.plot(c, paths[c.env_id])
+            except (ImportError, OSError) as exc:  # no matplotlib, unwritable --out
+                print(f"mbpo-fast compare: error: cannot write {paths[c.env_id]}: {exc}",
+                      file=sys.stderr)
+                return 2
+            print(f"mbpo-fast compare: wrote {written}", file=sys.stderr)
     return 0
 
 

@@ -210,6 +210,8 @@ void model_noise_avx512(uint64_t seed, uint64_t row, int64_t out_dim, float* eps
 
 #else  // no AVX-512: never dispatched to; defined so the library links.
 
+#include "kernels/ensemble_epilogue.h"
+
 namespace mbpo_fast {
 namespace cpu {
 void step_epilogue_avx512(const float* head, int64_t ld, int64_t rows, const int64_t* idx, const float* obs,

@@ -57,6 +57,19 @@ void gemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 
 }  // namespace
 
+namespace cpu {
+void gemm_scale_c(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    if (beta == 0.0f) {
+      for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f;
+    } else if (beta != 1.0f) {
+      for (int64_t j = 0; j < n; ++j) ci[j] *= beta;
+    }
+  }
+}
+}  // namespace cpu
+
 void sgemm_portable(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                     int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   gemm_reference<false>(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
@@ -112,11 +125,15 @@ void linear_backward(const float* x, int64_t ldx, int64_t rows, const float* w, 
       sgemm(true, false, in, out, rows, x, ldx, dy, lddy, beta, dw, out);
     }
   }
-  if (db != nullptr) {
-    if (!accumulate) std::memset(db, 0, sizeof(float) * out);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* g = dy + r * lddy;
-      for (int64_t j = 0; j < out; ++j) db[j] += g[j];
+  if (db != nullptr) {  // db[out] = column sums of dy (float32, never rounded to bf16)
+    if (cpu::gemm_avx512_supported()) {
+      cpu::column_sums_avx512(dy, lddy, rows, out, db, accumulate);
+    } else {
+      if (!accumulate) std::memset(db, 0, sizeof(float) * out);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* g = dy + r * lddy;
+        for (int64_t j = 0; j < out; ++j) db[j] += g[j];
+      }
     }
   }
   if (dx != nullptr) {  // dx[rows, in] = dy[rows, out] @ w^T  (w stored [in, out])
@@ -129,14 +146,17 @@ void linear_backward(const float* x, int64_t ldx, int64_t rows, const float* w, 
 }
 
 void relu_forward(float* x, int64_t n) {
+  if (cpu::gemm_avx512_supported()) return cpu::relu_forward_avx512(x, n);
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
 void relu_backward(const float* h, float* g, int64_t n) {
+  if (cpu::gemm_avx512_supported()) return cpu::relu_backward_avx512(h, g, n);
   for (int64_t i = 0; i < n; ++i) g[i] = h[i] > 0.0f ? g[i] : 0.0f;
 }
 
 void silu_forward(float* x, float* pre, int64_t n) {
+  if (cpu::gemm_avx512_supported()) return cpu::silu_forward_avx512(x, pre, n);
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     pre[i] = v;
@@ -145,6 +165,7 @@ void silu_forward(float* x, float* pre, int64_t n) {
 }
 
 void silu_backward(const float* pre, float* g, int64_t n) {
+  if (cpu::gemm_avx512_supported()) return cpu::silu_backward_avx512(pre, g, n);
   for (int64_t i = 0; i < n; ++i) {
     const float s = 1.0f / (1.0f + std::exp(-pre[i]));
     g[i] *= s * (1.0f + pre[i] * (1.0f - s));
@@ -156,24 +177,29 @@ void silu_backward(const float* pre, float* g, int64_t n) {
 void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, float* step,
                int64_t n, const AdamConfig& config, double weight_decay) {
   *step += 1.0f;
+  // The scalars as torch derives them: bias corrections in double from the float step,
+  // then each cast to float for the float32 arithmetic.
   const double t = static_cast<double>(*step);
   const double bias_correction1 = 1.0 - std::pow(config.beta1, t);
   const double bias_correction2 = 1.0 - std::pow(config.beta2, t);
-  const float step_size = static_cast<float>(config.lr / bias_correction1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  const float one_minus_b1 = static_cast<float>(1.0 - config.beta1);
-  const float b2 = static_cast<float>(config.beta2);
-  const float one_minus_b2 = static_cast<float>(1.0 - config.beta2);
-  const float eps = static_cast<float>(config.eps);
-  const float wd = static_cast<float>(weight_decay);
+  cpu::AdamScalars s;
+  s.step_size = static_cast<float>(config.lr / bias_correction1);
+  s.bias_correction2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  s.one_minus_beta1 = static_cast<float>(1.0 - config.beta1);
+  s.beta2 = static_cast<float>(config.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - config.beta2);
+  s.eps = static_cast<float>(config.eps);
+  s.weight_decay = static_cast<float>(weight_decay);
+  if (cpu::gemm_avx512_supported()) return cpu::adam_avx512(param, grad, exp_avg, exp_avg_sq, n, s);
+  // Portable: the same formula without FMA contraction (torch's own portable build).
   for (int64_t i = 0; i < n; ++i) {
     float g = grad[i];
-    if (wd != 0.0f) g += wd * param[i];
-    const float m = exp_avg[i] + one_minus_b1 * (g - exp_avg[i]);
-    const float v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
+    if (s.weight_decay != 0.0f) g += param[i] * s.weight_decay;
+    const float m = exp_avg[i] + s.one_minus_beta1 * (g - exp_avg[i]);
+    const float v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * g * g;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    param[i] -= step_size * m / (std::sqrt(v) / bc2_sqrt + eps);
+    param[i] -= s.step_size * m / (std::sqrt(v) / s.bias_correction2_sqrt + s.eps);
   }
 }
 
