@@ -47,11 +47,14 @@ constexpr uint64_t kStreamFitInit = 19ull << 32;  // owning-mode parameter init 
 
 // torch's softplus (beta 1, threshold 20) and its backward, written as the ATen CPU kernel
 // evaluates them so float32 results agree with torch to rounding of exp/log1p.
-inline float softplus(float x) { return x > kSoftplusThreshold ? x : std::log1p(std::exp(x)); }
-inline float softplus_backward(float grad, float x) {
-  if (x > kSoftplusThreshold) return grad;
-  const float z = std::exp(x);
-  return grad * z / (z + 1.0f);
+// softplus also returns z = exp(x) (when x <= threshold) for the backward.
+inline float softplus(float x, float& z) {
+  if (x > kSoftplusThreshold) return x;
+  z = std::exp(x);
+  return std::log1p(z);
+}
+inline float softplus_backward(float grad, float x, float z) {
+  return x > kSoftplusThreshold ? grad : grad * z / (z + 1.0f);
 }
 
 std::vector<double> default_weight_decays(int num_linear) {
@@ -87,6 +90,9 @@ void EnsembleTrainerConfig::validate() const {
   require(adam.beta1 >= 0.0 && adam.beta1 < 1.0 && adam.beta2 >= 0.0 && adam.beta2 < 1.0,
           "EnsembleTrainerConfig.adam: expected betas in [0, 1)");
   require(adam.eps > 0.0, "EnsembleTrainerConfig.adam.eps: expected > 0");
+  require(row_parts >= 0 && row_parts <= kMaxRowParts,
+          "EnsembleTrainerConfig.row_parts: expected 0 (automatic) .. " + std::to_string(kMaxRowParts) + ", got " +
+              std::to_string(row_parts));
 }
 
 struct EnsembleTrainer::Impl {
@@ -162,7 +168,8 @@ struct EnsembleTrainer::Impl {
 
   void ensure_scratch(int64_t batch) {
     const int64_t T = std::max(1, num_threads());
-    row_parts = static_cast<int>(std::min<int64_t>(T / gcd64(E(), T), kMaxRowParts));
+    row_parts = cfg.row_parts > 0 ? cfg.row_parts
+                                  : static_cast<int>(std::min<int64_t>(T / gcd64(E(), T), kMaxRowParts));
     row_parts = std::max(1, row_parts);
     const int64_t rows = (batch + row_parts - 1) / row_parts;
     const int slots_needed = static_cast<int>(T);
@@ -264,10 +271,11 @@ struct EnsembleTrainer::Impl {
       const float* yj = p.y + j * out;
       float* d = p.d_out + j * o2;
       for (int64_t k = 0; k < out; ++k) {
+        float z1 = 0.0f, z2 = 0.0f;
         const float t1 = mx[k] - o[out + k];
-        const float lv1 = mx[k] - softplus(t1);
+        const float lv1 = mx[k] - softplus(t1, z1);
         const float t2 = lv1 - mn[k];
-        const float lv = mn[k] + softplus(t2);
+        const float lv = mn[k] + softplus(t2, z2);
         const float inv = std::exp(-lv);
         const float diff = o[k] - yj[k];
         const float sq = diff * diff;
@@ -276,9 +284,9 @@ struct EnsembleTrainer::Impl {
         const float g_inv = gmean * sq;
         d[k] = g_sq * (2.0f * diff);
         const float g_lv = gmean - g_inv * inv;
-        const float g_t2 = softplus_backward(g_lv, t2);
+        const float g_t2 = softplus_backward(g_lv, t2, z2);
         gmin[k] += static_cast<double>(g_lv) - static_cast<double>(g_t2);
-        const float g_t1 = softplus_backward(-g_t2, t1);
+        const float g_t1 = softplus_backward(-g_t2, t1, z1);
         gmax[k] += static_cast<double>(g_t2) + static_cast<double>(g_t1);
         d[out + k] = -g_t1;
       }
@@ -311,16 +319,20 @@ struct EnsembleTrainer::Impl {
     for (int t = 0; t < n_t; ++t) {
       const int64_t a = std::max(begin, flat_off[t]), z = std::min(end, flat_off[t + 1]);
       if (a >= z) continue;
-      float* g0 = grads.data() + a;
-      for (int r = 1; r < R; ++r) {
-        const float* gr = grads.data() + r * flat_total + a;
-        for (int64_t k = 0; k < z - a; ++k) g0[k] += gr[k];
-      }
       TrainableTensor& tt = tensor(t);
-      const int64_t off = a - flat_off[t];
-      float step = steps_before[t];  // every range steps from the same count (set once after)
-      adam_step(tt.param + off, g0, tt.exp_avg + off, tt.exp_avg_sq + off, &step, z - a, cfg.adam,
-                t % 2 == 0 ? decays[t / 2] : 0.0);
+      const double wd = t % 2 == 0 ? decays[t / 2] : 0.0;
+      // Blocks of 4096: the row parts' sum is still in L1 when Adam reads it.
+      for (int64_t a0 = a; a0 < z; a0 += 4096) {
+        const int64_t n = std::min<int64_t>(4096, z - a0);
+        float* g0 = grads.data() + a0;
+        for (int r = 1; r < R; ++r) {
+          const float* gr = grads.data() + r * flat_total + a0;
+          for (int64_t k = 0; k < n; ++k) g0[k] += gr[k];
+        }
+        const int64_t off = a0 - flat_off[t];
+        float step = steps_before[t];  // every block steps from the same count (set once after)
+        adam_step(tt.param + off, g0, tt.exp_avg + off, tt.exp_avg_sq + off, &step, n, cfg.adam, wd);
+      }
     }
   }
 

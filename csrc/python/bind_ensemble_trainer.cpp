@@ -86,7 +86,7 @@ class PyEnsembleTrainer {
   PyEnsembleTrainer(int64_t obs_dim, int64_t act_dim, int64_t ensemble_size, int64_t hidden_size,
                     int num_hidden_layers, std::vector<double> weight_decays, double lr, double beta1, double beta2,
                     double eps, bool bf16, const py::list& params, const py::list& exp_avg, const py::list& exp_avg_sq,
-                    const py::list& step) {
+                    const py::list& step, int row_parts) {
     cfg_.obs_dim = obs_dim;
     cfg_.act_dim = act_dim;
     cfg_.ensemble_size = ensemble_size;
@@ -98,6 +98,7 @@ class PyEnsembleTrainer {
     cfg_.adam.beta2 = beta2;
     cfg_.adam.eps = eps;
     cfg_.precision = bf16 ? MatmulPrecision::kBf16 : MatmulPrecision::kFloat32;
+    cfg_.row_parts = row_parts;
     cfg_.validate();
     const int n_lin = cfg_.num_linear();
     const size_t n_t = static_cast<size_t>(2 * n_lin + 2);
@@ -190,14 +191,14 @@ void bind_ensemble_trainer(py::module_& m) {
                                 "Native epoch of MBPO's ensemble fit on borrowed float32 storage "
                                 "(csrc/include/mbpo_fast/ensemble_trainer.h).")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int, std::vector<double>, double, double, double, double,
-                    bool, const py::list&, const py::list&, const py::list&, const py::list&>(),
+                    bool, const py::list&, const py::list&, const py::list&, const py::list&, int>(),
            py::arg("obs_dim"), py::arg("act_dim"), py::arg("ensemble_size"), py::arg("hidden_size"),
            py::arg("num_hidden_layers"), py::arg("weight_decays"), py::arg("lr"), py::arg("beta1"),
            py::arg("beta2"), py::arg("eps"), py::arg("bf16"), py::arg("params"), py::arg("exp_avg"),
-           py::arg("exp_avg_sq"), py::arg("step"),
+           py::arg("exp_avg_sq"), py::arg("step"), py::arg("row_parts") = 0,
            "params / exp_avg / exp_avg_sq: float32 arrays [w0, b0, ..., wL, bL, max_logvar, min_logvar] "
            "(w_i [E, in_i, out_i], b_i [E, out_i], bounds [obs_dim + 1]); step: 0-d float32 arrays. "
-           "All borrowed and updated in place.")
+           "All borrowed and updated in place. row_parts: rows split per member (0 = automatic).")
       .def("train_epoch", &PyEnsembleTrainer::train_epoch, py::arg("x"), py::arg("y"), py::arg("idx"),
            py::arg("batch_size"),
            "One epoch: x float32 [N, in], y float32 [N, obs_dim + 1], idx int64 [E, M] in [0, N); one Adam "

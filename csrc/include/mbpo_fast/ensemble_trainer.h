@@ -49,6 +49,10 @@ struct EnsembleTrainerConfig {
   // kBf16: the hidden layers' matmuls (forward and backward) take bf16-rounded inputs and
   // accumulate in float32; the output layer, the parameters and Adam stay float32.
   MatmulPrecision precision = MatmulPrecision::kFloat32;
+  // Row parts per member in a batch (1..4); 0 = automatic: threads / gcd(E, threads), so an
+  // odd member count still splits evenly over the threads. Results do not depend on it
+  // beyond float rounding.
+  int row_parts = 0;
 
   int num_linear() const { return num_hidden_layers + 1; }
   int64_t in_dim() const { return obs_dim + act_dim; }
