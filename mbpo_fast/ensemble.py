@@ -172,7 +172,7 @@ class EnsembleDynamics(nn.Module):
         self.device = torch.device(device)
         self._on_cpu = self.device.type == "cpu"
         self._trainer_impl = None  # the epoch backend, built at the first fit
-        self._trainer = resolve_trainer(trainer, self.device)
+        self._trainer = resolve_trainer(trainer, self.device, self.num_layers + 1)
         self._autocast_bf16 = bool(autocast_bf16)
 
         in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
@@ -223,7 +223,7 @@ class EnsembleDynamics(nn.Module):
 
     @trainer.setter
     def trainer(self, value: str) -> None:
-        self._trainer = resolve_trainer(value, self.device)
+        self._trainer = resolve_trainer(value, self.device, self.num_layers + 1)
         self._trainer_impl = None
 
     @property

@@ -51,17 +51,27 @@ def native_trainer_available() -> bool:
     return _backend.name == "native" and hasattr(_backend.ops, "EnsembleTrainer")
 
 
-def resolve_trainer(trainer: str, device: torch.device) -> str:
-    """The trainer a model on `device` runs for the requested `trainer` ("auto" | "native" |
-    "torch"): "auto" = native on CPU with the extension loaded, torch otherwise. "native" raises
-    when it cannot run (never a silent fallback)."""
+_NATIVE_MAX_LINEAR = 16  # kEnsembleMaxLayers (csrc/include/mbpo_fast/ensemble.h)
+
+
+def resolve_trainer(trainer: str, device: torch.device, num_linear: int = 2) -> str:
+    """The trainer a model on `device` with `num_linear` layers runs for the requested
+    `trainer` ("auto" | "native" | "torch"): "auto" = native on CPU with the extension loaded
+    (and at most 16 linear layers), torch otherwise. "native" raises when it cannot run (never
+    a silent fallback)."""
     if not isinstance(trainer, str) or trainer not in TRAINERS:
         raise ValueError(f"trainer: expected one of {TRAINERS}, got {trainer!r}")
     on_cpu = device.type == "cpu"
+    fits = num_linear <= _NATIVE_MAX_LINEAR
     if trainer == "torch":
         return "torch"
     if trainer == "auto":
-        return "native" if on_cpu and native_trainer_available() else "torch"
+        return "native" if on_cpu and fits and native_trainer_available() else "torch"
+    if not fits:
+        raise ValueError(
+            f"trainer='native' supports at most {_NATIVE_MAX_LINEAR} linear layers "
+            f"(num_layers <= {_NATIVE_MAX_LINEAR - 1}), got {num_linear}; use trainer='torch'"
+        )
     if not on_cpu:
         raise ValueError(
             f"trainer='native' trains CPU models only; this model is on {device}. "
@@ -199,7 +209,7 @@ class NativeEnsembleTrainer:
                 state[p]["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        tensors = [state[p][k] for k in ("exp_avg", "exp_avg_sq", "step") for p in params]
+        tensors = params + [state[p][k] for k in ("exp_avg", "exp_avg_sq", "step") for p in params]
         key = tuple(t.data_ptr() for t in tensors) + (id(optimizer),)
         if self._core is None or key != self._bound_to:
             groups = optimizer.param_groups

@@ -377,6 +377,9 @@ def test_trainer_errors(monkeypatch):
         EnsembleDynamics(3, 2, trainer="jax")
     with pytest.raises(ValueError, match="CPU models only"):
         EnsembleDynamics(3, 2, trainer="native", device="cuda")
+    with pytest.raises(ValueError, match="at most 16 linear layers"):
+        EnsembleDynamics(3, 2, hidden_size=4, num_layers=16, trainer="native")
+    assert EnsembleDynamics(3, 2, hidden_size=4, num_layers=16).trainer == "torch"
     assert EnsembleDynamics(3, 2, trainer="torch").trainer == "torch"
     model = EnsembleDynamics(3, 2, trainer="auto")
     assert model.trainer == ("native" if mf.backend() == "native" else "torch")
