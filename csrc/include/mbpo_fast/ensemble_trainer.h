@@ -19,6 +19,17 @@
 //     view() gives an EnsembleView for ensemble_step / the rollout engine; save() writes the
 //     DESIGN §3 safetensors file that EnsembleDynamics.load and Ensemble::load read.
 //
+// A C++ program with no Python (owning mode):
+//
+//   mbpo_fast::EnsembleTrainerConfig cfg;
+//   cfg.obs_dim = 11; cfg.act_dim = 3;            // E = 7, 4 x 200, MBPO decays and Adam
+//   mbpo_fast::EnsembleTrainer model(cfg, /*seed=*/0, /*num_elites=*/5);
+//   mbpo_fast::EnsembleFitOptions fit;             // holdout 0.2 (<= 5000), batch 256, patience 5
+//   fit.seed = step;                               // fresh split / bootstrap per fit
+//   auto stats = model.fit(obs, act, rew, next_obs, n, fit);   // raw float32 rows
+//   mbpo_fast::EnsembleView view = model.view();   // ensemble_step(view, ...) / rollouts
+//   model.save("model.safetensors");               // EnsembleDynamics.load / Ensemble::load
+//
 // Threading: train_epoch and member_mse use parallel_for (parallel.h): the members (and row
 // halves of a member, to balance an odd member count) run concurrently; the shared logvar
 // bounds' gradient is reduced after the parallel part. Results do not depend on the thread
