@@ -1,14 +1,16 @@
 // mbpo_fast::EnsembleTrainer (ensemble_trainer.h): one native call per training epoch of
 // MBPO's ensemble, on borrowed (torch) or owned float32 storage.
 //
-// Per batch: parallel_for over "units" = (member, row part) — each gathers its rows, runs
-// the forward (train_ops.h linear_forward + silu), the loss and its gradient, the backward
-// into that unit's gradient buffer and its share of the logvar-bound gradient; then the bound
-// gradients are reduced serially (tiny) and a second parallel_for runs Adam over the flat
-// element range of every member tensor (summing the row parts' gradients first). With an
-// odd member count on two threads each member is split into row halves so both threads get
-// the same work. Scratch is allocated once per trainer (grown when the batch or the thread
-// count grows), never per batch.
+// Per batch: parallel_for over one work list per thread; a list holds "units" = (member,
+// row part) — each gathers its rows, runs the forward (train_ops.h linear_forward + silu),
+// the loss and its gradient, the backward into its part's gradient buffer and its share of
+// the logvar-bound gradient; then the bound gradients are reduced serially (tiny) and a
+// second parallel_for runs Adam over the flat element range of every member tensor (summing
+// a split member's row parts first). Balance: each thread gets E / T whole members, and the
+// E % T members left over are split into T row parts, one per thread (E = 7 on 2 threads:
+// 3 whole members + half of the 7th each), so most matmuls keep the full batch as M.
+// Scratch is allocated once per trainer (grown when the batch or the thread count grows),
+// never per batch.
 #include "mbpo_fast/ensemble_trainer.h"
 
 #include <fcntl.h>
@@ -66,8 +68,6 @@ std::vector<double> default_weight_decays(int num_linear) {
   return d;
 }
 
-int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
-
 }  // namespace
 
 void EnsembleTrainerConfig::validate() const {
@@ -120,10 +120,18 @@ struct EnsembleTrainer::Impl {
   int scratch_slots = 0;
   int64_t slot_floats = 0;
   std::vector<float> slots;   // [slots, slot_floats]
-  int row_parts = 1;          // R
-  std::vector<float> grads;   // [R, flat_total]
-  std::vector<double> unit_bound;  // [units, 2 * out]: d/dmax, d/dmin partial sums
-  std::vector<double> unit_loss;   // [units]
+  struct Unit {
+    int64_t member;
+    int part, parts;  // rows [b * part / parts, b * (part + 1) / parts) of the batch
+  };
+  std::vector<Unit> units;          // grouped by thread: list i = [list_begin[i], list_begin[i + 1])
+  std::vector<int64_t> list_begin;
+  std::vector<int> member_parts;    // row parts of each member
+  int max_parts = 1;
+  std::vector<float> grads;         // [max_parts, flat_total]: part p of a member writes block p
+  std::vector<double> unit_bound;   // [units, 2 * out]: d/dmax, d/dmin partial sums
+  std::vector<double> unit_loss;    // [units]
+  std::vector<double> member_loss;  // [E]
 
   int L() const { return cfg.num_hidden_layers; }
   int64_t E() const { return cfg.ensemble_size; }
@@ -166,12 +174,37 @@ struct EnsembleTrainer::Impl {
     return rows * (in + out + 2 * L() * H + 4 * out + 2 * H);
   }
 
+  // The work lists (see the file comment); cfg.row_parts > 0: every member in that many
+  // parts, the units spread evenly over the threads in member order.
+  void plan_units(int64_t T) {
+    units.clear();
+    list_begin.assign(1, 0);
+    member_parts.assign(static_cast<size_t>(E()), 1);
+    if (cfg.row_parts > 0) {
+      for (int64_t e = 0; e < E(); ++e) {
+        member_parts[e] = cfg.row_parts;
+        for (int p = 0; p < cfg.row_parts; ++p) units.push_back({e, p, cfg.row_parts});
+      }
+      const int64_t n = static_cast<int64_t>(units.size());
+      for (int64_t i = 1; i <= T; ++i) list_begin.push_back(n * i / T);
+    } else {
+      const int64_t whole = E() / T * T;
+      for (int64_t e = whole; e < E(); ++e) member_parts[e] = static_cast<int>(T);
+      for (int64_t i = 0; i < T; ++i) {
+        for (int64_t e = i * (E() / T); e < (i + 1) * (E() / T); ++e) units.push_back({e, 0, 1});
+        for (int64_t e = whole; e < E(); ++e) units.push_back({e, static_cast<int>(i), static_cast<int>(T)});
+        list_begin.push_back(static_cast<int64_t>(units.size()));
+      }
+    }
+    max_parts = *std::max_element(member_parts.begin(), member_parts.end());
+  }
+
   void ensure_scratch(int64_t batch) {
     const int64_t T = std::max(1, num_threads());
-    row_parts = cfg.row_parts > 0 ? cfg.row_parts
-                                  : static_cast<int>(std::min<int64_t>(T / gcd64(E(), T), kMaxRowParts));
-    row_parts = std::max(1, row_parts);
-    const int64_t rows = (batch + row_parts - 1) / row_parts;
+    plan_units(T);
+    int min_parts = max_parts;
+    for (int p : member_parts) min_parts = std::min(min_parts, p);
+    const int64_t rows = (batch + min_parts - 1) / min_parts;
     const int slots_needed = static_cast<int>(T);
     if (rows > scratch_rows || slots_needed > scratch_slots) {
       scratch_rows = std::max(rows, scratch_rows);
@@ -179,11 +212,11 @@ struct EnsembleTrainer::Impl {
       slot_floats = slot_size(scratch_rows);
       slots.assign(static_cast<size_t>(scratch_slots * slot_floats), 0.0f);
     }
-    const size_t gsize = static_cast<size_t>(row_parts * flat_total);
+    const size_t gsize = static_cast<size_t>(max_parts * flat_total);
     if (grads.size() != gsize) grads.assign(gsize, 0.0f);
-    const size_t units = static_cast<size_t>(E() * row_parts);
-    unit_bound.assign(units * 2 * static_cast<size_t>(cfg.out_dim()), 0.0);
-    unit_loss.assign(units, 0.0);
+    unit_bound.assign(units.size() * 2 * static_cast<size_t>(cfg.out_dim()), 0.0);
+    unit_loss.assign(units.size(), 0.0);
+    member_loss.assign(static_cast<size_t>(E()), 0.0);
   }
 
   MatmulPrecision precision(int layer) const {
@@ -233,12 +266,12 @@ struct EnsembleTrainer::Impl {
     return p.out;
   }
 
-  // One unit of a batch: member e, rows [r0, r1) of the batch slice starting at column s.
+  // Unit u of a batch: its member's rows [r0, r1) of the batch slice starting at column s.
   void train_unit(int64_t u, float* slot, const float* x, const float* y, const int64_t* idx, int64_t cols,
                   int64_t s, int64_t b) {
-    const int R = row_parts;
-    const int64_t e = u / R, r = u % R;
-    const int64_t r0 = b * r / R, r1 = b * (r + 1) / R, rows = r1 - r0;
+    const Unit& un = units[u];
+    const int64_t e = un.member, r = un.part;
+    const int64_t r0 = b * r / un.parts, r1 = b * (r + 1) / un.parts, rows = r1 - r0;
     const int64_t in = cfg.in_dim(), out = cfg.out_dim(), H = cfg.hidden_size, o2 = 2 * out;
     float* g = grads.data() + r * flat_total;
     double* bound = unit_bound.data() + u * 2 * out;
@@ -312,9 +345,9 @@ struct EnsembleTrainer::Impl {
     }
   }
 
-  // Adam over flat element range [begin, end) of the member tensors (row parts summed first).
+  // Adam over flat element range [begin, end) of the member tensors (a split member's row
+  // parts summed first).
   void adam_range(int64_t begin, int64_t end, const std::vector<float>& steps_before) {
-    const int R = row_parts;
     const int n_t = 2 * cfg.num_linear();
     for (int t = 0; t < n_t; ++t) {
       const int64_t a = std::max(begin, flat_off[t]), z = std::min(end, flat_off[t + 1]);
@@ -325,9 +358,14 @@ struct EnsembleTrainer::Impl {
       for (int64_t a0 = a; a0 < z; a0 += 4096) {
         const int64_t n = std::min<int64_t>(4096, z - a0);
         float* g0 = grads.data() + a0;
-        for (int r = 1; r < R; ++r) {
-          const float* gr = grads.data() + r * flat_total + a0;
-          for (int64_t k = 0; k < n; ++k) g0[k] += gr[k];
+        for (int64_t pos = a0; max_parts > 1 && pos < a0 + n;) {  // member by member
+          const int64_t e = (pos - flat_off[t]) / member_numel[t];
+          const int64_t stop = std::min(a0 + n, flat_off[t] + (e + 1) * member_numel[t]);
+          for (int r = 1; r < member_parts[e]; ++r) {
+            const float* gr = grads.data() + r * flat_total;
+            for (int64_t k = pos; k < stop; ++k) grads[k] += gr[k];
+          }
+          pos = stop;
         }
         const int64_t off = a0 - flat_off[t];
         float step = steps_before[t];  // every block steps from the same count (set once after)
@@ -338,7 +376,8 @@ struct EnsembleTrainer::Impl {
 
   double train_batch(const float* x, const float* y, const int64_t* idx, int64_t cols, int64_t s, int64_t b) {
     const int64_t out = cfg.out_dim();
-    const int64_t units = E() * row_parts;
+    const int64_t n_units = static_cast<int64_t>(units.size());
+    const int64_t n_lists = static_cast<int64_t>(list_begin.size()) - 1;
     // The lambdas capture one pointer, so std::function keeps them in its small buffer: no
     // heap allocation per batch.
     struct BatchArgs {
@@ -350,28 +389,28 @@ struct EnsembleTrainer::Impl {
       const std::vector<float>* steps;
     } args{this, x, y, idx, cols, s, b, {}, &steps_scratch};
     BatchArgs* a = &args;
-    parallel_for(units, 1, [a](int64_t u0, int64_t u1) {
+    parallel_for(n_lists, 1, [a](int64_t l0, int64_t l1) {
       Impl& me = *a->self;
       const int slot = a->next_slot.fetch_add(1);
       require(slot < me.scratch_slots, "EnsembleTrainer: more parallel chunks than scratch slots (thread "
                                        "count changed during an epoch?)");
       float* base = me.slots.data() + static_cast<int64_t>(slot) * me.slot_floats;
-      for (int64_t u = u0; u < u1; ++u) me.train_unit(u, base, a->x, a->y, a->idx, a->cols, a->s, a->b);
+      for (int64_t u = me.list_begin[l0]; u < me.list_begin[l1]; ++u) {
+        me.train_unit(u, base, a->x, a->y, a->idx, a->cols, a->s, a->b);
+      }
     });
     // Loss value (before the step) and the shared bounds' gradient, reduced in unit order.
     const double denom = static_cast<double>(b * out);
+    std::fill(member_loss.begin(), member_loss.end(), 0.0);
+    for (int64_t u = 0; u < n_units; ++u) member_loss[units[u].member] += unit_loss[u];
     double loss = 0.0;
-    for (int64_t e = 0; e < E(); ++e) {
-      double le = 0.0;
-      for (int r = 0; r < row_parts; ++r) le += unit_loss[e * row_parts + r];
-      loss += le / denom;
-    }
+    for (int64_t e = 0; e < E(); ++e) loss += member_loss[e] / denom;
     double bound_val = 0.0;
     std::vector<float>& gm = bound_grad_scratch;
     gm.assign(static_cast<size_t>(2 * out), 0.0f);
     for (int64_t k = 0; k < out; ++k) {
       double smax = kLogvarBoundCoef, smin = -kLogvarBoundCoef;
-      for (int64_t u = 0; u < units; ++u) {
+      for (int64_t u = 0; u < n_units; ++u) {
         smax += unit_bound[u * 2 * out + k];
         smin += unit_bound[u * 2 * out + out + k];
       }

@@ -60,9 +60,10 @@ struct EnsembleTrainerConfig {
   // kBf16: the hidden layers' matmuls (forward and backward) take bf16-rounded inputs and
   // accumulate in float32; the output layer, the parameters and Adam stay float32.
   MatmulPrecision precision = MatmulPrecision::kFloat32;
-  // Row parts per member in a batch (1..4); 0 = automatic: threads / gcd(E, threads), so an
-  // odd member count still splits evenly over the threads. Results do not depend on it
-  // beyond float rounding.
+  // Work split of a batch over the T threads. 0 = automatic: each thread trains E / T whole
+  // members, and the E % T members left over are split into T row parts, one per thread
+  // (E = 7, T = 2: 3.5 members each). 1..4: every member in that many row parts, spread
+  // evenly. Results do not depend on it beyond float rounding.
   int row_parts = 0;
 
   int num_linear() const { return num_hidden_layers + 1; }
