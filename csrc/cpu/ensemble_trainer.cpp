@@ -28,6 +28,7 @@
 #include <string>
 #include <utility>
 
+#include "cpu/ensemble_loss_kernels.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/rng.h"
@@ -69,6 +70,41 @@ std::vector<double> default_weight_decays(int num_linear) {
 }
 
 }  // namespace
+
+namespace cpu {
+
+// The loss and its gradient in the order torch's autograd evaluates them (ensemble.py _nll).
+void ensemble_loss_scalar(const float* o_all, const float* y, int64_t rows, int64_t out, const float* mx,
+                          const float* mn, float gmean, float* d_out, double* loss, double* gmax, double* gmin) {
+  const int64_t o2 = 2 * out;
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* o = o_all + j * o2;
+    const float* yj = y + j * out;
+    float* d = d_out + j * o2;
+    for (int64_t k = 0; k < out; ++k) {
+      float z1 = 0.0f, z2 = 0.0f;
+      const float t1 = mx[k] - o[out + k];
+      const float lv1 = mx[k] - softplus(t1, z1);
+      const float t2 = lv1 - mn[k];
+      const float lv = mn[k] + softplus(t2, z2);
+      const float inv = std::exp(-lv);
+      const float diff = o[k] - yj[k];
+      const float sq = diff * diff;
+      *loss += static_cast<double>(sq * inv + lv);
+      const float g_sq = gmean * inv;
+      const float g_inv = gmean * sq;
+      d[k] = g_sq * (2.0f * diff);
+      const float g_lv = gmean - g_inv * inv;
+      const float g_t2 = softplus_backward(g_lv, t2, z2);
+      gmin[k] += static_cast<double>(g_lv) - static_cast<double>(g_t2);
+      const float g_t1 = softplus_backward(-g_t2, t1, z1);
+      gmax[k] += static_cast<double>(g_t2) + static_cast<double>(g_t1);
+      d[out + k] = -g_t1;
+    }
+  }
+}
+
+}  // namespace cpu
 
 void EnsembleTrainerConfig::validate() const {
   require(obs_dim >= 1, "EnsembleTrainerConfig.obs_dim: expected >= 1, got " + std::to_string(obs_dim));
@@ -299,31 +335,9 @@ struct EnsembleTrainer::Impl {
     double loss = 0.0;
     double* gmax = bound;
     double* gmin = bound + out;
-    for (int64_t j = 0; j < rows; ++j) {
-      const float* o = p.out + j * o2;
-      const float* yj = p.y + j * out;
-      float* d = p.d_out + j * o2;
-      for (int64_t k = 0; k < out; ++k) {
-        float z1 = 0.0f, z2 = 0.0f;
-        const float t1 = mx[k] - o[out + k];
-        const float lv1 = mx[k] - softplus(t1, z1);
-        const float t2 = lv1 - mn[k];
-        const float lv = mn[k] + softplus(t2, z2);
-        const float inv = std::exp(-lv);
-        const float diff = o[k] - yj[k];
-        const float sq = diff * diff;
-        loss += static_cast<double>(sq * inv + lv);
-        const float g_sq = gmean * inv;
-        const float g_inv = gmean * sq;
-        d[k] = g_sq * (2.0f * diff);
-        const float g_lv = gmean - g_inv * inv;
-        const float g_t2 = softplus_backward(g_lv, t2, z2);
-        gmin[k] += static_cast<double>(g_lv) - static_cast<double>(g_t2);
-        const float g_t1 = softplus_backward(-g_t2, t1, z1);
-        gmax[k] += static_cast<double>(g_t2) + static_cast<double>(g_t1);
-        d[out + k] = -g_t1;
-      }
-    }
+    static const bool vector_loss = cpu::ensemble_loss_avx512_supported();
+    (vector_loss ? cpu::ensemble_loss_avx512 : cpu::ensemble_loss_scalar)(p.out, p.y, rows, out, mx, mn, gmean,
+                                                                         p.d_out, &loss, gmax, gmin);
     unit_loss[u] = loss;
 
     // Backward, output layer first. Layer i's input is x0 (i == 0) or h[i - 1].
