@@ -349,8 +349,14 @@ struct EnsembleTrainer::Impl {
       float* gw = g + flat_off[2 * i] + e * member_numel[2 * i];
       float* gb = g + flat_off[2 * i + 1] + e * member_numel[2 * i + 1];
       float* dx = i == 0 ? nullptr : p.dh[i % 2];
-      linear_backward(xin, in_w, rows, st.weights[i].param + e * in_w * out_w, in_w, out_w, dy, dy_w, gw, gb, dx,
-                      in_w, false, precision(i));
+      float* w = st.weights[i].param + e * in_w * out_w;
+      linear_backward(xin, in_w, rows, w, in_w, out_w, dy, dy_w, gw, gb, dx, in_w, false, precision(i));
+      if (un.parts == 1) {
+        // A whole member's gradient is final: its Adam step runs here, while the gradient is
+        // still in cache (W_i is not read again this batch: its dx is done).
+        adam_member(2 * i, e, gw);
+        adam_member(2 * i + 1, e, gb);
+      }
       if (i > 0) {
         silu_backward(p.pre[i - 1], dx, rows * H);
         dy = dx;
@@ -359,31 +365,39 @@ struct EnsembleTrainer::Impl {
     }
   }
 
-  // Adam over flat element range [begin, end) of the member tensors (a split member's row
-  // parts summed first).
-  void adam_range(int64_t begin, int64_t end, const std::vector<float>& steps_before) {
+  // Adam on member e's slice of member tensor t with its final gradient g. Every slice
+  // steps from the count read before the batch; the count is advanced once after it.
+  void adam_member(int t, int64_t e, const float* g) {
+    TrainableTensor& tt = tensor(t);
+    const int64_t off = e * member_numel[t];
+    float step = steps_scratch[t];
+    adam_step(tt.param + off, g, tt.exp_avg + off, tt.exp_avg_sq + off, &step, member_numel[t], cfg.adam,
+              t % 2 == 0 ? decays[t / 2] : 0.0);
+  }
+
+  // Adam over flat element range [begin, end) of the SPLIT members' slices of the member
+  // tensors, their row parts summed first (whole members stepped in train_unit).
+  void adam_range(int64_t begin, int64_t end) {
     const int n_t = 2 * cfg.num_linear();
     for (int t = 0; t < n_t; ++t) {
-      const int64_t a = std::max(begin, flat_off[t]), z = std::min(end, flat_off[t + 1]);
-      if (a >= z) continue;
       TrainableTensor& tt = tensor(t);
       const double wd = t % 2 == 0 ? decays[t / 2] : 0.0;
-      // Blocks of 4096: the row parts' sum is still in L1 when Adam reads it.
-      for (int64_t a0 = a; a0 < z; a0 += 4096) {
-        const int64_t n = std::min<int64_t>(4096, z - a0);
-        float* g0 = grads.data() + a0;
-        for (int64_t pos = a0; max_parts > 1 && pos < a0 + n;) {  // member by member
-          const int64_t e = (pos - flat_off[t]) / member_numel[t];
-          const int64_t stop = std::min(a0 + n, flat_off[t] + (e + 1) * member_numel[t]);
+      for (int64_t e = 0; e < E(); ++e) {
+        if (member_parts[e] == 1) continue;
+        const int64_t base = flat_off[t] + e * member_numel[t];
+        const int64_t a = std::max(begin, base), z = std::min(end, base + member_numel[t]);
+        // Blocks of 4096: the row parts' sum is still in L1 when Adam reads it.
+        for (int64_t a0 = a; a0 < z; a0 += 4096) {
+          const int64_t n = std::min<int64_t>(4096, z - a0);
+          float* g0 = grads.data() + a0;
           for (int r = 1; r < member_parts[e]; ++r) {
-            const float* gr = grads.data() + r * flat_total;
-            for (int64_t k = pos; k < stop; ++k) grads[k] += gr[k];
+            const float* gr = grads.data() + r * flat_total + a0;
+            for (int64_t k = 0; k < n; ++k) g0[k] += gr[k];
           }
-          pos = stop;
+          const int64_t off = a0 - flat_off[t];
+          float step = steps_scratch[t];
+          adam_step(tt.param + off, g0, tt.exp_avg + off, tt.exp_avg_sq + off, &step, n, cfg.adam, wd);
         }
-        const int64_t off = a0 - flat_off[t];
-        float step = steps_before[t];  // every block steps from the same count (set once after)
-        adam_step(tt.param + off, g0, tt.exp_avg + off, tt.exp_avg_sq + off, &step, n, cfg.adam, wd);
       }
     }
   }
@@ -392,6 +406,9 @@ struct EnsembleTrainer::Impl {
     const int64_t out = cfg.out_dim();
     const int64_t n_units = static_cast<int64_t>(units.size());
     const int64_t n_lists = static_cast<int64_t>(list_begin.size()) - 1;
+    const int n_t = 2 * cfg.num_linear();
+    steps_scratch.resize(static_cast<size_t>(n_t));
+    for (int t = 0; t < n_t; ++t) steps_scratch[t] = *tensor(t).step;
     // The lambdas capture one pointer, so std::function keeps them in its small buffer: no
     // heap allocation per batch.
     struct BatchArgs {
@@ -400,8 +417,7 @@ struct EnsembleTrainer::Impl {
       const int64_t* idx;
       int64_t cols, s, b;
       std::atomic<int> next_slot{0};
-      const std::vector<float>* steps;
-    } args{this, x, y, idx, cols, s, b, {}, &steps_scratch};
+    } args{this, x, y, idx, cols, s, b, {}};
     BatchArgs* a = &args;
     parallel_for(n_lists, 1, [a](int64_t l0, int64_t l1) {
       Impl& me = *a->self;
@@ -434,12 +450,10 @@ struct EnsembleTrainer::Impl {
     }
     loss += kLogvarBoundCoef * bound_val;
 
-    const int n_t = 2 * cfg.num_linear();
-    std::vector<float>& steps = steps_scratch;
-    steps.resize(static_cast<size_t>(n_t));
-    for (int t = 0; t < n_t; ++t) steps[t] = *tensor(t).step;
-    parallel_for(flat_total, 4096, [a](int64_t lo, int64_t hi) { a->self->adam_range(lo, hi, *a->steps); });
-    for (int t = 0; t < n_t; ++t) *tensor(t).step = steps[t] + 1.0f;  // what adam_step did per range
+    if (max_parts > 1) {
+      parallel_for(flat_total, 4096, [a](int64_t lo, int64_t hi) { a->self->adam_range(lo, hi); });
+    }
+    for (int t = 0; t < n_t; ++t) *tensor(t).step = steps_scratch[t] + 1.0f;  // what adam_step did
     adam_step(st.max_logvar.param, gm.data(), st.max_logvar.exp_avg, st.max_logvar.exp_avg_sq, st.max_logvar.step,
               out, cfg.adam, 0.0);
     adam_step(st.min_logvar.param, gm.data() + out, st.min_logvar.exp_avg, st.min_logvar.exp_avg_sq,
