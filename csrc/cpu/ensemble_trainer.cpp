@@ -28,7 +28,7 @@
 #include <string>
 #include <utility>
 
-#include "cpu/ensemble_loss_kernels.h"
+#include "cpu/ensemble_trainer_kernels.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/parallel.h"
 #include "mbpo_fast/rng.h"
@@ -71,10 +71,15 @@ std::vector<double> default_weight_decays(int num_linear) {
 
 }  // namespace
 
-namespace cpu {
+namespace {
 
-// The loss and its gradient in the order torch's autograd evaluates them (ensemble.py _nll).
-void ensemble_loss_scalar(const float* o_all, const float* y, int64_t rows, int64_t out, const float* mx,
+// The loss and its gradient, in the order torch's autograd evaluates them (ensemble.py _nll),
+// for one unit: o = model output [rows, 2 * out] (mean, then raw logvar), y [rows, out];
+// *loss += sum (mu - y)^2 exp(-lv) + lv; d_out = d/d(o) of gmean * that sum; gmax / gmin +=
+// d/dmax, d/dmin. Scalar libm exp/log1p on purpose: a vectorized version (Cephes polynomials,
+// 1-2 ulp) measurably lost accuracy where the NLL's gradient cancels (1 - err^2 / var near
+// its optimum, the bounds' 1 - sigmoid), and the loss is < 1 % of an epoch.
+void ensemble_loss(const float* o_all, const float* y, int64_t rows, int64_t out, const float* mx,
                           const float* mn, float gmean, float* d_out, double* loss, double* gmax, double* gmin) {
   const int64_t o2 = 2 * out;
   for (int64_t j = 0; j < rows; ++j) {
@@ -104,7 +109,7 @@ void ensemble_loss_scalar(const float* o_all, const float* y, int64_t rows, int6
   }
 }
 
-}  // namespace cpu
+}  // namespace
 
 void EnsembleTrainerConfig::validate() const {
   require(obs_dim >= 1, "EnsembleTrainerConfig.obs_dim: expected >= 1, got " + std::to_string(obs_dim));
@@ -169,6 +174,9 @@ struct EnsembleTrainer::Impl {
   std::vector<double> unit_loss;    // [units]
   std::vector<double> member_loss;  // [E]
 
+  // AVX-512 SiLU of ensemble_trainer_avx512.cpp (else train_ops.h's silu).
+  const bool fast_silu = cpu::ensemble_trainer_avx512_supported();
+
   int L() const { return cfg.num_hidden_layers; }
   int64_t E() const { return cfg.ensemble_size; }
 
@@ -204,10 +212,11 @@ struct EnsembleTrainer::Impl {
     check(s.min_logvar, "min_logvar");
   }
 
-  // Floats of one slot for `rows` rows: x0, y, (pre, h) per hidden layer, out, d_out, 2 dh.
+  // Floats of one slot for `rows` rows: x0, y, (pre, h, sigmoid) per hidden layer, out,
+  // d_out, 2 dh.
   int64_t slot_size(int64_t rows) const {
     const int64_t H = cfg.hidden_size, in = cfg.in_dim(), out = cfg.out_dim();
-    return rows * (in + out + 2 * L() * H + 4 * out + 2 * H);
+    return rows * (in + out + 3 * L() * H + 4 * out + 2 * H);
   }
 
   // The work lists (see the file comment); cfg.row_parts > 0: every member in that many
@@ -265,6 +274,7 @@ struct EnsembleTrainer::Impl {
     float *x0, *y, *out, *d_out, *dh[2];
     float* pre[kEnsembleMaxLayers];
     float* h[kEnsembleMaxLayers];
+    float* sig[kEnsembleMaxLayers];
   };
   SlotPtrs slot_ptrs(float* base, int64_t rows) const {
     const int64_t H = cfg.hidden_size, in = cfg.in_dim(), out = cfg.out_dim();
@@ -275,6 +285,7 @@ struct EnsembleTrainer::Impl {
     for (int i = 0; i < L(); ++i) {
       p.pre[i] = q; q += rows * H;
       p.h[i] = q; q += rows * H;
+      p.sig[i] = q; q += rows * H;
     }
     p.out = q; q += rows * 2 * out;
     p.d_out = q; q += rows * 2 * out;
@@ -292,7 +303,11 @@ struct EnsembleTrainer::Impl {
       const float* b = st.biases[i].param + e * H;
       linear_forward(in_ptr, in_w, rows, w, b, in_w, H, p.h[i], H,
                      training ? precision(i) : MatmulPrecision::kFloat32);
-      silu_forward(p.h[i], p.pre[i], rows * H);
+      if (fast_silu) {
+        cpu::ensemble_silu_forward_avx512(p.h[i], p.pre[i], p.sig[i], rows * H);
+      } else {
+        silu_forward(p.h[i], p.pre[i], rows * H);
+      }
       in_ptr = p.h[i];
       in_w = H;
     }
@@ -335,9 +350,7 @@ struct EnsembleTrainer::Impl {
     double loss = 0.0;
     double* gmax = bound;
     double* gmin = bound + out;
-    static const bool vector_loss = cpu::ensemble_loss_avx512_supported();
-    (vector_loss ? cpu::ensemble_loss_avx512 : cpu::ensemble_loss_scalar)(p.out, p.y, rows, out, mx, mn, gmean,
-                                                                         p.d_out, &loss, gmax, gmin);
+    ensemble_loss(p.out, p.y, rows, out, mx, mn, gmean, p.d_out, &loss, gmax, gmin);
     unit_loss[u] = loss;
 
     // Backward, output layer first. Layer i's input is x0 (i == 0) or h[i - 1].
@@ -358,7 +371,11 @@ struct EnsembleTrainer::Impl {
         adam_member(2 * i + 1, e, gb);
       }
       if (i > 0) {
-        silu_backward(p.pre[i - 1], dx, rows * H);
+        if (fast_silu) {
+          cpu::ensemble_silu_backward_avx512(p.pre[i - 1], p.sig[i - 1], dx, rows * H);
+        } else {
+          silu_backward(p.pre[i - 1], dx, rows * H);
+        }
         dy = dx;
         dy_w = H;
       }
