@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/ensemble_trainer_kernels.h"
 #include "harness.h"
 #include "mbpo_fast/ensemble_model.h"
 #include "mbpo_fast/ensemble_trainer.h"
@@ -362,6 +363,28 @@ TEST_CASE("EnsembleTrainer (owning): the C++ fit learns a system; save -> Ensemb
   double err = 0.0;
   for (int64_t i = 0; i < B; ++i) err += std::fabs(next[i * 3] - nxt[i * 3]);
   CHECK(err / B < 0.3);  // the deterministic step predicts the system
+}
+
+TEST_CASE("ensemble SiLU keeping its sigmoid equals train_ops' silu forward and backward") {
+  if (!cpu::ensemble_trainer_avx512_supported()) {
+    std::printf("  (no AVX-512: skipped)\n");
+    return;
+  }
+  std::mt19937 rng(8);
+  std::normal_distribution<float> nd(0.0f, 4.0f);
+  for (int64_t n : {1, 15, 16, 17, 200, 1003}) {
+    std::vector<float> x(n), g(n);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : g) v = nd(rng);
+    x[0] = -100.0f;  // exp overflow side
+    std::vector<float> x1 = x, x2 = x, pre1(n), pre2(n), sig(n), g1 = g, g2 = g;
+    silu_forward(x1.data(), pre1.data(), n);
+    cpu::ensemble_silu_forward_avx512(x2.data(), pre2.data(), sig.data(), n);
+    CHECK(x1 == x2 && pre1 == pre2);
+    silu_backward(pre1.data(), g1.data(), n);
+    cpu::ensemble_silu_backward_avx512(pre2.data(), sig.data(), g2.data(), n);
+    CHECK(g1 == g2);
+  }
 }
 
 MBPO_TEST_MAIN
