@@ -71,15 +71,11 @@ std::vector<double> default_weight_decays(int num_linear) {
 
 }  // namespace
 
-namespace {
+namespace cpu {
 
-// The loss and its gradient, in the order torch's autograd evaluates them (ensemble.py _nll),
-// for one unit: o = model output [rows, 2 * out] (mean, then raw logvar), y [rows, out];
-// *loss += sum (mu - y)^2 exp(-lv) + lv; d_out = d/d(o) of gmean * that sum; gmax / gmin +=
-// d/dmax, d/dmin. Scalar libm exp/log1p on purpose: a vectorized version (Cephes polynomials,
-// 1-2 ulp) measurably lost accuracy where the NLL's gradient cancels (1 - err^2 / var near
-// its optimum, the bounds' 1 - sigmoid), and the loss is < 1 % of an epoch.
-void ensemble_loss(const float* o_all, const float* y, int64_t rows, int64_t out, const float* mx,
+// The loss and its gradient in the order torch's autograd evaluates them (ensemble.py _nll);
+// see ensemble_trainer_kernels.h.
+void ensemble_loss_scalar(const float* o_all, const float* y, int64_t rows, int64_t out, const float* mx,
                           const float* mn, float gmean, float* d_out, double* loss, double* gmax, double* gmin) {
   const int64_t o2 = 2 * out;
   for (int64_t j = 0; j < rows; ++j) {
@@ -109,7 +105,7 @@ void ensemble_loss(const float* o_all, const float* y, int64_t rows, int64_t out
   }
 }
 
-}  // namespace
+}  // namespace cpu
 
 void EnsembleTrainerConfig::validate() const {
   require(obs_dim >= 1, "EnsembleTrainerConfig.obs_dim: expected >= 1, got " + std::to_string(obs_dim));
@@ -174,8 +170,9 @@ struct EnsembleTrainer::Impl {
   std::vector<double> unit_loss;    // [units]
   std::vector<double> member_loss;  // [E]
 
-  // AVX-512 SiLU of ensemble_trainer_avx512.cpp (else train_ops.h's silu).
-  const bool fast_silu = cpu::ensemble_trainer_avx512_supported();
+  // AVX-512 SiLU and loss of ensemble_trainer_avx512.cpp (else train_ops.h's silu and the
+  // scalar loss).
+  const bool fast_elementwise = cpu::ensemble_trainer_avx512_supported();
 
   int L() const { return cfg.num_hidden_layers; }
   int64_t E() const { return cfg.ensemble_size; }
@@ -303,7 +300,7 @@ struct EnsembleTrainer::Impl {
       const float* b = st.biases[i].param + e * H;
       linear_forward(in_ptr, in_w, rows, w, b, in_w, H, p.h[i], H,
                      training ? precision(i) : MatmulPrecision::kFloat32);
-      if (fast_silu) {
+      if (fast_elementwise) {
         cpu::ensemble_silu_forward_avx512(p.h[i], p.pre[i], p.sig[i], rows * H);
       } else {
         silu_forward(p.h[i], p.pre[i], rows * H);
@@ -350,7 +347,8 @@ struct EnsembleTrainer::Impl {
     double loss = 0.0;
     double* gmax = bound;
     double* gmin = bound + out;
-    ensemble_loss(p.out, p.y, rows, out, mx, mn, gmean, p.d_out, &loss, gmax, gmin);
+    (fast_elementwise ? cpu::ensemble_loss_avx512 : cpu::ensemble_loss_scalar)(p.out, p.y, rows, out, mx, mn, gmean,
+                                                                       p.d_out, &loss, gmax, gmin);
     unit_loss[u] = loss;
 
     // Backward, output layer first. Layer i's input is x0 (i == 0) or h[i - 1].
@@ -371,7 +369,7 @@ struct EnsembleTrainer::Impl {
         adam_member(2 * i + 1, e, gb);
       }
       if (i > 0) {
-        if (fast_silu) {
+        if (fast_elementwise) {
           cpu::ensemble_silu_backward_avx512(p.pre[i - 1], p.sig[i - 1], dx, rows * H);
         } else {
           silu_backward(p.pre[i - 1], dx, rows * H);

@@ -387,4 +387,45 @@ TEST_CASE("ensemble SiLU keeping its sigmoid equals train_ops' silu forward and 
   }
 }
 
+TEST_CASE("ensemble loss: the AVX-512 kernel matches the scalar loop (incl. logvars at the bounds)") {
+  if (!cpu::ensemble_trainer_avx512_supported()) {
+    std::printf("  (no AVX-512: skipped)\n");
+    return;
+  }
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t out : {1, 12, 16, 17, 40}) {
+    for (float raw_shift : {0.0f, 30.0f, -30.0f}) {  // raw logvar inside, above max, below min
+      const int64_t rows = 9;
+      std::vector<float> o(rows * 2 * out), y(rows * out), mx(out), mn(out);
+      for (auto& v : o) v = nd(rng);
+      for (int64_t j = 0; j < rows; ++j) {
+        for (int64_t k = 0; k < out; ++k) o[j * 2 * out + out + k] += raw_shift + 5.0f * nd(rng);
+      }
+      for (auto& v : y) v = 3.0f * nd(rng);
+      for (int64_t k = 0; k < out; ++k) {
+        mx[k] = 0.5f + 0.1f * nd(rng);
+        mn[k] = -8.0f + nd(rng);
+      }
+      const float g = 1.0f / static_cast<float>(rows * out);
+      std::vector<float> d1(o.size()), d2(o.size());
+      std::vector<double> gx1(out, 0.1), gn1(out, -0.2), gx2 = gx1, gn2 = gn1;
+      double l1 = 0.5, l2 = 0.5;
+      cpu::ensemble_loss_scalar(o.data(), y.data(), rows, out, mx.data(), mn.data(), g, d1.data(), &l1, gx1.data(),
+                                gn1.data());
+      cpu::ensemble_loss_avx512(o.data(), y.data(), rows, out, mx.data(), mn.data(), g, d2.data(), &l2, gx2.data(),
+                                gn2.data());
+      CHECK_NEAR(l2, l1, 1e-6 * std::fabs(l1));
+      double scale = 0.0;
+      for (float v : d1) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      for (size_t k = 0; k < d1.size(); ++k) CHECK_NEAR(d2[k], d1[k], 2e-5 * std::fabs(d1[k]) + 1e-7 * scale);
+      for (int64_t k = 0; k < out; ++k) {
+        // the bounds' gradient is a difference of two float32 terms (see the Python tests)
+        CHECK_NEAR(gx2[k], gx1[k], 1e-3 * std::fabs(gx1[k]) + 1e-5 * scale);
+        CHECK_NEAR(gn2[k], gn1[k], 1e-3 * std::fabs(gn1[k]) + 1e-5 * scale);
+      }
+    }
+  }
+}
+
 MBPO_TEST_MAIN
