@@ -89,7 +89,12 @@ void add_pd(double* acc, __m512 v, __mmask16 mask) {
 
 }  // namespace
 
-bool ensemble_trainer_avx512_supported() { return __builtin_cpu_supports("avx512f"); }
+// The unit is compiled with AVX-512 F/DQ/BW/VL: the compiler may use any of them.
+bool ensemble_trainer_avx512_supported() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return supported;
+}
 
 void ensemble_silu_forward_avx512(float* x, float* pre, float* sig, int64_t n) {
   const __m512 one = _mm512_set1_ps(1.0f);

@@ -7,7 +7,8 @@
 namespace mbpo_fast {
 namespace cpu {
 
-// True when ensemble_trainer_avx512.cpp was compiled with AVX-512 and this CPU has AVX-512F.
+// True when ensemble_trainer_avx512.cpp was compiled with AVX-512 and this CPU has AVX-512
+// F/DQ/BW/VL.
 bool ensemble_trainer_avx512_supported();
 
 // The loss of one trainer unit and its gradient (ensemble_trainer.cpp): for rows j < rows,
