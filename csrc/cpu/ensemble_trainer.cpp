@@ -2,15 +2,16 @@
 // MBPO's ensemble, on borrowed (torch) or owned float32 storage.
 //
 // Per batch: parallel_for over one work list per thread; a list holds "units" = (member,
-// row part) — each gathers its rows, runs the forward (train_ops.h linear_forward + silu),
+// row part) — each gathers its rows, runs the forward (train_ops.h linear_forward + SiLU),
 // the loss and its gradient, the backward into its part's gradient buffer and its share of
-// the logvar-bound gradient; then the bound gradients are reduced serially (tiny) and a
-// second parallel_for runs Adam over the flat element range of every member tensor (summing
-// a split member's row parts first). Balance: each thread gets E / T whole members, and the
-// E % T members left over are split into T row parts, one per thread (E = 7 on 2 threads:
-// 3 whole members + half of the 7th each), so most matmuls keep the full batch as M.
-// Scratch is allocated once per trainer (grown when the batch or the thread count grows),
-// never per batch.
+// the logvar-bound gradient. A whole member's Adam step runs inside its unit, layer by layer
+// right after that layer's backward (its gradient still in cache). Then the bound gradients
+// are reduced serially (tiny), a second parallel_for runs Adam on the split members' slices
+// (their row parts summed first), and the bounds take their Adam step. Balance: each thread
+// gets E / T whole members, and the E % T members left over are split into T row parts, one
+// per thread (E = 7 on 2 threads: 3 whole members + half of the 7th each), so most matmuls
+// keep the full batch as M. Scratch is allocated once per trainer (grown when the batch or
+// the thread count grows), never per batch.
 #include "mbpo_fast/ensemble_trainer.h"
 
 #include <fcntl.h>

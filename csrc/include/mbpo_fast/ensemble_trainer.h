@@ -31,8 +31,8 @@
 //   model.save("model.safetensors");               // EnsembleDynamics.load / Ensemble::load
 //
 // Threading: train_epoch and member_mse use parallel_for (parallel.h): the members (and row
-// halves of a member, to balance an odd member count) run concurrently; the shared logvar
-// bounds' gradient is reduced after the parallel part. Results do not depend on the thread
+// parts of the members left over when E is not a multiple of the thread count) run
+// concurrently; the shared logvar bounds' gradient is reduced after the parallel part. Results do not depend on the thread
 // count beyond float rounding. One trainer must not be used by two threads at once.
 #pragma once
 
