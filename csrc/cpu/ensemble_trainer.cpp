@@ -698,7 +698,8 @@ EnsembleFitResult EnsembleTrainer::fit(const float* obs, const float* act, const
   require(opt.max_seconds >= 0.0, "fit: max_seconds: expected >= 0 (0 = no limit)");
   require(opt.patience >= 1, "fit: patience: expected >= 1");
   require(opt.improvement_threshold >= 0.0, "fit: improvement_threshold: expected >= 0");
-  require(opt.num_elites >= 1 && opt.num_elites <= E,
+  const int64_t num_elites = opt.num_elites > 0 ? opt.num_elites : static_cast<int64_t>(m.elites.size());
+  require(num_elites >= 1 && num_elites <= E,
           "fit: num_elites: expected 1.." + std::to_string(E) + ", got " + std::to_string(opt.num_elites));
   const int64_t n_hold = std::min(static_cast<int64_t>(static_cast<double>(n) * opt.holdout_ratio), opt.max_holdout);
   require(n - n_hold >= 1, "fit: need at least one training row, got " + std::to_string(n) + " rows with " +
@@ -816,7 +817,7 @@ EnsembleFitResult EnsembleTrainer::fit(const float* obs, const float* act, const
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return res.holdout_mse[a] < res.holdout_mse[b]; });
-  order.resize(static_cast<size_t>(opt.num_elites));
+  order.resize(static_cast<size_t>(num_elites));
   m.elites = order;
   res.elites = order;
   res.epochs = epochs;

@@ -327,7 +327,7 @@ TEST_CASE("EnsembleTrainer (owning): the C++ fit learns a system; save -> Ensemb
   EnsembleFitOptions opt;
   opt.max_epochs = 8;
   opt.batch_size = 32;
-  opt.num_elites = 3;
+  // num_elites 0: the constructor's 3
   opt.seed = 1;
   const EnsembleFitResult res = tr.fit(obs.data(), act.data(), rew.data(), nxt.data(), n, opt);
   CHECK(res.epochs == 8);

@@ -105,7 +105,7 @@ struct EnsembleFitOptions {
   int64_t patience = 5;            // stop when > patience epochs passed without improvement
   double improvement_threshold = 0.01;
   uint64_t seed = 0;               // Philox seed of the split, bootstrap and shuffles
-  int64_t num_elites = 5;          // in [1, E]
+  int64_t num_elites = 0;          // in [1, E]; 0 = the trainer's elite count (constructor)
 };
 
 struct EnsembleFitResult {
