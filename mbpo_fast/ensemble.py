@@ -1,4 +1,4 @@
-"""MBPO's probabilistic ensemble dynamics model: torch training, native inference, save/load.
+"""MBPO's probabilistic ensemble dynamics model: the model, native inference, save/load.
 
 :class:`EnsembleDynamics` holds ``E`` Gaussian MLPs as batched layers (weights
 [E, in, out], one batched matmul per layer for all members). It predicts the targets
@@ -8,7 +8,8 @@ input normalizer that is refit at every :meth:`EnsembleDynamics.fit`.
 Training follows the original MBPO recipe (DESIGN §4): Gaussian NLL with trainable soft
 logvar bounds, per-layer L2 on weights only, Adam 1e-3, batch 256, one bootstrap index set
 per member, a holdout split for early stopping with per-member best-snapshot restore, and
-elites chosen by holdout MSE. The torch parameters stay the source of truth; inference
+elites chosen by holdout MSE. The procedure and its torch / native epoch backends live in
+:mod:`mbpo_fast.ensemble_trainer`. The torch parameters stay the source of truth; inference
 (:meth:`predict`, :meth:`step`, :meth:`disagreement`) runs the fused native kernels through
 :class:`~mbpo_fast.ensemble_infer.EnsembleInference`, which borrows zero-copy numpy views of
 those parameters.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ensemble_infer import EnsembleInference
+from .ensemble_trainer import fit_ensemble, log_trainer_once, make_backend, resolve_trainer
 from .io import load_safetensors, require_tensor, save_safetensors
 from .nn import BatchedLinear
 
@@ -37,7 +38,6 @@ _FORMAT = "mbpo_fast.ensemble/1"
 _LOGVAR_BOUND_COEF = 0.01  # MBPO / mbrl-lib: 0.01 * (sum(max_logvar) - sum(min_logvar))
 _INIT_MAX_LOGVAR = 0.5
 _INIT_MIN_LOGVAR = -10.0
-_EVAL_CHUNK = 8192  # rows per holdout forward: bounds activation memory on large splits
 
 
 def layer_weight_decays(num_linear: int) -> list[float]:
@@ -121,6 +121,12 @@ class EnsembleDynamics(nn.Module):
             device :meth:`predict` and :meth:`step` run a torch path instead (see :meth:`step`).
         lr: Adam learning rate (MBPO: 1e-3).
         weight_decays: per-linear-layer L2 coefficients; default :func:`layer_weight_decays`.
+        trainer: what runs :meth:`fit`'s epochs: "native" (the C++ core, one call per epoch;
+            CPU models with the extension loaded, else a clear error), "torch" (autograd and
+            torch.optim.Adam per batch), or "auto" (native where it can run, else torch).
+            :attr:`trainer` gives the resolved name.
+        autocast_bf16: train with bf16 matmul inputs in the hidden layers (float32
+            accumulation, output layer, master weights and Adam state), on either trainer.
 
     Parameters (the safetensors layout of DESIGN §3): ``layers[i].weight`` [E, in_i, out_i],
     ``layers[i].bias`` [E, out_i] for i = 0..num_layers, ``max_logvar``/``min_logvar``
@@ -140,6 +146,8 @@ class EnsembleDynamics(nn.Module):
         device: str | torch.device = "cpu",
         lr: float = 1e-3,
         weight_decays: Sequence[float] | None = None,
+        trainer: str = "auto",
+        autocast_bf16: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim = _positive_int("obs_dim", obs_dim)
@@ -163,6 +171,9 @@ class EnsembleDynamics(nn.Module):
         self.weight_decays = [float(d) for d in decays]
         self.device = torch.device(device)
         self._on_cpu = self.device.type == "cpu"
+        self._trainer_impl = None  # the epoch backend, built at the first fit
+        self._trainer = resolve_trainer(trainer, self.device, self.num_layers + 1)
+        self._autocast_bf16 = bool(autocast_bf16)
 
         in_dim, out_dim = self.obs_dim + self.act_dim, self.obs_dim + 1
         widths = [in_dim] + [self.hidden_size] * self.num_layers + [2 * out_dim]
@@ -202,6 +213,28 @@ class EnsembleDynamics(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def trainer(self) -> str:
+        """The trainer :meth:`fit` runs: "native" or "torch" (resolved from the requested
+        "auto" | "native" | "torch"). Assignable between fits: the next fit continues from the
+        same parameters and Adam state on the other trainer."""
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, value: str) -> None:
+        self._trainer = resolve_trainer(value, self.device, self.num_layers + 1)
+        self._trainer_impl = None
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether training matmuls of the hidden layers take bf16 inputs (assignable)."""
+        return self._autocast_bf16
+
+    @autocast_bf16.setter
+    def autocast_bf16(self, value: bool) -> None:
+        self._autocast_bf16 = bool(value)
+        self._trainer_impl = None
 
     @property
     def in_dim(self) -> int:
@@ -299,9 +332,17 @@ class EnsembleDynamics(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized inputs [E, B, in] -> (mean [E, B, out], soft-clamped logvar [E, B, out])."""
+        return self.head(self.hidden(x))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The SiLU hidden layers: [E, B, in] -> [E, B, hidden_size]."""
         h = x
         for layer in self.layers[:-1]:
             h = F.silu(layer(h))
+        return h
+
+    def head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer and the soft logvar bounds: [E, B, hidden] -> (mean, logvar)."""
         mean, raw = self.layers[-1](h).split(self.out_dim, dim=-1)
         lv = self.max_logvar - F.softplus(self.max_logvar - raw)
         lv = self.min_logvar + F.softplus(lv - self.min_logvar)
@@ -345,8 +386,11 @@ class EnsembleDynamics(nn.Module):
         Adam adds ``wd * W`` to the gradient, exactly the gradient of ``0.5 * wd * ||W||^2``,
         inside the fused step instead of as extra autograd work.
         """
-        bound = _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
-        return self._nll(x, y).sum() + bound
+        return self._nll(x, y).sum() + self.logvar_bound_loss()
+
+    def logvar_bound_loss(self) -> torch.Tensor:
+        """0.01 * (sum(max_logvar) - sum(min_logvar)): keeps the trainable bounds tight."""
+        return _LOGVAR_BOUND_COEF * (self.max_logvar.sum() - self.min_logvar.sum())
 
     def compute_loss(self, obs, act, rew, next_obs) -> dict[str, float | list[float]]:
         """The training objective on one batch fed to every member (no bootstrap), for inspection.
@@ -408,20 +452,28 @@ class EnsembleDynamics(nn.Module):
         except (RuntimeError, TypeError):
             return torch.optim.Adam(self._param_groups(), lr=self.lr, foreach=True)
 
+    def _ensure_optimizer(self) -> torch.optim.Optimizer:
+        """The Adam optimizer shared by both trainers (its state is what training_state saves)."""
+        if self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+        return self._optimizer
+
+    def _trainer_backend(self):
+        """The epoch backend of :attr:`trainer` (mbpo_fast/ensemble_trainer.py)."""
+        if self._trainer_impl is None:
+            self._trainer_impl = make_backend(self, self.trainer, self.autocast_bf16)
+            log_trainer_once(self)
+        return self._trainer_impl
+
     def _bootstrap_indices(self, n_train: int, gen: torch.Generator) -> torch.Tensor:
         """One bootstrap index set per member: int64 [E, n_train], drawn with replacement."""
         shape = (self.ensemble_size, n_train)
         return torch.randint(n_train, shape, generator=gen, device=self.device)
 
-    @torch.no_grad()
     def _member_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member MSE [E] of the mean on normalized x [N, in] against targets y [N, out]."""
-        total = torch.zeros(self.ensemble_size, device=self.device, dtype=torch.float64)
-        for s in range(0, x.shape[0], _EVAL_CHUNK):
-            xs = x[s : s + _EVAL_CHUNK].unsqueeze(0).expand(self.ensemble_size, -1, -1)
-            mean, _ = self(xs)
-            total += (mean - y[s : s + _EVAL_CHUNK]).square().sum(dim=(1, 2)).double()
-        return total / (x.shape[0] * self.out_dim)
+        """Per-member MSE float64 [E] of the mean on normalized x [N, in] against targets y
+        [N, out], computed by this model's trainer backend."""
+        return self._trainer_backend().member_mse(x, y)
 
     def fit(
         self,
@@ -454,10 +506,10 @@ class EnsembleDynamics(nn.Module):
         trained on most of the re-drawn holdout rows and would score too well to be a fair
         baseline. Training stops when more than ``patience`` epochs have passed since any
         member last improved (so at least ``patience + 2`` epochs), or at ``max_epochs`` /
-        ``max_seconds`` (checked after each epoch). Each member's best weights are then restored (the logvar
-        bounds are shared by all members and keep their last values) and the ``num_elites``
-        members with the lowest holdout MSE become the elites. With no holdout rows
-        (tiny N or holdout_ratio=0) the training split stands in for it.
+        ``max_seconds`` (checked after each epoch). Each member's best weights are then
+        restored (the logvar bounds are shared by all members and keep their last values) and
+        the ``num_elites`` members with the lowest holdout MSE become the elites. With no
+        holdout rows (tiny N or holdout_ratio=0) the training split stands in for it.
 
         Later fits warm-start from the current weights and optimizer state. `seed` (optional)
         draws this fit's split, bootstraps and shuffles from a fresh generator instead of the
@@ -467,131 +519,28 @@ class EnsembleDynamics(nn.Module):
         "epochs": int (training epochs run), "seconds": float, "train_loss": float (the
         objective averaged over the last epoch's batches, weight decay at the epoch's end),
         "holdout_mse_elite_mean": float, "initial_holdout_mse": list[float] (before training,
-        with the refit normalizer)}.
+        with the refit normalizer), "trainer": str ("native" or "torch")}.
+
+        The epochs run on this model's trainer (:attr:`trainer`, mbpo_fast/ensemble_trainer.py);
+        both trainers draw the same split, bootstraps and shuffles and update the same
+        parameters and torch.optim.Adam state, so fits with different trainers can alternate.
         """
-        t0 = time.perf_counter()
-        obs, act, rew, next_obs = self._validate_transitions(obs, act, rew, next_obs)
-        n = obs.shape[0]
-        if not (isinstance(holdout_ratio, (int, float)) and 0.0 <= holdout_ratio < 1.0):
-            raise ValueError(f"holdout_ratio: expected a float in [0, 1), got {holdout_ratio!r}")
-        max_holdout = _positive_int("max_holdout", max_holdout, minimum=0)
-        batch_size = _positive_int("batch_size", batch_size)
-        if max_epochs is not None:
-            max_epochs = _positive_int("max_epochs", max_epochs)
-        if max_seconds is not None and not (
-            isinstance(max_seconds, (int, float)) and max_seconds > 0
-        ):
-            raise ValueError(f"max_seconds: expected a number > 0 or None, got {max_seconds!r}")
-        patience = _positive_int("patience", patience)
-        if not (isinstance(improvement_threshold, (int, float)) and improvement_threshold >= 0):
-            raise ValueError(
-                f"improvement_threshold: expected a float >= 0, got {improvement_threshold!r}"
-            )
-        if seed is not None:
-            seed = _positive_int("seed", seed, minimum=0)
-        n_hold = min(int(n * holdout_ratio), max_holdout)
-        if n - n_hold < 1:
-            raise ValueError(
-                f"obs: need at least one training row, got {n} rows with {n_hold} held out"
-            )
-
-        gen = self._generator if seed is None else torch.Generator(self.device).manual_seed(seed)
-        dev, E = self.device, self.ensemble_size
-        x_all, y_all = self._tensors(obs, act, rew, next_obs)
-        perm = torch.randperm(n, generator=gen, device=dev)
-        train_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-        x_train, y_train = x_all[train_idx], y_all[train_idx]
-        n_train = x_train.shape[0]
-
-        with torch.no_grad():  # normalizer: in place, so borrowed numpy views stay valid
-            x64 = x_train.double()
-            std = x64.std(dim=0, unbiased=False)
-            std = torch.where(std < 1e-12, torch.ones_like(std), std)
-            self.input_mean.copy_(x64.mean(dim=0))
-            self.input_std.copy_(std)
-        x_train = self._normalize_x(x_train)
-        if n_hold > 0:
-            x_hold, y_hold = self._normalize_x(x_all[hold_idx]), y_all[hold_idx]
-        else:
-            x_hold, y_hold = x_train, y_train
-
-        boot = self._bootstrap_indices(n_train, gen)
-        if self._optimizer is None:
-            self._optimizer = self._make_optimizer()
-        opt = self._optimizer
-        members = self._per_member()
-
-        initial = self._member_mse(x_hold, y_hold).tolist()
-        # Every member's best starts at +inf: epoch 1 always improves (see the docstring).
-        best = torch.full((E,), math.inf, device=dev, dtype=torch.float64)
-        snapshot = [p.detach().clone() for p in members]
-        epochs, since_improved, train_loss = 0, 0, float("nan")
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=max_epochs, desc="ensemble fit", unit="epoch", leave=False)
-        try:
-            while True:
-                # one shuffle per member per epoch; batches are contiguous slices of it
-                order = torch.argsort(torch.rand(E, n_train, generator=gen, device=dev), dim=1)
-                idx = boot.gather(1, order)
-                loss_sum = torch.zeros((), device=dev)
-                n_batches = 0
-                for s in range(0, n_train, batch_size):
-                    b = idx[:, s : s + batch_size]  # [E, b]: one gather per batch for x and y
-                    loss = self._data_loss(x_train[b], y_train[b])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss.detach()
-                    n_batches += 1
-                epochs += 1
-                mse = self._member_mse(x_hold, y_hold)
-                improved = torch.isinf(best) | ((best - mse) > improvement_threshold * best)
-                best = torch.where(improved, mse, best)
-                with torch.no_grad():
-                    for p, snap in zip(members, snapshot, strict=True):
-                        mask = improved.view(E, *([1] * (p.dim() - 1)))
-                        snap.copy_(torch.where(mask, p, snap))
-                # the one host sync of the epoch
-                any_improved = bool(improved.any())
-                decay = float(self.weight_decay_loss().detach())
-                train_loss = float(loss_sum) / n_batches + decay
-                since_improved = 0 if any_improved else since_improved + 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        holdout_mse=f"{float(mse.mean()):.4g}", loss=f"{train_loss:.4g}"
-                    )
-                if since_improved > patience:
-                    break
-                if max_epochs is not None and epochs >= max_epochs:
-                    break
-                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-
-        with torch.no_grad():  # in place: numpy views held by the inference adapter stay valid
-            for p, snap in zip(members, snapshot, strict=True):
-                p.copy_(snap)
-        final = self._member_mse(x_hold, y_hold)
-        order = torch.argsort(final)[: self.num_elites]
-        self.elite_index.copy_(order.to(self.elite_index))
-        self._invalidate_inference()
-        final_list = final.tolist()
-        elites = self.elites
-        return {
-            "holdout_mse": final_list,
-            "elites": elites,
-            "epochs": epochs,
-            "seconds": time.perf_counter() - t0,
-            "train_loss": train_loss,
-            "holdout_mse_elite_mean": float(np.mean([final_list[i] for i in elites])),
-            "initial_holdout_mse": initial,
-        }
+        return fit_ensemble(
+            self,
+            obs,
+            act,
+            rew,
+            next_obs,
+            holdout_ratio=holdout_ratio,
+            max_holdout=max_holdout,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            max_seconds=max_seconds,
+            patience=patience,
+            improvement_threshold=improvement_threshold,
+            progress=progress,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ inference
 
@@ -840,8 +789,15 @@ class EnsembleDynamics(nn.Module):
         save_safetensors(path, tensors, {k: str(v) for k, v in metadata.items()})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> EnsembleDynamics:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        trainer: str = "auto",
+        autocast_bf16: bool = False,
+    ) -> EnsembleDynamics:
         """Loads a file written by :meth:`save` (or any file in the DESIGN §3 layout).
+        `trainer` / `autocast_bf16`: as in the constructor (the file holds no training state).
 
         Sizes come from the metadata (ensemble_size, num_elites, hidden_size, num_layers are
         inferred from the tensors when absent). Raises ValueError naming the file and the
@@ -885,6 +841,8 @@ class EnsembleDynamics(nn.Module):
             hidden_size=meta_int("hidden_size", shape0[2] if shape0 else None),
             num_layers=meta_int("num_layers", n_linear - 1 if n_linear >= 2 else None),
             device=device,
+            trainer=trainer,
+            autocast_bf16=autocast_bf16,
         )
         specs = model._tensor_specs()
         extra = sorted(set(tensors) - set(specs))
