@@ -6,6 +6,7 @@
     mbpo-fast train --env Hopper-v5 --steps 125000 --seed 1 --logdir runs/hopper \\
         --set num_sac_updates=10 --set model_max_epochs=50
     mbpo-fast resume runs/hopper                      # continue from the latest checkpoint
+    mbpo-fast resume runs/hopper --set trainer=torch  # ... on the torch training backend
     mbpo-fast eval runs/hopper --episodes 10          # deterministic return of the saved policy
     mbpo-fast bench                                   # ms per op of the hot paths, and the backend
     mbpo-fast compare runs/hopper-s* --reference mbpo_official_curves.csv --out hopper.png \\
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("logdir")
     r.add_argument("--steps", type=int, default=None,
                    help="new total env steps (default: the run's own)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field that does not shape the saved state, repeatable (e.g. "
+                   "--set trainer=torch to continue on the other training backend)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads_arg(r)
 
@@ -121,18 +125,25 @@ def _train(args: argparse.Namespace) -> int:
         cfg.total_steps = args.steps
     cfg = cfg.with_overrides(args.overrides)
     algo = MBPO(cfg, logdir=args.logdir, quiet=args.quiet)
-    print(f"mbpo-fast: {cfg.env_id} seed {cfg.seed}, {cfg.total_steps} steps -> {algo.logdir}",
-          file=sys.stderr)
+    print(f"mbpo-fast: {cfg.env_id} seed {cfg.seed}, {cfg.total_steps} steps -> {algo.logdir}"
+          f" ({_trainers(algo)})", file=sys.stderr)
     return _report(algo)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from .mbpo import MBPO
 
-    algo = MBPO.resume(args.logdir, quiet=args.quiet, total_steps=args.steps)
+    algo = MBPO.resume(args.logdir, quiet=args.quiet, total_steps=args.steps,
+                       overrides=args.overrides)
     print(f"mbpo-fast: resuming {algo.logdir} at step {algo.env_steps} of "
-          f"{algo.config.total_steps}", file=sys.stderr)
+          f"{algo.config.total_steps} ({_trainers(algo)})", file=sys.stderr)
     return _report(algo)
+
+
+def _trainers(algo: Any) -> str:
+    """Which training backends run (never a silent fallback: the user sees it at the start)."""
+    bf16 = ", bf16" if algo.config.autocast_bf16 else ""
+    return f"SAC trainer {algo.agent.trainer}, model trainer {algo.model.trainer}{bf16}"
 
 
 def _report(algo: Any) -> int:

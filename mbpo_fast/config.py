@@ -42,6 +42,12 @@ class MBPOConfig:
     logdir: str | None = None
     """output directory; None -> ``runs/<env>-<seed>-<timestamp>``."""
 
+    trainer: str = "auto"
+    """training backend of SAC and the ensemble: "auto" (native where the extension is built
+    and the device is the CPU, else torch), "native" or "torch"; a run can switch at a resume."""
+    autocast_bf16: bool = False
+    """bf16 matmul inputs (float32 weights, Adam and accumulation) in SAC updates and model fits."""
+
     # ---------------------------------------------------------------- schedule
     epoch_length: int = 200
     """env steps per epoch; the rollout schedule is indexed by :meth:`epoch_at` (epochs count
@@ -180,6 +186,10 @@ class MBPOConfig:
             raise bad("model_max_epochs", "must be None or a positive int")
         if self.model_max_seconds is not None and not self.model_max_seconds > 0:
             raise bad("model_max_seconds", "must be None or a positive float")
+        if self.trainer not in ("auto", "native", "torch"):
+            raise bad("trainer", "must be 'auto', 'native' or 'torch'")
+        if not isinstance(self.autocast_bf16, bool):
+            raise bad("autocast_bf16", "must be true or false")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise bad("target_entropy", "must be None or finite")
 

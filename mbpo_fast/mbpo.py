@@ -141,11 +141,13 @@ class MBPO:
                                       hidden_size=config.model_hidden_size,
                                       num_layers=config.model_num_layers,
                                       seed=_derive_seed(seed, _STREAM_MODEL),
-                                      device=config.device)
+                                      device=config.device, trainer=config.trainer,
+                                      autocast_bf16=config.autocast_bf16)
         self.agent = SAC(self.obs_dim, self.act_dim, space.low, space.high,
                          hidden_size=config.sac_hidden_size, num_layers=config.sac_num_layers,
                          lr=config.sac_lr, gamma=config.gamma, tau=config.tau,
-                         target_entropy=config.target_entropy, device=config.device, seed=seed)
+                         target_entropy=config.target_entropy, device=config.device, seed=seed,
+                         trainer=config.trainer, autocast_bf16=config.autocast_bf16)
         self.termination = termination if termination is not None else termination_fn(
             config.env_id)
         self.rollout = BranchedRollout(self.model, self.agent, self.termination)
@@ -432,12 +434,16 @@ class MBPO:
     @classmethod
     def resume(cls, logdir: str | os.PathLike, *, quiet: bool = False,
                termination: Callable[..., Any] | str | None = None,
-               total_steps: int | None = None) -> MBPO:
+               total_steps: int | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> MBPO:
         """Rebuilds the run from the latest complete checkpoint in `logdir`.
 
         Training continues exactly where the checkpoint was taken, except that an episode
         in flight restarts from a fresh reset (its stored transitions stay; the cut is a
         truncation, never a terminal). `total_steps` extends (or shortens) the run.
+        `overrides` (``"key=value"`` strings, as :meth:`MBPOConfig.with_overrides`) change
+        fields that do not alter the saved state's shapes, e.g. ``trainer=torch`` to continue
+        a run on the other training backend, or ``autocast_bf16=true``.
         Raises FileNotFoundError when there is no complete checkpoint and ValueError when one
         is corrupt.
         """
@@ -447,6 +453,14 @@ class MBPO:
         if total_steps is not None:
             config.total_steps = int(total_steps)
             config.validate()
+        if overrides:
+            changed = config.with_overrides(list(overrides))
+            fixed = _STATE_SHAPING_FIELDS
+            bad = sorted(k for k in fixed if getattr(changed, k) != getattr(config, k))
+            if bad:
+                raise ValueError(f"resume: cannot override {bad}: the checkpoint's state was "
+                                 f"built with them (start a new run instead)")
+            config = changed
         self = cls(config, logdir=logdir, quiet=quiet, termination=termination)
         self._load_checkpoint_files(ckpt)
         return self
@@ -495,6 +509,11 @@ class MBPO:
 
 
 # ====================================================================== helpers
+# Config fields that shape the saved state (network sizes, spaces, seeds): a resume keeps them.
+_STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_size",
+                         "sac_num_layers", "ensemble_size", "num_elites", "model_hidden_size",
+                         "model_num_layers")
+
 def latest_checkpoint(logdir: str | os.PathLike) -> Path:
     """The newest complete checkpoint directory of a run (``latest`` pointer, else the
     highest-step ``ckpt-<step>`` directory). Raises FileNotFoundError when there is none."""

@@ -220,6 +220,43 @@ def test_resume_is_exact(tmp_path, one_thread):
     assert [r["env_steps"] for r in resumed.progress] == [100, 200, 300, 400]
 
 
+def test_resume_switches_training_backend(tmp_path, one_thread):
+    """A run can continue on the other trainer: same checkpoint, --set trainer=..., and the
+    switch is close to never switching (the trainers agree to float rounding)."""
+    overrides = dict(total_steps=300, checkpoint_freq=200, num_sac_updates=2, trainer="native")
+    straight = MBPO(_tiny_config(**overrides), logdir=tmp_path / "straight", quiet=True)
+    assert (straight.agent.trainer, straight.model.trainer) == ("native", "native")
+    straight.train()
+    straight.close()
+    half = MBPO(_tiny_config(**overrides), logdir=tmp_path / "half", quiet=True)
+    half.config.total_steps = 200
+    half.train()
+    half.close()
+    assert cli.main(["resume", str(tmp_path / "half"), "--steps", "300", "--quiet",
+                     "--set", "trainer=torch"]) == 0
+    resumed = MBPO.resume(tmp_path / "half", quiet=True)
+    assert resumed.config.trainer == "torch"  # the checkpoint at 300 records the switch
+    assert (resumed.agent.trainer, resumed.model.trainer) == ("torch", "torch")
+    resumed.close()
+    a, b = _run_state(straight), _run_state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        else:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_overrides_that_shape_the_state(tmp_path, one_thread):
+    algo = MBPO(_tiny_config(total_steps=100, checkpoint_freq=100), logdir=tmp_path, quiet=True)
+    algo.train()
+    algo.close()
+    with pytest.raises(ValueError, match=r"cannot override \['sac_hidden_size'\]"):
+        MBPO.resume(tmp_path, quiet=True, overrides=["sac_hidden_size=64"])
+    with pytest.raises(ValueError, match="trainer"):
+        MBPO.resume(tmp_path, quiet=True, overrides=["trainer=fast"])
+
+
 def test_resume_mid_episode_restarts_episode(tmp_path, one_thread):
     algo = MBPO(_tiny_config(total_steps=150, checkpoint_freq=150), logdir=tmp_path, quiet=True)
     algo.train()
