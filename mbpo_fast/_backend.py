@@ -80,3 +80,14 @@ def use(backend: str) -> Iterator[ModuleType]:
         yield ops
     finally:
         name, ops = saved
+
+
+def native_training_accelerated() -> bool:
+    """True when the native trainers' matmuls run on a SIMD kernel (AVX-512) in this process.
+
+    The trainers' ``trainer="auto"`` picks the native trainer only then: on a CPU without
+    AVX-512 the portable GEMM is slower than torch's BLAS, so "auto" stays on torch there
+    (``trainer="native"`` still runs it, for testing).
+    """
+    train_ops = getattr(ops, "train_ops", None) if name == "native" else None
+    return train_ops is not None and train_ops.sgemm_kernel_name() != "portable"

@@ -56,8 +56,9 @@ _NATIVE_MAX_LINEAR = 16  # kEnsembleMaxLayers (csrc/include/mbpo_fast/ensemble.h
 
 def resolve_trainer(trainer: str, device: torch.device, num_linear: int = 2) -> str:
     """The trainer a model on `device` with `num_linear` layers runs for the requested
-    `trainer` ("auto" | "native" | "torch"): "auto" = native on CPU with the extension loaded
-    (and at most 16 linear layers), torch otherwise. "native" raises when it cannot run (never
+    `trainer` ("auto" | "native" | "torch"): "auto" = native on CPU with the extension loaded,
+    an AVX-512 GEMM (:func:`mbpo_fast._backend.native_training_accelerated`) and at most 16
+    linear layers, torch otherwise. "native" raises when it cannot run (never
     a silent fallback)."""
     if not isinstance(trainer, str) or trainer not in TRAINERS:
         raise ValueError(f"trainer: expected one of {TRAINERS}, got {trainer!r}")
@@ -66,7 +67,8 @@ def resolve_trainer(trainer: str, device: torch.device, num_linear: int = 2) -> 
     if trainer == "torch":
         return "torch"
     if trainer == "auto":
-        return "native" if on_cpu and fits and native_trainer_available() else "torch"
+        fast = native_trainer_available() and _backend.native_training_accelerated()
+        return "native" if on_cpu and fits and fast else "torch"
     if not fits:
         raise ValueError(
             f"trainer='native' supports at most {_NATIVE_MAX_LINEAR} linear layers "

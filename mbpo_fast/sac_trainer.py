@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import _backend
+
 if TYPE_CHECKING:  # pragma: no cover
     from .sac import SAC
 
@@ -279,6 +281,8 @@ def make_trainer(agent: SAC, trainer: str, compile: bool) -> TorchSacTrainer | N
     if trainer == "native":
         return NativeSacTrainer(agent)
     reason = native_unsupported_reason(agent)
+    if reason is None and not _backend.native_training_accelerated():
+        reason = "this CPU has no AVX-512: the portable GEMM is slower than torch's BLAS"
     if reason is None:
         return NativeSacTrainer(agent)
     logger.debug("SAC trainer 'auto' -> torch: native cannot run (%s)", reason)

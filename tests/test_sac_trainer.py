@@ -417,3 +417,17 @@ def test_native_rebinds_after_optimizer_load_state_dict():
     for blk in blocks[1:]:
         _assert_stats_close(nat.update(blk), ref.update(blk))
     _assert_states_close(_state(nat), _state(ref))
+
+
+def test_auto_stays_on_torch_without_an_accelerated_gemm(monkeypatch):
+    # On a CPU without AVX-512 the portable GEMM is slower than torch's BLAS: "auto" must not
+    # pick it (for SAC and for the ensemble), while "native" still runs it when asked.
+    from mbpo_fast.ensemble_trainer import resolve_trainer
+
+    monkeypatch.setattr(_backend, "native_training_accelerated", lambda: False)
+    agent = mf.SAC(3, 1, [-1.0], [1.0], hidden_size=8, trainer="auto")
+    assert agent.trainer == "torch"
+    assert resolve_trainer("auto", torch.device("cpu"), 5) == "torch"
+    if _backend.name == "native":
+        assert mf.SAC(3, 1, [-1.0], [1.0], hidden_size=8, trainer="native").trainer == "native"
+        assert resolve_trainer("native", torch.device("cpu"), 5) == "native"
