@@ -101,3 +101,16 @@ def installed_cmake_prefix(tmp_path_factory, cmake_build) -> str:
     assert (prefix / "lib" / "cmake" / "mbpo_fast" / "mbpo_fastConfig.cmake").is_file() or \
         (prefix / "lib64" / "cmake" / "mbpo_fast" / "mbpo_fastConfig.cmake").is_file()
     return str(prefix)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test: the networks in the tests are tiny, one thread
+    is as fast, and it cannot stall on a descheduled OpenMP worker on a shared 2-core machine
+    (two threads did, by up to 100x)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

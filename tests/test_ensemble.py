@@ -19,13 +19,7 @@ OBS, ACT = 3, 2
 TRAINERS = ["torch"] + (["native"] if mf.backend() == "native" else [])
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models train fastest single-threaded (and far faster on a loaded 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _system(seed: int = 0):

@@ -31,15 +31,6 @@ TINY = ["init_random_steps=100", "model_train_freq=50", "rollout_batch_size=64",
         "checkpoint_freq=100"]
 
 
-@pytest.fixture
-def one_thread():
-    """Two shared cores: one torch thread avoids oversubscription stalls in CI."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_config(**kw) -> MBPOConfig:
     cfg = MBPOConfig().with_overrides(TINY)
     for k, v in kw.items():
@@ -72,7 +63,7 @@ def _check_outputs(logdir: Path, last_step: int) -> list[dict[str, str]]:
     return rows
 
 
-def test_cli_train_outputs_and_eval(tmp_path, one_thread, capsys):
+def test_cli_train_outputs_and_eval(tmp_path, one_torch_thread, capsys):
     logdir = tmp_path / "run"
     rc = cli.main(["train", "--env", "Pendulum-v1", "--steps", "300", "--seed", "3",
                    "--logdir", str(logdir), "--quiet", *[a for s in TINY for a in ("--set", s)]])
@@ -97,7 +88,7 @@ def test_cli_train_outputs_and_eval(tmp_path, one_thread, capsys):
     assert out["episodes"] == 2 and np.isfinite(out["eval_return_mean"])
 
 
-def test_kill_and_resume(tmp_path, one_thread):
+def test_kill_and_resume(tmp_path, one_torch_thread):
     """SIGKILL a training subprocess at a random moment after its first checkpoint, resume."""
     logdir = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -131,7 +122,7 @@ def test_kill_and_resume(tmp_path, one_thread):
     assert walls == sorted(walls)  # the clock continues across the resume
 
 
-def test_crash_during_save_keeps_previous_checkpoint(tmp_path, one_thread, monkeypatch):
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, one_torch_thread, monkeypatch):
     algo = MBPO(_tiny_config(total_steps=200, checkpoint_freq=100), logdir=tmp_path, quiet=True)
     algo.train()
     good = latest_checkpoint(tmp_path)
@@ -167,7 +158,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, one_thread, monke
     resumed.close()
 
 
-def test_corrupt_checkpoint_raises(tmp_path, one_thread):
+def test_corrupt_checkpoint_raises(tmp_path, one_torch_thread):
     algo = MBPO(_tiny_config(total_steps=100, init_random_steps=100), logdir=tmp_path, quiet=True)
     algo.train()
     algo.close()
@@ -193,7 +184,7 @@ def _run_state(algo: MBPO) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_resume_is_exact(tmp_path, one_thread):
+def test_resume_is_exact(tmp_path, one_torch_thread):
     """N steps in one go == N/2 steps, checkpoint, resume in a new object, N/2 more (CPU)."""
     overrides = dict(total_steps=400, checkpoint_freq=200, num_sac_updates=2)
     full = MBPO(_tiny_config(**overrides), logdir=tmp_path / "full", quiet=True)
@@ -220,7 +211,7 @@ def test_resume_is_exact(tmp_path, one_thread):
     assert [r["env_steps"] for r in resumed.progress] == [100, 200, 300, 400]
 
 
-def test_resume_switches_training_backend(tmp_path, one_thread):
+def test_resume_switches_training_backend(tmp_path, one_torch_thread):
     """A run can continue on the other trainer: same checkpoint, --set trainer=..., and the
     switch is close to never switching (the trainers agree to float rounding)."""
     overrides = dict(total_steps=300, checkpoint_freq=200, num_sac_updates=2, trainer="native")
@@ -247,7 +238,7 @@ def test_resume_switches_training_backend(tmp_path, one_thread):
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
 
 
-def test_resume_refuses_overrides_that_shape_the_state(tmp_path, one_thread):
+def test_resume_refuses_overrides_that_shape_the_state(tmp_path, one_torch_thread):
     algo = MBPO(_tiny_config(total_steps=100, checkpoint_freq=100), logdir=tmp_path, quiet=True)
     algo.train()
     algo.close()
@@ -257,7 +248,7 @@ def test_resume_refuses_overrides_that_shape_the_state(tmp_path, one_thread):
         MBPO.resume(tmp_path, quiet=True, overrides=["trainer=fast"])
 
 
-def test_resume_mid_episode_restarts_episode(tmp_path, one_thread):
+def test_resume_mid_episode_restarts_episode(tmp_path, one_torch_thread):
     algo = MBPO(_tiny_config(total_steps=150, checkpoint_freq=150), logdir=tmp_path, quiet=True)
     algo.train()
     algo.close()
@@ -274,7 +265,7 @@ def test_resume_mid_episode_restarts_episode(tmp_path, one_thread):
     assert resumed.config.total_steps == 160
 
 
-def test_seed_determines_the_run(tmp_path, one_thread):
+def test_seed_determines_the_run(tmp_path, one_torch_thread):
     runs = []
     for name in ("a", "b"):
         algo = MBPO(_tiny_config(total_steps=160, checkpoint_freq=0), logdir=tmp_path / name,
@@ -291,7 +282,7 @@ def test_seed_determines_the_run(tmp_path, one_thread):
     assert not torch.equal(_run_state(other)["real.obs"], runs[0]["real.obs"])
 
 
-def test_model_pool_resized_on_schedule_change(tmp_path, one_thread):
+def test_model_pool_resized_on_schedule_change(tmp_path, one_torch_thread):
     cfg = _tiny_config(total_steps=360, checkpoint_freq=0, rollout_schedule=(1, 2, 1, 3))
     algo = MBPO(cfg, logdir=tmp_path, quiet=True)
     capacities = []
@@ -329,14 +320,14 @@ def test_python_m_cmake_dir_flag():
     assert rc in (0, 1)  # 1 with a clear error when the CMake package is not installed
 
 
-def test_cli_bench_runs(capsys, one_thread):
+def test_cli_bench_runs(capsys, one_torch_thread):
     assert cli.main(["bench", "--rows", "64", "--pool-rows", "1000", "--repeat", "2"]) == 0
     out = capsys.readouterr().out
     for key in ("backend", "pool.sample", "ensemble.step 64 rows", "sac.update", "rollout step"):
         assert key in out
 
 
-def test_no_random_phase(tmp_path, one_thread):
+def test_no_random_phase(tmp_path, one_torch_thread):
     """init_random_steps=0: the policy acts from step 0, the first fit waits for data."""
     cfg = _tiny_config(total_steps=120, init_random_steps=0, checkpoint_freq=0, eval_freq=60)
     algo = MBPO(cfg, logdir=tmp_path, quiet=True)

@@ -27,14 +27,7 @@ LOW = np.array([-1.0, 0.0, -3.0])
 HIGH = np.array([1.0, 5.0, 2.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are tiny: one intra-op thread is as fast, and it cannot stall on a
-    descheduled OpenMP worker when the machine is shared (2 threads did, by 100x)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load_benchmark_module(name: str):

@@ -17,17 +17,11 @@ from mbpo_fast import _backend
 from mbpo_fast.sac import SAC
 from mbpo_fast.types import Transition
 
-pytestmark = pytest.mark.skipif(
-    mf.backend() != "native" or not hasattr(_backend.ops, "SacLearner"),
-    reason="needs the native extension with SacLearner")
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [
+    pytest.mark.skipif(mf.backend() != "native" or not hasattr(_backend.ops, "SacLearner"),
+                       reason="needs the native extension with SacLearner"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def _state(agent: SAC) -> dict[str, torch.Tensor]:

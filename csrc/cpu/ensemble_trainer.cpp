@@ -178,7 +178,7 @@ struct EnsembleTrainer::Impl {
   int L() const { return cfg.num_hidden_layers; }
   int64_t E() const { return cfg.ensemble_size; }
 
-  TrainableTensor& tensor(int t) { return (t % 2 == 0) ? st.weights[t / 2] : st.biases[t / 2]; }
+  AdamTensor& tensor(int t) { return (t % 2 == 0) ? st.weights[t / 2] : st.biases[t / 2]; }
 
   void init_layout() {
     cfg.validate();
@@ -198,7 +198,7 @@ struct EnsembleTrainer::Impl {
   }
 
   void check_storage(const EnsembleTrainerStorage& s) const {
-    auto check = [](const TrainableTensor& t, const std::string& name) {
+    auto check = [](const AdamTensor& t, const std::string& name) {
       require(t.param != nullptr && t.exp_avg != nullptr && t.exp_avg_sq != nullptr && t.step != nullptr,
               "EnsembleTrainerStorage." + name + ": param, exp_avg, exp_avg_sq and step must all be set");
     };
@@ -384,7 +384,7 @@ struct EnsembleTrainer::Impl {
   // Adam on member e's slice of member tensor t with its final gradient g. Every slice
   // steps from the count read before the batch; the count is advanced once after it.
   void adam_member(int t, int64_t e, const float* g) {
-    TrainableTensor& tt = tensor(t);
+    AdamTensor& tt = tensor(t);
     const int64_t off = e * member_numel[t];
     float step = steps_scratch[t];
     adam_step(tt.param + off, g, tt.exp_avg + off, tt.exp_avg_sq + off, &step, member_numel[t], cfg.adam,
@@ -396,7 +396,7 @@ struct EnsembleTrainer::Impl {
   void adam_range(int64_t begin, int64_t end) {
     const int n_t = 2 * cfg.num_linear();
     for (int t = 0; t < n_t; ++t) {
-      TrainableTensor& tt = tensor(t);
+      AdamTensor& tt = tensor(t);
       const double wd = t % 2 == 0 ? decays[t / 2] : 0.0;
       for (int64_t e = 0; e < E(); ++e) {
         if (member_parts[e] == 1) continue;
@@ -555,9 +555,9 @@ EnsembleTrainer::EnsembleTrainer(const EnsembleTrainerConfig& config, uint64_t s
   block[2 * n_lin] = alloc(out);
   block[2 * n_lin + 1] = alloc(out);
   m.own_steps.assign(static_cast<size_t>(2 * n_lin + 2), 0.0f);
-  auto attach = [&](TrainableTensor& tt, size_t t, int64_t n) {
+  auto attach = [&](AdamTensor& tt, size_t t, int64_t n) {
     float* base = m.own[block[t]].data();
-    tt = TrainableTensor{base, base + n, base + 2 * n, &m.own_steps[t]};
+    tt = AdamTensor{base, base + n, base + 2 * n, &m.own_steps[t]};
   };
   for (int t = 0; t < 2 * n_lin; ++t) attach(m.tensor(t), static_cast<size_t>(t), E * m.member_numel[t]);
   attach(m.st.max_logvar, static_cast<size_t>(2 * n_lin), out);

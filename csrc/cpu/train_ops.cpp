@@ -27,17 +27,12 @@ inline float bf16_value(float x) {
 template <bool kBf16>
 void gemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                     int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cpu::gemm_scale_c(m, n, beta, c, ldc);
   for (int64_t i = 0; i < m; ++i) {
     float* ci = c + i * ldc;
-    if (beta == 0.0f) {
-      for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f;
-    } else if (beta != 1.0f) {
-      for (int64_t j = 0; j < n; ++j) ci[j] *= beta;
-    }
     for (int64_t p = 0; p < k; ++p) {
       float av = at_a(trans_a, a, lda, i, p);
       if (kBf16) av = bf16_value(av);
-      if (av == 0.0f) continue;
       if (!trans_b) {
         const float* bp = b + p * ldb;
         if (kBf16) {

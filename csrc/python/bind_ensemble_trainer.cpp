@@ -129,7 +129,7 @@ class PyEnsembleTrainer {
         shape = {out};
       }
       const std::string at = "[" + std::to_string(t) + "] (" + name + ")";
-      TrainableTensor tt{borrow_f32(params[t], "params" + at, shape), borrow_f32(exp_avg[t], "exp_avg" + at, shape),
+      AdamTensor tt{borrow_f32(params[t], "params" + at, shape), borrow_f32(exp_avg[t], "exp_avg" + at, shape),
                          borrow_f32(exp_avg_sq[t], "exp_avg_sq" + at, shape),
                          borrow_f32(step[t], "step" + at, {})};
       if (t < static_cast<size_t>(2 * n_lin)) {

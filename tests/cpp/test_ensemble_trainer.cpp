@@ -26,7 +26,7 @@ struct Model {
     EnsembleTrainerStorage st;
     const int n_lin = cfg.num_linear();
     for (int t = 0; t < 2 * n_lin + 2; ++t) {
-      TrainableTensor tt{p[t].data(), m[t].data(), v[t].data(), &step[t]};
+      AdamTensor tt{p[t].data(), m[t].data(), v[t].data(), &step[t]};
       if (t < 2 * n_lin) {
         (t % 2 == 0 ? st.weights[t / 2] : st.biases[t / 2]) = tt;
       } else {

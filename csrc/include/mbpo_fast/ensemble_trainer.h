@@ -76,23 +76,13 @@ struct EnsembleTrainerConfig {
   void validate() const;
 };
 
-// One trainable float32 tensor and its torch.optim.Adam state, all C-contiguous and borrowed:
-// param and exp_avg / exp_avg_sq have the parameter's shape, step is one float (torch keeps
-// it as a float32 scalar tensor; adam_step increments it before use).
-struct TrainableTensor {
-  float* param = nullptr;
-  float* exp_avg = nullptr;
-  float* exp_avg_sq = nullptr;
-  float* step = nullptr;
-};
-
 // The storage a trainer updates: layer i weight [E, layer_in(i), layer_out(i)] and bias
 // [E, layer_out(i)] (i < num_linear()), max_logvar / min_logvar [obs_dim + 1].
 struct EnsembleTrainerStorage {
-  TrainableTensor weights[kEnsembleMaxLayers];
-  TrainableTensor biases[kEnsembleMaxLayers];
-  TrainableTensor max_logvar;
-  TrainableTensor min_logvar;
+  AdamTensor weights[kEnsembleMaxLayers];
+  AdamTensor biases[kEnsembleMaxLayers];
+  AdamTensor max_logvar;
+  AdamTensor min_logvar;
 };
 
 // Options of EnsembleTrainer::fit (the defaults are MBPO's, as EnsembleDynamics.fit).

@@ -76,15 +76,6 @@ struct SacConfig {
   int64_t critic_out(int i) const;
 };
 
-// One Adam-trained tensor: the parameter and its torch.optim.Adam state (exp_avg,
-// exp_avg_sq: the parameter's size; step: one float, torch's float32 step tensor).
-struct AdamTensor {
-  float* param = nullptr;
-  float* exp_avg = nullptr;
-  float* exp_avg_sq = nullptr;
-  float* step = nullptr;
-};
-
 // Where the learner's state lives. Tensor order is the modules' parameters() order:
 // layer 0 weight, layer 0 bias, layer 1 weight, ... (2 * (num_layers + 1) entries).
 //   actor[2i]      [actor_in(i), actor_out(i)]        actor[2i + 1]  [actor_out(i)]

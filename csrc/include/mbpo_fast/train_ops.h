@@ -91,6 +91,16 @@ struct AdamConfig {
   double beta2 = 0.999;
   double eps = 1e-8;
 };
+// One Adam-trained tensor, borrowed: the parameter and its torch.optim.Adam state (exp_avg,
+// exp_avg_sq: the parameter's size; step: one float, torch's float32 step tensor). The
+// trainers (SacLearner, EnsembleTrainer) update these in place.
+struct AdamTensor {
+  float* param = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  float* step = nullptr;
+};
+
 void adam_step(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, float* step,
                int64_t n, const AdamConfig& config, double weight_decay = 0.0);
 
