@@ -387,20 +387,35 @@ void silu_backward_avx512(const float* pre, float* g, int64_t n) {
   }
 }
 
+// The sums run in double (rounded to float once at the end): a bias gradient is a sum over
+// the batch with cancellation, and a float32 running sum over 256 rows lost up to ~1e-3 of
+// a small result (more than torch's blocked summation; the ensemble parity test caught it).
 void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, float* db, bool accumulate) {
-  for (int64_t j0 = 0; j0 < n; j0 += 64) {
-    __mmask16 mask[4];
-    __m512 acc[4];
-    for (int v = 0; v < 4; ++v) {
+  for (int64_t j0 = 0; j0 < n; j0 += 32) {
+    __mmask16 mask[2];
+    __m512d acc[4];
+    for (int v = 0; v < 2; ++v) {
       mask[v] = lane_mask(std::max<int64_t>(0, n - j0 - 16 * v));
-      acc[v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], db + j0 + 16 * v) : _mm512_setzero_ps();
+      const __m512 init = accumulate ? _mm512_maskz_loadu_ps(mask[v], db + j0 + 16 * v) : _mm512_setzero_ps();
+      acc[2 * v] = _mm512_cvtps_pd(_mm512_castps512_ps256(init));
+      acc[2 * v + 1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(init), 1)));
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = dy + r * ld + j0;
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(mask[v], row + 16 * v));
+#pragma GCC unroll 2
+      for (int v = 0; v < 2; ++v) {
+        const __m512 x = _mm512_maskz_loadu_ps(mask[v], row + 16 * v);
+        acc[2 * v] = _mm512_add_pd(acc[2 * v], _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+        acc[2 * v + 1] = _mm512_add_pd(
+            acc[2 * v + 1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))));
+      }
     }
-    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(db + j0 + 16 * v, mask[v], acc[v]);
+    for (int v = 0; v < 2; ++v) {
+      const __m256 lo = _mm512_cvtpd_ps(acc[2 * v]), hi = _mm512_cvtpd_ps(acc[2 * v + 1]);
+      const __m512 sum = _mm512_castpd_ps(
+          _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+      _mm512_mask_storeu_ps(db + j0 + 16 * v, mask[v], sum);
+    }
   }
 }
 
@@ -461,9 +476,9 @@ void silu_forward_avx512(float* x, float* pre, int64_t n) { silu_forward(x, pre,
 void silu_backward_avx512(const float* pre, float* g, int64_t n) { silu_backward(pre, g, n); }
 void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, float* db, bool accumulate) {
   for (int64_t j = 0; j < n; ++j) {
-    float acc = accumulate ? db[j] : 0.0f;
+    double acc = accumulate ? db[j] : 0.0;
     for (int64_t r = 0; r < rows; ++r) acc += dy[r * ld + j];
-    db[j] = acc;
+    db[j] = static_cast<float>(acc);
   }
 }
 void adam_avx512(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,

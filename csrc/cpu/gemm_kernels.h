@@ -35,7 +35,8 @@ void relu_forward_avx512(float* x, int64_t n);
 void relu_backward_avx512(const float* h, float* g, int64_t n);
 void silu_forward_avx512(float* x, float* pre, int64_t n);
 void silu_backward_avx512(const float* pre, float* g, int64_t n);
-// db[j] (=|+=) sum over rows r of dy[r * ld + j], j < n (rows summed in order).
+// db[j] (=|+=) sum over rows r of dy[r * ld + j], j < n (rows summed in order, in double,
+// rounded to float once).
 void column_sums_avx512(const float* dy, int64_t ld, int64_t rows, int64_t n, float* db, bool accumulate);
 // One Adam step over n floats with the scalars already derived (see adam_step); the
 // arithmetic is torch's fused CPU kernel as compiled for AVX-512 (FMA-contracted).

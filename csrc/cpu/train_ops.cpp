@@ -124,10 +124,11 @@ void linear_backward(const float* x, int64_t ldx, int64_t rows, const float* w, 
     if (cpu::gemm_avx512_supported()) {
       cpu::column_sums_avx512(dy, lddy, rows, out, db, accumulate);
     } else {
-      if (!accumulate) std::memset(db, 0, sizeof(float) * out);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* g = dy + r * lddy;
-        for (int64_t j = 0; j < out; ++j) db[j] += g[j];
+      // In double, rounded once (as column_sums_avx512): the sums cancel.
+      for (int64_t j = 0; j < out; ++j) {
+        double acc = accumulate ? db[j] : 0.0;
+        for (int64_t r = 0; r < rows; ++r) acc += dy[r * lddy + j];
+        db[j] = static_cast<float>(acc);
       }
     }
   }
