@@ -21,16 +21,11 @@ or with pytest-benchmark (per-implementation timings, no ratios):
 
 from __future__ import annotations
 
-import os
-
-# torch's OpenMP (libgomp) workers spin for milliseconds after each parallel region by
-# default; interleaved with another implementation they occupy the second core while it
-# runs. A short spin (set before torch is imported) keeps torch's own back-to-back ops
-# unaffected (its reference timings do not change) and stops it from stealing the core
-# from whatever runs next. Override by setting GOMP_SPINCOUNT yourself.
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")
-
+# Measured in the environment a user has: no OpenMP tuning variables are set here. (Runs
+# recorded before 2026-12-04 set GOMP_SPINCOUNT=20000, which sped the native side up by up
+# to ~25 % at 400 rows; see RESULTS_rollout.md / RESULTS_ensemble_step.md.)
 import math  # noqa: E402
+import os
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402

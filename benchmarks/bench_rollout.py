@@ -24,18 +24,9 @@ and the matmul canary rate before and after (tools/matmul_canary.py).
 
 from __future__ import annotations
 
-import os
-
-# torch's OpenMP (libgomp) workers keep spinning on the second core after each parallel
-# region, for milliseconds at libgomp's default spin count; the native block that follows a
-# torch block then shares that core with a spinner. Measured here (400 x 1, two runs each):
-# native 1.36-1.48 ms per call at the default vs 1.10-1.29 ms with GOMP_SPINCOUNT=20000,
-# while the torch references did not move (mbrl-lib style 2.82-3.02 vs 2.72-3.43 ms, lean
-# torch 1.98-2.27 vs 1.93-2.40 ms). The same setting as bench_ensemble_step.py; it only
-# takes effect when this module imports torch first (the script, not a pytest session
-# that imported torch earlier). Override by setting GOMP_SPINCOUNT yourself.
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")
-
+# Measured in the environment a user has: no OpenMP tuning variables are set here. (Runs
+# recorded before 2026-12-04 set GOMP_SPINCOUNT=20000, which sped the native side up by up
+# to ~25 % at 400 rows; see RESULTS_rollout.md / RESULTS_ensemble_step.md.)
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
