@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ensemble_infer import EnsembleInference
-from .ensemble_trainer import fit_ensemble, log_trainer_once, make_backend, resolve_trainer
+from .ensemble_trainer import (
+    _positive_int,
+    fit_ensemble,
+    log_trainer_once,
+    make_backend,
+    resolve_trainer,
+)
 from .io import load_safetensors, require_tensor, save_safetensors
 from .nn import BatchedLinear
 
@@ -54,13 +60,6 @@ def layer_weight_decays(num_linear: int) -> list[float]:
     decays = [2.5e-5] + [5e-5] + [7.5e-5] * (num_linear - 3) + [1e-4]
     return decays if num_linear >= 3 else [2.5e-5, 1e-4]
 
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 _F32 = np.dtype(np.float32)
