@@ -6,8 +6,12 @@ Run:  PYTHONPATH=. pytest benchmarks/bench_rollout.py --benchmark-only -s
 Sizes: obs 11, act 3, ensemble 7 members x 4 hidden SiLU layers of 200 (5 elites), SAC actor
 2 x 256 ReLU. Cases: num_starts 100,000 with horizon 1 and 5, and 400 with horizon 1.
 
-Candidate: ``run_native_rollout`` (one native call: start sampling, actor, one elite per
-row, Hopper termination, compaction, appends to the model pool; GIL released).
+Candidate: ``mf.BranchedRollout(model, agent, "Hopper-v5").run(...)`` with its defaults, as a
+user calls it (one native call: start sampling, actor, one elite per row, Hopper termination,
+compaction, appends to the model pool, the disagreement statistic on its default sample of
+one stored row in 256; GIL released). Beside it, not instead of it: the same call with the
+statistic off (``disagreement_rows=0``), which gives the statistic's cost, and with the opt-in
+bf16 model weights.
 Reference "mbrl-lib style": a compact transcription of mbrl-lib's MBPO rollout code path
 (``rollout_model_and_populate_sac_buffer`` with ReplayBuffer, ModelEnv,
 OneDTransitionRewardModel, GaussianMLP "random_model" propagation with per-call elite weight
@@ -24,9 +28,15 @@ and the matmul canary rate before and after (tools/matmul_canary.py).
 
 from __future__ import annotations
 
-# Measured in the environment a user has: no OpenMP tuning variables are set here. (Runs
-# recorded before 2026-12-04 set GOMP_SPINCOUNT=20000, which sped the native side up by up
-# to ~25 % at 400 rows; see RESULTS_rollout.md / RESULTS_ensemble_step.md.)
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
+# Measured in the environment a user has: no OpenMP tuning variable is set here; importing
+# mbpo_fast first sets the library's own (mbpo_fast/_openmp.py). Runs recorded before
+# 2026-12-04 set GOMP_SPINCOUNT=20000 in the benchmark itself.
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -39,7 +49,6 @@ import torch  # noqa: E402
 
 import mbpo_fast as mf  # noqa: E402
 from mbpo_fast.ensemble_infer import EnsembleInference  # noqa: E402
-from mbpo_fast.rollout_native import run_native_rollout  # noqa: E402
 from mbpo_fast.sac import SAC  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,6 +70,20 @@ def hopper_states(rng: np.random.Generator, n: int) -> np.ndarray:
     obs[:, 0] = rng.uniform(1.1, 1.4, n)
     obs[:, 1] = rng.uniform(-0.08, 0.08, n)
     return obs
+
+
+def as_dynamics(inf: EnsembleInference) -> mf.EnsembleDynamics:
+    """An EnsembleDynamics (what users pass to BranchedRollout) holding `inf`'s weights."""
+    model = mf.EnsembleDynamics(OD, AD, ensemble_size=E, num_elites=K, hidden_size=HID,
+                                num_layers=NLAYERS, seed=0)
+    with torch.no_grad():
+        for layer, w, b in zip(model.layers, inf.weights, inf.biases, strict=True):
+            layer.weight.copy_(torch.from_numpy(w))
+            layer.bias.copy_(torch.from_numpy(b))
+        model.max_logvar.copy_(torch.from_numpy(inf.max_logvar))
+        model.min_logvar.copy_(torch.from_numpy(inf.min_logvar))
+    model.set_elites(list(map(int, inf.elites)))
+    return model
 
 
 def make_model(seed: int = 0) -> EnsembleInference:
@@ -405,9 +428,14 @@ def setup() -> dict:
         real.add_batch(states, zeros_a, zeros_r, states, no)
         ref_real = ReplayBuffer(REAL_ROWS)
         ref_real.add_batch(states, zeros_a, states, zeros_r, no, no)
-        model_bf16 = make_model()  # the same weights, opt-in bf16 kernels (DESIGN §7)
-        model_bf16.use_bf16(True)
-        _SETUP.update(model=model, model_bf16=model_bf16, agent=agent, real=real, ref_real=ref_real,
+        dynamics = as_dynamics(model)
+        dynamics_bf16 = as_dynamics(model)  # the same weights, opt-in bf16 kernels (DESIGN §7)
+        dynamics_bf16.use_bf16(True)
+        _SETUP.update(model=model, agent=agent, real=real, ref_real=ref_real,
+                      rollout=mf.BranchedRollout(dynamics, agent, "Hopper-v5"),
+                      rollout_off=mf.BranchedRollout(dynamics, agent, "Hopper-v5",
+                                                     disagreement_rows=0),
+                      rollout_bf16=mf.BranchedRollout(dynamics_bf16, agent, "Hopper-v5"),
                       model_pool=mf.ReplayPool(CAPACITY, OD, AD), mbrl_pool=ReplayBuffer(CAPACITY),
                       lean_pool=ReplayBuffer(CAPACITY), model_env=ModelEnv(model),
                       sac_agent=SACAgent(agent), lean_model=LeanTorchModel(model))
@@ -430,18 +458,19 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
     seeds = iter(range(1_000_000))
     stepped: dict[str, float] = {}
 
+    def run(key: str, rollout: mf.BranchedRollout) -> None:
+        s = rollout.run(st["real"], st["model_pool"], num_starts, horizon, next(seeds))
+        stepped[key] = s.rows_added + s.nonfinite
+        stepped[f"{key}_frac_terminated"] = s.frac_terminated
+
     def native():
-        s = run_native_rollout(st["model"], st["agent"], "Hopper-v5", st["real"],
-                               st["model_pool"], num_starts, horizon, next(seeds),
-                               compute_disagreement=False)
-        stepped["native"] = s["rows_added"] + s["nonfinite"]
-        stepped["frac_terminated"] = s["frac_terminated"]
+        run("native", st["rollout"])
+
+    def native_off():
+        run("native_off", st["rollout_off"])
 
     def native_bf16():
-        s = run_native_rollout(st["model_bf16"], st["agent"], "Hopper-v5", st["real"],
-                               st["model_pool"], num_starts, horizon, next(seeds),
-                               compute_disagreement=False)
-        stepped["native_bf16"] = s["rows_added"] + s["nonfinite"]
+        run("native_bf16", st["rollout_bf16"])
 
     def mbrl():
         stepped["mbrl"] = mbrl_rollout(st["model_env"], st["ref_real"], st["sac_agent"],
@@ -451,7 +480,8 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
         stepped["lean"] = lean_rollout(st["lean_model"], st["agent"], st["ref_real"],
                                        st["lean_pool"], num_starts, horizon)
 
-    fns = {"native": native, "native_bf16": native_bf16, "mbrl": mbrl, "lean": lean}
+    fns = {"native": native, "native_off": native_off, "native_bf16": native_bf16, "mbrl": mbrl,
+           "lean": lean}
     before = canary_gflops(2)
     for f in fns.values():  # warm up (allocations, page faults, torch kernels)
         f()
@@ -465,7 +495,7 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
     after = canary_gflops(2)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"num_starts": num_starts, "horizon": horizon, "rounds": rounds, "number": number,
-           "frac_terminated": stepped["frac_terminated"],
+           "frac_terminated": stepped["native_frac_terminated"],
            "canary_before_gflops": before, "canary_after_gflops": after}
     for k in fns:
         res[f"{k}_s"] = med[k]
@@ -474,6 +504,9 @@ def run_case(num_starts: int, horizon: int, rounds: int, number: int = 1, benchm
     res["speedup_vs_mbrl"] = med["mbrl"] / med["native"]
     res["speedup_vs_lean"] = med["lean"] / med["native"]
     res["bf16_speedup_vs_mbrl"] = med["mbrl"] / med["native_bf16"]
+    # what the default disagreement statistic costs: default call vs statistic off, per row
+    res["statistic_cost"] = (med["native"] / stepped["native"]) / (
+        med["native_off"] / stepped["native_off"]) - 1.0
     RESULTS[f"{num_starts:,} x {horizon}"] = res
     if benchmark is not None:
         benchmark.extra_info.update(res)
@@ -497,8 +530,9 @@ def table() -> str:
     lines = ["| num_starts x horizon | native (ms) | mbrl-lib style (ms) | lean torch (ms) | "
              "speedup vs mbrl-lib style | vs lean torch | GFLOP/s native / mbrl / lean | "
              "rows stepped native / torch | frac terminated | canary before / after | "
-             "native, bf16 model weights (ms) | bf16 speedup vs mbrl-lib style |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "native, bf16 model weights (ms) | bf16 speedup vs mbrl-lib style | "
+             "native, statistic off (ms) | statistic's cost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in RESULTS.items():
         lines.append(
             f"| {name} | {1e3 * r['native_s']:.2f} | {1e3 * r['mbrl_s']:.2f} | "
@@ -507,7 +541,8 @@ def table() -> str:
             f"{r['lean_gflops']:.0f} | {r['native_rows_stepped']:,} / {r['mbrl_rows_stepped']:,} | "
             f"{r['frac_terminated']:.3f} | {r['canary_before_gflops']:.0f} / "
             f"{r['canary_after_gflops']:.0f} | {1e3 * r['native_bf16_s']:.2f} | "
-            f"{r['bf16_speedup_vs_mbrl']:.2f}x |")
+            f"{r['bf16_speedup_vs_mbrl']:.2f}x | {1e3 * r['native_off_s']:.2f} | "
+            f"{100 * r['statistic_cost']:+.1f} % |")
     return "\n".join(lines)
 
 

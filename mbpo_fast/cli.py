@@ -229,8 +229,7 @@ def _bench(args: argparse.Namespace) -> int:
     x = real.sample_obs(n)
     u = rng.uniform(-1, 1, (n, a)).astype(np.float32)
     batch = sample_mixed(real, model_pool, 256, 0.05)
-    rollout = BranchedRollout(model, agent, lambda s, act, s2: np.zeros(len(s), dtype=bool),
-                              disagreement_rows=0)
+    rollout = BranchedRollout(model, agent, lambda s, act, s2: np.zeros(len(s), dtype=bool))
     scratch = ReplayPool(n * 2, o, a, seed=2)
     results = {
         "backend": mf.backend(),

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ._numba.rollout import disagreement_sample_rows
 from .termination import TerminationFn, as_termination_fn
 
 __all__ = ["BranchedRollout", "RolloutStats", "step_seed"]
@@ -62,7 +63,8 @@ class RolloutStats:
     frac_terminated: fraction of start rows that ended by the termination function.
     nonfinite: rows dropped because the model predicted a NaN/inf next state or reward.
     mean_disagreement: mean ensemble disagreement (``model.disagreement``) over the visited
-        (obs, act) pairs, measured on up to ``disagreement_rows`` rows per step; NaN when off.
+        (obs, act) pairs, measured on a sample of each step's rows (``disagreement_rows``);
+        NaN when off.
     seconds: wall-clock time of the call.
     """
 
@@ -88,15 +90,17 @@ class BranchedRollout:
             [B, act_dim]`` sampling stochastic actions), or a plain callable ``obs -> act``.
         termination: a gymnasium env id (uses :func:`~mbpo_fast.termination_fn`) or a callable
             ``(obs, act, next_obs) -> bool [B]``.
-        disagreement_rows: rows per step on which ``model.disagreement`` is measured (it runs
-            every member, so measuring all rows would cost ~E times the step itself);
-            0 disables the statistic.
+        disagreement_rows: rows of each step on which ``model.disagreement`` is measured
+            (every elite's forward per measured row): ``"auto"`` (default: one stored row in
+            256, at least one, so the statistic costs ~1 % of the rollout at any size),
+            ``"all"`` (every row: ~E times the step's model work), or the first ``n`` rows
+            (an int; 0 disables the statistic).
         engine: ``"auto"`` (native when the objects allow it, see the module docstring),
             ``"native"`` (raise TypeError when they do not) or ``"python"``.
     """
 
     def __init__(self, model: Any, agent: Any, termination: str | TerminationFn,
-                 disagreement_rows: int = 1024, engine: str = "auto") -> None:
+                 disagreement_rows: int | str = "auto", engine: str = "auto") -> None:
         if engine not in ("auto", "native", "python"):
             raise ValueError(f"engine: expected 'auto', 'native' or 'python', got {engine!r}")
         if not hasattr(model, "step"):
@@ -109,9 +113,9 @@ class BranchedRollout:
         else:
             raise TypeError(f"agent: expected a SAC agent (with act()) or a callable obs -> act, "
                             f"got {type(agent).__name__}")
-        if isinstance(disagreement_rows, bool) or not isinstance(disagreement_rows, int) \
-                or disagreement_rows < 0:
-            raise ValueError(f"disagreement_rows: expected an int >= 0, got {disagreement_rows!r}")
+        from .rollout_native import disagreement_rule
+
+        self._disagreement_rule = disagreement_rule(disagreement_rows)  # ValueError if invalid
         self.model = model
         self.agent = agent
         self.termination = as_termination_fn(termination)
@@ -174,8 +178,8 @@ class BranchedRollout:
         dis_sum, dis_count = 0.0, 0
         for t in range(horizon):
             act = np.ascontiguousarray(_to_numpy(self._policy(obs)), dtype=np.float32)
-            if self.disagreement_rows and hasattr(self.model, "disagreement"):
-                k = min(self.disagreement_rows, obs.shape[0])
+            k = disagreement_sample_rows(self._disagreement_rule, obs.shape[0])
+            if k and hasattr(self.model, "disagreement"):
                 d = _to_numpy(self.model.disagreement(obs[:k], act[:k]))
                 dis_sum += float(np.sum(d, dtype=np.float64))
                 dis_count += k
@@ -226,8 +230,8 @@ class BranchedRollout:
 
         out = run_native_rollout(
             self.model, self.agent, self.termination, real_pool, model_pool, num_starts, horizon,
-            int(seed), compute_disagreement=self.disagreement_rows > 0,
-            disagreement_rows=self.disagreement_rows if self.disagreement_rows > 0 else 1)
+            int(seed), compute_disagreement=self._disagreement_rule != 0,
+            disagreement_rows=self._disagreement_rule)
         return _stats(out)
 
 

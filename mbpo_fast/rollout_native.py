@@ -17,9 +17,33 @@ from typing import Any
 import numpy as np
 
 from . import _backend
+from ._numba.rollout import (
+    DISAGREEMENT_ALL,
+    DISAGREEMENT_AUTO,
+    DISAGREEMENT_AUTO_STRIDE,
+    disagreement_sample_rows,
+)
 
-__all__ = ["actor_act", "actor_params", "model_params", "resolve_termination",
-           "run_native_rollout"]
+__all__ = ["actor_act", "actor_params", "disagreement_rule", "disagreement_sample_rows",
+           "model_params", "resolve_termination", "run_native_rollout"]
+
+
+def disagreement_rule(disagreement_rows: Any) -> int:
+    """The engines' integer rule for a user's ``disagreement_rows``: ``"auto"`` (one stored
+    row in 256 at each step, at least one: ~1 % of the rollout's arithmetic), ``"all"``
+    (every stored row: ~E times the rollout's model arithmetic), or a count >= 0 of rows per
+    step (0: off). Raises ValueError naming the argument for anything else."""
+    if isinstance(disagreement_rows, str):
+        rules = {"auto": DISAGREEMENT_AUTO, "all": DISAGREEMENT_ALL}
+        if disagreement_rows in rules:
+            return rules[disagreement_rows]
+    elif isinstance(disagreement_rows, (int, np.integer)) and not isinstance(disagreement_rows,
+                                                                           bool):
+        if disagreement_rows >= 0:
+            return int(disagreement_rows)
+    raise ValueError("disagreement_rows: expected 'auto' (one stored row in "
+                     f"{DISAGREEMENT_AUTO_STRIDE} per step), 'all' or an int >= 0, got "
+                     f"{disagreement_rows!r}")
 
 
 def actor_params(agent: Any) -> dict[str, Any]:
@@ -72,7 +96,7 @@ def resolve_termination(termination: Any) -> int | Any:
 def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any, model_pool: Any,
                        num_starts: int, horizon: int, seed: int,
                        compute_disagreement: bool = True,
-                       disagreement_rows: int = 1024) -> dict[str, float | int]:
+                       disagreement_rows: int | str = "auto") -> dict[str, float | int]:
     """One MBPO branched rollout in a single native call; appends to ``model_pool``.
 
     Args:
@@ -86,10 +110,12 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
         seed: drives start states, actions, members and model noise (see rollout.h).
         compute_disagreement: also compute ``mean_disagreement`` (one forward of every
             elite per measured row); NaN otherwise.
-        disagreement_rows: measure it on the first ``disagreement_rows`` stored rows of each
-            step (< 0: on every stored row). Start rows are drawn uniformly and alive rows keep
-            their order, so these are a random subset of the visited pairs; the default keeps
-            the statistic's cost (every elite's forward) small next to the rollout itself.
+        disagreement_rows: rows of each step it is measured on (see
+            :func:`disagreement_rule`): ``"auto"`` (one stored row in 256, at least one),
+            ``"all"``, or the first ``n`` stored rows (the engines' integer rules -1 / -2 are
+            accepted too). Start rows are drawn uniformly and alive rows keep their order, so
+            these are a random subset of the visited pairs; the default keeps the statistic's
+            cost (every elite's forward per measured row) near 1 % of the rollout.
 
     Returns:
         dict: ``num_starts``, ``rows_added``, ``mean_length`` (stored steps per start row),
@@ -101,8 +127,17 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
         getattr(real_pool, "_impl", real_pool), getattr(model_pool, "_impl", model_pool),
         termination=resolve_termination(termination), num_starts=int(num_starts),
         horizon=int(horizon), seed=int(seed), compute_disagreement=bool(compute_disagreement),
-        disagreement_rows=int(disagreement_rows),
+        disagreement_rows=_rule(disagreement_rows),
         **actor_params(agent), **model_params(model))
+
+
+def _rule(disagreement_rows: Any) -> int:
+    """disagreement_rule, also passing the engines' integer rules (-1, -2) through."""
+    if isinstance(disagreement_rows, (int, np.integer)) \
+            and not isinstance(disagreement_rows, bool) \
+            and disagreement_rows in (DISAGREEMENT_ALL, DISAGREEMENT_AUTO):
+        return int(disagreement_rows)
+    return disagreement_rule(disagreement_rows)
 
 
 def actor_act(agent: Any, obs: Any, seed: int, deterministic: bool = False,

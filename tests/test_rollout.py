@@ -186,6 +186,13 @@ def test_disagreement_is_averaged_over_visited_rows(rng):
     assert stats.mean_disagreement == pytest.approx(1.0)
     off = BranchedRollout(CounterModel(), FixedAgent(), terminate_at_5, disagreement_rows=0)
     assert np.isnan(off.run(real, ListPool(), 64, 3).mean_disagreement)
+    for rule in ("auto", "all"):  # the same mean: every row has the same disagreement per step
+        stats = BranchedRollout(CounterModel(), FixedAgent(), terminate_at_5,
+                                disagreement_rows=rule).run(real, ListPool(), 64, 3)
+        assert stats.mean_disagreement == pytest.approx(1.0)
+    for bad in (-1, "some", 1.5, True):
+        with pytest.raises(ValueError, match="disagreement_rows"):
+            BranchedRollout(CounterModel(), FixedAgent(), terminate_at_5, disagreement_rows=bad)
 
 
 def test_termination_by_env_id_and_callable_agent(rng):

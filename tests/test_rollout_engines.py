@@ -34,7 +34,7 @@ def test_auto_uses_native_engine_and_matches_it(backend, rng):
     pool_b = mf.ReplayPool(10_000, OBS, ACT)
     stats = mf.BranchedRollout(model, agent, "Hopper-v5").run(real, pool_a, 300, 4, seed=9)
     ref = run_native_rollout(model, agent, "Hopper-v5", real, pool_b, 300, 4, 9,
-                             disagreement_rows=1024)
+                             disagreement_rows="auto")
     assert stats.rows_added == ref["rows_added"] == len(pool_a) == len(pool_b)
     assert stats.frac_terminated == ref["frac_terminated"]
     assert stats.mean_length == pytest.approx(ref["mean_length"])

@@ -162,7 +162,10 @@ def ref_rollout(ops, inf, agent, termination, real_obs, num_starts, horizon, see
             nonfinite += int((~ok).sum())
             obs, act, rew, nxt, term = obs[ok], act[ok], rew[ok], nxt[ok], term[ok]
             parts.append((obs, act, rew, nxt, term))
-            m = len(obs) if dis_rows < 0 else min(len(obs), dis_rows)
+            if dis_rows == "auto":  # one stored row in 256, at least one (written out here)
+                m = (len(obs) + 255) // 256
+            else:
+                m = len(obs) if dis_rows < 0 else min(len(obs), dis_rows)
             if m:
                 dis.append(ref_disagreement(inf, obs[:m], act[:m]))
             terminated += int(term.sum())
@@ -379,6 +382,35 @@ def test_disagreement_on_the_first_rows_of_each_step(backend, rng):
                              compute_disagreement=False)
     assert math.isnan(off["mean_disagreement"]) and off["disagreement_rows"] == 0
     assert off["rows_added"] == stats["rows_added"]  # the statistic never changes the rollout
+
+
+def test_disagreement_auto_measures_one_row_in_256(backend, rng):
+    """The default rule: ceil(stored / 256) rows per step, the first stored ones."""
+    agent, inf = make_agent(), make_model(rng)
+    real = filled_pool(rng, 100)
+    pool = mf.ReplayPool(9000, OD, AD)
+    stats = run_native_rollout(inf, agent, "Hopper-v5", real, pool, 1100, 3, 6)
+    _, ref, _ = ref_rollout(backend, inf, agent, HOPPER, real.transitions().obs, 1100, 3, 6,
+                            dis_rows="auto")
+    assert stats["disagreement_rows"] == ref["disagreement_rows"]
+    assert 3 <= stats["disagreement_rows"] <= 15  # 5 rows at the first step (1,100 stored)
+    assert stats["mean_disagreement"] == pytest.approx(ref["mean_disagreement"], rel=1e-4)
+    # "auto" and "all" by name; the engines' integer rules; anything else names the argument
+    for rule, rows in (("auto", stats["disagreement_rows"]), ("all", stats["rows_added"]),
+                       (-1, stats["rows_added"]), (-2, stats["disagreement_rows"])):
+        again = run_native_rollout(inf, agent, "Hopper-v5", real, pool, 1100, 3, 6,
+                                   disagreement_rows=rule)
+        assert again["disagreement_rows"] == rows and again["rows_added"] == stats["rows_added"]
+    size = len(pool)
+    for bad in ("most", -3, 2.5, True):
+        with pytest.raises(ValueError, match="disagreement_rows"):
+            run_native_rollout(inf, agent, "Hopper-v5", real, pool, 1100, 3, 6,
+                               disagreement_rows=bad)
+    with pytest.raises(ValueError, match="disagreement_rows"):  # the op's own check
+        backend.branched_rollout(real._impl, pool._impl, termination=0, num_starts=10,
+                                 horizon=2, seed=0, compute_disagreement=True,
+                                 disagreement_rows=-3, **actor_params(agent), **model_params(inf))
+    assert len(pool) == size
 
 
 def test_rollout_callable_termination_equals_builtin(backend, rng):

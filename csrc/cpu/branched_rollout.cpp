@@ -36,6 +36,7 @@ BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::sha
 }
 
 void BranchedRollout::check_components() const {
+  (void)disagreement_sample_rows(disagreement_rows_, 0);  // InvalidArgument for an unknown rule
   require(model_ != nullptr, "model: expected a loaded Ensemble, got a null pointer");
   require(actor_ != nullptr, "actor: expected a loaded Actor, got a null pointer");
   require(actor_->obs_dim() == model_->obs_dim() && actor_->act_dim() == model_->act_dim(),

@@ -65,7 +65,7 @@ class Sink {
 };
 
 void check_args(const ActorView& actor, const EnsembleView& model, const ReplayPool& real,
-                const ReplayPool& model_pool, int64_t num_starts, int64_t horizon) {
+                const ReplayPool& model_pool, int64_t num_starts, int64_t horizon, int64_t disagreement_rows) {
   actor.validate();
   model.validate(/*need_elites=*/true);
   require(actor.obs_dim == model.obs_dim && actor.act_dim == model.act_dim,
@@ -80,6 +80,7 @@ void check_args(const ActorView& actor, const EnsembleView& model, const ReplayP
                 " and " + std::to_string(p->act_dim()));
   }
   require(num_starts >= 0, "num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
+  (void)disagreement_sample_rows(disagreement_rows, 0);  // validates the rule
   require(horizon >= 0 && horizon < static_cast<int64_t>(0xffffffffu),
           "horizon: expected 0 <= horizon < 2**32 - 1, got " + std::to_string(horizon));
   require(num_starts == 0 || real.size() >= 1, "real_pool: is empty; a rollout needs start states");
@@ -144,7 +145,7 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     st.nonfinite += B - stored;
     st.steps_run += 1;
 
-    const int64_t measured = disagreement_rows < 0 ? stored : std::min(stored, disagreement_rows);
+    const int64_t measured = disagreement_sample_rows(disagreement_rows, stored);
     if (compute_disagreement && measured > 0) {
       ensemble_disagreement(model, obs.data(), act.data(), measured, model.elites, model.num_elites,
                             dis.data());
@@ -181,6 +182,16 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
 
 }  // namespace
 
+int64_t disagreement_sample_rows(int64_t rule, int64_t stored) {
+  require(rule >= kDisagreementAutoRows,
+          "disagreement_rows: expected a count >= 0, -1 (every row) or -2 (auto: one row in " +
+              std::to_string(kDisagreementAutoStride) + "), got " + std::to_string(rule));
+  if (stored <= 0) return 0;
+  if (rule == kDisagreementAllRows) return stored;
+  if (rule == kDisagreementAutoRows) return (stored + kDisagreementAutoStride - 1) / kDisagreementAutoStride;
+  return std::min(stored, rule);
+}
+
 uint64_t rollout_step_seed(uint64_t seed, int64_t step) {
   const Philox4x32 b = philox_block(seed, kStreamRolloutStart + 1 + static_cast<uint64_t>(step), 0);
   return (static_cast<uint64_t>(b.v[1]) << 32) | b.v[0];
@@ -190,7 +201,7 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
                               int64_t horizon, uint64_t seed, bool compute_disagreement,
                               int64_t disagreement_rows) {
-  check_args(actor, model, real, model_pool, num_starts, horizon);
+  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows);
   check_termination_args(static_cast<int32_t>(termination), model.obs_dim, "model obs_dim");
   const int od = static_cast<int>(model.obs_dim);
   auto terminate = [&](const float*, const float*, const float* next, int64_t n, uint8_t* out) {
@@ -204,7 +215,7 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
                               const TerminationCallback& termination, const ReplayPool& real,
                               ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
                               bool compute_disagreement, int64_t disagreement_rows) {
-  check_args(actor, model, real, model_pool, num_starts, horizon);
+  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows);
   require(static_cast<bool>(termination), "termination: expected a callable, got an empty function");
   auto terminate = [&](const float* o, const float* a, const float* next, int64_t n, uint8_t* out) {
     termination(o, a, next, n, out);

@@ -24,6 +24,28 @@ from .pool import ReplayPool
 from .rng import STREAM_ROLLOUT_START, philox_fill_u32
 from .termination import termination as _termination
 
+# disagreement_rows rules besides a count >= 0 (rollout.h): every stored row, or one stored
+# row in DISAGREEMENT_AUTO_STRIDE (at least one) at each step.
+DISAGREEMENT_ALL = -1
+DISAGREEMENT_AUTO = -2
+DISAGREEMENT_AUTO_STRIDE = 256
+
+
+def disagreement_sample_rows(rule: int, stored: int) -> int:
+    """Rows on which a step that stored `stored` transitions measures the disagreement under
+    `rule` (a count >= 0, DISAGREEMENT_ALL or DISAGREEMENT_AUTO), as rollout.h's
+    ``disagreement_sample_rows``; ValueError for another rule."""
+    if rule < DISAGREEMENT_AUTO:
+        raise ValueError("disagreement_rows: expected a count >= 0, -1 (every row) or -2 (auto: "
+                         f"one row in {DISAGREEMENT_AUTO_STRIDE}), got {rule}")
+    if stored <= 0:
+        return 0
+    if rule == DISAGREEMENT_ALL:
+        return stored
+    if rule == DISAGREEMENT_AUTO:
+        return -(-stored // DISAGREEMENT_AUTO_STRIDE)
+    return min(stored, rule)
+
 
 def rollout_step_seed(seed, step) -> int:
     """The seed of rollout step `step`: words 0 and 1 of (seed, STREAM_ROLLOUT_START + 1 +
@@ -114,6 +136,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                  num_terminated=0, nonfinite=0, mean_disagreement=math.nan,
                  disagreement_rows=0, steps_run=0, seconds=0.0)
     disagreement_rows = int(disagreement_rows)
+    disagreement_sample_rows(disagreement_rows, 0)  # validates the rule
     staged: list[tuple[np.ndarray, ...]] = []
     dis_sum = 0.0
     obs = np.empty((0, od), np.float32)
@@ -141,7 +164,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         if not ok.all():
             obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
         n = obs.shape[0]
-        m = n if disagreement_rows < 0 else min(n, disagreement_rows)
+        m = disagreement_sample_rows(disagreement_rows, n)
         if compute_disagreement and m > 0:
             with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
                 dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,

@@ -142,14 +142,15 @@ TEST_CASE("BranchedRollout::run equals the branched_rollout free function") {
   const RolloutStats sa = rollout.run(real, a, 2000, 6, 2024);
   const RolloutStats sb =
       branched_rollout(actor->view(), model->view(), TerminationId::kHopper, real, b, 2000, 6, 2024,
-                       /*compute_disagreement=*/true, /*disagreement_rows=*/1024);
+                       /*compute_disagreement=*/true, /*disagreement_rows=*/kDisagreementAutoRows);
   CHECK(Contents(a) == Contents(b));
   CHECK(same_stats(sa, sb));
   // The case exercises both endings: some rows terminate, others run to the horizon.
   CHECK(sa.num_terminated > 0 && sa.num_terminated < 2000);
   CHECK(sa.rows_added > 2000 && sa.rows_added == a.size());
   CHECK(std::isfinite(sa.mean_disagreement) && sa.mean_disagreement > 0.0);
-  CHECK(sa.disagreement_rows > 1024 && sa.disagreement_rows <= 6 * 1024);
+  // auto: ceil(stored / 256) rows per step, 8 at the first step (2,000 stored)
+  CHECK(sa.disagreement_rows >= sa.steps_run + 7 && sa.disagreement_rows <= 6 * 8);
   CHECK(real.rng_counter() == 0);
 
   // Another seed gives another rollout; the same seed again the same one.

@@ -203,8 +203,22 @@ TEST_CASE("validation throws before anything changes") {
   CHECK(pool.size() == 0);
   const auto s = branched_rollout(av, m.view, TerminationId::kNever, empty, pool, 0, 2, 0);  // nothing to do
   CHECK(s.rows_added == 0 && s.steps_run == 0 && std::isnan(s.mean_disagreement));
+  CHECK_THROWS(branched_rollout(av, m.view, TerminationId::kNever, real, pool, 5, 2, 0, true, -3));
+  CHECK(pool.size() == 0);
   CHECK(rollout_step_seed(1, 0) != rollout_step_seed(1, 1) &&
         rollout_step_seed(1, 0) != rollout_step_seed(2, 0));
+}
+
+TEST_CASE("disagreement_sample_rows: counts, every row, one in 256") {
+  CHECK(disagreement_sample_rows(0, 500) == 0);
+  CHECK(disagreement_sample_rows(40, 500) == 40 && disagreement_sample_rows(40, 7) == 7);
+  CHECK(disagreement_sample_rows(kDisagreementAllRows, 500) == 500);
+  CHECK(disagreement_sample_rows(kDisagreementAutoRows, 1) == 1);
+  CHECK(disagreement_sample_rows(kDisagreementAutoRows, 256) == 1);
+  CHECK(disagreement_sample_rows(kDisagreementAutoRows, 257) == 2);
+  CHECK(disagreement_sample_rows(kDisagreementAutoRows, 100000) == 391);
+  CHECK(disagreement_sample_rows(kDisagreementAutoRows, 0) == 0);
+  CHECK_THROWS(disagreement_sample_rows(-3, 10));
 }
 
 MBPO_TEST_MAIN

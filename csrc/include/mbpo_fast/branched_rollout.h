@@ -46,11 +46,12 @@ namespace mbpo_fast {
 
 class BranchedRollout {
  public:
-  // Rows per step on which RolloutStats::mean_disagreement is measured (the Python class's
-  // default, disagreement_rows=1024): the first min(disagreement_rows, stored) stored rows of
-  // each step. 0 turns the statistic off (NaN; as in Python); a negative value measures every
-  // stored row. Measuring costs one forward of every elite per measured row.
-  static constexpr int64_t kDefaultDisagreementRows = 1024;
+  // Rows per step on which RolloutStats::mean_disagreement is measured (rollout.h,
+  // disagreement_sample_rows): a count >= 0 (the first min(count, stored) stored rows; 0 turns
+  // the statistic off: NaN, as in Python), kDisagreementAllRows (every stored row) or
+  // kDisagreementAutoRows (the default, as the Python class's "auto": one stored row in 256,
+  // at least one, ~1 % of the rollout). Measuring costs one forward of every elite per row.
+  static constexpr int64_t kDefaultDisagreementRows = kDisagreementAutoRows;
 
   // Built-in termination by gymnasium env id ("Hopper-v5", "Pendulum-v1", ...; see
   // known_termination_envs()).

@@ -24,9 +24,12 @@
 //      measured stored transitions, of ensemble_disagreement(model, obs, act) over the
 //      elites: the population std across elites of the predicted mean (Δobs, reward),
 //      averaged over the obs_dim + 1 outputs, at the state-action pairs the rollout
-//      visited. Measured: every stored transition (disagreement_rows < 0), or the first
-//      min(disagreement_rows, stored) stored transitions of each step; it costs one
-//      forward of every elite per measured row.
+//      visited. Measured at each step on the first m stored transitions (a uniform random
+//      subset: start rows are drawn uniformly and alive rows keep their order), with m given
+//      by the disagreement_rows rule (disagreement_sample_rows): a count >= 0, every stored
+//      row (kDisagreementAllRows), or one row in kDisagreementAutoStride, at least one
+//      (kDisagreementAutoRows, the default of the BranchedRollout classes: ~1 % of the
+//      rollout's arithmetic). It costs one forward of every elite per measured row.
 //
 // Results do not depend on the thread count (discrete choices never; values only to float
 // rounding through the kernel choice AVX-512 / portable).
@@ -54,6 +57,15 @@ struct RolloutStats {
   int64_t disagreement_rows = 0;   // transitions mean_disagreement was measured on
   double seconds = 0.0;            // wall time of the call
 };
+
+// disagreement_rows rules besides a count >= 0.
+constexpr int64_t kDisagreementAllRows = -1;   // every stored row
+constexpr int64_t kDisagreementAutoRows = -2;  // ceil(stored / kDisagreementAutoStride) rows
+constexpr int64_t kDisagreementAutoStride = 256;
+
+// Rows measured at a step that stored `stored` transitions under `rule` (see above). Throws
+// InvalidArgument for a rule < kDisagreementAutoRows.
+int64_t disagreement_sample_rows(int64_t rule, int64_t stored);
 
 // Custom termination: out[i] = terminated(obs[i], act[i], next_obs[i]) (0 or 1) for the n
 // rows (row-major obs/next_obs [n, obs_dim], act [n, act_dim]). May throw; the rollout then
