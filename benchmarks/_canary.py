@@ -8,6 +8,12 @@ quotes the same number), else times the same shape here.
 
 from __future__ import annotations
 
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
 import importlib.util
 import time
 from pathlib import Path

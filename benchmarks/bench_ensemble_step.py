@@ -21,6 +21,12 @@ or with pytest-benchmark (per-implementation timings, no ratios):
 
 from __future__ import annotations
 
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
 # Measured in the environment a user has: no OpenMP tuning variables are set here. (Runs
 # recorded before 2026-12-04 set GOMP_SPINCOUNT=20000, which sped the native side up by up
 # to ~25 % at 400 rows; see RESULTS_rollout.md / RESULTS_ensemble_step.md.)

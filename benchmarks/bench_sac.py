@@ -19,6 +19,12 @@ same math written the straightforward way) as one more interleaved variant.
 
 from __future__ import annotations
 
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
 import statistics
 import sys
 import time
@@ -28,7 +34,6 @@ import numpy as np
 import pytest
 import torch
 
-import mbpo_fast
 from mbpo_fast.sac import SAC
 from mbpo_fast.types import Transition
 

@@ -14,6 +14,12 @@ so the test depends on nothing but the agent.
 
 from __future__ import annotations
 
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
 import argparse
 import time
 

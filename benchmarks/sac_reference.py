@@ -13,6 +13,12 @@ whose parameters track the agent's to float rounding; tests/test_sac.py checks t
 
 from __future__ import annotations
 
+# First, as in a user's program: importing mbpo_fast sets how long torch's idle OpenMP
+# workers spin before torch starts (mbpo_fast/_openmp.py). No tuning variable is set here.
+import mbpo_fast  # noqa: F401
+
+# isort: split
+
 import math
 
 import torch

@@ -11,6 +11,10 @@ See README.md and DESIGN.md §3 for the public API.
 
 from __future__ import annotations
 
+# First: sets GOMP_SPINCOUNT before anything below imports torch (see the module).
+from . import _openmp
+
+# isort: split
 from importlib import metadata as _metadata
 
 from . import _backend
@@ -45,7 +49,8 @@ def build_info() -> dict:
     """How the active backend was built.
 
     Keys: backend, version, cuda_compiled (bool), cuda_architectures (list[str]),
-    compiler (str), simd (str), num_threads (int).
+    compiler (str), simd (str), num_threads (int), openmp_spin (str: who set how long
+    torch's idle OpenMP workers spin, see ``mbpo_fast/_openmp.py``).
     """
     if _backend.name == "native":
         info = dict(_backend.ops.build_info())
@@ -61,6 +66,7 @@ def build_info() -> dict:
             "num_threads": _backend.ops.num_threads(),
         }
     info["backend"] = _backend.name
+    info["openmp_spin"] = _openmp.STATE
     return info
 
 
