@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ensemble_infer import EnsembleInference
+from . import _backend
+from .ensemble_infer import EnsembleInference, _out_pair
 from .ensemble_trainer import (
     _positive_int,
     fit_ensemble,
@@ -608,6 +609,7 @@ class EnsembleDynamics(nn.Module):
         deterministic: bool = False,
         members=None,
         return_members: bool = False,
+        out=None,
     ):
         """One model transition per row: (next_obs float32 [B, obs_dim], rew float32 [B]).
 
@@ -616,6 +618,14 @@ class EnsembleDynamics(nn.Module):
         scalar, any member in [0, E)); only that member runs. Δobs and reward are sampled as
         ``mean + std * N(0, 1)`` (``deterministic=True``: the mean); next_obs = obs + Δobs.
         ``return_members=True`` appends the members used (int64 [B]).
+        ``out=(next_obs, rew)``: preallocated float32 [B, obs_dim] and [B] (writeable,
+        C-contiguous, not overlapping obs/act) that receive the results and are returned
+        (CPU models, batched rows): a control loop then allocates nothing per call.
+
+        Fast path: a CPU model given float32 numpy rows [B, obs_dim] / [B, act_dim] and no
+        ``members`` goes straight to the kernel's bound parameters (``inference.handle()``),
+        which checks shapes, finiteness and the seed itself (same errors); other inputs
+        (single rows, float64, torch tensors, lists) are converted and checked here first.
 
         A CUDA model given torch CUDA tensors returns torch CUDA tensors computed by the fused
         CUDA kernel (the SAME members and Philox noise as the CPU backend; inputs borrowed,
@@ -624,20 +634,44 @@ class EnsembleDynamics(nn.Module):
         and noise from a torch.Generator seeded with `seed` (valid samples, but not the native
         Philox numbers).
         """
+        inf = self._inference
+        if (
+            inf is not None
+            and members is None
+            and type(obs) is np.ndarray
+            and type(act) is np.ndarray
+            and obs.dtype is _F32  # native float32 (other descriptors take the general path)
+            and act.dtype is _F32
+            and obs.ndim == 2
+        ):  # the fast path (see above): one native call, nothing converted
+            handle = inf._handle
+            if handle is None or inf._handle_ops is not _backend.ops:
+                handle = inf.handle()
+            if out is None:
+                return handle.step(obs, act, seed, deterministic, None, None, None, return_members)
+            out_next, out_rew = _out_pair(out, single=False)
+            return handle.step(obs, act, seed, deterministic, None, out_next, out_rew,
+                               return_members)
         if (
             isinstance(seed, bool)
             or not isinstance(seed, (int, np.integer))
             or not 0 <= seed < 2**64
         ):
             raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+        if out is not None and not self._on_cpu:
+            raise ValueError(f"out: preallocated outputs are for CPU models; this model is on "
+                             f"{self.device}")
         if self._cuda_call(obs):
             next_obs, rew, used = self._step_cuda(obs, act, int(seed), bool(deterministic), members)
             return (next_obs, rew, used) if return_members else (next_obs, rew)
         obs, act, single = self._validate_rows(obs, act)
+        if out is not None and single:
+            raise ValueError("out: preallocated outputs need batched rows obs [B, obs_dim], "
+                             "act [B, act_dim]")
         mem = self._validate_members(members, obs.shape[0])
         if self._on_cpu:
             next_obs, rew, used = self.inference.step(
-                obs, act, seed=int(seed), deterministic=bool(deterministic), members=mem
+                obs, act, seed=int(seed), deterministic=bool(deterministic), members=mem, out=out
             )
         else:
             next_obs, rew, used = self._step_torch(obs, act, int(seed), bool(deterministic), mem)

@@ -42,6 +42,19 @@ def _borrow(name: str, value, dtype, ndim: int) -> np.ndarray:
     return value
 
 
+def _out_pair(out, single: bool) -> tuple:
+    """(next_obs, rew) of a step's ``out`` argument (None: allocate)."""
+    if out is None:
+        return None, None
+    if single:
+        raise ValueError("out: preallocated outputs need batched rows obs [B, obs_dim], "
+                         "act [B, act_dim]")
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError("out: expected a pair (next_obs float32 [B, obs_dim], rew float32 [B]), "
+                        f"got {type(out).__name__}")
+    return out[0], out[1]
+
+
 class EnsembleInference:
     """Borrows numpy views of an ensemble's parameters; runs the fused ops of _backend.ops.
 
@@ -103,6 +116,8 @@ class EnsembleInference:
             )
         self.ensemble_size = int(self.weights[0].shape[0])
         self.weights_bf16: list[np.ndarray] | None = None
+        self._handle = None  # the bound parameters of the per-call fast path (handle())
+        self._handle_ops = None  # the backend module that made it
         self.set_elites(elites)
 
     # ------------------------------------------------------------------ construction
@@ -168,6 +183,7 @@ class EnsembleInference:
                 f"elites: every index must be in [0, {self.ensemble_size}), got {arr.tolist()}"
             )
         self.elites = arr
+        self._handle = None
 
     def use_bf16(self, enabled: bool = True) -> None:
         """Opt-in bf16 weights: packs a SNAPSHOT of the current weights (ensemble_pack_bf16,
@@ -177,6 +193,18 @@ class EnsembleInference:
         borrowed float32 weights. The error is far below the predicted std (see
         README "Ensemble inference"); it is a speed option for rollouts only."""
         self.weights_bf16 = _backend.ops.ensemble_pack_bf16(self.weights) if enabled else None
+        self._handle = None
+
+    def handle(self):
+        """The parameters bound once (``_backend.ops.EnsembleHandle``, held by reference):
+        :meth:`step` parses only its rows per call. Rebuilt after ``set_elites`` /
+        ``use_bf16`` and when the active backend changes; in-place parameter updates need
+        nothing."""
+        ops = _backend.ops
+        if self._handle is None or self._handle_ops is not ops:
+            self._handle = ops.EnsembleHandle(*self._params(), self.elites, self.weights_bf16)
+            self._handle_ops = ops
+        return self._handle
 
     # ------------------------------------------------------------------ ops
 
@@ -199,11 +227,14 @@ class EnsembleInference:
             act = act.reshape(1, -1)
         return obs, act, single
 
-    def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None):
+    def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None,
+             out=None):
         """Samples one model transition per row, running only the chosen member.
 
         obs float32 [B, obs_dim] (or [obs_dim]), act float32 [B, act_dim] (or [act_dim]);
         members: None (a uniform elite per row from the Philox stream of `seed`) or int [B].
+        out: None or (next_obs, rew) preallocated float32 [B, obs_dim], [B] (writeable,
+        C-contiguous, not overlapping the inputs; batched calls only) to write into.
         Returns (next_obs f32 [B, obs_dim], rew f32 [B], members_used int64 [B]) (no batch
         dimension for a single row).
         """
@@ -212,16 +243,9 @@ class EnsembleInference:
             members = np.asarray(members)
             if single and members.ndim == 0:
                 members = members.reshape(1)
-        next_obs, rew, used = _backend.ops.ensemble_step(
-            obs,
-            act,
-            *self._params(),
-            self.elites,
-            members,
-            int(seed),
-            bool(deterministic),
-            self.weights_bf16,
-        )
+        out_next, out_rew = _out_pair(out, single)
+        next_obs, rew, used = self.handle().step(obs, act, seed, deterministic, members,
+                                                 out_next, out_rew, True)
         if single:
             return next_obs[0], rew[0], used[0]
         return next_obs, rew, used

@@ -360,6 +360,117 @@ std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::
   return {std::move(o), std::move(a)};
 }
 
+// A writeable C-contiguous float32 output of exactly `shape`, supplied by the caller.
+uint64_t seed_arg(py::handle seed);  // (section: rollout)
+
+py::array_t<float> out_f32(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + ": expected a float32 numpy array, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  }
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (arr.dtype().num() != py::detail::npy_api::NPY_FLOAT_) {
+    throw py::type_error(std::string(name) + ": expected dtype float32, got " + std::string(py::str(arr.dtype())));
+  }
+  if (shape_of(arr) != shape) {
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                          shape_str(shape_of(arr)));
+  }
+  if ((arr.flags() & py::array::c_style) != py::array::c_style || !arr.writeable()) {
+    throw py::value_error(std::string(name) + ": expected a writeable C-contiguous array");
+  }
+  return py::reinterpret_borrow<py::array_t<float>>(obj);
+}
+
+bool overlaps(const py::array& a, const py::array& b) {
+  const auto* pa = static_cast<const char*>(a.data());
+  const auto* pb = static_cast<const char*>(b.data());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// The ensemble's parameters parsed once and held by reference (EnsembleInference.handle()), so
+// that a call parses only its rows: the per-call fast path of EnsembleDynamics.step. The
+// arrays must be C-contiguous float32 (int64 elites) so that they are borrowed, never copied:
+// in-place parameter updates are seen by the next call; a replaced array object is not (make
+// a new handle then).
+class EnsembleHandle {
+ public:
+  EnsembleHandle(py::handle input_mean, py::handle input_std, const py::sequence& weights,
+                 const py::sequence& biases, py::handle max_logvar, py::handle min_logvar, py::handle elites,
+                 py::handle weights_bf16) {
+    auto borrowed = [](py::handle h, const std::string& name) {
+      if (!py::isinstance<py::array>(h) ||
+          py::reinterpret_borrow<py::array>(h).dtype().num() != py::detail::npy_api::NPY_FLOAT_ ||
+          (py::reinterpret_borrow<py::array>(h).flags() & py::array::c_style) != py::array::c_style) {
+        throw py::type_error(name + ": expected a C-contiguous float32 numpy array (held by reference, never "
+                             "copied)");
+      }
+    };
+    borrowed(input_mean, "input_mean");
+    borrowed(input_std, "input_std");
+    borrowed(max_logvar, "max_logvar");
+    borrowed(min_logvar, "min_logvar");
+    for (size_t i = 0; i < py::len(weights); ++i) borrowed(weights[i], "weights[" + std::to_string(i) + "]");
+    for (size_t i = 0; i < py::len(biases); ++i) borrowed(biases[i], "biases[" + std::to_string(i) + "]");
+    args_ = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+    attach_bf16(args_, weights_bf16);
+    if (args_.view.num_elites < 1) {
+      throw py::value_error("elites: expected at least one elite index, got none");
+    }
+  }
+
+  int64_t obs_dim() const { return args_.view.obs_dim; }
+  int64_t act_dim() const { return args_.view.act_dim; }
+
+  py::tuple step(py::handle obs, py::handle act, py::handle seed, bool deterministic, py::handle members,
+                 py::handle out_next_obs, py::handle out_rew, bool return_members) const {
+    const EnsembleView& v = args_.view;
+    const uint64_t s = seed_arg(seed);
+    auto [o, a] = ensemble_inputs(obs, act, v);
+    const int64_t B = dim(o, 0);
+    py::array_t<int64_t, py::array::c_style> mem;
+    const int64_t* mem_ptr = nullptr;
+    if (!members.is_none()) {
+      mem = as_i64_vector(members, "members", B);
+      mem_ptr = mem.data();
+      for (int64_t i = 0; i < B; ++i) {
+        if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
+          throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
+                                " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
+        }
+      }
+    }
+    auto next_obs = out_next_obs.is_none() ? new_array<float>({B, v.obs_dim})
+                                           : out_f32(out_next_obs, "out[0] (next_obs)", {B, v.obs_dim});
+    auto rew = out_rew.is_none() ? new_array<float>({B}) : out_f32(out_rew, "out[1] (rew)", {B});
+    if (!out_next_obs.is_none() || !out_rew.is_none()) {
+      for (const py::array* in : {static_cast<const py::array*>(&o), static_cast<const py::array*>(&a)}) {
+        if (overlaps(next_obs, *in) || overlaps(rew, *in)) {
+          throw py::value_error("out: the outputs must not share memory with obs or act");
+        }
+      }
+      if (overlaps(next_obs, rew)) throw py::value_error("out: next_obs and rew must not share memory");
+    }
+    py::array_t<int64_t> used;
+    int64_t* pu = nullptr;
+    if (return_members) {
+      used = new_array<int64_t>({B});
+      pu = used.mutable_data();
+    }
+    float* pn = next_obs.mutable_data();
+    float* pr = rew.mutable_data();
+    {
+      py::gil_scoped_release release;
+      ensemble_step(v, o.data(), a.data(), B, s, deterministic, mem_ptr, pn, pr, pu);
+    }
+    if (return_members) return py::make_tuple(next_obs, rew, used);
+    return py::make_tuple(next_obs, rew);
+  }
+
+ private:
+  EnsembleArgs args_;
+};
+
 void bind_ensemble(py::module_& m) {
   m.def(
       "ensemble_step",
@@ -493,6 +604,22 @@ void bind_ensemble(py::module_& m) {
   m.def("ensemble_set_kernel", &ensemble_set_kernel, py::arg("name"),
         "CPU kernel of the ensemble ops: 'auto', 'avx512' or 'portable' (tests, benchmarks).");
   m.def("ensemble_kernel", &ensemble_kernel, "The CPU kernel the ensemble ops use now.");
+  py::class_<EnsembleHandle>(m, "EnsembleHandle",
+                             "An ensemble's parameters parsed once and held by reference (C-contiguous float32\n"
+                             "arrays, int64 elites, optional packed bf16 weights): the per-call fast path of\n"
+                             "EnsembleDynamics.step. In-place parameter updates are seen by the next call.")
+      .def(py::init<py::handle, py::handle, const py::sequence&, const py::sequence&, py::handle, py::handle,
+                    py::handle, py::handle>(),
+           py::arg("input_mean"), py::arg("input_std"), py::arg("weights"), py::arg("biases"),
+           py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("weights_bf16") = py::none())
+      .def_property_readonly("obs_dim", &EnsembleHandle::obs_dim)
+      .def_property_readonly("act_dim", &EnsembleHandle::act_dim)
+      .def("step", &EnsembleHandle::step, py::arg("obs"), py::arg("act"), py::arg("seed") = 0,
+           py::arg("deterministic") = false, py::arg("members") = py::none(), py::arg("out_next_obs") = py::none(),
+           py::arg("out_rew") = py::none(), py::arg("return_members") = false,
+           "ensemble_step on the held parameters: obs f32 [B, obs_dim], act f32 [B, act_dim] -> (next_obs f32\n"
+           "[B, obs_dim], rew f32 [B][, members_used int64 [B]]), written into out_next_obs / out_rew when given\n"
+           "(writeable C-contiguous float32 of exactly those shapes, not overlapping the inputs).");
 }
 // ------------------------------------------------------------------ section: termination
 
@@ -1257,10 +1384,11 @@ void bind_rollout(py::module_& m) {
       "the\n"
       "GIL; it must not use the pools). Returns a dict: num_starts, rows_added, mean_length, "
       "frac_terminated,\n"
-      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured on every "
-      "stored\n"
-      "row, or on the first disagreement_rows >= 0 stored rows of each step), disagreement_rows, steps_run, "
-      "seconds.\n"
+      "num_terminated, nonfinite, mean_disagreement (NaN unless compute_disagreement; measured per step on "
+      "the first\n"
+      "disagreement_rows >= 0 stored rows, every stored row (-1) or one stored row in 256, at least one "
+      "(-2)),\n"
+      "disagreement_rows (rows measured), steps_run, seconds.\n"
       "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba as _nb
 
 from .ensemble import (  # noqa: F401
+    EnsembleHandle,
     ensemble_bf16_amx,
     ensemble_bf16_native,
     ensemble_disagreement,

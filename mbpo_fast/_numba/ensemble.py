@@ -451,3 +451,66 @@ def ensemble_set_kernel(name: str) -> None:
 def ensemble_kernel() -> str:
     """The kernel the ensemble ops use: always "numba" here."""
     return "numba"
+
+
+def _out_f32(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A caller-supplied output: writeable C-contiguous float32 of exactly `shape`."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a float32 numpy array, got {type(value).__name__}")
+    if value.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {value.dtype}")
+    if value.shape != shape:
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
+    if not value.flags.c_contiguous or not value.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable C-contiguous array")
+    return value
+
+
+class EnsembleHandle:
+    """Numba twin of the native ``EnsembleHandle``: the parameters held by reference (validated
+    once), ``step`` as ``ensemble_step`` with optional caller-supplied outputs."""
+
+    def __init__(self, input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                 weights_bf16=None):
+        named = [("input_mean", input_mean), ("input_std", input_std),
+                 ("max_logvar", max_logvar), ("min_logvar", min_logvar)]
+        named += [(f"weights[{i}]", w) for i, w in enumerate(weights)]
+        named += [(f"biases[{i}]", b) for i, b in enumerate(biases)]
+        for name, value in named:
+            if not (isinstance(value, np.ndarray) and value.dtype == np.float32
+                    and value.flags.c_contiguous):
+                raise TypeError(f"{name}: expected a C-contiguous float32 numpy array (held by "
+                                "reference, never copied)")
+        p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                    weights_bf16)
+        if p.elites is None or p.elites.shape[0] < 1:
+            raise ValueError("elites: expected at least one elite index, got none")
+        self._args = (input_mean, input_std, list(weights), list(biases), max_logvar, min_logvar,
+                      p.elites)
+        self._bf16 = weights_bf16
+        self.obs_dim, self.act_dim = p.obs_dim, p.act_dim
+
+    def step(self, obs, act, seed=0, deterministic=False, members=None, out_next_obs=None,
+             out_rew=None, return_members=False):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed: expected an int in [0, 2**64), got {type(seed).__name__}")
+        next_obs, rew, used = ensemble_step(obs, act, *self._args, members, int(seed),
+                                            bool(deterministic), self._bf16)
+        batch = next_obs.shape[0]
+        if out_next_obs is not None or out_rew is not None:
+            outs = []
+            for value, name, shape, res in ((out_next_obs, "out[0] (next_obs)",
+                                             (batch, self.obs_dim), next_obs),
+                                            (out_rew, "out[1] (rew)", (batch,), rew)):
+                outs.append(res if value is None else _out_f32(value, name, shape))
+            for o in outs:
+                if any(np.shares_memory(o, np.asarray(x)) for x in (obs, act)):
+                    raise ValueError("out: the outputs must not share memory with obs or act")
+            if np.shares_memory(outs[0], outs[1]):
+                raise ValueError("out: next_obs and rew must not share memory")
+            if outs[0] is not next_obs:
+                outs[0][...] = next_obs
+            if outs[1] is not rew:
+                outs[1][...] = rew
+            next_obs, rew = outs
+        return (next_obs, rew, used) if return_members else (next_obs, rew)
