@@ -382,6 +382,22 @@ py::array_t<float> out_f32(py::handle obj, const char* name, const std::vector<i
   return py::reinterpret_borrow<py::array_t<float>>(obj);
 }
 
+// The per-row members of a step (None: nullptr, the elites are sampled), each checked to be
+// in [0, E); `keep` holds the converted array alive.
+const int64_t* member_choices(py::handle members, int64_t B, int64_t E,
+                              py::array_t<int64_t, py::array::c_style>& keep) {
+  if (members.is_none()) return nullptr;
+  keep = as_i64_vector(members, "members", B);
+  const int64_t* p = keep.data();
+  for (int64_t i = 0; i < B; ++i) {
+    if (p[i] < 0 || p[i] >= E) {
+      throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(p[i]) +
+                            " is out of range [0, " + std::to_string(E) + ")");
+    }
+  }
+  return p;
+}
+
 bool overlaps(const py::array& a, const py::array& b) {
   const auto* pa = static_cast<const char*>(a.data());
   const auto* pb = static_cast<const char*>(b.data());
@@ -429,17 +445,7 @@ class EnsembleHandle {
     auto [o, a] = ensemble_inputs(obs, act, v);
     const int64_t B = dim(o, 0);
     py::array_t<int64_t, py::array::c_style> mem;
-    const int64_t* mem_ptr = nullptr;
-    if (!members.is_none()) {
-      mem = as_i64_vector(members, "members", B);
-      mem_ptr = mem.data();
-      for (int64_t i = 0; i < B; ++i) {
-        if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
-          throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
-                                " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
-        }
-      }
-    }
+    const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
     auto next_obs = out_next_obs.is_none() ? new_array<float>({B, v.obs_dim})
                                            : out_f32(out_next_obs, "out[0] (next_obs)", {B, v.obs_dim});
     auto rew = out_rew.is_none() ? new_array<float>({B}) : out_f32(out_rew, "out[1] (rew)", {B});
@@ -483,17 +489,8 @@ void bind_ensemble(py::module_& m) {
         auto [o, a] = ensemble_inputs(obs, act, v);
         const int64_t B = dim(o, 0);
         py::array_t<int64_t, py::array::c_style> mem;
-        const int64_t* mem_ptr = nullptr;
-        if (!members.is_none()) {
-          mem = as_i64_vector(members, "members", B);
-          mem_ptr = mem.data();
-          for (int64_t i = 0; i < B; ++i) {
-            if (mem_ptr[i] < 0 || mem_ptr[i] >= v.ensemble_size) {
-              throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(mem_ptr[i]) +
-                                    " is out of range [0, " + std::to_string(v.ensemble_size) + ")");
-            }
-          }
-        } else if (v.num_elites < 1) {
+        const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
+        if (mem_ptr == nullptr && v.num_elites < 1) {
           throw py::value_error("elites: expected at least one elite index when members is None, got " +
                                 std::to_string(v.num_elites));
         }
