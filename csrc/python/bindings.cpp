@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <initializer_list>
@@ -573,6 +574,39 @@ void bind_ensemble(py::module_& m) {
       py::arg("weights_bf16") = py::none(),
       "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
       "predicted means, averaged over the obs_dim + 1 outputs.");
+  m.def(
+      "ensemble_step_uncertainty",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, uint64_t seed,
+         bool deterministic, py::handle weights_bf16) {
+        if (elites.is_none()) throw py::value_error("elites: expected int64 [K] with K >= 2, got None");
+        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        attach_bf16(args, weights_bf16);
+        const EnsembleView& v = args.view;
+        if (v.num_elites < 2) {
+          throw py::value_error("elites: the disagreement d needs at least 2 elites, got " +
+                                std::to_string(v.num_elites));
+        }
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto next_obs = new_array<float>({B, v.obs_dim});
+        auto rew = new_array<float>({B});
+        auto d = new_array<float>({B});
+        float* pn = next_obs.mutable_data();
+        float* pr = rew.mutable_data();
+        float* pd = d.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_step_uncertainty(v, o.data(), a.data(), B, seed, deterministic, pn, pr, pd);
+        }
+        return py::make_tuple(next_obs, rew, d);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("seed") = 0,
+      py::arg("deterministic") = false, py::arg("weights_bf16") = py::none(),
+      "ensemble_step's transition (same members and noise) from ONE pass of every elite, plus\n"
+      "d f32 [B] = mean over the obs dims of the unbiased variance across the elites (K >= 2) of their\n"
+      "predicted mean next state. Returns (next_obs f32 [B, obs_dim], reward f32 [B], d f32 [B]).");
   m.def(
       "ensemble_pack_bf16",
       [](py::sequence weights) {
@@ -1203,6 +1237,11 @@ py::dict rollout_stats_dict(const RolloutStats& s) {
   d["disagreement_rows"] = s.disagreement_rows;
   d["steps_run"] = s.steps_run;
   d["seconds"] = s.seconds;
+  d["num_stopped"] = s.num_stopped;
+  d["frac_stopped"] = s.frac_stopped;
+  d["mean_uncertainty"] = s.mean_uncertainty;
+  d["mean_penalty"] = s.mean_penalty;
+  d["disagreement_threshold"] = s.disagreement_threshold;
   return d;
 }
 
@@ -1325,7 +1364,13 @@ void bind_rollout(py::module_& m) {
          py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar,
          py::handle elites, py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed,
          bool compute_disagreement, int64_t disagreement_rows, py::handle action_low, py::handle action_high,
-         double log_std_min, double log_std_max, py::handle weights_bf16) {
+         double log_std_min, double log_std_max, py::handle weights_bf16, double max_disagreement,
+         double disagreement_quantile, double uncertainty_penalty) {
+        RolloutUncertainty unc;
+        unc.max_disagreement = max_disagreement;
+        unc.quantile = disagreement_quantile;
+        unc.uncertainty_penalty = uncertainty_penalty;
+        unc.validate();
         NativePool& real = native_pool_arg(real_pool, "real_pool");
         NativePool& model = native_pool_arg(model_pool, "model_pool");
         ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low,
@@ -1359,13 +1404,13 @@ void bind_rollout(py::module_& m) {
           py::gil_scoped_release release;
           stats =
               branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
-                               num_starts, horizon, s, compute_disagreement, disagreement_rows);
+                               num_starts, horizon, s, compute_disagreement, disagreement_rows, unc);
         } else {
           TerminationCallback cb = python_termination(py::reinterpret_borrow<py::function>(termination),
                                                       ens.view.obs_dim, ens.view.act_dim);
           py::gil_scoped_release release;
           stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
-                                   compute_disagreement, disagreement_rows);
+                                   compute_disagreement, disagreement_rows, unc);
         }
         return rollout_stats_dict(stats);
       },
@@ -1376,6 +1421,8 @@ void bind_rollout(py::module_& m) {
       py::arg("compute_disagreement") = false, py::arg("disagreement_rows") = -1,
       py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
       py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
+      py::arg("max_disagreement") = std::numeric_limits<double>::infinity(),
+      py::arg("disagreement_quantile") = -1.0, py::arg("uncertainty_penalty") = 0.0,
       "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` "
       "steps of\n"
       "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool "
@@ -1390,6 +1437,9 @@ void bind_rollout(py::module_& m) {
       "(-2)),\n"
       "disagreement_rows (rows measured), steps_run, seconds.\n"
       "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
+      "Uncertainty (rollout.h step 4): max_disagreement (inf: no stop), disagreement_quantile (in [0, 1]: the\n"
+      "threshold is that quantile of d over step 0's rows; < 0: unused), uncertainty_penalty (>= 0); the dict\n"
+      "then also reports num_stopped, frac_stopped, mean_uncertainty, mean_penalty, disagreement_threshold.\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
 

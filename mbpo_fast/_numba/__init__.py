@@ -18,6 +18,7 @@ from .ensemble import (  # noqa: F401
     ensemble_predict,
     ensemble_set_kernel,
     ensemble_step,
+    ensemble_step_uncertainty,
 )
 from .rng import (  # noqa: F401
     STREAM_MEMBER_CHOICE,
