@@ -105,7 +105,8 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
     Args:
         model: EnsembleDynamics (or EnsembleInference); its elites are the members sampled.
         agent: SAC agent (CPU); actions are stochastic policy samples.
-        termination: env id, built-in termination function / id, or a custom callable.
+        termination: env id, built-in termination function / id, a learned
+            :class:`mbpo_fast.TerminationModel` (run natively), or a custom callable.
         real_pool, model_pool: :class:`mbpo_fast.ReplayPool` (or their backend ``_impl``) of
             the active backend, with the model's obs/act dims; may be the same pool.
         num_starts: start states drawn uniformly (with replacement) from the real pool.
@@ -132,9 +133,12 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
         ``mean_uncertainty`` (mean d over stored rows; NaN when off), ``mean_penalty``,
         ``disagreement_threshold`` (NaN when the stop is off).
     """
+    # A learned TerminationModel runs natively inside the rollout (its MLP weights are passed).
+    learned = termination.native_params() if hasattr(termination, "native_params") else {}
     return _backend.ops.branched_rollout(
         getattr(real_pool, "_impl", real_pool), getattr(model_pool, "_impl", model_pool),
-        termination=resolve_termination(termination), num_starts=int(num_starts),
+        termination=0 if learned else resolve_termination(termination), **learned,
+        num_starts=int(num_starts),
         horizon=int(horizon), seed=int(seed), compute_disagreement=bool(compute_disagreement),
         disagreement_rows=_rule(disagreement_rows),
         max_disagreement=float(max_disagreement),

@@ -23,6 +23,7 @@ from .actor import ActorParams, _check_u64
 from .pool import ReplayPool
 from .rng import STREAM_ROLLOUT_START, philox_fill_u32
 from .termination import termination as _termination
+from .termination_model import TerminationMLP
 
 # disagreement_rows rules besides a count >= 0 (rollout.h): every stored row, or one stored
 # row in DISAGREEMENT_AUTO_STRIDE (at least one) at each step.
@@ -117,7 +118,8 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                      compute_disagreement=False, disagreement_rows=-1, action_low=None,
                      action_high=None, log_std_min=-20.0, log_std_max=2.0,
                      weights_bf16=None, max_disagreement=math.inf, disagreement_quantile=-1.0,
-                     uncertainty_penalty=0.0) -> dict:
+                     uncertainty_penalty=0.0, termination_weights=None, termination_biases=None,
+                     termination_input_mean=None, termination_input_std=None) -> dict:
     """MBPO branched rollout (see the native op and rollout.h). Returns the stats dict."""
     t_start = time.perf_counter()
     max_disagreement, quantile = float(max_disagreement), float(disagreement_quantile)
@@ -141,12 +143,22 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         raise ValueError(f"num_starts: expected num_starts >= 0, got {num_starts}")
     if horizon < 0:
         raise ValueError(f"horizon: expected horizon >= 0, got {horizon}")
-    builtin = isinstance(termination, (int, np.integer)) and not isinstance(termination, bool)
-    if not builtin and not callable(termination):
+    learned = termination_weights is not None
+    builtin = not learned and isinstance(termination, (int, np.integer)) \
+        and not isinstance(termination, bool)
+    if not learned and not builtin and not callable(termination):
         raise TypeError("termination: expected a built-in termination id (int, see "
                         "termination_id) or a callable (obs, act, next_obs) -> bool [n], got "
                         f"{type(termination).__name__}")
     od, ad = ens.obs_dim, ens.act_dim
+    mlp = None
+    if learned:
+        if termination_biases is None or termination_input_mean is None \
+                or termination_input_std is None:
+            raise ValueError("termination_weights: a learned termination also needs "
+                             "termination_biases, termination_input_mean and termination_input_std")
+        mlp = TerminationMLP(od, ad, termination_input_mean, termination_input_std,
+                             termination_weights, termination_biases)
     if builtin:
         _termination(int(termination), np.zeros((0, od), np.float32))  # validates id and width
     if actor.obs_dim != od or actor.act_dim != ad:
@@ -204,7 +216,10 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                     stats["disagreement_threshold"] = threshold
                 if penalty != 0.0:
                     rew = (rew - pen32 * np.sqrt(d)).astype(np.float32)
-        if builtin:
+        if mlp is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                term = mlp.logits(obs, act, next_obs) > 0
+        elif builtin:
             term = _termination(int(termination), next_obs)
         else:
             term = _flags_from_callable(termination, obs, act, next_obs)
@@ -234,7 +249,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                 dis_sum += float(np.sum(dis, dtype=np.float64))
             stats["disagreement_rows"] += m
         if n > 0:
-            if builtin:
+            if builtin or mlp is not None:
                 model.add_batch(obs, act, rew, next_obs, term)
             else:  # a callable may raise at a later step: stage, append once at the end
                 staged.append((obs, act, rew, next_obs, term))
