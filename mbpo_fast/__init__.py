@@ -26,6 +26,7 @@ from .pool import ReplayPool, sample_mixed
 from .rollout import BranchedRollout, RolloutStats
 from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
+from .termination_model import TerminationModel
 from .types import Transition
 
 try:
@@ -110,6 +111,7 @@ __all__ = [
     "MBPO",
     "SAC",
     "BranchedRollout",
+    "TerminationModel",
     "EnvCollector",
     "EpisodeStats",
     "StepInfo",

@@ -27,6 +27,16 @@ Two engines run the same semantics:
   from ``real_pool.sample_obs`` (the pool's own generator), actor noise from the agent's
   generator, and the ensemble draw of step ``t`` uses the Philox seed :func:`step_seed`
   ``(seed, t)``, so a run is a pure function of those states and `seed`.
+
+Uncertainty-aware rollouts (off by default; exact rule in csrc/include/mbpo_fast/rollout.h,
+step 4). The disagreement of a row is ``d(s, a)`` = the mean over the observation dimensions
+of the unbiased variance (``ddof=1``, as ``torch.var``) across the elites of their predicted
+mean next state. ``max_disagreement=x`` stops a row whose ``d > x`` before its transition is
+stored (check, then store); ``max_disagreement="q0.9"`` uses the 0.9-quantile of ``d`` over the
+start states (step 0) as ``x``. ``uncertainty_penalty=λ`` stores ``r - λ * sqrt(d)``. With either
+on, every elite runs once on the alive rows and the sampled transition is taken from that same
+pass (same member and noise as the plain rollout), so no member runs twice; with both off the
+rollout is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -38,12 +48,38 @@ from typing import Any
 
 import numpy as np
 
-from ._numba.rollout import disagreement_sample_rows
+from ._numba.rollout import check_uncertainty, disagreement_sample_rows, finite_quantile
 from .termination import TerminationFn, as_termination_fn
 
-__all__ = ["BranchedRollout", "RolloutStats", "step_seed"]
+__all__ = ["BranchedRollout", "RolloutStats", "parse_max_disagreement", "step_seed"]
 
 _SEED_MOD = 1 << 63
+
+
+def parse_max_disagreement(max_disagreement: Any) -> tuple[float, float]:
+    """``(threshold, quantile)`` of the engines for a user's ``max_disagreement``: None ->
+    ``(inf, -1)`` (no stop); a number x >= 0 -> ``(x, -1)``; ``"q0.9"`` -> ``(inf, 0.9)`` (the
+    quantile of d over the start states). ValueError naming the argument otherwise."""
+    if max_disagreement is None:
+        return float("inf"), -1.0
+    if isinstance(max_disagreement, str):
+        text = max_disagreement.strip()
+        if text[:1] in ("q", "Q"):
+            try:
+                q = float(text[1:])
+            except ValueError:
+                q = float("nan")
+            if 0.0 <= q <= 1.0:
+                return float("inf"), q
+        raise ValueError("max_disagreement: expected None, a float >= 0 or a quantile string "
+                         f"'q<p>' with 0 <= p <= 1 (e.g. 'q0.9'), got {max_disagreement!r}")
+    if isinstance(max_disagreement, (int, float, np.integer, np.floating)) \
+            and not isinstance(max_disagreement, bool):
+        x = float(max_disagreement)
+        if x >= 0.0:  # NaN fails here: a NaN threshold would silently never stop
+            return x, -1.0
+    raise ValueError("max_disagreement: expected None, a float >= 0 or a quantile string "
+                     f"'q<p>' with 0 <= p <= 1 (e.g. 'q0.9'), got {max_disagreement!r}")
 
 
 def step_seed(seed: int, t: int) -> int:
@@ -66,6 +102,14 @@ class RolloutStats:
         (obs, act) pairs, measured on a sample of each step's rows (``disagreement_rows``);
         NaN when off.
     seconds: wall-clock time of the call.
+    frac_stopped: fraction of start rows whose rollout the stop rule (``max_disagreement``)
+        ended; 0 when off.
+    mean_penalty: mean ``uncertainty_penalty * sqrt(d)`` subtracted from the stored rewards;
+        0 when off.
+    mean_uncertainty: mean ``d(s, a)`` over the stored transitions; NaN when both uncertainty
+        features are off.
+    disagreement_threshold: the stop threshold used (resolved from the quantile form); NaN
+        when the stop is off.
     """
 
     rows_added: int = 0
@@ -74,6 +118,10 @@ class RolloutStats:
     nonfinite: int = 0
     mean_disagreement: float = float("nan")
     seconds: float = 0.0
+    frac_stopped: float = 0.0
+    mean_penalty: float = 0.0
+    mean_uncertainty: float = float("nan")
+    disagreement_threshold: float = float("nan")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -90,6 +138,12 @@ class BranchedRollout:
             [B, act_dim]`` sampling stochastic actions), or a plain callable ``obs -> act``.
         termination: a gymnasium env id (uses :func:`~mbpo_fast.termination_fn`) or a callable
             ``(obs, act, next_obs) -> bool [B]``.
+        max_disagreement: stop a row whose disagreement ``d(s, a)`` (module docstring) exceeds
+            this, before its transition is stored: None (default: never), a float >= 0, or a
+            quantile string ``"q0.9"`` (the threshold is that quantile of ``d`` over the
+            rollout's start states, recomputed at every :meth:`run`). Needs >= 2 elites.
+        uncertainty_penalty: float >= 0; the stored reward is ``r - uncertainty_penalty *
+            sqrt(d(s, a))`` (default 0: unchanged). Needs >= 2 elites when > 0.
         disagreement_rows: rows of each step on which ``model.disagreement`` is measured
             (every elite's forward per measured row): ``"auto"`` (default: one stored row in
             256, at least one, so the statistic costs ~1 % of the rollout at any size),
@@ -100,9 +154,18 @@ class BranchedRollout:
     """
 
     def __init__(self, model: Any, agent: Any, termination: str | TerminationFn,
+                 max_disagreement: float | str | None = None, uncertainty_penalty: float = 0.0,
                  disagreement_rows: int | str = "auto", engine: str = "auto") -> None:
         if engine not in ("auto", "native", "python"):
             raise ValueError(f"engine: expected 'auto', 'native' or 'python', got {engine!r}")
+        self._threshold, self._quantile = parse_max_disagreement(max_disagreement)
+        if isinstance(uncertainty_penalty, bool) or not isinstance(
+                uncertainty_penalty, (int, float, np.integer, np.floating)):
+            raise ValueError(f"uncertainty_penalty: expected a finite float >= 0, got "
+                             f"{uncertainty_penalty!r}")
+        check_uncertainty(self._threshold, self._quantile, float(uncertainty_penalty))
+        self.max_disagreement = max_disagreement
+        self.uncertainty_penalty = float(uncertainty_penalty)
         if not hasattr(model, "step"):
             raise TypeError(f"model: expected an ensemble with a step() method, got "
                             f"{type(model).__name__}")
@@ -160,6 +223,8 @@ class BranchedRollout:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if len(real_pool) == 0:
             raise ValueError("real_pool is empty: collect real transitions before rollouts")
+        if self.uncertain:
+            self._check_elites()
         if getattr(model_pool, "device", "cpu") != "cpu":  # device pools: the CUDA engine
             return self._run_cuda(real_pool, model_pool, int(num_starts), int(horizon), seed)
         if self.engine != "python":
@@ -168,6 +233,9 @@ class BranchedRollout:
                 return self._run_native(real_pool, model_pool, int(num_starts), int(horizon), seed)
             if self.engine == "native":
                 raise TypeError(f"engine='native': {why}")
+        if self.uncertain:
+            return self._run_python_uncertain(real_pool, model_pool, int(num_starts),
+                                              int(horizon), seed)
         t0 = time.perf_counter()
         num_starts, horizon = int(num_starts), int(horizon)
         obs_dim = real_pool.obs_dim
@@ -217,10 +285,108 @@ class BranchedRollout:
         )
 
 
+    @property
+    def uncertain(self) -> bool:
+        """Whether the stop rule or the penalty is on (then every elite runs on every row)."""
+        return self._quantile >= 0.0 or self._threshold < float("inf") \
+            or self.uncertainty_penalty != 0.0
+
+    def _check_elites(self) -> None:
+        elites = getattr(self.model, "elites", None)
+        if elites is None or not hasattr(self.model, "predict"):
+            raise TypeError("max_disagreement / uncertainty_penalty: the model needs predict() and "
+                            f"elites; {type(self.model).__name__} lacks them")
+        if len(elites) < 2:
+            raise ValueError("max_disagreement / uncertainty_penalty: the disagreement d is a "
+                             "variance across the elites and needs at least 2 elites, got "
+                             f"{len(elites)}")
+
+    def _run_python_uncertain(self, real_pool: Any, model_pool: Any, num_starts: int,
+                              horizon: int, seed: int) -> RolloutStats:
+        """The Python engine with the uncertainty features: ``model.predict`` runs every member
+        once per step; the chosen elite's Gaussian from that pass is sampled with the Philox
+        member choice and noise of ``model.step`` (DESIGN §3), and ``d`` comes from the elites'
+        means. Same order as the native engine: penalty, drop non-finite, stop, store."""
+        from . import _backend
+
+        ops = _backend.ops
+        t0 = time.perf_counter()
+        elites = np.asarray(self.model.elites, dtype=np.int64)
+        k = len(elites)
+        obs = np.ascontiguousarray(real_pool.sample_obs(num_starts), dtype=np.float32)
+        od = obs.shape[1]
+        threshold = self._threshold if self._quantile < 0 else float("nan")
+        pen = np.float32(self.uncertainty_penalty)
+        rows_added = terminated_rows = nonfinite = stopped = 0
+        dis_sum, dis_count, unc_sum, pen_sum = 0.0, 0, 0.0, 0.0
+        for t in range(horizon):
+            act = np.ascontiguousarray(_to_numpy(self._policy(obs)), dtype=np.float32)
+            n = obs.shape[0]
+            m = disagreement_sample_rows(self._disagreement_rule, n)
+            if m and hasattr(self.model, "disagreement"):
+                dd = _to_numpy(self.model.disagreement(obs[:m], act[:m]))
+                dis_sum += float(np.sum(dd, dtype=np.float64))
+                dis_count += m
+            st = step_seed(seed, t)
+            mean, var = (_to_numpy(x) for x in self.model.predict(obs, act))
+            words = ops.philox_fill_u32(st, ops.STREAM_MEMBER_CHOICE, 0, n).astype(np.uint64)
+            choice = ((words * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
+            eps = ops.philox_fill_normal(st, ops.STREAM_MODEL_NOISE, 0, n * (od + 1))
+            rows = np.arange(n)
+            mu = mean[elites[choice], rows].astype(np.float32)
+            with np.errstate(all="ignore"):
+                sample = mu + np.sqrt(var[elites[choice], rows]).astype(np.float32) \
+                    * eps.reshape(n, od + 1)
+                next_obs = (obs + sample[:, :od]).astype(np.float32)
+                rew = sample[:, od].astype(np.float32)
+                d = mean[elites][:, :, :od].astype(np.float64).var(axis=0, ddof=1).mean(axis=1)
+                d = d.astype(np.float32)
+                if t == 0 and self._quantile >= 0:
+                    threshold = finite_quantile(d, self._quantile)
+                if pen != 0:
+                    rew = (rew - pen * np.sqrt(d)).astype(np.float32)
+            ok = np.isfinite(next_obs).all(axis=1) & np.isfinite(rew) & np.isfinite(d)
+            nonfinite += int(n - np.count_nonzero(ok))
+            if self._quantile >= 0 or threshold < float("inf"):
+                stop = ok & (d.astype(np.float64) > threshold)
+                stopped += int(np.count_nonzero(stop))
+                ok &= ~stop
+            obs, act, next_obs, rew, d = obs[ok], act[ok], next_obs[ok], rew[ok], d[ok]
+            if obs.shape[0] == 0:
+                break
+            done = np.asarray(_to_numpy(self.termination(obs, act, next_obs)), dtype=bool)
+            if done.shape != (obs.shape[0],):
+                raise ValueError(f"termination returned shape {done.shape}, expected "
+                                 f"({obs.shape[0]},)")
+            model_pool.add_batch(obs, act, rew, next_obs, done)
+            rows_added += obs.shape[0]
+            unc_sum += float(np.sum(d, dtype=np.float64))
+            pen_sum += float(np.sum(float(pen) * np.sqrt(d.astype(np.float64))))
+            terminated_rows += int(np.count_nonzero(done))
+            obs = next_obs[~done]
+            if obs.shape[0] == 0:
+                break
+        stop_on = self._quantile >= 0 or self._threshold < float("inf")
+        return RolloutStats(
+            rows_added=rows_added,
+            mean_length=rows_added / num_starts,
+            frac_terminated=terminated_rows / num_starts,
+            nonfinite=nonfinite,
+            mean_disagreement=dis_sum / dis_count if dis_count else float("nan"),
+            seconds=time.perf_counter() - t0,
+            frac_stopped=stopped / num_starts,
+            mean_penalty=pen_sum / rows_added if rows_added else 0.0,
+            mean_uncertainty=unc_sum / rows_added if rows_added else float("nan"),
+            disagreement_threshold=threshold if stop_on else float("nan"),
+        )
+
     def _run_cuda(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
                   seed: int) -> RolloutStats:
         from .cuda_ops import branched_rollout
 
+        if self.uncertain:
+            raise ValueError("max_disagreement / uncertainty_penalty: not implemented by the CUDA "
+                             "engine (device pools); use CPU pools for uncertainty-aware rollouts")
         return _stats(branched_rollout(self.model, self.agent, self.termination, real_pool,
                                        model_pool, num_starts, horizon, int(seed)))
 
@@ -231,7 +397,8 @@ class BranchedRollout:
         out = run_native_rollout(
             self.model, self.agent, self.termination, real_pool, model_pool, num_starts, horizon,
             int(seed), compute_disagreement=self._disagreement_rule != 0,
-            disagreement_rows=self._disagreement_rule)
+            disagreement_rows=self._disagreement_rule, max_disagreement=self._threshold,
+            disagreement_quantile=self._quantile, uncertainty_penalty=self.uncertainty_penalty)
         return _stats(out)
 
 
@@ -244,6 +411,10 @@ def _stats(out: dict) -> RolloutStats:
         nonfinite=int(out["nonfinite"]),
         mean_disagreement=float(out["mean_disagreement"]),
         seconds=float(out["seconds"]),
+        frac_stopped=float(out.get("frac_stopped", 0.0)),
+        mean_penalty=float(out.get("mean_penalty", 0.0)),
+        mean_uncertainty=float(out.get("mean_uncertainty", float("nan"))),
+        disagreement_threshold=float(out.get("disagreement_threshold", float("nan"))),
     )
 
 

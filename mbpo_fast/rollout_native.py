@@ -96,13 +96,17 @@ def resolve_termination(termination: Any) -> int | Any:
 def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any, model_pool: Any,
                        num_starts: int, horizon: int, seed: int,
                        compute_disagreement: bool = True,
-                       disagreement_rows: int | str = "auto") -> dict[str, float | int]:
+                       disagreement_rows: int | str = "auto",
+                       max_disagreement: float = float("inf"),
+                       disagreement_quantile: float = -1.0,
+                       uncertainty_penalty: float = 0.0) -> dict[str, float | int]:
     """One MBPO branched rollout in a single native call; appends to ``model_pool``.
 
     Args:
         model: EnsembleDynamics (or EnsembleInference); its elites are the members sampled.
         agent: SAC agent (CPU); actions are stochastic policy samples.
-        termination: env id, built-in termination function / id, or a custom callable.
+        termination: env id, built-in termination function / id, a learned
+            :class:`mbpo_fast.TerminationModel` (run natively), or a custom callable.
         real_pool, model_pool: :class:`mbpo_fast.ReplayPool` (or their backend ``_impl``) of
             the active backend, with the model's obs/act dims; may be the same pool.
         num_starts: start states drawn uniformly (with replacement) from the real pool.
@@ -116,18 +120,30 @@ def run_native_rollout(model: Any, agent: Any, termination: Any, real_pool: Any,
             accepted too). Start rows are drawn uniformly and alive rows keep their order, so
             these are a random subset of the visited pairs; the default keeps the statistic's
             cost (every elite's forward per measured row) near 1 % of the rollout.
+        max_disagreement: stop threshold on d (rollout.h step 4); inf: no stop.
+        disagreement_quantile: in [0, 1]: the threshold is that quantile of d over step 0's
+            rows (overrides max_disagreement); negative: unused.
+        uncertainty_penalty: >= 0; stored reward ``r - uncertainty_penalty * sqrt(d)``.
 
     Returns:
         dict: ``num_starts``, ``rows_added``, ``mean_length`` (stored steps per start row),
         ``frac_terminated``, ``num_terminated``, ``nonfinite`` (rows dropped),
         ``mean_disagreement``, ``disagreement_rows`` (rows it was measured on), ``steps_run``,
-        ``seconds``.
+        ``seconds``, and for the uncertainty features ``num_stopped``, ``frac_stopped``,
+        ``mean_uncertainty`` (mean d over stored rows; NaN when off), ``mean_penalty``,
+        ``disagreement_threshold`` (NaN when the stop is off).
     """
+    # A learned TerminationModel runs natively inside the rollout (its MLP weights are passed).
+    learned = termination.native_params() if hasattr(termination, "native_params") else {}
     return _backend.ops.branched_rollout(
         getattr(real_pool, "_impl", real_pool), getattr(model_pool, "_impl", model_pool),
-        termination=resolve_termination(termination), num_starts=int(num_starts),
+        termination=0 if learned else resolve_termination(termination), **learned,
+        num_starts=int(num_starts),
         horizon=int(horizon), seed=int(seed), compute_disagreement=bool(compute_disagreement),
         disagreement_rows=_rule(disagreement_rows),
+        max_disagreement=float(max_disagreement),
+        disagreement_quantile=float(disagreement_quantile),
+        uncertainty_penalty=float(uncertainty_penalty),
         **actor_params(agent), **model_params(model))
 
 

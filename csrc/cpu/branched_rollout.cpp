@@ -46,16 +46,24 @@ void BranchedRollout::check_components() const {
   require(!model_->elites().empty(), "model: a rollout samples among the elites, but the model has none");
 }
 
+void BranchedRollout::set_uncertainty(const RolloutUncertainty& uncertainty) {
+  uncertainty.validate();
+  require(!uncertainty.enabled() || model_->elites().size() >= 2,
+          "uncertainty: the disagreement d needs at least 2 elites, the model has " +
+              std::to_string(model_->elites().size()));
+  uncertainty_ = uncertainty;
+}
+
 RolloutStats BranchedRollout::run(const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
                                   int64_t horizon, uint64_t seed) const {
   const bool measure = disagreement_rows_ != 0;
   const ActorView actor = actor_->view();
   if (callback_) {
     return branched_rollout(actor, model_->view(), callback_, real, model_pool, num_starts, horizon, seed,
-                            measure, disagreement_rows_);
+                            measure, disagreement_rows_, uncertainty_);
   }
   return branched_rollout(actor, model_->view(), termination_, real, model_pool, num_starts, horizon, seed,
-                          measure, disagreement_rows_);
+                          measure, disagreement_rows_, uncertainty_);
 }
 
 }  // namespace mbpo_fast

@@ -418,6 +418,68 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
   });
 }
 
+// ------------------------------------------------------------------ step with uncertainty
+
+void ensemble_step_uncertainty(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
+                               uint64_t seed, bool deterministic, float* next_obs_out, float* reward_out,
+                               float* disagreement_out) {
+  check_batch(batch, "ensemble_step_uncertainty");
+  v.validate(/*need_elites=*/true);
+  MBPO_ENSEMBLE_REQUIRE(v.num_elites >= 2, "elites: the disagreement d (unbiased variance across the elites) "
+                                           "needs at least 2 elites, got " + std::to_string(v.num_elites));
+  if (batch == 0) return;
+  MBPO_ENSEMBLE_REQUIRE(obs && act && next_obs_out && reward_out && disagreement_out,
+                        "ensemble_step_uncertainty: null input or output pointer");
+  const int64_t od = v.obs_dim, out_dim = v.out_dim(), K = v.num_elites;
+  const uint32_t k32 = static_cast<uint32_t>(K);
+  const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
+  const Kernels kern = active_kernels();
+  const int64_t ld = round_up16(v.max_width());
+  run_tiles(num_tiles, batch * K, [&](int64_t t0, int64_t t1) {
+    Scratch& s = scratch();
+    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    // means[k, r, j] (j < obs_dim) of this tile, then the epilogue's work area.
+    float* means = s.ensure(s.extra, static_cast<size_t>(K * kTileRows * od + 2 * out_dim));
+    float* work = means + K * kTileRows * od;
+    int64_t choice[kTileRows];  // index into the elites of each row of the tile
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row0 = t * kTileRows;
+      const int64_t rows = std::min(kTileRows, batch - row0);
+      for (int64_t r = 0; r < rows; ++r) {
+        choice[r] = kernels::member_choice(seed, static_cast<uint64_t>(row0 + r), k32);
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
+        const float* head = forward_tile(v, v.elites[k], xa, xb, rows, ld, kern);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(head + r * ld, head + r * ld + od, means + (k * kTileRows + r) * od);
+          if (choice[r] == k) {  // the sampled transition, from this same forward
+            const int64_t row = row0 + r;
+            kern.step_epilogue(head + r * ld, ld, 1, &row, obs, od, v.max_logvar, v.min_logvar, seed,
+                               deterministic, next_obs_out, reward_out, work);
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        double total = 0.0;
+        for (int64_t j = 0; j < od; ++j) {
+          double mu = 0.0;
+          for (int64_t k = 0; k < K; ++k) mu += means[(k * kTileRows + r) * od + j];
+          mu /= static_cast<double>(K);
+          double ss = 0.0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double dev = means[(k * kTileRows + r) * od + j] - mu;
+            ss += dev * dev;
+          }
+          total += ss / static_cast<double>(K - 1);
+        }
+        disagreement_out[row0 + r] = static_cast<float>(total / static_cast<double>(od));
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------ bf16 packing
 
 void ensemble_pack_bf16(const float* w, int64_t E, int64_t in, int64_t out, uint16_t* packed) {

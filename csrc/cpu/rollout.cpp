@@ -65,8 +65,10 @@ class Sink {
 };
 
 void check_args(const ActorView& actor, const EnsembleView& model, const ReplayPool& real,
-                const ReplayPool& model_pool, int64_t num_starts, int64_t horizon, int64_t disagreement_rows) {
+                const ReplayPool& model_pool, int64_t num_starts, int64_t horizon, int64_t disagreement_rows,
+                const RolloutUncertainty& unc) {
   actor.validate();
+  unc.validate();
   model.validate(/*need_elites=*/true);
   require(actor.obs_dim == model.obs_dim && actor.act_dim == model.act_dim,
           "branched_rollout: the actor maps obs_dim " + std::to_string(actor.obs_dim) + " to act_dim " +
@@ -84,19 +86,30 @@ void check_args(const ActorView& actor, const EnsembleView& model, const ReplayP
   require(horizon >= 0 && horizon < static_cast<int64_t>(0xffffffffu),
           "horizon: expected 0 <= horizon < 2**32 - 1, got " + std::to_string(horizon));
   require(num_starts == 0 || real.size() >= 1, "real_pool: is empty; a rollout needs start states");
+  require(!unc.enabled() || model.num_elites >= 2,
+          "max_disagreement / uncertainty_penalty: the disagreement d is a variance across the elites and "
+          "needs at least 2 elites, got " + std::to_string(model.num_elites));
 }
 
 template <typename TermFn>
 RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn& terminate,
                  const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                 uint64_t seed, bool compute_disagreement, int64_t disagreement_rows, bool staged) {
+                 uint64_t seed, bool compute_disagreement, int64_t disagreement_rows, const RolloutUncertainty& unc,
+                 bool staged) {
   const auto t_start = std::chrono::steady_clock::now();
   RolloutStats st;
   st.num_starts = num_starts;
   st.mean_disagreement = std::numeric_limits<double>::quiet_NaN();
   const int64_t od = model.obs_dim, ad = model.act_dim;
+  const bool uncertain = unc.enabled();
+  const bool stops = unc.stops();
+  const float penalty = static_cast<float>(unc.uncertainty_penalty);
+  double threshold = stops ? unc.max_disagreement : std::numeric_limits<double>::quiet_NaN();
+  if (stops && std::isnan(threshold)) threshold = std::numeric_limits<double>::infinity();
+  st.disagreement_threshold = threshold;
+  if (!uncertain) st.mean_uncertainty = std::numeric_limits<double>::quiet_NaN();
 
-  std::vector<float> obs, act, next, rew, dis;
+  std::vector<float> obs, act, next, rew, dis, unc_d;
   std::vector<uint8_t> term;
   if (num_starts > 0 && horizon > 0) {
     obs.resize(static_cast<size_t>(num_starts * od));
@@ -105,6 +118,7 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     rew.resize(static_cast<size_t>(num_starts));
     term.resize(static_cast<size_t>(num_starts));
     if (compute_disagreement) dis.resize(static_cast<size_t>(num_starts));
+    if (uncertain) unc_d.resize(static_cast<size_t>(num_starts));
     {
       std::vector<int64_t> rows(static_cast<size_t>(num_starts));
       const uint32_t n_real = static_cast<uint32_t>(real.size());
@@ -116,23 +130,48 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
   }
 
   Sink sink(model_pool, staged);
-  double dis_sum = 0.0;
+  double dis_sum = 0.0, unc_sum = 0.0, pen_sum = 0.0;
   int64_t alive = (horizon > 0) ? num_starts : 0;
   for (int64_t t = 0; t < horizon && alive > 0; ++t) {
     const uint64_t seed_t = rollout_step_seed(seed, t);
     const int64_t B = alive;
     actor_act(actor, obs.data(), B, seed_t, 0, /*deterministic=*/false, act.data(), nullptr);
-    ensemble_step(model, obs.data(), act.data(), B, seed_t, /*deterministic=*/false, nullptr, next.data(),
-                  rew.data(), nullptr);
+    if (!uncertain) {
+      ensemble_step(model, obs.data(), act.data(), B, seed_t, /*deterministic=*/false, nullptr, next.data(),
+                    rew.data(), nullptr);
+    } else {  // every elite once per row: the same sampled transition and d
+      ensemble_step_uncertainty(model, obs.data(), act.data(), B, seed_t, /*deterministic=*/false, next.data(),
+                                rew.data(), unc_d.data());
+      if (t == 0 && unc.quantile >= 0.0) {
+        threshold = finite_quantile(unc_d.data(), B, unc.quantile);
+        st.disagreement_threshold = threshold;
+      }
+      if (penalty != 0.0f) {
+        for (int64_t i = 0; i < B; ++i) rew[i] -= penalty * std::sqrt(unc_d[i]);
+      }
+    }
     terminate(obs.data(), act.data(), next.data(), B, term.data());
 
     // Drop rows with a non-finite value (in place, order kept). Inputs are finite: start
     // states come from a pool (which only holds finite rows) and later obs passed this check.
-    int64_t stored = 0;
+    // With the uncertainty on, a row whose d is not finite is dropped too, and then a row with
+    // d > threshold stops unstored (check, then store).
+    int64_t stored = 0, dropped = 0;
     for (int64_t i = 0; i < B; ++i) {
       const bool ok = std::isfinite(rew[i]) && row_finite(next.data() + i * od, od) &&
-                      row_finite(act.data() + i * ad, ad);
-      if (!ok) continue;
+                      row_finite(act.data() + i * ad, ad) && (!uncertain || std::isfinite(unc_d[i]));
+      if (!ok) {
+        ++dropped;
+        continue;
+      }
+      if (stops && static_cast<double>(unc_d[i]) > threshold) {
+        ++st.num_stopped;
+        continue;
+      }
+      if (uncertain) {
+        unc_sum += static_cast<double>(unc_d[i]);
+        pen_sum += static_cast<double>(penalty) * std::sqrt(static_cast<double>(unc_d[i]));
+      }
       if (stored != i) {
         std::memcpy(obs.data() + stored * od, obs.data() + i * od, sizeof(float) * od);
         std::memcpy(act.data() + stored * ad, act.data() + i * ad, sizeof(float) * ad);
@@ -142,7 +181,7 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
       }
       ++stored;
     }
-    st.nonfinite += B - stored;
+    st.nonfinite += dropped;
     st.steps_run += 1;
 
     const int64_t measured = disagreement_sample_rows(disagreement_rows, stored);
@@ -172,6 +211,12 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
   if (num_starts > 0) {
     st.mean_length = static_cast<double>(st.rows_added) / static_cast<double>(num_starts);
     st.frac_terminated = static_cast<double>(st.num_terminated) / static_cast<double>(num_starts);
+    st.frac_stopped = static_cast<double>(st.num_stopped) / static_cast<double>(num_starts);
+  }
+  if (uncertain) {
+    const double n = static_cast<double>(st.rows_added);
+    st.mean_uncertainty = st.rows_added > 0 ? unc_sum / n : std::numeric_limits<double>::quiet_NaN();
+    st.mean_penalty = st.rows_added > 0 ? pen_sum / n : 0.0;
   }
   if (compute_disagreement && st.disagreement_rows > 0) {
     st.mean_disagreement = dis_sum / static_cast<double>(st.disagreement_rows);
@@ -181,6 +226,31 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
 }
 
 }  // namespace
+
+void RolloutUncertainty::validate() const {
+  require(std::isfinite(uncertainty_penalty) && uncertainty_penalty >= 0.0,
+          "uncertainty_penalty: expected a finite float >= 0, got " + std::to_string(uncertainty_penalty));
+  require(quantile < 0.0 || quantile <= 1.0,
+          "max_disagreement: expected a quantile in [0, 1], got " + std::to_string(quantile));
+  require(std::isnan(max_disagreement) || max_disagreement >= 0.0,
+          "max_disagreement: expected a threshold >= 0 (or +inf / NaN: no stop), got " +
+              std::to_string(max_disagreement));
+}
+
+double finite_quantile(const float* x, int64_t n, double q) {
+  require(q >= 0.0 && q <= 1.0, "quantile: expected q in [0, 1], got " + std::to_string(q));
+  std::vector<double> v;
+  v.reserve(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(x[i])) v.push_back(static_cast<double>(x[i]));
+  }
+  if (v.empty()) return std::numeric_limits<double>::infinity();
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
 
 int64_t disagreement_sample_rows(int64_t rule, int64_t stored) {
   require(rule >= kDisagreementAutoRows,
@@ -200,22 +270,23 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step) {
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
                               int64_t horizon, uint64_t seed, bool compute_disagreement,
-                              int64_t disagreement_rows) {
-  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows);
+                              int64_t disagreement_rows, const RolloutUncertainty& uncertainty) {
+  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows, uncertainty);
   check_termination_args(static_cast<int32_t>(termination), model.obs_dim, "model obs_dim");
   const int od = static_cast<int>(model.obs_dim);
   auto terminate = [&](const float*, const float*, const float* next, int64_t n, uint8_t* out) {
     terminations(termination, next, n, od, out);
   };
   return run(actor, model, terminate, real, model_pool, num_starts, horizon, seed, compute_disagreement,
-             disagreement_rows, /*staged=*/false);
+             disagreement_rows, uncertainty, /*staged=*/false);
 }
 
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
                               const TerminationCallback& termination, const ReplayPool& real,
                               ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
-                              bool compute_disagreement, int64_t disagreement_rows) {
-  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows);
+                              bool compute_disagreement, int64_t disagreement_rows,
+                              const RolloutUncertainty& uncertainty) {
+  check_args(actor, model, real, model_pool, num_starts, horizon, disagreement_rows, uncertainty);
   require(static_cast<bool>(termination), "termination: expected a callable, got an empty function");
   auto terminate = [&](const float* o, const float* a, const float* next, int64_t n, uint8_t* out) {
     termination(o, a, next, n, out);
@@ -225,7 +296,7 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
     }
   };
   return run(actor, model, terminate, real, model_pool, num_starts, horizon, seed, compute_disagreement,
-             disagreement_rows, /*staged=*/true);
+             disagreement_rows, uncertainty, /*staged=*/true);
 }
 
 }  // namespace mbpo_fast

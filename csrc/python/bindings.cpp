@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <initializer_list>
@@ -30,6 +31,7 @@
 #include "mbpo_fast/rng.h"
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
+#include "mbpo_fast/termination_model.h"
 
 namespace py = pybind11;
 using namespace mbpo_fast;
@@ -570,6 +572,39 @@ void bind_ensemble(py::module_& m) {
       py::arg("weights_bf16") = py::none(),
       "Per-row disagreement f32 [B]: the population std across `members` (int64 [M]) of the\n"
       "predicted means, averaged over the obs_dim + 1 outputs.");
+  m.def(
+      "ensemble_step_uncertainty",
+      [](py::handle obs, py::handle act, py::handle input_mean, py::handle input_std, py::sequence weights,
+         py::sequence biases, py::handle max_logvar, py::handle min_logvar, py::handle elites, uint64_t seed,
+         bool deterministic, py::handle weights_bf16) {
+        if (elites.is_none()) throw py::value_error("elites: expected int64 [K] with K >= 2, got None");
+        EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+        attach_bf16(args, weights_bf16);
+        const EnsembleView& v = args.view;
+        if (v.num_elites < 2) {
+          throw py::value_error("elites: the disagreement d needs at least 2 elites, got " +
+                                std::to_string(v.num_elites));
+        }
+        auto [o, a] = ensemble_inputs(obs, act, v);
+        const int64_t B = dim(o, 0);
+        auto next_obs = new_array<float>({B, v.obs_dim});
+        auto rew = new_array<float>({B});
+        auto d = new_array<float>({B});
+        float* pn = next_obs.mutable_data();
+        float* pr = rew.mutable_data();
+        float* pd = d.mutable_data();
+        {
+          py::gil_scoped_release release;
+          ensemble_step_uncertainty(v, o.data(), a.data(), B, seed, deterministic, pn, pr, pd);
+        }
+        return py::make_tuple(next_obs, rew, d);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
+      py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("seed") = 0,
+      py::arg("deterministic") = false, py::arg("weights_bf16") = py::none(),
+      "ensemble_step's transition (same members and noise) from ONE pass of every elite, plus\n"
+      "d f32 [B] = mean over the obs dims of the unbiased variance across the elites (K >= 2) of their\n"
+      "predicted mean next state. Returns (next_obs f32 [B, obs_dim], reward f32 [B], d f32 [B]).");
   m.def(
       "ensemble_pack_bf16",
       [](py::sequence weights) {
@@ -1200,6 +1235,11 @@ py::dict rollout_stats_dict(const RolloutStats& s) {
   d["disagreement_rows"] = s.disagreement_rows;
   d["steps_run"] = s.steps_run;
   d["seconds"] = s.seconds;
+  d["num_stopped"] = s.num_stopped;
+  d["frac_stopped"] = s.frac_stopped;
+  d["mean_uncertainty"] = s.mean_uncertainty;
+  d["mean_penalty"] = s.mean_penalty;
+  d["disagreement_threshold"] = s.disagreement_threshold;
   return d;
 }
 
@@ -1237,7 +1277,82 @@ TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) 
   };
 }
 
+// A learned termination MLP (termination_model.h) from numpy arrays: weights[i] [in_i, out_i],
+// biases[i] [out_i], last width 1; input_mean / input_std [2 * obs_dim + act_dim].
+struct TerminationMLPArgs {
+  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+  TerminationMLPView view;
+};
+
+TerminationMLPArgs termination_mlp_args(int64_t obs_dim, int64_t act_dim, py::handle input_mean,
+                                        py::handle input_std, const py::sequence& weights,
+                                        const py::sequence& biases) {
+  TerminationMLPArgs args;
+  TerminationMLPView& v = args.view;
+  v.obs_dim = obs_dim;
+  v.act_dim = act_dim;
+  const auto L = static_cast<int64_t>(py::len(weights));
+  if (L < 1 || L > kTerminationMaxLayers || static_cast<int64_t>(py::len(biases)) != L) {
+    throw py::value_error("termination_weights: expected 1.." + std::to_string(kTerminationMaxLayers) +
+                          " layer weights and as many biases, got " + std::to_string(L) + " and " +
+                          std::to_string(py::len(biases)));
+  }
+  v.num_layers = static_cast<int>(L);
+  const int64_t in = v.in_dim();
+  args.keep.push_back(as_f32(input_mean, "termination_input_mean", {in}));
+  args.keep.push_back(as_f32(input_std, "termination_input_std", {in}));
+  v.input_mean = args.keep[0].data();
+  v.input_std = args.keep[1].data();
+  require_finite(v.input_mean, in, "termination_input_mean");
+  for (int64_t c = 0; c < in; ++c) {
+    if (!(v.input_std[c] > 0.0f)) {
+      throw py::value_error("termination_input_std: every entry must be > 0, got " +
+                            std::to_string(v.input_std[c]) + " at index " + std::to_string(c));
+    }
+  }
+  v.widths[0] = in;
+  for (int64_t i = 0; i < L; ++i) {
+    const std::string wn = "termination_weights[" + std::to_string(i) + "]";
+    const std::string bn = "termination_biases[" + std::to_string(i) + "]";
+    args.keep.push_back(as_f32(weights[i], wn.c_str(), {v.widths[i], i + 1 == L ? 1 : -1}));
+    const int64_t m = args.keep.back().shape(1);
+    v.weights[i] = args.keep.back().data();
+    require_finite(v.weights[i], v.widths[i] * m, wn.c_str());
+    args.keep.push_back(as_f32(biases[i], bn.c_str(), {m}));
+    v.biases[i] = args.keep.back().data();
+    require_finite(v.biases[i], m, bn.c_str());
+    v.widths[i + 1] = m;
+  }
+  v.validate();
+  return args;
+}
+
 void bind_rollout(py::module_& m) {
+  m.def(
+      "termination_mlp",
+      [](py::handle obs, py::handle act, py::handle next_obs, py::handle input_mean, py::handle input_std,
+         py::sequence weights, py::sequence biases) {
+        auto o = as_f32(obs, "obs", {-1, -1});
+        const int64_t B = o.shape(0), od = o.shape(1);
+        auto a = as_f32(act, "act", {B, -1});
+        auto nx = as_f32(next_obs, "next_obs", {B, od});
+        TerminationMLPArgs args = termination_mlp_args(od, a.shape(1), input_mean, input_std, weights, biases);
+        auto flags = new_array<bool>({B});
+        auto logits = new_array<float>({B});
+        auto* pf = reinterpret_cast<uint8_t*>(flags.mutable_data());
+        float* pl = logits.mutable_data();
+        {
+          py::gil_scoped_release release;
+          termination_mlp(args.view, o.data(), a.data(), nx.data(), B, pf, pl);
+        }
+        return py::make_tuple(flags, logits);
+      },
+      py::arg("obs"), py::arg("act"), py::arg("next_obs"), py::arg("input_mean"), py::arg("input_std"),
+      py::arg("weights"), py::arg("biases"),
+      "Learned termination MLP (termination_model.h): obs, next_obs f32 [B, obs_dim], act f32 [B, act_dim];\n"
+      "weights[i] f32 [in_i, out_i] (last out 1), biases[i] f32 [out_i], input_mean/std f32 [2*obs_dim+act_dim].\n"
+      "SiLU hidden layers. Returns (terminated bool [B] = logit > 0, logit f32 [B]).");
+
   m.def(
       "actor_act",
       [](py::handle obs, py::sequence weights, py::sequence biases, py::handle action_scale,
@@ -1322,7 +1437,14 @@ void bind_rollout(py::module_& m) {
          py::sequence weights, py::sequence biases, py::handle max_logvar, py::handle min_logvar,
          py::handle elites, py::handle termination, int64_t num_starts, int64_t horizon, py::handle seed,
          bool compute_disagreement, int64_t disagreement_rows, py::handle action_low, py::handle action_high,
-         double log_std_min, double log_std_max, py::handle weights_bf16) {
+         double log_std_min, double log_std_max, py::handle weights_bf16, double max_disagreement,
+         double disagreement_quantile, double uncertainty_penalty, py::handle termination_weights,
+         py::handle termination_biases, py::handle termination_input_mean, py::handle termination_input_std) {
+        RolloutUncertainty unc;
+        unc.max_disagreement = max_disagreement;
+        unc.quantile = disagreement_quantile;
+        unc.uncertainty_penalty = uncertainty_penalty;
+        unc.validate();
         NativePool& real = native_pool_arg(real_pool, "real_pool");
         NativePool& model = native_pool_arg(model_pool, "model_pool");
         ActorArgs actor = actor_args(actor_weights, actor_biases, action_scale, action_bias, action_low,
@@ -1338,8 +1460,18 @@ void bind_rollout(py::module_& m) {
           throw py::value_error("num_starts: expected num_starts >= 0, got " + std::to_string(num_starts));
         if (horizon < 0)
           throw py::value_error("horizon: expected horizon >= 0, got " + std::to_string(horizon));
-        const bool builtin = PyLong_Check(termination.ptr()) && !PyBool_Check(termination.ptr());
-        if (!builtin && !PyCallable_Check(termination.ptr())) {
+        const bool learned = !termination_weights.is_none();
+        const bool builtin = !learned && PyLong_Check(termination.ptr()) && !PyBool_Check(termination.ptr());
+        TerminationMLPArgs mlp;
+        if (learned) {
+          if (termination_biases.is_none() || termination_input_mean.is_none() || termination_input_std.is_none()) {
+            throw py::value_error("termination_weights: a learned termination also needs termination_biases, "
+                                  "termination_input_mean and termination_input_std");
+          }
+          mlp = termination_mlp_args(ens.view.obs_dim, ens.view.act_dim, termination_input_mean,
+                                     termination_input_std, py::reinterpret_borrow<py::sequence>(termination_weights),
+                                     py::reinterpret_borrow<py::sequence>(termination_biases));
+        } else if (!builtin && !PyCallable_Check(termination.ptr())) {
           throw py::type_error(
               "termination: expected a built-in termination id (int, see termination_id) or a "
               "callable (obs, act, next_obs) -> bool [n], got " +
@@ -1352,17 +1484,25 @@ void bind_rollout(py::module_& m) {
         }
         RolloutStats stats;
         PoolLock lock(real, &model);
-        if (builtin) {
+        if (learned) {  // native MLP: no Python per step
+          const TerminationMLPView tv = mlp.view;
+          TerminationCallback cb = [tv](const float* o, const float* a, const float* nx, int64_t n, uint8_t* out) {
+            termination_mlp(tv, o, a, nx, n, out, nullptr);
+          };
+          py::gil_scoped_release release;
+          stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
+                                   compute_disagreement, disagreement_rows, unc);
+        } else if (builtin) {
           py::gil_scoped_release release;
           stats =
               branched_rollout(actor.view, ens.view, static_cast<TerminationId>(tid), real.pool, model.pool,
-                               num_starts, horizon, s, compute_disagreement, disagreement_rows);
+                               num_starts, horizon, s, compute_disagreement, disagreement_rows, unc);
         } else {
           TerminationCallback cb = python_termination(py::reinterpret_borrow<py::function>(termination),
                                                       ens.view.obs_dim, ens.view.act_dim);
           py::gil_scoped_release release;
           stats = branched_rollout(actor.view, ens.view, cb, real.pool, model.pool, num_starts, horizon, s,
-                                   compute_disagreement, disagreement_rows);
+                                   compute_disagreement, disagreement_rows, unc);
         }
         return rollout_stats_dict(stats);
       },
@@ -1373,6 +1513,10 @@ void bind_rollout(py::module_& m) {
       py::arg("compute_disagreement") = false, py::arg("disagreement_rows") = -1,
       py::arg("action_low") = py::none(), py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0,
       py::arg("log_std_max") = 2.0, py::arg("weights_bf16") = py::none(),
+      py::arg("max_disagreement") = std::numeric_limits<double>::infinity(),
+      py::arg("disagreement_quantile") = -1.0, py::arg("uncertainty_penalty") = 0.0,
+      py::arg("termination_weights") = py::none(), py::arg("termination_biases") = py::none(),
+      py::arg("termination_input_mean") = py::none(), py::arg("termination_input_std") = py::none(),
       "MBPO branched rollout in one call (GIL released): num_starts start states from real_pool, `horizon` "
       "steps of\n"
       "actor -> one random elite -> termination, transitions appended to model_pool (native ReplayPool "
@@ -1387,6 +1531,11 @@ void bind_rollout(py::module_& m) {
       "(-2)),\n"
       "disagreement_rows (rows measured), steps_run, seconds.\n"
       "weights_bf16: optional packed bf16 ensemble weights (ensemble_pack_bf16), as for the ensemble ops.\n"
+      "Uncertainty (rollout.h step 4): max_disagreement (inf: no stop), disagreement_quantile (in [0, 1]: the\n"
+      "threshold is that quantile of d over step 0's rows; < 0: unused), uncertainty_penalty (>= 0); the dict\n"
+      "then also reports num_stopped, frac_stopped, mean_uncertainty, mean_penalty, disagreement_threshold.\n"
+      "termination_weights/biases/input_mean/input_std: a learned termination MLP (termination_mlp), run\n"
+      "natively per step (then `termination` is ignored).\n"
       "The exact randomness is documented in csrc/include/mbpo_fast/rollout.h.");
 }
 

@@ -18,6 +18,7 @@ from .ensemble import (  # noqa: F401
     ensemble_predict,
     ensemble_set_kernel,
     ensemble_step,
+    ensemble_step_uncertainty,
 )
 from .rng import (  # noqa: F401
     STREAM_MEMBER_CHOICE,
@@ -31,6 +32,7 @@ from .rng import (  # noqa: F401
     philox_fill_u32,
 )
 from .termination import termination, termination_env_ids, termination_id  # noqa: F401
+from .termination_model import termination_mlp  # noqa: F401
 
 
 # Raised for invalid file contents (truncated, corrupted); a ValueError like the native one.

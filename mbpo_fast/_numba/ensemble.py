@@ -439,6 +439,75 @@ def ensemble_disagreement(
     return mus.std(axis=0).mean(axis=1).astype(np.float32)
 
 
+@nb.njit(cache=True)
+def _choose_elite_index(seed, num_elites, batch, out):
+    for i in range(batch):
+        out[i] = random_index(seed, STREAM_MEMBER_CHOICE, np.uint64(i), num_elites)
+
+
+def ensemble_step_uncertainty(
+    obs,
+    act,
+    input_mean,
+    input_std,
+    weights,
+    biases,
+    max_logvar,
+    min_logvar,
+    elites,
+    seed: int = 0,
+    deterministic: bool = False,
+    weights_bf16=None,
+):
+    """ensemble_step's transition (same members, same noise) from ONE pass of every elite, and
+    the disagreement d f32 [B]: mean over the obs dims of the unbiased variance (ddof 1) across
+    the K >= 2 elites of their predicted mean next state (reduced in float64).
+
+    Returns (next_obs f32 [B, obs_dim], reward f32 [B], d f32 [B]).
+    """
+    if elites is None:
+        raise ValueError("elites: expected int64 [K] with K >= 2, got None")
+    p = _Params(
+        input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16
+    )
+    if p.elites.shape[0] < 2:
+        raise ValueError(
+            "elites: the disagreement d needs at least 2 elites, got " f"{p.elites.shape[0]}"
+        )
+    obs, act = p.inputs(obs, act)
+    batch, od = obs.shape[0], p.obs_dim
+    seed = int(seed)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    next_obs = np.empty((batch, od), dtype=np.float32)
+    rew = np.empty(batch, dtype=np.float32)
+    if batch == 0:
+        return next_obs, rew, np.empty(0, dtype=np.float32)
+    k_count = p.elites.shape[0]
+    choice = np.empty(batch, dtype=np.int64)
+    _choose_elite_index(np.uint64(seed), k_count, batch, choice)
+    x = p.normalized(obs, act)
+    means = np.empty((k_count, batch, od), dtype=np.float64)
+    for k in range(k_count):
+        head = np.ascontiguousarray(p.forward(int(p.elites[k]), x))
+        means[k] = head[:, :od]
+        rows = np.flatnonzero(choice == k)
+        if rows.shape[0]:
+            _step_epilogue(
+                np.ascontiguousarray(head[rows]),
+                rows,
+                obs,
+                p.max_logvar,
+                p.min_logvar,
+                np.uint64(seed),
+                bool(deterministic),
+                next_obs,
+                rew,
+            )
+    d = means.var(axis=0, ddof=1).mean(axis=1).astype(np.float32)
+    return next_obs, rew, d
+
+
 _KERNELS = ("auto", "avx512", "portable")
 
 

@@ -23,6 +23,7 @@ from .actor import ActorParams, _check_u64
 from .pool import ReplayPool
 from .rng import STREAM_ROLLOUT_START, philox_fill_u32
 from .termination import termination as _termination
+from .termination_model import TerminationMLP
 
 # disagreement_rows rules besides a count >= 0 (rollout.h): every stored row, or one stored
 # row in DISAGREEMENT_AUTO_STRIDE (at least one) at each step.
@@ -45,6 +46,29 @@ def disagreement_sample_rows(rule: int, stored: int) -> int:
     if rule == DISAGREEMENT_AUTO:
         return -(-stored // DISAGREEMENT_AUTO_STRIDE)
     return min(stored, rule)
+
+
+def check_uncertainty(max_disagreement: float, quantile: float, penalty: float) -> None:
+    """rollout.h's RolloutUncertainty::validate: ValueError naming the argument."""
+    if not (math.isfinite(penalty) and penalty >= 0.0):
+        raise ValueError(f"uncertainty_penalty: expected a finite float >= 0, got {penalty}")
+    if not (quantile < 0.0 or quantile <= 1.0):
+        raise ValueError(f"max_disagreement: expected a quantile in [0, 1], got {quantile}")
+    if not (math.isnan(max_disagreement) or max_disagreement >= 0.0):
+        raise ValueError("max_disagreement: expected a threshold >= 0 (or +inf / NaN: no stop), "
+                         f"got {max_disagreement}")
+
+
+def finite_quantile(x: np.ndarray, q: float) -> float:
+    """The q-quantile of the finite entries of x, linear interpolation, in float64, written as
+    rollout.h's finite_quantile (so backends pick the same threshold); +inf when none."""
+    v = np.sort(np.asarray(x, dtype=np.float64)[np.isfinite(x)])
+    if v.size == 0:
+        return math.inf
+    pos = q * (v.size - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, v.size - 1)
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
 
 
 def rollout_step_seed(seed, step) -> int:
@@ -93,9 +117,16 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                      elites, termination, num_starts, horizon, seed=0,
                      compute_disagreement=False, disagreement_rows=-1, action_low=None,
                      action_high=None, log_std_min=-20.0, log_std_max=2.0,
-                     weights_bf16=None) -> dict:
+                     weights_bf16=None, max_disagreement=math.inf, disagreement_quantile=-1.0,
+                     uncertainty_penalty=0.0, termination_weights=None, termination_biases=None,
+                     termination_input_mean=None, termination_input_std=None) -> dict:
     """MBPO branched rollout (see the native op and rollout.h). Returns the stats dict."""
     t_start = time.perf_counter()
+    max_disagreement, quantile = float(max_disagreement), float(disagreement_quantile)
+    penalty = float(uncertainty_penalty)
+    check_uncertainty(max_disagreement, quantile, penalty)
+    stops = quantile >= 0.0 or max_disagreement < math.inf
+    uncertain = stops or penalty != 0.0
     real = _pool_arg(real_pool, "real_pool")
     model = _pool_arg(model_pool, "model_pool")
     actor = ActorParams(actor_weights, actor_biases, action_scale, action_bias, action_low,
@@ -112,12 +143,22 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         raise ValueError(f"num_starts: expected num_starts >= 0, got {num_starts}")
     if horizon < 0:
         raise ValueError(f"horizon: expected horizon >= 0, got {horizon}")
-    builtin = isinstance(termination, (int, np.integer)) and not isinstance(termination, bool)
-    if not builtin and not callable(termination):
+    learned = termination_weights is not None
+    builtin = not learned and isinstance(termination, (int, np.integer)) \
+        and not isinstance(termination, bool)
+    if not learned and not builtin and not callable(termination):
         raise TypeError("termination: expected a built-in termination id (int, see "
                         "termination_id) or a callable (obs, act, next_obs) -> bool [n], got "
                         f"{type(termination).__name__}")
     od, ad = ens.obs_dim, ens.act_dim
+    mlp = None
+    if learned:
+        if termination_biases is None or termination_input_mean is None \
+                or termination_input_std is None:
+            raise ValueError("termination_weights: a learned termination also needs "
+                             "termination_biases, termination_input_mean and termination_input_std")
+        mlp = TerminationMLP(od, ad, termination_input_mean, termination_input_std,
+                             termination_weights, termination_biases)
     if builtin:
         _termination(int(termination), np.zeros((0, od), np.float32))  # validates id and width
     if actor.obs_dim != od or actor.act_dim != ad:
@@ -131,10 +172,22 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         raise ValueError(f"horizon: expected 0 <= horizon < 2**32 - 1, got {horizon}")
     if num_starts > 0 and len(real) == 0:
         raise ValueError("real_pool: is empty; a rollout needs start states")
+    if uncertain and ens.elites.shape[0] < 2:
+        raise ValueError("max_disagreement / uncertainty_penalty: the disagreement d is a variance "
+                         "across the elites and needs at least 2 elites, got "
+                         f"{ens.elites.shape[0]}")
 
     stats = dict(num_starts=num_starts, rows_added=0, mean_length=0.0, frac_terminated=0.0,
                  num_terminated=0, nonfinite=0, mean_disagreement=math.nan,
-                 disagreement_rows=0, steps_run=0, seconds=0.0)
+                 disagreement_rows=0, steps_run=0, seconds=0.0, num_stopped=0,
+                 frac_stopped=0.0, mean_uncertainty=0.0 if uncertain else math.nan,
+                 mean_penalty=0.0, disagreement_threshold=math.nan)
+    threshold = math.nan
+    if stops:
+        threshold = math.inf if math.isnan(max_disagreement) else max_disagreement
+        stats["disagreement_threshold"] = threshold
+    unc_sum = pen_sum = 0.0
+    pen32 = np.float32(penalty)
     disagreement_rows = int(disagreement_rows)
     disagreement_sample_rows(disagreement_rows, 0)  # validates the rule
     staged: list[tuple[np.ndarray, ...]] = []
@@ -149,20 +202,43 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         # Overflowing predictions are expected input here (dropped and counted below).
         with np.errstate(over="ignore", invalid="ignore"):
             act, _ = actor.act(obs, seed_t, 0, False)
-            next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
-                                                  ens.weights, ens.biases, ens.max_logvar,
-                                                  ens.min_logvar, ens.elites, None, seed_t,
-                                                  False, weights_bf16)
-        if builtin:
+            if not uncertain:
+                next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
+                                                      ens.weights, ens.biases, ens.max_logvar,
+                                                      ens.min_logvar, ens.elites, None, seed_t,
+                                                      False, weights_bf16)
+            else:  # every elite once per row: the same transition, and d
+                next_obs, rew, d = _ens.ensemble_step_uncertainty(
+                    obs, act, ens.input_mean, ens.input_std, ens.weights, ens.biases,
+                    ens.max_logvar, ens.min_logvar, ens.elites, seed_t, False, weights_bf16)
+                if t == 0 and quantile >= 0.0:
+                    threshold = finite_quantile(d, quantile)
+                    stats["disagreement_threshold"] = threshold
+                if penalty != 0.0:
+                    rew = (rew - pen32 * np.sqrt(d)).astype(np.float32)
+        if mlp is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                term = mlp.logits(obs, act, next_obs) > 0
+        elif builtin:
             term = _termination(int(termination), next_obs)
         else:
             term = _flags_from_callable(termination, obs, act, next_obs)
         ok = (np.isfinite(rew) & np.isfinite(next_obs).all(axis=1)
               & np.isfinite(act).all(axis=1))
+        if uncertain:
+            ok &= np.isfinite(d)
         stats["nonfinite"] += int(obs.shape[0] - np.count_nonzero(ok))
         stats["steps_run"] += 1
+        if stops:  # check, then store: a row with d > threshold stops unstored
+            stop = ok & (d.astype(np.float64) > threshold)
+            stats["num_stopped"] += int(np.count_nonzero(stop))
+            ok &= ~stop
         if not ok.all():
             obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
+        if uncertain:
+            d = d[ok].astype(np.float64)
+            unc_sum += float(d.sum())
+            pen_sum += float((penalty * np.sqrt(d)).sum())
         n = obs.shape[0]
         m = disagreement_sample_rows(disagreement_rows, n)
         if compute_disagreement and m > 0:
@@ -173,7 +249,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
                 dis_sum += float(np.sum(dis, dtype=np.float64))
             stats["disagreement_rows"] += m
         if n > 0:
-            if builtin:
+            if builtin or mlp is not None:
                 model.add_batch(obs, act, rew, next_obs, term)
             else:  # a callable may raise at a later step: stage, append once at the end
                 staged.append((obs, act, rew, next_obs, term))
@@ -185,6 +261,11 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
     if num_starts > 0:
         stats["mean_length"] = stats["rows_added"] / num_starts
         stats["frac_terminated"] = stats["num_terminated"] / num_starts
+        stats["frac_stopped"] = stats["num_stopped"] / num_starts
+    if uncertain:
+        n = stats["rows_added"]
+        stats["mean_uncertainty"] = unc_sum / n if n else math.nan
+        stats["mean_penalty"] = pen_sum / n if n else 0.0
     if compute_disagreement and stats["disagreement_rows"] > 0:
         stats["mean_disagreement"] = dis_sum / stats["disagreement_rows"]
     stats["seconds"] = time.perf_counter() - t_start

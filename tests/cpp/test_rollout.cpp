@@ -221,4 +221,92 @@ TEST_CASE("disagreement_sample_rows: counts, every row, one in 256") {
   CHECK_THROWS(disagreement_sample_rows(-3, 10));
 }
 
+TEST_CASE("uncertainty: d from one elites pass, stop rule, penalty, neutral = plain, validation") {
+  Model m(11);
+  const Actor actor = make_actor();
+  ReplayPool real = real_pool(300);
+  const ActorView av = actor.view();
+  // ensemble_step_uncertainty: the same transition as ensemble_step, d = unbiased variance
+  // across the elites of the predicted means (obs dims), checked against ensemble_predict.
+  const int64_t n = 150;
+  std::vector<float> obs(n * kOd), act(n * kAd), n1(n * kOd), r1(n), n2(n * kOd), r2(n), d(n);
+  Lcg g{3};
+  for (auto& x : obs) x = g.uniform();
+  for (auto& x : act) x = g.uniform();
+  ensemble_step(m.view, obs.data(), act.data(), n, 99, false, nullptr, n1.data(), r1.data(), nullptr);
+  ensemble_step_uncertainty(m.view, obs.data(), act.data(), n, 99, false, n2.data(), r2.data(), d.data());
+  for (int64_t i = 0; i < n * kOd; ++i) CHECK_NEAR(n1[i], n2[i], 1e-5);
+  for (int64_t i = 0; i < n; ++i) CHECK_NEAR(r1[i], r2[i], 1e-5);
+  const int64_t E = m.view.ensemble_size, od1 = kOd + 1, K = m.view.num_elites;
+  std::vector<float> mean(E * n * od1);
+  ensemble_predict(m.view, obs.data(), act.data(), n, mean.data(), nullptr);
+  for (int64_t i = 0; i < n; ++i) {
+    double total = 0.0;
+    for (int64_t j = 0; j < kOd; ++j) {
+      double mu = 0.0, ss = 0.0;
+      for (int64_t k = 0; k < K; ++k) mu += mean[(m.elites[k] * n + i) * od1 + j];
+      mu /= K;
+      for (int64_t k = 0; k < K; ++k) {
+        const double dev = mean[(m.elites[k] * n + i) * od1 + j] - mu;
+        ss += dev * dev;
+      }
+      total += ss / (K - 1);
+    }
+    CHECK_NEAR(d[i], total / kOd, 1e-4 * total / kOd + 1e-9);
+    CHECK(d[i] > 0.0f);
+  }
+  // neutral features (threshold never reached, penalty 0) store what the plain rollout stores
+  ReplayPool plain(20000, kOd, kAd), neutral(20000, kOd, kAd), pen(20000, kOd, kAd), stop(20000, kOd, kAd);
+  const auto s0 = branched_rollout(av, m.view, TerminationId::kHopper, real, plain, 500, 4, 21);
+  RolloutUncertainty u;
+  u.max_disagreement = 1e30;
+  const auto s1 = branched_rollout(av, m.view, TerminationId::kHopper, real, neutral, 500, 4, 21, false, 0, u);
+  CHECK(s0.rows_added == s1.rows_added && s0.num_terminated == s1.num_terminated && s1.num_stopped == 0);
+  CHECK(std::isnan(s0.mean_uncertainty) && s1.mean_uncertainty > 0.0 && s1.disagreement_threshold == 1e30);
+  const Contents c0(plain), c1(neutral);
+  CHECK(c0.term == c1.term);
+  for (size_t i = 0; i < c0.next.size(); ++i) CHECK_NEAR(c0.next[i], c1.next[i], 1e-5);
+  // penalty: stored reward = plain reward - 1.5 sqrt(d)
+  RolloutUncertainty up;
+  up.uncertainty_penalty = 1.5;
+  const auto s2 = branched_rollout(av, m.view, TerminationId::kHopper, real, pen, 500, 4, 21, false, 0, up);
+  CHECK(s2.rows_added == s0.rows_added);
+  const Contents c2(pen);
+  std::vector<float> dn(s2.rows_added), scratch_n(s2.rows_added * kOd), scratch_r(s2.rows_added);
+  ensemble_step_uncertainty(m.view, c2.obs.data(), c2.act.data(), s2.rows_added, 1, false, scratch_n.data(),
+                            scratch_r.data(), dn.data());
+  double pen_sum = 0.0;
+  for (int64_t i = 0; i < s2.rows_added; ++i) {
+    CHECK_NEAR(c2.rew[i], c0.rew[i] - 1.5f * std::sqrt(dn[i]), 1e-4);
+    pen_sum += 1.5 * std::sqrt(static_cast<double>(dn[i]));
+  }
+  CHECK_NEAR(s2.mean_penalty, pen_sum / s2.rows_added, 1e-4 * s2.mean_penalty);
+  // quantile stop: every stored row has d <= threshold; some rows stopped
+  RolloutUncertainty uq;
+  uq.quantile = 0.8;
+  const auto s3 = branched_rollout(av, m.view, TerminationId::kHopper, real, stop, 500, 4, 21, false, 0, uq);
+  CHECK(s3.num_stopped > 0 && s3.rows_added < s0.rows_added && std::isfinite(s3.disagreement_threshold));
+  CHECK_NEAR(s3.frac_stopped, s3.num_stopped / 500.0, 1e-12);
+  const Contents c3(stop);
+  std::vector<float> d3(s3.rows_added), n3(s3.rows_added * kOd), r3(s3.rows_added);
+  ensemble_step_uncertainty(m.view, c3.obs.data(), c3.act.data(), s3.rows_added, 1, false, n3.data(), r3.data(),
+                            d3.data());
+  for (float x : d3) CHECK(x <= s3.disagreement_threshold * (1 + 1e-5));
+  // validation: nothing appended
+  ReplayPool untouched(100, kOd, kAd);
+  RolloutUncertainty bad;
+  bad.uncertainty_penalty = -1.0;
+  CHECK_THROWS(branched_rollout(av, m.view, TerminationId::kNever, real, untouched, 5, 2, 0, false, 0, bad));
+  bad = RolloutUncertainty{};
+  bad.quantile = 2.0;
+  CHECK_THROWS(branched_rollout(av, m.view, TerminationId::kNever, real, untouched, 5, 2, 0, false, 0, bad));
+  EnsembleView one = m.view;
+  one.num_elites = 1;
+  CHECK_THROWS(branched_rollout(av, one, TerminationId::kNever, real, untouched, 5, 2, 0, false, 0, up));
+  CHECK(untouched.size() == 0);
+  const float vals[5] = {3.f, NAN, 1.f, 2.f, 4.f};
+  CHECK_NEAR(finite_quantile(vals, 5, 0.5), 2.5, 1e-12);
+  CHECK(std::isinf(finite_quantile(vals + 1, 1, 0.3)));
+}
+
 MBPO_TEST_MAIN

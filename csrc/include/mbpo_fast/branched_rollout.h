@@ -72,6 +72,12 @@ class BranchedRollout {
   RolloutStats run(const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts, int64_t horizon,
                    uint64_t seed) const;
 
+  // The uncertainty-aware extensions (rollout.h step 4: stop where the elites disagree,
+  // reward penalty); off by default. Throws InvalidArgument for an invalid setting or a model
+  // with fewer than 2 elites when it turns them on; changes nothing then.
+  void set_uncertainty(const RolloutUncertainty& uncertainty);
+  const RolloutUncertainty& uncertainty() const noexcept { return uncertainty_; }
+
   const Ensemble& model() const noexcept { return *model_; }
   const Actor& actor() const noexcept { return *actor_; }
   // True for a custom callback; then termination_id() is meaningless (kNever).
@@ -87,6 +93,7 @@ class BranchedRollout {
   TerminationId termination_ = TerminationId::kNever;
   TerminationCallback callback_;  // empty: built-in termination_
   int64_t disagreement_rows_;
+  RolloutUncertainty uncertainty_;
 };
 
 }  // namespace mbpo_fast

@@ -86,6 +86,22 @@ void ensemble_predict(const EnsembleView& view, const float* obs, const float* a
 void ensemble_disagreement(const EnsembleView& view, const float* obs, const float* act,
                            int64_t batch, const int64_t* members, int64_t n_members, float* out);
 
+// The rollout step with the ensemble's uncertainty (issue 16), computed WITHOUT running any
+// member twice: every elite runs once on every row; the chosen member's output of that same
+// pass gives the sampled transition, bit-for-bit the rule of ensemble_step (members == null:
+// member elites[random_index(seed, kStreamMemberChoice, i, K)], noise random_normal(seed,
+// kStreamModelNoise, i * (obs_dim + 1) + j)), and all the elites' means give
+//   disagreement_out[i] = d(s_i, a_i) = (1 / obs_dim) * sum_{j < obs_dim} var_k(mu_kj)
+// the UNBIASED variance (divisor K - 1, as torch.var) across the K elites of the predicted mean
+// next state (= of the mean Δobs), averaged over the observation dimensions only (not the
+// reward). Reduced in double, stored as float. Needs K = num_elites >= 2 (InvalidArgument
+// otherwise). Costs K member forwards per row instead of one.
+//   obs [batch, obs_dim], act [batch, act_dim] -> next_obs_out [batch, obs_dim],
+//   reward_out [batch], disagreement_out [batch].
+void ensemble_step_uncertainty(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
+                               uint64_t seed, bool deterministic, float* next_obs_out, float* reward_out,
+                               float* disagreement_out);
+
 // Packs float32 weights [E, in, out] into the bf16 layout of EnsembleView::weights_bf16,
 // [E, P, C, 2] with P = ceil(ceil(in / 2) / 16) * 16 and C = ceil(out / 16) * 16:
 // packed[e, p, j, t] = bf16(w[e, 2p + t, j]) (round to nearest even), 0 in the padding.

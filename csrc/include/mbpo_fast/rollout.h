@@ -31,12 +31,29 @@
 //      (kDisagreementAutoRows, the default of the BranchedRollout classes: ~1 % of the
 //      rollout's arithmetic). It costs one forward of every elite per measured row.
 //
+//   4. Uncertainty (issue 16; RolloutUncertainty, off by default: then steps 1-3 run exactly as
+//      written, same code path and cost). When a stop threshold or a penalty is set, step 2b
+//      becomes ensemble_step_uncertainty (every elite once per alive row: the same sampled
+//      transition, plus d(s, a) = mean over the obs dims of the unbiased variance across the
+//      elites of their predicted mean next state), and after 2b:
+//        - quantile form: at t = 0 the threshold becomes the q-quantile (linear interpolation,
+//          numpy's default) of d over the rows of step 0 (the start states and their actions)
+//          whose d is finite (no finite d: +inf, nothing stops);
+//        - penalty: rew -= uncertainty_penalty * sqrt(d) (float32), when the penalty != 0;
+//        - in 2d a row whose d is non-finite is dropped (counted in nonfinite) as well;
+//        - after 2d, a row with d > threshold stops: it is NOT stored (check, then store),
+//          counted in num_stopped, and its rollout ends (2e/2f see only the other rows).
+//      Stats: num_stopped / frac_stopped (per start row), mean_uncertainty (mean d over the
+//      stored rows), mean_penalty (mean of uncertainty_penalty * sqrt(d) over the stored
+//      rows) and disagreement_threshold (the threshold used; NaN when the stop is off).
+//
 // Results do not depend on the thread count (discrete choices never; values only to float
 // rounding through the kernel choice AVX-512 / portable).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble.h"
@@ -56,7 +73,35 @@ struct RolloutStats {
   double mean_disagreement = 0.0;  // NaN when not computed or when nothing was measured
   int64_t disagreement_rows = 0;   // transitions mean_disagreement was measured on
   double seconds = 0.0;            // wall time of the call
+  // Uncertainty (step 4; zeros / NaN when RolloutUncertainty is off).
+  int64_t num_stopped = 0;               // start rows whose rollout the stop rule ended
+  double frac_stopped = 0.0;             // num_stopped / num_starts
+  double mean_uncertainty = std::numeric_limits<double>::quiet_NaN();  // mean d over the stored rows
+                                                                        // (NaN: off or none stored)
+  double mean_penalty = 0.0;             // mean uncertainty_penalty * sqrt(d) over the stored rows
+  double disagreement_threshold = std::numeric_limits<double>::quiet_NaN();  // stop threshold used (NaN: off)
 };
+
+// The uncertainty-aware extensions of a rollout (step 4 above). Default: off.
+struct RolloutUncertainty {
+  // Stop threshold on d: a row with d > max_disagreement stops unstored. +inf or NaN: no stop.
+  double max_disagreement = std::numeric_limits<double>::infinity();
+  // In [0, 1]: the threshold is this quantile of d over step 0's rows instead (overrides
+  // max_disagreement). Negative: not used.
+  double quantile = -1.0;
+  // >= 0: the stored reward is r - uncertainty_penalty * sqrt(d).
+  double uncertainty_penalty = 0.0;
+
+  bool stops() const { return quantile >= 0.0 || max_disagreement < std::numeric_limits<double>::infinity(); }
+  bool enabled() const { return stops() || uncertainty_penalty != 0.0; }
+  // Throws InvalidArgument naming the field: a negative or non-finite penalty, a quantile
+  // outside [0, 1] (other than negative = unused), a negative threshold.
+  void validate() const;
+};
+
+// The q-quantile (0 <= q <= 1) of the finite values of x[0..n) with linear interpolation
+// (numpy.quantile's default), computed in double; +inf when none is finite.
+double finite_quantile(const float* x, int64_t n, double q);
 
 // disagreement_rows rules besides a count >= 0.
 constexpr int64_t kDisagreementAllRows = -1;   // every stored row
@@ -80,13 +125,13 @@ uint64_t rollout_step_seed(uint64_t seed, int64_t step);
 // Runs the rollout with a built-in termination function (see the header comment). Requires:
 // actor and model views valid with matching obs/act dims; the model has elites; both pools
 // have those dims; real.size() >= 1 when num_starts >= 1; num_starts >= 0; 0 <= horizon <
-// 2^32 - 1; `termination` accepts obs_dim. Throws InvalidArgument before changing anything.
+// 2^32 - 1; `termination` accepts obs_dim; `uncertainty` valid (and >= 2 elites when on). Throws InvalidArgument before changing anything.
 // The transitions of each step are appended directly to the model pool.
 // `real` and `model_pool` may be the same pool.
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
                               const ReplayPool& real, ReplayPool& model_pool, int64_t num_starts,
                               int64_t horizon, uint64_t seed, bool compute_disagreement = false,
-                              int64_t disagreement_rows = -1);
+                              int64_t disagreement_rows = -1, const RolloutUncertainty& uncertainty = {});
 
 // Same with a custom termination callback (called once per step with the alive rows).
 // All transitions are staged and appended once at the end, so an exception from the
@@ -94,6 +139,7 @@ RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
 RolloutStats branched_rollout(const ActorView& actor, const EnsembleView& model,
                               const TerminationCallback& termination, const ReplayPool& real,
                               ReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
-                              bool compute_disagreement = false, int64_t disagreement_rows = -1);
+                              bool compute_disagreement = false, int64_t disagreement_rows = -1,
+                              const RolloutUncertainty& uncertainty = {});
 
 }  // namespace mbpo_fast
