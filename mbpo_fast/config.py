@@ -48,6 +48,17 @@ class MBPOConfig:
     autocast_bf16: bool = False
     """bf16 matmul inputs (float32 weights, Adam and accumulation) in SAC updates and model fits."""
 
+    # ---------------------------------------------------------------- model rollouts: extensions
+    termination: str = "builtin"
+    """termination of model rollouts: "builtin" (the env's termination function) or "learned"
+    (a TerminationModel fitted on the real pool with every ensemble training; it runs natively
+    inside the rollout)."""
+    max_disagreement: float | str | None = None
+    """stop a model-rollout row whose ensemble disagreement d(s, a) exceeds this (a float, or
+    "q0.9": that quantile of d over each rollout's start states), before storing it; None: off."""
+    uncertainty_penalty: float = 0.0
+    """model-rollout rewards are stored as r - uncertainty_penalty * sqrt(d(s, a)); 0: off."""
+
     # ---------------------------------------------------------------- schedule
     epoch_length: int = 200
     """env steps per epoch; the rollout schedule is indexed by :meth:`epoch_at` (epochs count
@@ -192,6 +203,16 @@ class MBPOConfig:
             raise bad("autocast_bf16", "must be true or false")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
             raise bad("target_entropy", "must be None or finite")
+        if self.termination not in ("builtin", "learned"):
+            raise bad("termination", "must be 'builtin' or 'learned'")
+        if not (math.isfinite(self.uncertainty_penalty) and self.uncertainty_penalty >= 0):
+            raise bad("uncertainty_penalty", "must be a finite float >= 0")
+        from .rollout import parse_max_disagreement
+
+        try:
+            parse_max_disagreement(self.max_disagreement)
+        except ValueError as exc:
+            raise bad("max_disagreement", str(exc).split(": ", 1)[-1].split(", got")[0]) from None
 
     # ================================================================ (de)serialization
     def to_dict(self) -> dict[str, Any]:

@@ -55,7 +55,8 @@ PROGRESS_COLUMNS: tuple[str, ...] = (
     "rollout_mean_length", "rollout_nonfinite", "rollout_frac_terminated",
     "model_disagreement", "critic_loss", "actor_loss", "alpha", "entropy", "mean_q",
     "seconds_env", "seconds_model", "seconds_rollout", "seconds_sac", "seconds_eval",
-    "wall_seconds",
+    "wall_seconds", "rollout_frac_stopped", "rollout_mean_penalty",
+    "termination_balanced_accuracy",
 )
 _PHASES = ("env", "model", "rollout", "sac", "eval")
 _STATE_FORMAT = "mbpo_fast.mbpo_checkpoint/1"
@@ -70,6 +71,7 @@ def _derive_seed(seed: int, *keys: int) -> int:
 
 
 _STREAM_ENV, _STREAM_EVAL, _STREAM_MODEL_POOL, _STREAM_ROLLOUT, _STREAM_MODEL = 1, 2, 3, 4, 5
+_STREAM_TERMINATION = 6
 
 
 def _make_env(config: MBPOConfig) -> Any:
@@ -148,9 +150,22 @@ class MBPO:
                          lr=config.sac_lr, gamma=config.gamma, tau=config.tau,
                          target_entropy=config.target_entropy, device=config.device, seed=seed,
                          trainer=config.trainer, autocast_bf16=config.autocast_bf16)
-        self.termination = termination if termination is not None else termination_fn(
-            config.env_id)
-        self.rollout = BranchedRollout(self.model, self.agent, self.termination)
+        self.termination_model = None  # config.termination == "learned"
+        if config.termination == "learned":
+            from .termination_model import TerminationModel
+
+            if termination is not None:
+                raise ValueError("termination: config.termination='learned' learns the "
+                                 "termination function; pass termination= only with 'builtin'")
+            self.termination_model = TerminationModel(
+                self.obs_dim, self.act_dim, seed=_derive_seed(seed, _STREAM_TERMINATION) % 2**62)
+            self.termination = self.termination_model
+        else:
+            self.termination = termination if termination is not None else termination_fn(
+                config.env_id)
+        self.rollout = BranchedRollout(self.model, self.agent, self.termination,
+                                       max_disagreement=config.max_disagreement,
+                                       uncertainty_penalty=config.uncertainty_penalty)
 
         # counters and the latest statistics (all saved in checkpoints)
         self.env_steps = 0
@@ -255,6 +270,11 @@ class MBPO:
         elites = list(fit.get("elites", self.model.elites))
         self.last_model = {"model_holdout_mse": float(mse[elites].mean()) if mse.size else
                            float("nan"), "model_epochs": float(fit.get("epochs", float("nan")))}
+        if self.termination_model is not None:  # learned with the model, on the same rows
+            tfit = self.termination_model.fit(data.obs, data.act, data.next_obs, data.terminated,
+                                              holdout_ratio=cfg.holdout_ratio)
+            self.last_model["termination_balanced_accuracy"] = float(
+                tfit["holdout_balanced_accuracy"])
         self.num_model_trainings += 1
         t1 = time.perf_counter()
         self.seconds["model"] += t1 - t0
@@ -298,7 +318,9 @@ class MBPO:
             "rollout_length": self.rollout_length, "model_pool_size": len(self.model_pool),
             "rollout_mean_length": r.mean_length, "rollout_nonfinite": r.nonfinite,
             "rollout_frac_terminated": r.frac_terminated,
-            "model_disagreement": r.mean_disagreement, **sac,
+            "model_disagreement": r.mean_disagreement,
+            "rollout_frac_stopped": r.frac_stopped, "rollout_mean_penalty": r.mean_penalty,
+            **sac,
             **{f"seconds_{p}": self.seconds[p] for p in _PHASES},
             "wall_seconds": self.wall_seconds,
         }
@@ -429,6 +451,8 @@ class MBPO:
             "torch_rng": torch.get_rng_state(),
         }
         _torch_save(d / "state.pt", state)
+        if self.termination_model is not None:
+            self.termination_model.save(d / "termination_model.safetensors")
         atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
 
     @classmethod
@@ -484,6 +508,11 @@ class MBPO:
             real_pool.resize(self.config.total_steps)
         self.real_pool, self.model_pool = real_pool, model_pool
         self.collector.pool = real_pool
+        if self.termination_model is not None:
+            from .termination_model import TerminationModel
+
+            loaded = TerminationModel.load(d / "termination_model.safetensors")
+            self.termination_model.__dict__.update(loaded.__dict__)  # the rollout holds it
 
         self.env_steps = self._resumed_at = int(state["env_steps"])
         self.episodes = int(state["episodes"])
@@ -512,7 +541,7 @@ class MBPO:
 # Config fields that shape the saved state (network sizes, spaces, seeds): a resume keeps them.
 _STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_size",
                          "sac_num_layers", "ensemble_size", "num_elites", "model_hidden_size",
-                         "model_num_layers")
+                         "model_num_layers", "termination")
 
 def latest_checkpoint(logdir: str | os.PathLike) -> Path:
     """The newest complete checkpoint directory of a run (``latest`` pointer, else the

@@ -335,3 +335,46 @@ def test_no_random_phase(tmp_path, one_torch_thread):
     algo.close()
     assert algo.num_model_trainings == 2  # at steps 50 and 100
     assert algo.agent.num_updates == 120 * cfg.num_sac_updates
+
+
+def test_uncertainty_extensions_in_the_loop(tmp_path, one_torch_thread):
+    """config.termination='learned', max_disagreement and uncertainty_penalty reach the
+    rollouts (stopped rows, penalized rewards, the termination model's accuracy in
+    progress.csv) and resume exactly (the termination model is checkpointed)."""
+    ext = dict(total_steps=400, checkpoint_freq=200, termination="learned",
+               max_disagreement="q0.5", uncertainty_penalty=0.5)
+    full = MBPO(_tiny_config(**ext), logdir=tmp_path / "full", quiet=True)
+    full.train()
+    full.close()
+    rows = _read_progress(tmp_path / "full")
+    late = [r for r in rows if int(r["env_steps"]) > 100]  # after the first rollouts
+    assert late and all(float(r["rollout_frac_stopped"]) > 0 for r in late)
+    assert all(float(r["rollout_mean_penalty"]) > 0 for r in late)
+    assert all(0.0 <= float(r["termination_balanced_accuracy"]) <= 1.0 for r in late)
+    assert (latest_checkpoint(tmp_path / "full") / "termination_model.safetensors").is_file()
+
+    half = MBPO(_tiny_config(**ext), logdir=tmp_path / "half", quiet=True)
+    half.config.total_steps = 200
+    half.train()
+    half.close()
+    resumed = MBPO.resume(tmp_path / "half", quiet=True, total_steps=400)
+    resumed.train()
+    resumed.close()
+    for t_full, t_res in zip(full.termination_model.weights, resumed.termination_model.weights,
+                             strict=True):
+        torch.testing.assert_close(t_res, t_full, rtol=0, atol=0)
+    assert [r["eval_return_mean"] for r in resumed.progress] == \
+        [r["eval_return_mean"] for r in full.progress]
+    # the learned termination shapes the saved state: a resume cannot switch it off
+    with pytest.raises(ValueError, match="termination"):
+        MBPO.resume(tmp_path / "half", quiet=True, overrides=["termination=builtin"])
+
+
+def test_uncertainty_config_validation():
+    for field, value in (("termination", "sometimes"), ("uncertainty_penalty", -1.0),
+                         ("max_disagreement", "q2"), ("max_disagreement", -0.5)):
+        with pytest.raises(ValueError, match=f"MBPOConfig.{field}"):
+            _tiny_config(**{field: value})
+    cfg = MBPOConfig().with_overrides(["max_disagreement=q0.9", "uncertainty_penalty=1"])
+    assert cfg.max_disagreement == "q0.9" and cfg.uncertainty_penalty == 1.0
+    assert MBPOConfig.from_json(cfg.to_json()).max_disagreement == "q0.9"
