@@ -18,7 +18,9 @@ from .collect import EnvCollector, EpisodeStats, StepInfo
 from .config import MBPOConfig
 from .ensemble import EnsembleDynamics
 from .mbpo import MBPO
+from .mpc import MPC
 from .pool import ReplayPool, sample_mixed
+from .reward import reward_fn
 from .rollout import BranchedRollout, RolloutStats
 from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
@@ -120,4 +122,7 @@ __all__ = [
     "sample_mixed",
     "set_num_threads",
     "termination_fn",
+    # planning (docs/planning.md)
+    "MPC",
+    "reward_fn",
 ]
