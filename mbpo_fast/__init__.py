@@ -19,6 +19,7 @@ from .config import MBPOConfig
 from .ensemble import EnsembleDynamics
 from .mbpo import MBPO
 from .mpc import MPC
+from .pets import PETS, PETSConfig
 from .pool import ReplayPool, sample_mixed
 from .reward import reward_fn
 from .rollout import BranchedRollout, RolloutStats
@@ -124,5 +125,7 @@ __all__ = [
     "termination_fn",
     # planning (docs/planning.md)
     "MPC",
+    "PETS",
+    "PETSConfig",
     "reward_fn",
 ]
