@@ -160,8 +160,14 @@ def main() -> str:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (PETS settings)")
     ap.add_argument("--budget-rounds", type=int, default=5)
     ap.add_argument("--budget-reps", type=int, default=40, help="plans per round (budget)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and native threads (default: what a user gets)")
+    ap.add_argument("--skip-budget", action="store_true", help="only the PETS-settings rows")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        mf.set_num_threads(args.threads)
     exe = args.exe or find_exe()
     rng = np.random.default_rng(0)
     model = hopper_model()
@@ -172,25 +178,36 @@ def main() -> str:
     mpc = mf.MPC(model, low, high, reward_fn="Hopper-v5", termination="Hopper-v5", **PETS)
     ref = TorchCEM(model, low, high, PETS["horizon"], PETS["population"], PETS["elites"],
                    PETS["iterations"], PETS["alpha"], PETS["particles"])
-    mpc.plan(observation(rng))  # warm-up (thread pool, scratch buffers)
-    ref.plan(observation(rng))
-    native_s, torch_s = [], []
+    # the opt-in bf16 weights (model.use_bf16), same weights and planner otherwise
+    model_bf16 = hopper_model()
+    model_bf16.use_bf16(True)
+    mpc_bf16 = mf.MPC(model_bf16, low, high, reward_fn="Hopper-v5", termination="Hopper-v5",
+                      **PETS)
+    for fn in (mpc.plan, mpc_bf16.plan, ref.plan):  # warm-up (thread pool, scratch buffers)
+        fn(observation(rng))
+    native_s, bf16_s, torch_s = [], [], []
     for _ in range(args.rounds):
         native_s.append(time_call(mpc.plan, observation(rng)))
+        bf16_s.append(time_call(mpc_bf16.plan, observation(rng)))
         torch_s.append(time_call(ref.plan, observation(rng)))
     ratios = [t / n for n, t in zip(native_s, torch_s, strict=True)]
+    ratios_bf16 = [t / n for n, t in zip(bf16_s, torch_s, strict=True)]
     rows_per_plan = PETS["population"] * PETS["particles"] * PETS["horizon"] * PETS["iterations"]
     gflop = rows_per_plan * FLOP_PER_ROW / 1e9
 
     # 2. real-time budget: Python vs C++
+    py_ms, cpp_ms = [float("nan")], [float("nan")]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.skip_budget:
+            args.budget_rounds = 0
         path = Path(tmp) / "hopper.safetensors"
         model.save(path)
         small = mf.MPC(model, low, high, reward_fn="Hopper-v5", termination="Hopper-v5",
                        **BUDGET)
-        for _ in range(10):
+        for _ in range(10 if args.budget_rounds else 0):
             small.plan(observation(rng))
-        py_ms, cpp_ms = [], []
+        if args.budget_rounds:
+            py_ms, cpp_ms = [], []
         for _ in range(args.budget_rounds):
             out = subprocess.run(
                 [str(exe), str(path), "Hopper-v5", "--optimizer", "random", "--population",
@@ -220,6 +237,9 @@ def main() -> str:
         f"({gflop:.0f} GFLOP/plan) | {med(native_s):.2f} s ({gflop / med(native_s):.0f} "
         f"GFLOP/s) | torch {med(torch_s):.2f} s ({gflop / med(torch_s):.0f} GFLOP/s) | "
         f"**{med(ratios):.2f}x** (rounds: {', '.join(f'{r:.2f}' for r in ratios)}) |",
+        f"| PETS, opt-in bf16 weights (`model.use_bf16(True)`) | same | {med(bf16_s):.2f} s | "
+        f"torch float32 (above) | {med(ratios_bf16):.2f}x (rounds: "
+        f"{', '.join(f'{r:.2f}' for r in ratios_bf16)}) |",
         f"| real-time budget (random shooting) | pop 200, H 15, 1 particle "
         f"({budget_gflop:.2f} GFLOP/plan) | C++ Planner::plan {med(cpp_ms):.2f} ms | Python "
         f"MPC.plan {med(py_ms):.2f} ms | Python / C++ = {med(py_ms) / med(cpp_ms):.2f} |",
