@@ -22,7 +22,10 @@ from .collect import EnvCollector, EpisodeStats, StepInfo
 from .config import MBPOConfig
 from .ensemble import EnsembleDynamics
 from .mbpo import MBPO
+from .mpc import MPC
+from .pets import PETS, PETSConfig
 from .pool import ReplayPool, sample_mixed
+from .reward import reward_fn
 from .rollout import BranchedRollout, RolloutStats
 from .sac import SAC
 from .termination import KNOWN_ENV_IDS, termination_fn
@@ -128,4 +131,9 @@ __all__ = [
     "sample_mixed",
     "set_num_threads",
     "termination_fn",
+    # planning (docs/planning.md)
+    "MPC",
+    "PETS",
+    "PETSConfig",
+    "reward_fn",
 ]

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--window", action="append", default=[], metavar="LO:HI",
                    help="also average each seed's evaluations with LO <= env steps <= HI "
                    "(e.g. 115000:125000); repeatable")
+    from .pets_cli import add_pets_parser
+
+    add_pets_parser(sub, _threads_arg)
     return p
 
 
@@ -108,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         torch.set_num_threads(args.threads)
         mbpo_fast.set_num_threads(args.threads)
+    from .pets_cli import run_pets
+
     try:
         return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench,
-                "compare": _compare}[args.command](args)
+                "compare": _compare, "pets": run_pets}[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mbpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -402,27 +402,8 @@ class MBPO:
         position, RNG), ``state.pt`` (step counters, python/numpy/torch RNG states, env and
         action-space RNG states, progress rows, latest stats), ``config.json``.
         """
-        root = self.logdir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"ckpt-{self.env_steps}"
-        final = root / name
-        if final.exists():
-            if _read_latest(root) == name:
-                return final  # this exact state is already saved
-            shutil.rmtree(final)  # a stale directory from a crash before `latest` moved
-        tmp = root / f"{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        self._write_checkpoint_files(tmp)
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        atomic_write(root / "latest", lambda f: f.write(name.encode()))
-        for old in root.iterdir():
-            if old.name != name and old.name.startswith("ckpt-"):
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        return commit_checkpoint(self.logdir / "checkpoints", f"ckpt-{self.env_steps}",
+                                 self._write_checkpoint_files)
 
     def _write_checkpoint_files(self, d: Path) -> None:
         self.agent.save(d / "agent.pt")
@@ -542,6 +523,31 @@ class MBPO:
 _STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_size",
                          "sac_num_layers", "ensemble_size", "num_elites", "model_hidden_size",
                          "model_num_layers", "termination")
+
+def commit_checkpoint(root: Path, name: str, write_files: Callable[[Path], None]) -> Path:
+    """Writes checkpoint `name` under `root` with ``write_files(tmp_dir)`` and the protocol of
+    :meth:`MBPO.save_checkpoint` (tmp dir, fsync, rename, atomic ``latest``, then delete the
+    older ``ckpt-*``); returns the final directory. Shared with the PETS loop."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    if final.exists():
+        if _read_latest(root) == name:
+            return final  # this exact state is already saved
+        shutil.rmtree(final)  # a stale directory from a crash before `latest` moved
+    tmp = root / f"{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write_files(tmp)
+    _fsync_dir(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write(root / "latest", lambda f: f.write(name.encode()))
+    for old in root.iterdir():
+        if old.name != name and old.name.startswith("ckpt-"):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
 
 def latest_checkpoint(logdir: str | os.PathLike) -> Path:
     """The newest complete checkpoint directory of a run (``latest`` pointer, else the

@@ -84,3 +84,14 @@ def test_trainer_api():
     assert callable(mf.MBPO) and callable(mf.BranchedRollout)
     assert _params(mf.BranchedRollout.run)[:5] == ["real_pool", "model_pool", "num_starts",
                                                      "horizon", "seed"]
+
+
+def test_planning_api():
+    sig = inspect.signature(mf.MPC)
+    want = dict(reward_fn=None, termination=None, horizon=30, optimizer="cem", population=500,
+                elites=50, iterations=5, alpha=0.1, particles=20, propagation="ts_inf", seed=0)
+    assert list(sig.parameters)[:3] == ["model", "action_low", "action_high"]
+    for name, default in want.items():
+        assert sig.parameters[name].default == default, name
+    assert callable(mf.MPC.plan) and callable(mf.MPC.reset)
+    assert callable(mf.PETS) and callable(mf.PETSConfig)

@@ -32,6 +32,7 @@
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
 #include "mbpo_fast/termination_model.h"
+#include "python_bridge.h"
 
 namespace py = pybind11;
 using namespace mbpo_fast;
@@ -40,6 +41,7 @@ using namespace mbpo_fast;
 void bind_train_ops(py::module_& m);
 void bind_sac_learner(py::module_& m);
 void bind_ensemble_trainer(py::module_& m);
+void bind_planner(py::module_& m);
 
 namespace {
 
@@ -1843,6 +1845,31 @@ void bind_cuda(py::module_& m) {
 
 }  // namespace
 
+// ------------------------------------------------------------------ shared with bind_*.cpp
+
+namespace mbpo_fast_python {
+
+BorrowedEnsemble borrow_ensemble(py::handle input_mean, py::handle input_std, const py::sequence& weights,
+                                 const py::sequence& biases, py::handle max_logvar, py::handle min_logvar,
+                                 py::handle elites, py::handle weights_bf16) {
+  EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
+  attach_bf16(args, weights_bf16);
+  BorrowedEnsemble out;
+  for (auto& a : args.keep) out.keep.push_back(a);
+  for (auto& a : args.keep_any) out.keep.push_back(a);
+  if (args.elites) out.keep.push_back(args.elites);
+  out.view = args.view;
+  return out;
+}
+
+uint64_t seed_from_python(py::handle seed) { return seed_arg(seed); }
+
+TerminationCallback termination_from_python(py::function fn, int64_t obs_dim, int64_t act_dim) {
+  return python_termination(std::move(fn), obs_dim, act_dim);
+}
+
+}  // namespace mbpo_fast_python
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mbpo_fast native kernels (C++ core, optional CUDA)";
   py::register_exception<FormatError>(m, "FormatError", PyExc_ValueError);
@@ -1864,4 +1891,5 @@ PYBIND11_MODULE(_C, m) {
   bind_train_ops(m);
   bind_sac_learner(m);
   bind_ensemble_trainer(m);
+  bind_planner(m);
 }

@@ -60,7 +60,18 @@ def cuda_device_count() -> int:
 
 
 # ---- replay pool (mbpo_fast/_numba/pool.py); imported last: it uses FormatError above
-# ---- native SAC actor and branched rollout (actor.py, rollout.py); rollout uses the pool
+# ---- native SAC actor and branched rollout (actor.py, rollout.py); rollout uses the pool;
+# ---- MPC planner and built-in rewards (planner.py) use the rollout's step seeds
 from .actor import Actor, actor_act  # noqa: E402, F401
+from .planner import (  # noqa: E402, F401
+    STREAM_PLAN_ACTION,
+    STREAM_PLAN_SEED,
+    derive_seed,
+    mpc_evaluate,
+    mpc_plan,
+    reward,
+    reward_env_ids,
+    reward_id,
+)
 from .pool import ReplayPool, sample_mixed  # noqa: E402, F401
 from .rollout import branched_rollout, rollout_step_seed  # noqa: E402, F401

@@ -116,6 +116,8 @@ constexpr uint64_t kStreamMemberChoice = 2ull << 32;   // ensemble member per ro
 constexpr uint64_t kStreamModelNoise = 3ull << 32;     // Gaussian noise of model.step
 constexpr uint64_t kStreamPolicyNoise = 4ull << 32;    // SAC actor noise in rollouts
 constexpr uint64_t kStreamRolloutStart = 5ull << 32;   // rollout start states
+constexpr uint64_t kStreamPlanSeed = 6ull << 32;       // MPC planner: per-call / per-iteration seeds
+constexpr uint64_t kStreamPlanAction = 7ull << 32;     // MPC planner: candidate action sequences
 
 // CPU fills (csrc/cpu/rng.cpp), threaded over elements; out[i] is element offset + i.
 void philox_fill_u32(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, uint32_t* out);

@@ -1,0 +1,116 @@
+// bench_plan: latency of mbpo_fast::Planner::plan called directly from C++ (no Python), for a
+// model file written by EnsembleDynamics.save, with the built-in reward and termination of
+// an env id.
+//
+//   bench_plan MODEL ENV_ID [--optimizer cem|random] [--population N] [--elites N]
+//              [--iterations N] [--horizon N] [--particles N] [--propagation ts_inf|ts_1]
+//              [--reps N] [--warmup N]
+//
+// `warmup` untimed plans, then `reps` plans each timed alone (steady_clock); every call is a
+// new plan (the call counter moves, the warm start shifts), from fixed random observations.
+// Prints one JSON object: {"reps": N, "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
+// "min_ms": ...}. benchmarks/bench_planner.py runs this beside MPC.plan from Python.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mbpo_fast/planner.h"
+
+namespace {
+
+double percentile(std::vector<double> v, double q) {
+  const size_t k = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
+  return v[k];
+}
+
+int64_t positive(const std::string& name, const std::string& value) {
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || v < 1)
+    throw std::invalid_argument(name + ": expected an integer >= 1, got '" + value + "'");
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 3) throw std::invalid_argument("expected a MODEL path and an ENV_ID");
+    mbpo_fast::PlannerConfig cfg;
+    int64_t reps = 50, warmup = 5;
+    for (int i = 3; i < argc; i += 2) {
+      const std::string arg = argv[i];
+      if (i + 1 >= argc) throw std::invalid_argument(arg + ": expected a value after it");
+      const std::string value = argv[i + 1];
+      if (arg == "--optimizer") {
+        if (value != "cem" && value != "random") throw std::invalid_argument("--optimizer: cem or random");
+        cfg.optimizer = value == "cem" ? mbpo_fast::PlanOptimizer::kCem : mbpo_fast::PlanOptimizer::kRandom;
+      } else if (arg == "--propagation") {
+        if (value != "ts_inf" && value != "ts_1") throw std::invalid_argument("--propagation: ts_inf or ts_1");
+        cfg.propagation = value == "ts_inf" ? mbpo_fast::Propagation::kTsInf : mbpo_fast::Propagation::kTs1;
+      } else if (arg == "--population") {
+        cfg.population = positive(arg, value);
+      } else if (arg == "--elites") {
+        cfg.elites = positive(arg, value);
+      } else if (arg == "--iterations") {
+        cfg.iterations = positive(arg, value);
+      } else if (arg == "--horizon") {
+        cfg.horizon = positive(arg, value);
+      } else if (arg == "--particles") {
+        cfg.particles = positive(arg, value);
+      } else if (arg == "--reps") {
+        reps = positive(arg, value);
+      } else if (arg == "--warmup") {
+        warmup = positive(arg, value);
+      } else {
+        throw std::invalid_argument("unknown option " + arg);
+      }
+    }
+    auto model = std::make_shared<const mbpo_fast::Ensemble>(mbpo_fast::Ensemble::load(argv[1]));
+    cfg.action_low.assign(static_cast<size_t>(model->act_dim()), -1.0f);
+    cfg.action_high.assign(static_cast<size_t>(model->act_dim()), 1.0f);
+    mbpo_fast::Planner planner(model, cfg, argv[2], /*seed=*/1);
+    std::mt19937 gen(1);
+    std::normal_distribution<float> normal(0.0f, 0.1f);
+    std::vector<float> obs(static_cast<size_t>(model->obs_dim())), action(static_cast<size_t>(model->act_dim()));
+    auto draw = [&] {
+      for (auto& x : obs) x = normal(gen);
+      obs[0] += 1.25f;  // a healthy Hopper height (for Hopper's termination)
+    };
+    for (int64_t r = 0; r < warmup; ++r) {
+      draw();
+      planner.plan(obs.data(), action.data());
+    }
+    std::vector<double> ms(static_cast<size_t>(reps));
+    for (int64_t r = 0; r < reps; ++r) {
+      draw();
+      const auto t0 = std::chrono::steady_clock::now();
+      planner.plan(obs.data(), action.data());
+      const auto t1 = std::chrono::steady_clock::now();
+      ms[static_cast<size_t>(r)] = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    }
+    std::printf("{\"reps\": %lld, \"median_ms\": %.4f, \"p10_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f}\n",
+                static_cast<long long>(reps), percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9),
+                *std::min_element(ms.begin(), ms.end()));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr,
+                 "error: %s\nusage: %s MODEL ENV_ID [--optimizer cem|random] [--population N] [--elites N] "
+                 "[--iterations N] [--horizon N] [--particles N] [--propagation ts_inf|ts_1] [--reps N] "
+                 "[--warmup N]\n",
+                 e.what(), argv[0]);
+    return 1;
+  }
+}

@@ -1,0 +1,36 @@
+// Helpers of bindings.cpp shared with the other csrc/python/bind_*.cpp files (only these
+// files include pybind11): borrowing an ensemble's parameters as an EnsembleView, seeds and
+// Python termination callables, with bindings.cpp's validation and error messages.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/rollout.h"
+
+namespace mbpo_fast_python {
+
+// The borrowed parameters of one call: `keep` holds the arrays the view points into.
+struct BorrowedEnsemble {
+  std::vector<pybind11::object> keep;
+  mbpo_fast::EnsembleView view;
+};
+
+// As the ensemble ops: input_mean/std f32 [in], weights[i] f32 [E, in_i, out_i], biases[i]
+// f32 [E, out_i], max/min_logvar f32 [obs_dim + 1], elites int [K] or None, weights_bf16 a
+// list of packed arrays or None. Raises TypeError/ValueError naming the argument.
+BorrowedEnsemble borrow_ensemble(pybind11::handle input_mean, pybind11::handle input_std,
+                                 const pybind11::sequence& weights, const pybind11::sequence& biases,
+                                 pybind11::handle max_logvar, pybind11::handle min_logvar, pybind11::handle elites,
+                                 pybind11::handle weights_bf16);
+
+// A seed in [0, 2**64) from any Python integer (TypeError/ValueError otherwise).
+uint64_t seed_from_python(pybind11::handle seed);
+
+// fn(obs, act, next_obs) -> bool [n], called with the GIL (copies of the rows).
+mbpo_fast::TerminationCallback termination_from_python(pybind11::function fn, int64_t obs_dim, int64_t act_dim);
+
+}  // namespace mbpo_fast_python
