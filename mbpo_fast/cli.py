@@ -11,6 +11,7 @@
     mbpo-fast bench                                   # ms per op of the hot paths, and the backend
     mbpo-fast compare runs/hopper-s* --reference mbpo_official_curves.csv --out hopper.png \\
         --window 115000:125000                        # seeds vs the published curve
+    mbpo-fast sweep --env Hopper-v5 --seeds 0-4 --logdir sweeps/hopper   # Ray Tune; rerun resumes
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import json
 import sys
 import time
 from typing import Any
+
+from . import sweep as _sweep
 
 __all__ = ["main"]
 
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--window", action="append", default=[], metavar="LO:HI",
                    help="also average each seed's evaluations with LO <= env steps <= HI "
                    "(e.g. 115000:125000); repeatable")
+
+    _sweep.add_parser(sub)
     return p
 
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         mbpo_fast.set_num_threads(args.threads)
     try:
         return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench,
-                "compare": _compare}[args.command](args)
+                "compare": _compare, "sweep": _sweep.cli}[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mbpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
