@@ -446,16 +446,19 @@ def _tune_trainable(config: dict[str, Any], specs: dict[str, dict[str, Any]]) ->
 
 
 def _worker_runtime_env() -> dict[str, Any] | None:
-    """Makes the workers import the same ``mbpo_fast`` as this process: when it is imported
-    from a source tree (an in-place build, PYTHONPATH=.), that tree goes first on the
-    workers' PYTHONPATH (Ray Tune changes their working directory, so a relative entry would
-    not do). An installed package needs nothing."""
+    """Makes the workers import the same ``mbpo_fast`` as this process. When it was found
+    through a plain ``sys.path`` entry (PYTHONPATH=. or the working directory, e.g. an
+    in-place build), that directory goes first on the workers' PYTHONPATH: Ray Tune changes
+    their working directory, so a relative entry would not do. An installed package (also an
+    editable install, found by its import hook) needs nothing: the workers run the same
+    interpreter."""
     import site
 
     root = Path(__file__).resolve().parent.parent
-    installed = {Path(p).resolve() for p in [*site.getsitepackages(),
+    entries = {Path(p or os.getcwd()).resolve() for p in sys.path if isinstance(p, str)}
+    site_dirs = {Path(p).resolve() for p in [*site.getsitepackages(),
                                              site.getusersitepackages()]}
-    if root in installed:
+    if root not in entries or root in site_dirs:
         return None
     return {"env_vars": {"PYTHONPATH": os.pathsep.join([str(root), "${PYTHONPATH}"])}}
 
@@ -473,22 +476,9 @@ class SweepOutcome:
     interrupted: bool = False
 
 
-def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
-              address: str | None = None, cpus_per_trial: int = 1,
-              gpus_per_trial: float = 0.0, num_cpus: int | None = None,
-              max_failures: int = 0, verbose: int = 1) -> SweepOutcome:
-    """Runs the unfinished `trials` on Ray Tune and returns what happened.
-
-    `address`: None starts a local Ray instance (with `num_cpus` CPUs, default all); "auto"
-    or "HOST:PORT" joins a running cluster. Each trial reserves `cpus_per_trial` CPUs (its
-    torch/native thread count) and `gpus_per_trial` GPUs. A failed trial is retried up to
-    `max_failures` times (each retry resumes its checkpoint). Finished trials are not
-    scheduled; if none is left, Ray is not even started (but must be installed).
-
-    Raises RayNotInstalledError without Ray, ValueError for bad arguments or resources the
-    local instance does not have (Tune would wait for them forever).
-    """
-    ray, tune = _import_tune()
+def _check_resources(address: str | None, cpus_per_trial: int, gpus_per_trial: float,
+                     num_cpus: int | None, max_failures: int) -> None:
+    """ValueError naming the option for a resource request :func:`run_sweep` cannot run."""
     if isinstance(cpus_per_trial, bool) or not isinstance(cpus_per_trial, int) \
             or cpus_per_trial < 1:
         raise ValueError(f"--cpus-per-trial: expected a positive int, got {cpus_per_trial!r}")
@@ -508,6 +498,25 @@ def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
         if cpus_per_trial > local:
             raise ValueError(f"--cpus-per-trial {cpus_per_trial} exceeds the local Ray "
                              f"instance's {local} CPUs (--num-cpus / this machine)")
+
+
+def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
+              address: str | None = None, cpus_per_trial: int = 1,
+              gpus_per_trial: float = 0.0, num_cpus: int | None = None,
+              max_failures: int = 0, verbose: int = 1) -> SweepOutcome:
+    """Runs the unfinished `trials` on Ray Tune and returns what happened.
+
+    `address`: None starts a local Ray instance (with `num_cpus` CPUs, default all); "auto"
+    or "HOST:PORT" joins a running cluster. Each trial reserves `cpus_per_trial` CPUs (its
+    torch/native thread count) and `gpus_per_trial` GPUs. A failed trial is retried up to
+    `max_failures` times (each retry resumes its checkpoint). Finished trials are not
+    scheduled; if none is left, Ray is not even started (but must be installed).
+
+    Raises RayNotInstalledError without Ray, ValueError for bad arguments or resources the
+    local instance does not have (Tune would wait for them forever).
+    """
+    _check_resources(address, cpus_per_trial, gpus_per_trial, num_cpus, max_failures)
+    ray, tune = _import_tune()
     sweep_dir = Path(sweep_dir).absolute()
     outcome = SweepOutcome()
     pending = []
@@ -566,7 +575,10 @@ def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One line of the trial table (read from the trial directory; NaN where unknown)."""
+    """One line of the trial table, read from the trial directory: ``env_steps`` of its latest
+    checkpoint; ``final_return`` ± ``final_return_std`` of its last evaluation in
+    progress.csv, at ``eval_step`` (later than the checkpoint after a crash: those steps are
+    redone on resume); ``wall_seconds`` the run's training time there. NaN/0 where unknown."""
 
     env_id: str
     setting: str
@@ -576,6 +588,7 @@ class TrialRow:
     total_steps: int
     final_return: float
     final_return_std: float
+    eval_step: int
     wall_seconds: float
     logdir: Path
 
@@ -695,6 +708,7 @@ def summarize(trials: Sequence[Trial], sweep_dir: str | os.PathLike,
                              found[1] if found else 0, t.config.total_steps,
                              last.get("eval_return_mean", math.nan),
                              last.get("eval_return_std", math.nan),
+                             int(last.get("env_steps", 0) or 0),
                              last.get("wall_seconds", math.nan), t.logdir))
 
     settings: list[SettingRow] = []
@@ -736,10 +750,11 @@ def summarize(trials: Sequence[Trial], sweep_dir: str | os.PathLike,
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["env", "setting", "seed", "status", "env_steps", "total_steps",
-                "final_return_mean", "final_return_std", "wall_seconds", "logdir"])
+                "final_return_mean", "final_return_std", "eval_step", "wall_seconds", "logdir"])
     for r in rows:
         w.writerow([r.env_id, r.setting, r.seed, r.status, r.env_steps, r.total_steps,
-                    r.final_return, r.final_return_std, r.wall_seconds, _rel(r.logdir, root)])
+                    r.final_return, r.final_return_std, r.eval_step, r.wall_seconds,
+                    _rel(r.logdir, root)])
     path = root / "trials.csv"
     _write_text(path, buf.getvalue())
     files.append(path)
@@ -766,6 +781,8 @@ def trials_table(rows: Sequence[TrialRow]) -> str:
     for r in rows:
         ret = (f"{r.final_return:.1f} ± {r.final_return_std:.1f}"
                if math.isfinite(r.final_return) else "")
+        if ret and r.eval_step != r.env_steps:
+            ret += f" (at {r.eval_step})"
         out.append(f"| {r.env_id} | {r.setting} | {r.seed} | {r.status} | "
                    f"{r.env_steps}/{r.total_steps} | {ret} | {_duration(r.wall_seconds)} |")
     return "\n".join(out)
@@ -869,16 +886,18 @@ def cli(args: argparse.Namespace) -> int:
     reference = None if args.reference == "none" else args.reference
     if reference not in (None, "mbpo") and not Path(reference).is_file():
         raise FileNotFoundError(f"--reference {reference}: no such file")
-    try:
-        _import_tune()  # before any work: say at once what to install
-    except RayNotInstalledError as exc:
-        print(f"mbpo-fast sweep: error: {exc}", file=sys.stderr)
-        return 2
     device = "cuda" if args.gpus_per_trial > 0 else None
     trials = plan_trials(args.envs or ["Pendulum-v1"], parse_seeds(args.seeds), args.logdir,
                          sets=args.overrides, grid=args.grid, steps=args.steps, device=device)
     for t in trials:  # a mismatched checkpoint is an error before anything runs
         trial_state(t.logdir, t.config)
+    _check_resources(args.address, args.cpus_per_trial, args.gpus_per_trial, args.num_cpus,
+                     args.max_failures)
+    try:
+        _import_tune()  # before anything is written: say at once what to install
+    except RayNotInstalledError as exc:
+        print(f"mbpo-fast sweep: error: {exc}", file=sys.stderr)
+        return 2
     root = Path(args.logdir).absolute()
     _write_text(root / "sweep.json", json.dumps({
         "format": "mbpo_fast.sweep/1", "argv": sys.argv[1:],
