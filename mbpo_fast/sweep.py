@@ -364,10 +364,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     :func:`trial_state`).
 
     `spec` is :meth:`Trial.spec`: ``trial_id``, ``logdir``, ``config`` (an
-    :meth:`MBPOConfig.to_dict`), ``threads``. Returns ``trial_id``, ``action`` ("started",
-    "resumed" or "skipped"), ``started_at`` (env steps of the checkpoint it resumed, 0 when
-    new), ``env_steps``, ``eval_return_mean``, ``eval_return_std``, ``wall_seconds`` (the run's
-    cumulative training time) and ``seconds`` (this call's wall-clock time).
+    :meth:`MBPOConfig.to_dict`), ``threads``. Returns ``trial`` (the trial id; Ray Tune owns
+    the ``trial_id`` key of a result), ``action`` ("started", "resumed" or "skipped"),
+    ``backend`` (:func:`mbpo_fast.backend` in this process), ``started_at`` (env steps of the
+    checkpoint it resumed, 0 when new), ``env_steps``, ``eval_return_mean``,
+    ``eval_return_std``, ``wall_seconds`` (the run's cumulative training time) and
+    ``seconds`` (this call's wall-clock time).
     """
     import torch
 
@@ -386,8 +388,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     logdir.mkdir(parents=True, exist_ok=True)
     with _trial_lock(logdir):
         state = trial_state(logdir, config)
-        out: dict[str, Any] = {"trial_id": spec.get("trial_id", str(logdir)),
-                               "started_at": state.steps}
+        out: dict[str, Any] = {"trial": spec.get("trial_id", str(logdir)),
+                               "started_at": state.steps, "backend": mbpo_fast.backend()}
         if state.state == "finished":
             last = _last_progress(logdir)
             out.update(action="skipped", env_steps=state.steps,
@@ -560,7 +562,7 @@ def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
             if trial_id is None:
                 continue
             if result.error is not None:
-                outcome.errors[trial_id] = f"{type(result.error).__name__}: {result.error}"
+                outcome.errors[trial_id] = _error_text(result.error)
             elif result.metrics and "action" in result.metrics:
                 outcome.results[trial_id] = dict(result.metrics)
             else:  # stopped before it reported (e.g. Ctrl-C, which Tune turns into a stop)
@@ -568,6 +570,23 @@ def run_sweep(trials: Sequence[Trial], sweep_dir: str | os.PathLike, *,
     finally:
         ray.shutdown()
     return outcome
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of the error a trial raised, unwrapped from Ray's wrappers (a
+    RayTaskError's ``cause``, chained ``__cause__``); the last line when the text is a
+    traceback."""
+    inner, seen = exc, set()
+    while id(inner) not in seen:
+        seen.add(id(inner))
+        cause = getattr(inner, "cause", None) or inner.__cause__
+        if not isinstance(cause, BaseException):
+            break
+        inner = cause
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    if len(lines) > 1:  # a formatted traceback: its last line is "Type: message"
+        return lines[-1]
+    return f"{type(inner).__name__}: {lines[0] if lines else ''}"
 
 
 # ====================================================================== summary

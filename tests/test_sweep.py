@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mbpo_fast as mf
 from mbpo_fast import cli, compare, sweep
 from mbpo_fast.config import MBPOConfig
 
@@ -170,6 +171,7 @@ def test_run_trial_starts_skips_resumes_and_refuses_other_configs(tmp_path: Path
     assert sweep.trial_state(t.logdir, t.config) == sweep.TrialState("new", 0, 400)
     out = sweep.run_trial(t.spec(1))
     assert (out["action"], out["started_at"], out["env_steps"]) == ("started", 0, 400)
+    assert (out["trial"], out["backend"]) == ("Pendulum-v1/base/seed0", mf.backend())
     assert math.isfinite(out["eval_return_mean"]) and out["wall_seconds"] > 0
     assert _progress_steps(t.logdir) == [200, 400]
     assert sweep.trial_state(t.logdir, t.config) == sweep.TrialState("finished", 400, 400)
@@ -251,6 +253,24 @@ def test_summarize_reuses_compare_and_tables_every_trial(tmp_path: Path) -> None
     assert md == s.markdown and "| Pendulum-v1 | base | 2 | not started | 0/400 |" in md
     assert f"{finals[0]:.1f} ± 0.0" in md
     assert {p.name for p in s.files} == {"summary.md", "curves.png", "trials.csv"}
+
+
+def test_error_text_unwraps_ray_errors() -> None:
+    class Wrapper(Exception):  # like ray.exceptions.RayTaskError: a traceback and .cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("ray::ImplicitFunc.train() (pid=1)\n  File x\nboom")
+            self.cause = cause
+
+    inner = RuntimeError("dir is being trained by another process (pid 7 on h)")
+    assert sweep._error_text(Wrapper(inner)) == \
+        "RuntimeError: dir is being trained by another process (pid 7 on h)"
+    try:
+        raise ValueError("outer") from KeyError("k")
+    except ValueError as exc:
+        assert sweep._error_text(exc) == "KeyError: 'k'"
+    assert sweep._error_text(Exception("Traceback\n  File y\nValueError: bad")) == \
+        "ValueError: bad"
+    assert sweep._error_text(OSError()) == "OSError: "
 
 
 # ---------------------------------------------------------------- without Ray
@@ -417,3 +437,19 @@ def test_sweep_killed_mid_way_resumes_and_finishes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert sorted(p.name for p in (root / "_ray").iterdir()) == experiments
     assert {r["status"] for r in _trial_rows(root).values()} == {"skipped (finished before)"}
+
+
+def test_failed_trial_is_reported_and_the_sweep_exits_1(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    root = tmp_path / "sweep"
+    held = root / "Pendulum-v1" / "base" / "seed1"
+    held.mkdir(parents=True)
+    with sweep._trial_lock(held):  # as if a stray process were still training seed 1
+        proc = _run_sweep_cli(root, 200, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = _trial_rows(root)
+    assert (rows["0"]["status"], rows["0"]["env_steps"]) == ("ran from scratch", "200")
+    assert rows["1"]["status"].startswith("error: ") and rows["1"]["env_steps"] == "0"
+    assert "being trained by another process" in rows["1"]["status"], rows["1"]["status"]
+    assert f"(pid {os.getpid()} on " in rows["1"]["status"]
+    assert "1 trial(s) failed" in proc.stderr and not (held / "progress.csv").exists()
