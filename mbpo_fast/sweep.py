@@ -24,7 +24,8 @@ no complete checkpoint -> a new run; a checkpoint short of ``total_steps`` -> re
 the same command again after an interruption (Ctrl-C, a killed head node, a failed trial)
 continues every unfinished trial and skips the finished ones, whatever Ray Tune remembers;
 Ray Tune's experiment state (``<logdir>/_ray``) is only its log. A checkpoint whose config
-differs from the requested one in anything but ``total_steps`` and ``logdir`` is an error
+differs from the requested one in anything but ``total_steps``, ``checkpoint_freq`` and
+``logdir`` is an error
 (a sweep never silently mixes settings in one directory). A lock file in each trial directory
 keeps two processes from training the same trial at once.
 
@@ -71,8 +72,9 @@ INSTALL_HINT = 'pip install "mbpo_fast[sweep]"  (or: pip install "ray[tune]")'
 
 #: Config fields a sweep sets itself: --env, --seeds and the trial directory.
 _SWEEP_OWNED = {"env_id": "--env", "seed": "--seeds", "logdir": "--logdir"}
-#: Fields that may differ between a trial's checkpoint and the requested config.
-_RESUMABLE_DIFFERENCES = {"total_steps", "logdir"}
+#: Fields that may differ between a trial's checkpoint and the requested config (a resume
+#: applies the requested ones).
+_RESUMABLE_DIFFERENCES = {"total_steps", "logdir", "checkpoint_freq"}
 _BASE_SETTING = "base"
 _LOCK_NAME = ".sweep.lock"
 
@@ -302,7 +304,8 @@ def trial_state(logdir: str | os.PathLike, config: MBPOConfig) -> TrialState:
     """What a trial with `config` has to do in `logdir` (see :class:`TrialState`).
 
     Raises ValueError when the latest checkpoint was written with a config that differs from
-    `config` in anything but ``total_steps`` and ``logdir``, naming the fields and values.
+    `config` in anything but ``total_steps``, ``checkpoint_freq`` and ``logdir``, naming the
+    fields and values.
     """
     logdir = Path(logdir)
     found = _checkpoint_step(logdir)
@@ -398,7 +401,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
                        wall_seconds=last.get("wall_seconds", math.nan))
         else:
             if state.state == "resume":
-                algo = MBPO.resume(logdir, quiet=True, total_steps=config.total_steps)
+                algo = MBPO.resume(logdir, quiet=True, total_steps=config.total_steps,
+                                   overrides=[f"checkpoint_freq={config.checkpoint_freq}"])
             else:
                 algo = MBPO(config, logdir=logdir, quiet=True)
             try:

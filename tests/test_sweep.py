@@ -182,13 +182,18 @@ def test_run_trial_starts_skips_resumes_and_refuses_other_configs(tmp_path: Path
     assert again["eval_return_mean"] == out["eval_return_mean"]
     assert (t.logdir / "progress.csv").stat().st_mtime_ns == mtime
 
-    (longer,) = _tiny_trials(tmp_path, [0], 600)  # the same trial, asked for more steps
+    # the same trial asked for more steps, checkpointing more often
+    (longer,) = _tiny_trials(tmp_path, [0], 600)
+    longer = dataclasses.replace(longer, config=longer.config.with_overrides(
+        ["checkpoint_freq=100"]))
     assert sweep.trial_state(longer.logdir, longer.config) == sweep.TrialState("resume", 400,
                                                                                600)
     res = sweep.run_trial(longer.spec(1))
     assert (res["action"], res["started_at"], res["env_steps"]) == ("resumed", 400, 600)
     assert _progress_steps(t.logdir) == [200, 400, 600]
     assert _checkpoint_step(t.logdir) == 600
+    saved = json.loads((t.logdir / "checkpoints" / "ckpt-600" / "config.json").read_text())
+    assert (saved["total_steps"], saved["checkpoint_freq"]) == (600, 100)
 
     other = dataclasses.replace(longer, config=longer.config.with_overrides(
         ["num_sac_updates=2"]))
@@ -373,6 +378,14 @@ def test_two_trial_pendulum_sweep_on_local_ray(tmp_path: Path) -> None:
     assert "| Pendulum-v1 | base | 1 | ran from scratch | 400/400 |" in proc.stdout
     assert json.loads((root / "sweep.json").read_text())["trials"][1]["logdir"] == \
         "Pendulum-v1/base/seed1"
+    # what the Ray workers reported to Tune: they imported the same build as this process
+    # (a worker that fell back to the Numba mirror would still train, only slower)
+    reported = [json.loads(line) for p in (root / "_ray").glob("*/*/result.json")
+                for line in p.read_text().splitlines() if line.strip()]
+    assert sorted(r["trial"] for r in reported) == ["Pendulum-v1/base/seed0",
+                                                    "Pendulum-v1/base/seed1"]
+    assert {(r["action"], r["backend"], r["env_steps"]) for r in reported} == {
+        ("started", mf.backend(), 400)}
 
 
 def _lock_free(logdir: Path) -> bool:
