@@ -404,6 +404,15 @@ def _lock_free(logdir: Path) -> bool:
     return True
 
 
+def _wait_until_locks_free(dirs: list[Path], seconds: float) -> None:
+    """Waits until no process holds a trial's lock (its worker has exited)."""
+    deadline = time.monotonic() + seconds
+    while not all(_lock_free(d) for d in dirs if d.exists()):
+        assert time.monotonic() < deadline, f"trial workers still alive {seconds} s after " \
+            "the sweep stopped"
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and flock")
 def test_sweep_killed_mid_way_resumes_and_finishes(tmp_path: Path) -> None:
@@ -423,11 +432,7 @@ def test_sweep_killed_mid_way_resumes_and_finishes(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-    # the trial workers die with the raylet; their locks go with them
-    deadline = time.monotonic() + 120
-    while not all(_lock_free(d) for d in dirs if d.exists()):
-        assert time.monotonic() < deadline, "trial workers still alive 120 s after the kill"
-        time.sleep(0.5)
+    _wait_until_locks_free(dirs, 120)  # the trial workers die with the raylet
     before = {d.name: _checkpoint_step(d) for d in dirs}
     assert any(b is not None and 0 < b < steps for b in before.values()), before
 
@@ -466,3 +471,38 @@ def test_failed_trial_is_reported_and_the_sweep_exits_1(tmp_path: Path) -> None:
     assert "being trained by another process" in rows["1"]["status"], rows["1"]["status"]
     assert f"(pid {os.getpid()} on " in rows["1"]["status"]
     assert "1 trial(s) failed" in proc.stderr and not (held / "progress.csv").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group")
+def test_ctrl_c_stops_the_trials_and_reports_where_they_stand(tmp_path: Path) -> None:
+    pytest.importorskip("ray.tune")
+    root, steps = tmp_path / "sweep", 20_000  # far more than runs before the Ctrl-C lands
+    dirs = [root / "Pendulum-v1" / "base" / f"seed{s}" for s in (0, 1)]
+    proc = subprocess.Popen(_sweep_cmd(root, steps), cwd=tmp_path, env=_sweep_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((_checkpoint_step(d) or 0) >= 200 for d in dirs):
+            assert proc.poll() is None, proc.communicate()[1][-5000:]
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out[-3000:] + err[-5000:]
+    assert "interrupted; rerun the same command to resume" in err
+    _wait_until_locks_free(dirs, 30)  # no trial trains on
+    rows = _trial_rows(root)
+    for d in dirs:
+        row, step = rows[d.name.removeprefix("seed")], _checkpoint_step(d)
+        if step is None:
+            assert row["status"] == "not started" and row["env_steps"] == "0"
+        else:
+            assert 0 < step < steps
+            assert (row["status"], row["env_steps"]) == (f"unfinished (checkpoint at {step})",
+                                                         str(step))
+    assert "**Interrupted**" in (root / "summary.md").read_text()
