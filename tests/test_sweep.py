@@ -413,25 +413,34 @@ def _wait_until_locks_free(dirs: list[Path], seconds: float) -> None:
         time.sleep(0.5)
 
 
+def _start_sweep_and_wait_for_a_checkpoint(root: Path, steps: int, cwd: Path,
+                                           dirs: list[Path]) -> subprocess.Popen:
+    """Starts the sweep in its own process group (like a terminal's foreground job) and
+    returns once one trial has a checkpoint; kills the group if that does not happen."""
+    proc = subprocess.Popen(_sweep_cmd(root, steps), cwd=cwd, env=_sweep_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any((_checkpoint_step(d) or 0) >= 200 for d in dirs):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            err = proc.communicate()[1]
+            pytest.fail(f"no checkpoint before the sweep ended or 300 s passed: {err[-5000:]}")
+        time.sleep(0.1)
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and flock")
 def test_sweep_killed_mid_way_resumes_and_finishes(tmp_path: Path) -> None:
     pytest.importorskip("ray.tune")
     root, steps = tmp_path / "sweep", 1600
     dirs = [root / "Pendulum-v1" / "base" / f"seed{s}" for s in (0, 1)]
+    proc = _start_sweep_and_wait_for_a_checkpoint(root, steps, tmp_path, dirs)
     # The whole head dies at once: driver, Ray's GCS, raylet and agents (one process group).
-    proc = subprocess.Popen(_sweep_cmd(root, steps), cwd=tmp_path, env=_sweep_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any((_checkpoint_step(d) or 0) >= 200 for d in dirs):
-            assert proc.poll() is None, proc.communicate()[0][-5000:]
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
     _wait_until_locks_free(dirs, 120)  # the trial workers die with the raylet
     before = {d.name: _checkpoint_step(d) for d in dirs}
     assert any(b is not None and 0 < b < steps for b in before.values()), before
@@ -478,15 +487,8 @@ def test_ctrl_c_stops_the_trials_and_reports_where_they_stand(tmp_path: Path) ->
     pytest.importorskip("ray.tune")
     root, steps = tmp_path / "sweep", 20_000  # far more than runs before the Ctrl-C lands
     dirs = [root / "Pendulum-v1" / "base" / f"seed{s}" for s in (0, 1)]
-    proc = subprocess.Popen(_sweep_cmd(root, steps), cwd=tmp_path, env=_sweep_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start_sweep_and_wait_for_a_checkpoint(root, steps, tmp_path, dirs)
     try:
-        deadline = time.monotonic() + 300
-        while not any((_checkpoint_step(d) or 0) >= 200 for d in dirs):
-            assert proc.poll() is None, proc.communicate()[1][-5000:]
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
         out, err = proc.communicate(timeout=180)
     finally:
