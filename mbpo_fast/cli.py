@@ -11,6 +11,7 @@
     mbpo-fast bench                                   # ms per op of the hot paths, and the backend
     mbpo-fast compare runs/hopper-s* --reference mbpo_official_curves.csv --out hopper.png \\
         --window 115000:125000                        # seeds vs the published curve
+    mbpo-fast sweep --env Hopper-v5 --seeds 0-4 --logdir sweeps/hopper   # Ray Tune; rerun resumes
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import json
 import sys
 import time
 from typing import Any
+
+from . import sweep as _sweep
 
 __all__ = ["main"]
 
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     from .pets_cli import add_pets_parser
 
     add_pets_parser(sub, _threads_arg)
+    _sweep.add_parser(sub)
     return p
 
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": _train, "resume": _resume, "eval": _eval, "bench": _bench,
-                "compare": _compare, "pets": run_pets}[args.command](args)
+                "compare": _compare, "pets": run_pets, "sweep": _sweep.cli}[args.command](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mbpo-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
