@@ -26,6 +26,7 @@ Every ``eval_freq`` steps: deterministic evaluation on a separate env, one row o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -34,13 +35,14 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .checkpoint import verify_checkpoint, write_manifest
 from .config import MBPOConfig
 from .io import atomic_write
 from .rollout import BranchedRollout, RolloutStats
@@ -370,9 +372,10 @@ class MBPO:
         """Writes one complete checkpoint under ``logdir/checkpoints`` and returns its path.
 
         Protocol (a crash at any point leaves the previous checkpoint loadable): every file
-        goes into ``ckpt-<step>.tmp/`` through fsynced atomic writes; the directory is
-        fsynced and renamed to ``ckpt-<step>``; the ``latest`` pointer file is replaced
-        atomically; only then are older checkpoints deleted.
+        goes into ``ckpt-<step>.tmp/`` through fsynced atomic writes, then ``MANIFEST.json``
+        (sizes and CRC-32s, see :mod:`mbpo_fast.checkpoint`); the directory is fsynced and
+        renamed to ``ckpt-<step>``; the ``latest`` pointer file is replaced atomically; only
+        then are older checkpoints deleted.
 
         Contents: ``agent.pt`` (SAC networks, targets, optimizers, alpha, noise generator),
         ``model.safetensors`` + ``model_train.pt`` (ensemble weights, normalizer, elites,
@@ -393,6 +396,7 @@ class MBPO:
             shutil.rmtree(tmp)
         tmp.mkdir()
         self._write_checkpoint_files(tmp)
+        write_manifest(tmp, _CKPT_FILES)
         _fsync_dir(tmp)
         os.replace(tmp, final)
         _fsync_dir(root)
@@ -449,7 +453,8 @@ class MBPO:
         """
         logdir = Path(logdir)
         ckpt = latest_checkpoint(logdir)
-        config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+        verify_checkpoint(ckpt, _CKPT_FILES)
+        config = _read_config(ckpt)
         if total_steps is not None:
             config.total_steps = int(total_steps)
             config.validate()
@@ -474,10 +479,15 @@ class MBPO:
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError(f"{d / 'state.pt'}: not a {_STATE_FORMAT} file")
         agent = SAC.load(d / "agent.pt", device=self.config.device)
-        self.agent.load_state_dict(agent.state_dict())
+        with _naming(d / "agent.pt"):
+            self.agent.load_state_dict(agent.state_dict())
         model = EnsembleDynamics.load(d / "model.safetensors", device=self.config.device)
-        self.model.load_state_dict(model.state_dict())
-        self.model.load_training_state(_torch_load(d / "model_train.pt"))
+        with _naming(d / "model.safetensors"):
+            self.model.load_state_dict(model.state_dict())
+        with _naming(d / "model_train.pt"):
+            self.model.load_training_state(_torch_load(d / "model_train.pt"))
+        with _naming(d / "state.pt"):
+            self._restore_state(state)
         real_pool = ReplayPool.load(d / "real_pool.bin")
         model_pool = ReplayPool.load(d / "model_pool.bin")
         if real_pool.capacity < self.config.total_steps:  # a resume that extends the run
@@ -485,6 +495,7 @@ class MBPO:
         self.real_pool, self.model_pool = real_pool, model_pool
         self.collector.pool = real_pool
 
+    def _restore_state(self, state: dict) -> None:
         self.env_steps = self._resumed_at = int(state["env_steps"])
         self.episodes = int(state["episodes"])
         self.num_model_trainings = int(state["num_model_trainings"])
@@ -514,6 +525,28 @@ _STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_s
                          "sac_num_layers", "ensemble_size", "num_elites", "model_hidden_size",
                          "model_num_layers")
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raises a malformed file's KeyError/TypeError/ValueError/RuntimeError as a
+    ValueError naming `path` (a file that parsed but does not hold what a checkpoint needs)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: corrupt checkpoint file ({type(exc).__name__}: "
+                         f"{exc})"[:500]) from None
+
+
+def _read_config(ckpt: Path) -> MBPOConfig:
+    path = ckpt / "config.json"
+    with _naming(path):
+        try:
+            return MBPOConfig.from_json(path.read_text())
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
 def latest_checkpoint(logdir: str | os.PathLike) -> Path:
     """The newest complete checkpoint directory of a run (``latest`` pointer, else the
     highest-step ``ckpt-<step>`` directory). Raises FileNotFoundError when there is none."""
@@ -539,7 +572,8 @@ def evaluate_checkpoint(logdir: str | os.PathLike, episodes: int = 10,
     from .sac import SAC
 
     ckpt = latest_checkpoint(logdir)
-    config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+    verify_checkpoint(ckpt, _CKPT_FILES)
+    config = _read_config(ckpt)
     agent = SAC.load(ckpt / "agent.pt", device=config.device)
     env = _make_env(config)
     try:
@@ -579,10 +613,10 @@ def _np_random_state(env: Any) -> dict | None:
 
 def _read_latest(root: Path) -> str | None:
     try:
-        name = (root / "latest").read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return name if name.startswith("ckpt-") and "/" not in name else None
+        name = (root / "latest").read_bytes().decode("ascii").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None  # missing or damaged pointer: fall back to the newest complete directory
+    return name if name.startswith("ckpt-") and name[5:].isdigit() else None
 
 
 def _fsync_dir(path: Path) -> None:
