@@ -389,6 +389,7 @@ class MBPO:
         final = root / name
         if final.exists():
             if _read_latest(root) == name:
+                _remove_stale(root, name)  # a crash may have stopped the last save's cleanup
                 return final  # this exact state is already saved
             shutil.rmtree(final)  # a stale directory from a crash before `latest` moved
         tmp = root / f"{name}.tmp"
@@ -401,9 +402,7 @@ class MBPO:
         os.replace(tmp, final)
         _fsync_dir(root)
         atomic_write(root / "latest", lambda f: f.write(name.encode()))
-        for old in root.iterdir():
-            if old.name != name and old.name.startswith("ckpt-"):
-                shutil.rmtree(old, ignore_errors=True)
+        _remove_stale(root, name)
         return final
 
     def _write_checkpoint_files(self, d: Path) -> None:
@@ -609,6 +608,16 @@ def _seed_globals(seed: int) -> None:
 def _np_random_state(env: Any) -> dict | None:
     rng = getattr(env.unwrapped, "_np_random", None)
     return None if rng is None else rng.bit_generator.state
+
+
+def _remove_stale(root: Path, keep: str) -> None:
+    """Deletes every checkpoint directory but `keep` (older ones, ``.tmp`` ones of crashed
+    saves) and temporary files of a crash while ``latest`` was written."""
+    for old in root.iterdir():
+        if old.name != keep and old.name.startswith("ckpt-"):
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.name.startswith(".latest.") and old.name.endswith(".tmp"):
+            old.unlink(missing_ok=True)
 
 
 def _read_latest(root: Path) -> str | None:
