@@ -29,7 +29,9 @@ TSAN_CPP_TESTS="test_parallel|test_actor|test_ensemble_model|test_ensemble$|test
 
 # Every report is fatal (exit code != 0, also for UBSan); leaks are reported for the C++
 # tests, not under Python (the interpreter does not free everything at exit).
-export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1}
+# allocator_may_return_null: a refused huge allocation (a pool file's capacity) must be the
+# bad_alloc the library reports, as without ASan, not an ASan abort.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=1:detect_leaks=1:allocator_may_return_null=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:print_stacktrace=1}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:second_deadlock_stack=1}
 
@@ -55,11 +57,15 @@ run_asan() {
   local module
   module=$(ls "$dir"/_C*.so)
   # The ASan runtime must be the first library loaded: preload it into the interpreter.
-  local runtime
-  runtime=$("${CXX:-c++}" -print-file-name=libasan.so)
-  LD_PRELOAD="$runtime" MBPO_FAST_NATIVE_PATH="$ROOT/$module" MBPO_FAST_BACKEND=native \
+  # libstdc++ too: ASan's __cxa_throw interceptor must find it when the runtime starts (the
+  # interpreter itself does not link it), else the first C++ exception aborts.
+  local preload
+  preload="$("${CXX:-c++}" -print-file-name=libasan.so) $("${CXX:-c++}" -print-file-name=libstdc++.so)"
+  # (test_storage_is_exactly...: measures RSS, which ASan's allocator changes.)
+  LD_PRELOAD="$preload" MBPO_FAST_NATIVE_PATH="$ROOT/$module" MBPO_FAST_BACKEND=native \
     ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" \
-    "$PY" -m pytest -q -p no:cacheprovider "${ASAN_PY_TESTS[@]}"
+    "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+    -k "not test_storage_is_exactly_the_arrays" "${ASAN_PY_TESTS[@]}"
 }
 
 run_tsan() {
@@ -102,6 +108,7 @@ run_fuzz() {
     echo "== fuzz $target: ${seconds}s"
     MBPO_FUZZ_ARTIFACTS=$artifacts ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" \
       "$dir/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 \
+      -malloc_limit_mb=2147483647 \
       -artifact_prefix="$artifacts/$target-" -seed="${FUZZ_SEED:-$RANDOM}" -print_final_stats=1 \
       "$work" "$corpus" tests/fuzz/regressions/$target 2>&1 | tail -n 25
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== fuzz $target FAILED: inputs in $artifacts"; return 1; }

@@ -222,7 +222,10 @@ ReplayPool::Buffer<T> ReplayPool::allocate(int64_t count) {
   // written before they are read.
   const size_t bytes = static_cast<size_t>(count) * sizeof(T);
   const size_t align = bytes >= kHugeThreshold ? kHugePage : kAlign;
-  void* p = ::operator new(bytes, std::align_val_t{align});
+  // The nothrow form, so that a refused allocation is a bad_alloc the caller can handle in
+  // every build (AddressSanitizer aborts inside a throwing operator new instead).
+  void* p = ::operator new(bytes, std::align_val_t{align}, std::nothrow);
+  if (p == nullptr) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
   if (align == kHugePage)
     (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint
