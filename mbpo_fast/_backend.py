@@ -7,13 +7,19 @@ implementations expose the same names and signatures (see ``mbpo_fast/_numba``).
   * unset / ``auto``: the native extension when it imports, else Numba;
   * ``native``: the extension, raising ImportError when it is missing;
   * ``numba``: the Numba mirror even when the extension exists.
+
+``MBPO_FAST_NATIVE_PATH`` (optional) loads the extension from that file instead (used to
+run the Python tests against an AddressSanitizer build; see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -23,10 +29,29 @@ _native_error: BaseException | None = None
 
 def _load(name: str) -> ModuleType:
     if name == "native":
+        path = os.environ.get("MBPO_FAST_NATIVE_PATH")
+        if path and "mbpo_fast._C" not in sys.modules:
+            _load_extension_from(path)
         return importlib.import_module("mbpo_fast._C")
     if name == "numba":
         return importlib.import_module("mbpo_fast._numba")
     raise ValueError(f"MBPO_FAST_BACKEND: expected one of 'auto', 'native', 'numba'; got {name!r}")
+
+
+def _load_extension_from(path: str) -> None:
+    """Imports ``mbpo_fast._C`` from the file `path` (``MBPO_FAST_NATIVE_PATH``: a sanitizer
+    build's module, see docs/reliability.md) instead of the one next to the sources."""
+    loader = importlib.machinery.ExtensionFileLoader("mbpo_fast._C", path)
+    spec = importlib.util.spec_from_file_location("mbpo_fast._C", path, loader=loader)
+    if spec is None or not os.path.isfile(path):
+        raise ImportError(f"MBPO_FAST_NATIVE_PATH={path!r} is not an extension module file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mbpo_fast._C"] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules["mbpo_fast._C"]
+        raise
 
 
 def _native_or_none() -> ModuleType | None:

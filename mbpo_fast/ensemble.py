@@ -778,17 +778,8 @@ class EnsembleDynamics(nn.Module):
 
     def _tensor_specs(self) -> dict[str, tuple[tuple[int, ...], type]]:
         """name -> (shape, numpy dtype) of every tensor in the saved file."""
-        specs: dict[str, tuple[tuple[int, ...], type]] = {
-            "input_mean": ((self.in_dim,), np.float32),
-            "input_std": ((self.in_dim,), np.float32),
-        }
-        for i, layer in enumerate(self.layers):
-            specs[f"layers.{i}.weight"] = (tuple(layer.weight.shape), np.float32)
-            specs[f"layers.{i}.bias"] = (tuple(layer.bias.shape), np.float32)
-        specs["max_logvar"] = ((self.out_dim,), np.float32)
-        specs["min_logvar"] = ((self.out_dim,), np.float32)
-        specs["elites"] = ((self.num_elites,), np.int64)
-        return specs
+        return _file_layout(self.obs_dim, self.act_dim, self.ensemble_size, self.num_elites,
+                            self.hidden_size, self.num_layers)
 
     def _named_tensors(self) -> dict[str, torch.Tensor]:
         named = {"input_mean": self.input_mean, "input_std": self.input_std}
@@ -863,21 +854,24 @@ class EnsembleDynamics(nn.Module):
         n_linear = sum(1 for k in tensors if k.startswith("layers.") and k.endswith(".weight"))
         shape0 = tuple(w0.shape) if w0 is not None and w0.ndim == 3 else None
         elites_t = tensors.get("elites")
-        model = cls(
-            meta_int("obs_dim"),
-            meta_int("act_dim", minimum=0),
-            ensemble_size=meta_int("ensemble_size", shape0[0] if shape0 else None),
-            num_elites=meta_int(
+        sizes = {
+            "obs_dim": meta_int("obs_dim"),
+            "act_dim": meta_int("act_dim", minimum=0),
+            "ensemble_size": meta_int("ensemble_size", shape0[0] if shape0 else None),
+            "num_elites": meta_int(
                 "num_elites",
                 elites_t.shape[0] if elites_t is not None and elites_t.ndim == 1 else None,
             ),
-            hidden_size=meta_int("hidden_size", shape0[2] if shape0 else None),
-            num_layers=meta_int("num_layers", n_linear - 1 if n_linear >= 2 else None),
-            device=device,
-            trainer=trainer,
-            autocast_bf16=autocast_bf16,
-        )
-        specs = model._tensor_specs()
+            "hidden_size": meta_int("hidden_size", shape0[2] if shape0 else None),
+            "num_layers": meta_int("num_layers", n_linear - 1 if n_linear >= 2 else None),
+        }
+        # Limits before allocation: the metadata's sizes must match the tensors the file
+        # holds (whose bytes are all present) before a model of that size is built.
+        if sizes["num_layers"] > len(tensors):  # bounds the layout built below
+            raise ValueError(f"{source}: metadata num_layers = {sizes['num_layers']} needs "
+                             f"{2 * (sizes['num_layers'] + 1) + 5} tensors, the file has "
+                             f"{len(tensors)}")
+        specs = _file_layout(**sizes)
         extra = sorted(set(tensors) - set(specs))
         if extra:
             raise ValueError(f"{source}: unexpected tensors {extra} for this metadata")
@@ -885,6 +879,10 @@ class EnsembleDynamics(nn.Module):
             name: require_tensor(tensors, name, shape, dtype, source)
             for name, (shape, dtype) in specs.items()
         }
+        try:
+            model = cls(**sizes, device=device, trainer=trainer, autocast_bf16=autocast_bf16)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
         for name, arr in arrays.items():
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise ValueError(f"{source}: tensor {name!r} contains non-finite values")
@@ -923,3 +921,21 @@ class EnsembleDynamics(nn.Module):
             self._optimizer = opt
         self._generator.set_state(state["generator"])
         self._invalidate_inference()
+
+
+def _file_layout(obs_dim: int, act_dim: int, ensemble_size: int, num_elites: int,
+                 hidden_size: int, num_layers: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """name -> (shape, numpy dtype) of every tensor of a saved ensemble of these sizes."""
+    in_dim, out_dim = obs_dim + act_dim, obs_dim + 1
+    widths = [in_dim] + [hidden_size] * num_layers + [2 * out_dim]
+    specs: dict[str, tuple[tuple[int, ...], type]] = {
+        "input_mean": ((in_dim,), np.float32),
+        "input_std": ((in_dim,), np.float32),
+    }
+    for i in range(num_layers + 1):
+        specs[f"layers.{i}.weight"] = ((ensemble_size, widths[i], widths[i + 1]), np.float32)
+        specs[f"layers.{i}.bias"] = ((ensemble_size, widths[i + 1]), np.float32)
+    specs["max_logvar"] = ((out_dim,), np.float32)
+    specs["min_logvar"] = ((out_dim,), np.float32)
+    specs["elites"] = ((num_elites,), np.int64)
+    return specs

@@ -8,6 +8,7 @@ is fsynced), so a crash mid-save leaves the previous file intact.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -126,20 +127,30 @@ def load_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, s
         header = json.loads(blob[8:8 + n].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad(f"header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict):
+        raise bad(f"__metadata__ is a {type(metadata).__name__}, expected a JSON object")
     data = memoryview(blob)[8 + n:]
     tensors: dict[str, np.ndarray] = {}
     spans = []
     for name, info in header.items():
         try:
             dtype = _FROM_CODE[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            start, end = (int(o) for o in info["data_offsets"])
+            if not all(type(s) is int for s in info["shape"]):
+                raise TypeError("shape")
+            shape = tuple(info["shape"])
+            start, end = info["data_offsets"]
+            if type(start) is not int or type(end) is not int:
+                raise TypeError("data_offsets")
         except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r} has a malformed entry {info!r}") from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            raise bad(f"tensor {name!r} has a malformed entry {info!r}"[:400]) from None
+        # Exact (Python int) product: a shape whose product overflows int64 must not wrap
+        # to a size that matches the offsets.
+        count = math.prod(shape)
         if min(shape, default=0) < 0 or end - start != count * dtype.itemsize or start < 0:
             raise bad(f"tensor {name!r}: offsets {start}..{end} do not match shape {shape} "
                       f"of {info['dtype']}")

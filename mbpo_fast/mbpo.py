@@ -26,6 +26,7 @@ Every ``eval_freq`` steps: deterministic evaluation on a separate env, one row o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -34,13 +35,14 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .checkpoint import verify_checkpoint, write_manifest
 from .config import MBPOConfig
 from .io import atomic_write
 from .rollout import BranchedRollout, RolloutStats
@@ -392,9 +394,10 @@ class MBPO:
         """Writes one complete checkpoint under ``logdir/checkpoints`` and returns its path.
 
         Protocol (a crash at any point leaves the previous checkpoint loadable): every file
-        goes into ``ckpt-<step>.tmp/`` through fsynced atomic writes; the directory is
-        fsynced and renamed to ``ckpt-<step>``; the ``latest`` pointer file is replaced
-        atomically; only then are older checkpoints deleted.
+        goes into ``ckpt-<step>.tmp/`` through fsynced atomic writes, then ``MANIFEST.json``
+        (sizes and CRC-32s, see :mod:`mbpo_fast.checkpoint`); the directory is fsynced and
+        renamed to ``ckpt-<step>``; the ``latest`` pointer file is replaced atomically; only
+        then are older checkpoints deleted.
 
         Contents: ``agent.pt`` (SAC networks, targets, optimizers, alpha, noise generator),
         ``model.safetensors`` + ``model_train.pt`` (ensemble weights, normalizer, elites,
@@ -454,7 +457,8 @@ class MBPO:
         """
         logdir = Path(logdir)
         ckpt = latest_checkpoint(logdir)
-        config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+        verify_checkpoint(ckpt, _CKPT_FILES)
+        config = _read_config(ckpt)
         if total_steps is not None:
             config.total_steps = int(total_steps)
             config.validate()
@@ -479,10 +483,15 @@ class MBPO:
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError(f"{d / 'state.pt'}: not a {_STATE_FORMAT} file")
         agent = SAC.load(d / "agent.pt", device=self.config.device)
-        self.agent.load_state_dict(agent.state_dict())
+        with _naming(d / "agent.pt"):
+            self.agent.load_state_dict(agent.state_dict())
         model = EnsembleDynamics.load(d / "model.safetensors", device=self.config.device)
-        self.model.load_state_dict(model.state_dict())
-        self.model.load_training_state(_torch_load(d / "model_train.pt"))
+        with _naming(d / "model.safetensors"):
+            self.model.load_state_dict(model.state_dict())
+        with _naming(d / "model_train.pt"):
+            self.model.load_training_state(_torch_load(d / "model_train.pt"))
+        with _naming(d / "state.pt"):
+            self._restore_state(state)
         real_pool = ReplayPool.load(d / "real_pool.bin")
         model_pool = ReplayPool.load(d / "model_pool.bin")
         if real_pool.capacity < self.config.total_steps:  # a resume that extends the run
@@ -495,6 +504,7 @@ class MBPO:
             loaded = TerminationModel.load(d / "termination_model.safetensors")
             self.termination_model.__dict__.update(loaded.__dict__)  # the rollout holds it
 
+    def _restore_state(self, state: dict) -> None:
         self.env_steps = self._resumed_at = int(state["env_steps"])
         self.episodes = int(state["episodes"])
         self.num_model_trainings = int(state["num_model_trainings"])
@@ -526,12 +536,14 @@ _STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_s
 
 def commit_checkpoint(root: Path, name: str, write_files: Callable[[Path], None]) -> Path:
     """Writes checkpoint `name` under `root` with ``write_files(tmp_dir)`` and the protocol of
-    :meth:`MBPO.save_checkpoint` (tmp dir, fsync, rename, atomic ``latest``, then delete the
-    older ``ckpt-*``); returns the final directory. Shared with the PETS loop."""
+    :meth:`MBPO.save_checkpoint` (tmp dir, a checksummed ``MANIFEST.json`` of every file
+    written, fsync, rename, atomic ``latest``, then delete the older ``ckpt-*`` and leftovers
+    of crashed saves); returns the final directory. Shared with the PETS loop."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
     if final.exists():
         if _read_latest(root) == name:
+            _remove_stale(root, name)  # a crash may have stopped the last save's cleanup
             return final  # this exact state is already saved
         shutil.rmtree(final)  # a stale directory from a crash before `latest` moved
     tmp = root / f"{name}.tmp"
@@ -539,14 +551,36 @@ def commit_checkpoint(root: Path, name: str, write_files: Callable[[Path], None]
         shutil.rmtree(tmp)
     tmp.mkdir()
     write_files(tmp)
+    # the manifest (sizes, CRC-32) of every file written, last: resume verifies it first
+    write_manifest(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file()))
     _fsync_dir(tmp)
     os.replace(tmp, final)
     _fsync_dir(root)
     atomic_write(root / "latest", lambda f: f.write(name.encode()))
-    for old in root.iterdir():
-        if old.name != name and old.name.startswith("ckpt-"):
-            shutil.rmtree(old, ignore_errors=True)
+    _remove_stale(root, name)
     return final
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raises a malformed file's KeyError/TypeError/ValueError/RuntimeError as a
+    ValueError naming `path` (a file that parsed but does not hold what a checkpoint needs)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: corrupt checkpoint file ({type(exc).__name__}: "
+                         f"{exc})"[:500]) from None
+
+
+def _read_config(ckpt: Path) -> MBPOConfig:
+    path = ckpt / "config.json"
+    with _naming(path):
+        try:
+            return MBPOConfig.from_json(path.read_text())
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def latest_checkpoint(logdir: str | os.PathLike) -> Path:
@@ -574,7 +608,8 @@ def evaluate_checkpoint(logdir: str | os.PathLike, episodes: int = 10,
     from .sac import SAC
 
     ckpt = latest_checkpoint(logdir)
-    config = MBPOConfig.from_json((ckpt / "config.json").read_text())
+    verify_checkpoint(ckpt, _CKPT_FILES)
+    config = _read_config(ckpt)
     agent = SAC.load(ckpt / "agent.pt", device=config.device)
     env = _make_env(config)
     try:
@@ -612,12 +647,22 @@ def _np_random_state(env: Any) -> dict | None:
     return None if rng is None else rng.bit_generator.state
 
 
+def _remove_stale(root: Path, keep: str) -> None:
+    """Deletes every checkpoint directory but `keep` (older ones, ``.tmp`` ones of crashed
+    saves) and temporary files of a crash while ``latest`` was written."""
+    for old in root.iterdir():
+        if old.name != keep and old.name.startswith("ckpt-"):
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.name.startswith(".latest.") and old.name.endswith(".tmp"):
+            old.unlink(missing_ok=True)
+
+
 def _read_latest(root: Path) -> str | None:
     try:
-        name = (root / "latest").read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return name if name.startswith("ckpt-") and "/" not in name else None
+        name = (root / "latest").read_bytes().decode("ascii").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None  # missing or damaged pointer: fall back to the newest complete directory
+    return name if name.startswith("ckpt-") and name[5:].isdigit() else None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -282,7 +282,12 @@ Actor Actor::load(const std::string& path) {
   const int64_t obs_dim = f.metadata_int("obs_dim");
   const int64_t act_dim = f.metadata_int("act_dim");
   const int64_t hidden = f.metadata_int("num_layers");
-  if (obs_dim < 1 || act_dim < 1) fail("metadata obs_dim and act_dim must be >= 1");
+  // Bounded (2**24, as the pool's dims) so 2 * act_dim and the widths cannot overflow.
+  constexpr int64_t kMaxDim = int64_t{1} << 24;
+  if (obs_dim < 1 || act_dim < 1 || obs_dim > kMaxDim || act_dim > kMaxDim) {
+    fail("metadata obs_dim and act_dim must be in [1, 2**24], got " + std::to_string(obs_dim) + " and " +
+         std::to_string(act_dim));
+  }
   if (hidden < 0 || hidden + 1 > kActorMaxLayers) {
     fail("metadata num_layers must be in [0, " + std::to_string(kActorMaxLayers - 1) + "], got " +
          std::to_string(hidden));

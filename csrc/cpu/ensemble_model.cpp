@@ -23,7 +23,12 @@ Ensemble Ensemble::load(const std::string& path) {
   Ensemble m;
   const int64_t obs_dim = file.metadata_int("obs_dim");
   const int64_t act_dim = file.metadata_int("act_dim");
-  if (obs_dim <= 0 || act_dim <= 0) throw FormatError(src + ": metadata obs_dim/act_dim must be > 0");
+  // Bounded like the pool's dims (2**24), so the sizes derived below cannot overflow.
+  constexpr int64_t kMaxDim = int64_t{1} << 24;
+  if (obs_dim <= 0 || act_dim <= 0 || obs_dim > kMaxDim || act_dim > kMaxDim) {
+    throw FormatError(src + ": metadata obs_dim/act_dim must be in [1, 2**24], got " + std::to_string(obs_dim) +
+                      " and " + std::to_string(act_dim));
+  }
   if (file.metadata("activation") != "silu") {
     throw FormatError(src + ": unsupported activation '" + file.metadata("activation") + "' (expected 'silu')");
   }

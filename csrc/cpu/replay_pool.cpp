@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -221,7 +222,10 @@ ReplayPool::Buffer<T> ReplayPool::allocate(int64_t count) {
   // written before they are read.
   const size_t bytes = static_cast<size_t>(count) * sizeof(T);
   const size_t align = bytes >= kHugeThreshold ? kHugePage : kAlign;
-  void* p = ::operator new(bytes, std::align_val_t{align});
+  // The nothrow form, so that a refused allocation is a bad_alloc the caller can handle in
+  // every build (AddressSanitizer aborts inside a throwing operator new instead).
+  void* p = ::operator new(bytes, std::align_val_t{align}, std::nothrow);
+  if (p == nullptr) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
   if (align == kHugePage)
     (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint
@@ -620,13 +624,25 @@ ReplayPool ReplayPool::load(const std::string& path) {
               std::to_string(obs_dim) + ", act_dim " + std::to_string(act_dim) + ", size " +
               std::to_string(size) + ", write_pos " + std::to_string(write_pos));
   }
-  ReplayPool pool(capacity, obs_dim, act_dim, get<uint64_t>(header, 56));
-  const int64_t expected = kHeaderBytes + size * pool.row_bytes() + 4;
+  // The file must hold exactly `size` rows before anything is allocated (the bounds
+  // above keep this product below 2**60).
+  const int64_t row_bytes = 4 * (2 * obs_dim + act_dim + 1) + 1;
+  const int64_t expected = kHeaderBytes + size * row_bytes + 4;
   if (file_size != expected) {
     throw bad((file_size < expected ? "truncated: " : "trailing bytes: ") +
               std::to_string(file_size) + " bytes, expected " + std::to_string(expected) + " for " +
               std::to_string(size) + " rows");
   }
+  // The capacity (rows the pool may hold later) is reserved, not touched: a header within
+  // the bounds may still ask for more address space than the machine gives.
+  std::optional<ReplayPool> made;
+  try {
+    made.emplace(capacity, obs_dim, act_dim, get<uint64_t>(header, 56));
+  } catch (const std::bad_alloc&) {
+    throw AllocationError("ReplayPool.load: " + path + " asks for capacity " + std::to_string(capacity) +
+                          " rows of " + std::to_string(row_bytes) + " bytes, which cannot be allocated");
+  }
+  ReplayPool& pool = *made;
   pool.size_ = size;
   pool.write_pos_ = write_pos;
   pool.rng_counter_ = get<uint64_t>(header, 64);
@@ -660,7 +676,7 @@ ReplayPool ReplayPool::load(const std::string& path) {
   for (int64_t i = 0; i < size; ++i) {
     if (pool.term_[pool.slot(i)] > 1) throw bad("terminated: values must be 0 or 1");
   }
-  return pool;
+  return std::move(pool);
 }
 
 }  // namespace mbpo_fast

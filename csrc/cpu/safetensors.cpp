@@ -12,6 +12,11 @@ namespace mbpo_fast {
 namespace {
 
 constexpr uint64_t kMaxHeader = 100ull * 1024 * 1024;
+// Deepest JSON nesting the header may have (tensor entries need 3 levels; skipped values
+// of unknown keys may nest further). The reader recurses, so this bounds its stack.
+constexpr int kMaxJsonDepth = 64;
+// Most dimensions a tensor may have (its extents are parsed into memory first).
+constexpr size_t kMaxRank = 64;
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream os;
@@ -118,11 +123,12 @@ class JsonReader {
     return neg ? -static_cast<int64_t>(v) : static_cast<int64_t>(v);
   }
 
-  std::vector<int64_t> int_array() {
+  std::vector<int64_t> int_array(size_t max_len) {
     std::vector<int64_t> out;
     expect('[');
     if (peek(']')) { ++p_; return out; }
     for (;;) {
+      if (out.size() == max_len) fail("array longer than " + std::to_string(max_len));
       out.push_back(integer());
       if (peek(',')) { ++p_; continue; }
       expect(']');
@@ -130,10 +136,11 @@ class JsonReader {
     }
   }
 
-  // Skips any JSON value (used for unknown keys).
-  void skip_value() {
+  // Skips any JSON value (used for unknown keys), at most kMaxJsonDepth levels deep.
+  void skip_value(int depth = 0) {
     ws();
     if (p_ >= end_) fail("unexpected end");
+    if (depth >= kMaxJsonDepth) fail("nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     const char c = *p_;
     if (c == '"') { string(); return; }
     if (c == '{' || c == '[') {
@@ -142,7 +149,7 @@ class JsonReader {
       if (peek(close)) { ++p_; return; }
       for (;;) {
         if (c == '{') { string(); expect(':'); }
-        skip_value();
+        skip_value(depth + 1);
         if (peek(',')) { ++p_; continue; }
         expect(close);
         return;
@@ -197,6 +204,7 @@ const char* dtype_name(DType dtype) noexcept {
 }
 
 int64_t TensorInfo::numel() const noexcept {
+  // Only called on parsed tensors, whose byte size parse() checked to fit in int64.
   int64_t n = 1;
   for (int64_t s : shape) n *= s;
   return n;
@@ -259,10 +267,10 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
               if (!parse_dtype(d, info.dtype)) throw bad("tensor '" + key + "' has unsupported dtype " + d);
               has_dtype = true;
             } else if (field == "shape") {
-              info.shape = json.int_array();
+              info.shape = json.int_array(kMaxRank);
               has_shape = true;
             } else if (field == "data_offsets") {
-              const auto off = json.int_array();
+              const auto off = json.int_array(2);
               if (off.size() != 2 || off[0] < 0 || off[1] < off[0]) throw bad("tensor '" + key + "' has bad data_offsets");
               info.begin = static_cast<uint64_t>(off[0]);
               info.end = static_cast<uint64_t>(off[1]);
@@ -277,7 +285,16 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
         json.expect('}');
         if (!has_dtype || !has_shape || !has_offsets) throw bad("tensor '" + key + "' lacks dtype, shape or data_offsets");
         for (int64_t s : info.shape) if (s < 0) throw bad("tensor '" + key + "' has a negative extent");
-        const uint64_t expected = static_cast<uint64_t>(info.numel()) * static_cast<uint64_t>(dtype_size(info.dtype));
+        // Byte size with overflow checks: a shape whose product does not fit cannot match
+        // any file (and would wrap to a small number that could).
+        int64_t expected_bytes = dtype_size(info.dtype);
+        for (int64_t s : info.shape) {
+          if (__builtin_mul_overflow(expected_bytes, s, &expected_bytes)) {
+            throw bad("tensor '" + key + "': shape " + shape_string(info.shape) + " of " + dtype_name(info.dtype) +
+                      " has more than 2**63 bytes");
+          }
+        }
+        const uint64_t expected = static_cast<uint64_t>(expected_bytes);
         if (info.end - info.begin != expected) {
           throw bad("tensor '" + key + "': offsets " + std::to_string(info.begin) + ".." + std::to_string(info.end) +
                     " do not match shape " + shape_string(info.shape) + " of " + dtype_name(info.dtype));
@@ -287,7 +304,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
                     std::to_string(data_size) + " bytes (truncated?)");
         }
         spans.emplace_back(info.begin, info.end);
-        f.tensors_[key] = std::move(info);
+        if (!f.tensors_.emplace(key, std::move(info)).second) throw bad("tensor '" + key + "' appears twice");
       }
       if (json.peek(',')) { json.expect(','); continue; }
       break;

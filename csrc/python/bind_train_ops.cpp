@@ -267,8 +267,11 @@ written in place (accumulate=True adds to them). bf16=True rounds the GEMM input
         float* x = flat(x_obj, "x", n, true, &keep);
         if (kind == "relu") {
           if (!pre_obj.is_none()) throw py::value_error("pre: only silu saves its input");
-          py::gil_scoped_release release;
-          relu_forward(x, n);
+          {
+            // Scoped: the None returned below is a Python object (its refcount needs the GIL).
+            py::gil_scoped_release release;
+            relu_forward(x, n);
+          }
           return py::object(py::none());
         }
         if (pre_obj.is_none()) pre_obj = py::array_t<float>(std::vector<py::ssize_t>(arr.shape(), arr.shape() + arr.ndim()));

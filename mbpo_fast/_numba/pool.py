@@ -251,7 +251,12 @@ class ReplayPool:
         (data_crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
         if data_crc != zlib.crc32(memoryview(blob)[:-4]):
             raise bad("data checksum mismatch: file is corrupted")
-        pool = ReplayPool(cap, od, ad, seed)
+        try:  # the capacity is reserved (np.empty), not touched, but may exceed the address space
+            pool = ReplayPool(cap, od, ad, seed)
+        except MemoryError:
+            raise MemoryError(f"ReplayPool.load: {path} asks for capacity {cap} rows of "
+                              f"{4 * (2 * od + ad + 1) + 1} bytes, which cannot be allocated") \
+                from None
         offset = _HEADER_BYTES
         fields = []
         for dtype, width in ((np.float32, od), (np.float32, ad), (np.float32, 0),

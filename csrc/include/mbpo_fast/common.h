@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -38,6 +39,17 @@ class IoError : public std::runtime_error {
 class FormatError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// Thrown when a file asks for more memory than can be allocated (e.g. a pool header's
+// capacity); carries a message naming the file (Python: MemoryError).
+class AllocationError : public std::bad_alloc {
+ public:
+  explicit AllocationError(std::string message) : message_(std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
 };
 
 // Throws InvalidArgument(message) when `condition` is false. Used instead of the assert macro:
