@@ -395,6 +395,12 @@ def test_disagreement_auto_measures_one_row_in_256(backend, rng):
     assert stats["disagreement_rows"] == ref["disagreement_rows"]
     assert 3 <= stats["disagreement_rows"] <= 15  # 5 rows at the first step (1,100 stored)
     assert stats["mean_disagreement"] == pytest.approx(ref["mean_disagreement"], rel=1e-4)
+    # measuring (natively: on the step's own pass over the elites) never changes the rollout
+    a, b = mf.ReplayPool(9000, OD, AD), mf.ReplayPool(9000, OD, AD)
+    run_native_rollout(inf, agent, "Hopper-v5", real, a, 1100, 3, 6)
+    run_native_rollout(inf, agent, "Hopper-v5", real, b, 1100, 3, 6, compute_disagreement=False)
+    for x, y in zip(a.transitions(), b.transitions(), strict=True):
+        np.testing.assert_array_equal(x, y)
     # "auto" and "all" by name; the engines' integer rules; anything else names the argument
     for rule, rows in (("auto", stats["disagreement_rows"]), ("all", stats["rows_added"]),
                        (-1, stats["rows_added"]), (-2, stats["disagreement_rows"])):

@@ -243,9 +243,16 @@ void EnsembleView::validate(bool need_elites) const {
 
 // ------------------------------------------------------------------ step
 
-void ensemble_step(const EnsembleView& v, const float* obs, const float* act, int64_t batch, uint64_t seed,
-                   bool deterministic, const int64_t* members, float* next_obs_out, float* reward_out,
-                   int64_t* members_out) {
+namespace {
+
+// ensemble_step's body. With n_sample > 0 (members == nullptr, n_sample <=
+// kStepSampleMax, n_sample <= batch), the first n_sample rows also go through every elite,
+// appended to that elite's first tile (an elite without rows of its own gets a tile of just
+// them), so each elite's weights are streamed once for both; sample_means receives
+// [K, n_sample, out_dim] (the raw means of Δobs and reward).
+void step_impl(const EnsembleView& v, const float* obs, const float* act, int64_t batch, uint64_t seed,
+               bool deterministic, const int64_t* members, float* next_obs_out, float* reward_out,
+               int64_t* members_out, int64_t n_sample, float* sample_means) {
   check_batch(batch, "ensemble_step");
   v.validate(members == nullptr);
   const int64_t E = v.ensemble_size;
@@ -296,27 +303,86 @@ void ensemble_step(const EnsembleView& v, const float* obs, const float* act, in
       tiles.insert(tiles.end(), {e, first, begin + count * (t + 1) / n - first});
     }
   }
+  // The sample rows ride on the first tile of each elite (elite index k, or -1 in tile_sample).
+  thread_local std::vector<int64_t> tl_tile_sample;
+  std::vector<int64_t>& tile_sample = tl_tile_sample;
+  tile_sample.assign(tiles.size() / 3, -1);
+  if (n_sample > 0) {
+    for (int64_t k = 0; k < v.num_elites; ++k) {
+      const int64_t e = v.elites[k];
+      int64_t first_tile = -1;
+      for (size_t t = 0; t < tile_sample.size(); ++t) {
+        if (tiles[3 * t] == e && tile_sample[t] < 0) {
+          first_tile = static_cast<int64_t>(t);
+          break;
+        }
+      }
+      if (first_tile < 0) {  // no rows of its own (or the elite is listed twice): a tile of the samples
+        tiles.insert(tiles.end(), {e, 0, 0});
+        tile_sample.push_back(k);
+      } else {
+        tile_sample[static_cast<size_t>(first_tile)] = k;
+      }
+    }
+  }
   const int64_t num_tiles = static_cast<int64_t>(tiles.size() / 3);
   const int64_t* tile = tiles.data();
+  const int64_t* tile_k = tile_sample.data();
   std::atomic<int64_t> next_tile{0};
   auto run_slots = [&](int64_t, int64_t) {
     Scratch& s = scratch();
-    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
-    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    float* xa = s.ensure(s.a, static_cast<size_t>((kTileRows + kStepSampleMax) * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>((kTileRows + kStepSampleMax) * ld));
     float* work = s.ensure(s.extra, static_cast<size_t>(2 * out_dim));
     for (int64_t t; (t = next_tile.fetch_add(1, std::memory_order_relaxed)) < num_tiles;) {
       const int64_t e = tile[3 * t], rows = tile[3 * t + 2];
       const int64_t* idx = order + tile[3 * t + 1];
+      const int64_t k = tile_k[t];
+      const int64_t extra = k >= 0 ? n_sample : 0;
       gather_normalized(v, obs, act, rows, [&](int64_t r) { return idx[r]; }, xa, ld);
-      const float* head = forward_tile(v, e, xa, xb, rows, ld, kern);
-      kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
-                         next_obs_out, reward_out, work);
+      if (extra > 0) gather_normalized(v, obs, act, extra, [](int64_t r) { return r; }, xa + rows * ld, ld);
+      const float* head = forward_tile(v, e, xa, xb, rows + extra, ld, kern);
+      if (rows > 0) {
+        kern.step_epilogue(head, ld, rows, idx, obs, v.obs_dim, v.max_logvar, v.min_logvar, seed, deterministic,
+                           next_obs_out, reward_out, work);
+      }
+      for (int64_t j = 0; j < extra; ++j) {
+        const float* h = head + (rows + j) * ld;
+        std::copy(h, h + out_dim, sample_means + (k * n_sample + j) * out_dim);
+      }
     }
   };
   if (threads == 1 || num_tiles < 2) {
     run_slots(0, 1);
   } else {
     parallel_for(std::min<int64_t>(threads, num_tiles), 1, run_slots);
+  }
+}
+
+}  // namespace
+
+void ensemble_step(const EnsembleView& v, const float* obs, const float* act, int64_t batch, uint64_t seed,
+                   bool deterministic, const int64_t* members, float* next_obs_out, float* reward_out,
+                   int64_t* members_out) {
+  step_impl(v, obs, act, batch, seed, deterministic, members, next_obs_out, reward_out, members_out, 0, nullptr);
+}
+
+void ensemble_step_sample_disagreement(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
+                                       uint64_t seed, bool deterministic, float* next_obs_out, float* reward_out,
+                                       int64_t n_sample, float* disagreement_out) {
+  MBPO_ENSEMBLE_REQUIRE(n_sample >= 0 && n_sample <= kStepSampleMax && n_sample <= batch,
+                        "n_sample: expected 0 <= n_sample <= min(batch, " + std::to_string(kStepSampleMax) +
+                            "), got " + std::to_string(n_sample));
+  MBPO_ENSEMBLE_REQUIRE(n_sample == 0 || disagreement_out != nullptr,
+                        "ensemble_step_sample_disagreement: null disagreement output");
+  v.validate(/*need_elites=*/true);
+  const int64_t out_dim = v.out_dim(), K = v.num_elites;
+  thread_local std::vector<float> tl_means;
+  tl_means.resize(static_cast<size_t>(std::max<int64_t>(1, K * n_sample * out_dim)));
+  step_impl(v, obs, act, batch, seed, deterministic, nullptr, next_obs_out, reward_out, nullptr, n_sample,
+            tl_means.data());
+  for (int64_t j = 0; j < n_sample; ++j) {
+    disagreement_out[j] = kernels::disagreement_row(tl_means.data() + j * out_dim, n_sample * out_dim, K, out_dim);
   }
 }
 

@@ -136,7 +136,16 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     const uint64_t seed_t = rollout_step_seed(seed, t);
     const int64_t B = alive;
     actor_act(actor, obs.data(), B, seed_t, 0, /*deterministic=*/false, act.data(), nullptr);
-    if (!uncertain) {
+    // The disagreement statistic is measured on the first m_sample input rows that are stored.
+    // A small sample rides on the step's own weight pass (ensemble_step_sample_disagreement);
+    // larger ones (and the uncertainty path) take a separate pass over the stored rows below.
+    const int64_t m_sample = compute_disagreement ? disagreement_sample_rows(disagreement_rows, B) : 0;
+    const bool fused = m_sample > 0 && m_sample <= kStepSampleMax && !uncertain;
+    int64_t sample_stored = 0;
+    if (fused) {
+      ensemble_step_sample_disagreement(model, obs.data(), act.data(), B, seed_t, /*deterministic=*/false,
+                                        next.data(), rew.data(), m_sample, dis.data());
+    } else if (!uncertain) {
       ensemble_step(model, obs.data(), act.data(), B, seed_t, /*deterministic=*/false, nullptr, next.data(),
                     rew.data(), nullptr);
     } else {  // every elite once per row: the same sampled transition and d
@@ -172,6 +181,10 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
         unc_sum += static_cast<double>(unc_d[i]);
         pen_sum += static_cast<double>(penalty) * std::sqrt(static_cast<double>(unc_d[i]));
       }
+      if (i < m_sample) {
+        ++sample_stored;
+        if (fused) dis_sum += static_cast<double>(dis[i]);
+      }
       if (stored != i) {
         std::memcpy(obs.data() + stored * od, obs.data() + i * od, sizeof(float) * od);
         std::memcpy(act.data() + stored * ad, act.data() + i * ad, sizeof(float) * ad);
@@ -184,13 +197,13 @@ RolloutStats run(const ActorView& actor, const EnsembleView& model, const TermFn
     st.nonfinite += dropped;
     st.steps_run += 1;
 
-    const int64_t measured = disagreement_sample_rows(disagreement_rows, stored);
-    if (compute_disagreement && measured > 0) {
-      ensemble_disagreement(model, obs.data(), act.data(), measured, model.elites, model.num_elites,
+    // (compaction keeps the order: the sample's stored rows are the first sample_stored ones)
+    if (!fused && sample_stored > 0) {
+      ensemble_disagreement(model, obs.data(), act.data(), sample_stored, model.elites, model.num_elites,
                             dis.data());
-      for (int64_t i = 0; i < measured; ++i) dis_sum += static_cast<double>(dis[i]);
-      st.disagreement_rows += measured;
+      for (int64_t i = 0; i < sample_stored; ++i) dis_sum += static_cast<double>(dis[i]);
     }
+    st.disagreement_rows += sample_stored;
     sink.append(obs.data(), act.data(), rew.data(), next.data(), term.data(), stored);
     st.rows_added += stored;
 

@@ -233,6 +233,10 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
             stop = ok & (d.astype(np.float64) > threshold)
             stats["num_stopped"] += int(np.count_nonzero(stop))
             ok &= ~stop
+        # the statistic's sample: those of the first m alive rows that are stored
+        m_sample = disagreement_sample_rows(disagreement_rows, obs.shape[0]) \
+            if compute_disagreement else 0
+        sample_stored = int(np.count_nonzero(ok[:m_sample]))
         if not ok.all():
             obs, act, rew, next_obs, term = obs[ok], act[ok], rew[ok], next_obs[ok], term[ok]
         if uncertain:
@@ -240,8 +244,8 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
             unc_sum += float(d.sum())
             pen_sum += float((penalty * np.sqrt(d)).sum())
         n = obs.shape[0]
-        m = disagreement_sample_rows(disagreement_rows, n)
-        if compute_disagreement and m > 0:
+        m = sample_stored  # the first stored rows (compaction keeps the order)
+        if m > 0:
             with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
                 dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,
                                                  ens.weights, ens.biases, ens.max_logvar,

@@ -206,6 +206,36 @@ TEST_CASE("ensemble_disagreement is the member std of the means, averaged over o
   }
 }
 
+TEST_CASE("ensemble_step_sample_disagreement: the step's transitions plus the elites' disagreement") {
+  const Model m(3, 2, 6, {48, 48}, 21);  // elites 0, 2, 4 (every other member)
+  for (int64_t B : {1, 7, 70, 400}) {
+    const auto obs = random_vec(B * 3, 22 + static_cast<uint32_t>(B)), act = random_vec(B * 2, 23);
+    std::vector<float> a_obs(B * 3), a_rew(B), b_obs(B * 3), b_rew(B);
+    ensemble_step(m.view(), obs.data(), act.data(), B, 99, false, nullptr, a_obs.data(), a_rew.data(), nullptr);
+    const int64_t n = std::min<int64_t>(B, 3);
+    std::vector<float> dis(n), ref(n);
+    for (int threads : {1, 2}) {
+      const int saved = num_threads();
+      set_num_threads(threads);
+      ensemble_step_sample_disagreement(m.view(), obs.data(), act.data(), B, 99, false, b_obs.data(), b_rew.data(),
+                                        n, dis.data());
+      set_num_threads(saved);
+      CHECK(a_obs == b_obs);  // the same members, noise and values as the plain step
+      CHECK(a_rew == b_rew);
+      ensemble_disagreement(m.view(), obs.data(), act.data(), n, nullptr, 0, ref.data());
+      for (int64_t j = 0; j < n; ++j) CHECK_NEAR(dis[j], ref[j], 1e-6 * (1.0 + ref[j]));
+      CHECK(ref[0] > 0.0f);
+    }
+  }
+  // n_sample bounds: more than the batch or than kStepSampleMax is refused
+  const auto obs = random_vec(40 * 3, 30), act = random_vec(40 * 2, 31);
+  std::vector<float> o(40 * 3), r(40), d(kStepSampleMax + 1);
+  CHECK_THROWS(ensemble_step_sample_disagreement(m.view(), obs.data(), act.data(), 5, 1, false, o.data(), r.data(),
+                                                 6, d.data()));
+  CHECK_THROWS(ensemble_step_sample_disagreement(m.view(), obs.data(), act.data(), 40, 1, false, o.data(), r.data(),
+                                                 kStepSampleMax + 1, d.data()));
+}
+
 TEST_CASE("bad arguments throw InvalidArgument and write nothing") {
   const Model m(3, 1, 5, {16}, 13);
   const int64_t B = 4;

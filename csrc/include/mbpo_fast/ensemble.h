@@ -62,6 +62,17 @@ void ensemble_step(const EnsembleView& view, const float* obs, const float* act,
                    uint64_t seed, bool deterministic, const int64_t* members, float* next_obs_out,
                    float* reward_out, int64_t* members_out);
 
+// ensemble_step with the elites' disagreement on a sample of its rows, from the same weight
+// pass: the first n_sample rows (0 <= n_sample <= min(batch, kStepSampleMax)) also run
+// through every elite, riding on that elite's first tile, and disagreement_out[j] is
+// ensemble_disagreement(row j) over the elites. The step's own outputs equal ensemble_step's
+// (same members and noise); the rollout's default disagreement statistic uses this so that
+// measuring costs a few rows of arithmetic instead of another pass over the elites' weights.
+constexpr int64_t kStepSampleMax = 16;
+void ensemble_step_sample_disagreement(const EnsembleView& view, const float* obs, const float* act,
+                                       int64_t batch, uint64_t seed, bool deterministic, float* next_obs_out,
+                                       float* reward_out, int64_t n_sample, float* disagreement_out);
+
 // The row grouping ensemble_step uses (CPU and CUDA share its index math,
 // csrc/kernels/ensemble_grouping.h): member[i] of each row; member e owns the sorted
 // positions [start[e], start[e + 1]); order[p] is the original row at sorted position p

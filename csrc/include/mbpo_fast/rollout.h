@@ -24,12 +24,15 @@
 //      measured stored transitions, of ensemble_disagreement(model, obs, act) over the
 //      elites: the population std across elites of the predicted mean (Δobs, reward),
 //      averaged over the obs_dim + 1 outputs, at the state-action pairs the rollout
-//      visited. Measured at each step on the first m stored transitions (a uniform random
-//      subset: start rows are drawn uniformly and alive rows keep their order), with m given
-//      by the disagreement_rows rule (disagreement_sample_rows): a count >= 0, every stored
-//      row (kDisagreementAllRows), or one row in kDisagreementAutoStride, at least one
-//      (kDisagreementAutoRows, the default of the BranchedRollout classes: ~1 % of the
-//      rollout's arithmetic). It costs one forward of every elite per measured row.
+//      visited. Measured at each step on those of the first m alive rows whose transition is
+//      stored (a uniform random subset: start rows are drawn uniformly and alive rows keep
+//      their order), with m given by the disagreement_rows rule (disagreement_sample_rows) of
+//      the step's alive rows: a count >= 0, every row (kDisagreementAllRows), or one row in
+//      kDisagreementAutoStride, at least one (kDisagreementAutoRows, the default of the
+//      BranchedRollout classes). It costs one forward of every elite per measured row; a
+//      sample of at most kStepSampleMax rows rides on the step's own pass over the elites'
+//      weights (ensemble_step_sample_disagreement, same transitions), larger ones take a
+//      separate pass.
 //
 //   4. Uncertainty (issue 16; RolloutUncertainty, off by default: then steps 1-3 run exactly as
 //      written, same code path and cost). When a stop threshold or a penalty is set, step 2b
