@@ -7,7 +7,9 @@ Run:  PYTHONPATH=. python benchmarks/bench_interference.py [--rounds 7] [--calls
 Two fresh interpreters, nothing set in the environment by this benchmark:
 * **mbpo_fast first** (``import mbpo_fast`` before torch — the CLI, and programs written as
   the docs show): the library sets ``GOMP_SPINCOUNT=20000`` before torch starts;
-* **torch first** (``import torch`` before mbpo_fast): libgomp's default spin stays.
+* **torch first** (``import torch`` before mbpo_fast): libgomp's default spin stays;
+* **mbpo_fast first with ``MBPO_FAST_OPENMP_SPIN=0``** (the opt-out): the same import order
+  as the first, libgomp's default spin (separates the setting from the import order).
 
 In each, with torch on 2 threads and the native pool on 2 threads, Hopper sizes (ensemble
 7 x 4 x 200 with 5 elites, SAC 2 x 256), two native calls are timed alone and right after a
@@ -89,9 +91,10 @@ print(json.dumps(out))
 '''
 
 
-def run_child(first: str, rounds: int, calls: int) -> dict:
+def run_child(first: str, rounds: int, calls: int, **extra_env: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "MBPO_FAST_OPENMP_SPIN")}
+    env.update(extra_env)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", CHILD, first, str(rounds), str(calls)],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
@@ -118,9 +121,12 @@ def measure(rounds: int, calls: int, repeats: int = 2) -> dict[str, dict]:
     """Each interpreter `repeats` times, alternating, so a slow period hits both; every run
     is reported (its own row)."""
     results: dict[str, dict] = {}
+    variants = (("mbpo_fast", "mbpo_fast first", {}), ("torch", "torch first", {}),
+                ("mbpo_fast", "mbpo_fast first, MBPO_FAST_OPENMP_SPIN=0",
+                 {"MBPO_FAST_OPENMP_SPIN": "0"}))
     for i in range(repeats):
-        for first, name in (("mbpo_fast", "mbpo_fast first"), ("torch", "torch first")):
-            results[f"{name} (run {i + 1})"] = run_child(first, rounds, calls)
+        for first, name, extra in variants:
+            results[f"{name} (run {i + 1})"] = run_child(first, rounds, calls, **extra)
     return results
 
 
