@@ -27,9 +27,9 @@ import mbpo_fast  # noqa: F401
 
 # isort: split
 
-# Measured in the environment a user has: no OpenMP tuning variables are set here. (Runs
-# recorded before 2026-12-04 set GOMP_SPINCOUNT=20000, which sped the native side up by up
-# to ~25 % at 400 rows; see RESULTS_rollout.md / RESULTS_ensemble_step.md.)
+# Measured in the environment a user has: no OpenMP tuning variable is set here; importing
+# mbpo_fast first applies the library's own (mbpo_fast/_openmp.py). Runs recorded before
+# 2026-12-04 set GOMP_SPINCOUNT=20000 in the benchmark itself.
 import math  # noqa: E402
 import os
 import statistics  # noqa: E402
@@ -238,7 +238,8 @@ def main(path: str | None = None, budget_s: float = 6.0) -> str:
         f"follows a {SETTLE_S * 1e3:.0f} ms pause and one untimed call of the same "
         "implementation).",
         "",
-        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (see the module docstring). "
+        f"torch's OpenMP spin: {mbpo_fast.build_info()['openmp_spin']} (nothing set by the "
+        "benchmark; docs/threads.md). "
         f"Large batched matmul (torch bmm 7x1024x512 @ 512x512) in the same run: "
         f"{canary_before:.0f} GFLOP/s before, {canary_after:.0f} GFLOP/s after.",
         "",
