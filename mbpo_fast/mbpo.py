@@ -110,13 +110,7 @@ class MBPO:
 
         config.validate()
         self.config = config
-        if logdir is None:
-            logdir = config.logdir
-        if logdir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            logdir = Path("runs") / f"{config.env_id}-{config.seed}-{stamp}"
-        self.logdir = Path(logdir)
-        self.config.logdir = str(self.logdir)
+        self.logdir = resolve_logdir(config, logdir)
         self.quiet = quiet
         seed = config.seed
         _seed_globals(seed)
@@ -529,6 +523,19 @@ class MBPO:
 
 
 # ====================================================================== helpers
+def resolve_logdir(config: Any, logdir: str | os.PathLike | None, prefix: str = "") -> Path:
+    """The run directory: `logdir`, else ``config.logdir``, else
+    ``runs/<prefix><env_id>-<seed>-<timestamp>``; recorded in ``config.logdir``."""
+    if logdir is None:
+        logdir = config.logdir
+    if logdir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        logdir = Path("runs") / f"{prefix}{config.env_id}-{config.seed}-{stamp}"
+    path = Path(logdir)
+    config.logdir = str(path)
+    return path
+
+
 # Config fields that shape the saved state (network sizes, spaces, seeds): a resume keeps them.
 _STATE_SHAPING_FIELDS = ("env_id", "env_kwargs", "seed", "device", "sac_hidden_size",
                          "sac_num_layers", "ensemble_size", "num_elites", "model_hidden_size",

@@ -43,6 +43,7 @@ from .mbpo import (
     _torch_save,
     commit_checkpoint,
     latest_checkpoint,
+    resolve_logdir,
 )
 
 __all__ = ["PETS", "PETSConfig", "PETS_PROGRESS_COLUMNS"]
@@ -217,13 +218,7 @@ class PETS:
 
         config.validate()
         self.config = config
-        if logdir is None:
-            logdir = config.logdir
-        if logdir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            logdir = Path("runs") / f"pets-{config.env_id}-{config.seed}-{stamp}"
-        self.logdir = Path(logdir)
-        self.config.logdir = str(self.logdir)
+        self.logdir = resolve_logdir(config, logdir, prefix="pets-")
         self.quiet = quiet
         _seed_globals(config.seed)
         self.env = _make_env(config)

@@ -263,11 +263,7 @@ class BranchedRollout:
                 obs, act, next_obs, rew = obs[finite], act[finite], next_obs[finite], rew[finite]
             if obs.shape[0] == 0:
                 break
-            done = np.asarray(_to_numpy(self.termination(obs, act, next_obs)), dtype=bool)
-            if done.shape != (obs.shape[0],):
-                raise ValueError(f"termination returned shape {done.shape}, expected "
-                                 f"({obs.shape[0]},)")
-            model_pool.add_batch(obs, act, rew, next_obs, done)
+            done = self._terminate_and_store(model_pool, obs, act, rew, next_obs)
             rows_added += obs.shape[0]
             n_done = int(np.count_nonzero(done))
             terminated_rows += n_done
@@ -354,11 +350,7 @@ class BranchedRollout:
             obs, act, next_obs, rew, d = obs[ok], act[ok], next_obs[ok], rew[ok], d[ok]
             if obs.shape[0] == 0:
                 break
-            done = np.asarray(_to_numpy(self.termination(obs, act, next_obs)), dtype=bool)
-            if done.shape != (obs.shape[0],):
-                raise ValueError(f"termination returned shape {done.shape}, expected "
-                                 f"({obs.shape[0]},)")
-            model_pool.add_batch(obs, act, rew, next_obs, done)
+            done = self._terminate_and_store(model_pool, obs, act, rew, next_obs)
             rows_added += obs.shape[0]
             unc_sum += float(np.sum(d, dtype=np.float64))
             pen_sum += float(np.sum(float(pen) * np.sqrt(d.astype(np.float64))))
@@ -379,6 +371,16 @@ class BranchedRollout:
             mean_uncertainty=unc_sum / rows_added if rows_added else float("nan"),
             disagreement_threshold=threshold if stop_on else float("nan"),
         )
+
+    def _terminate_and_store(self, model_pool: Any, obs: np.ndarray, act: np.ndarray,
+                             rew: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """The termination flags bool [n] of a step's stored rows, appended to the pool."""
+        done = np.asarray(_to_numpy(self.termination(obs, act, next_obs)), dtype=bool)
+        if done.shape != (obs.shape[0],):
+            raise ValueError(f"termination returned shape {done.shape}, expected "
+                             f"({obs.shape[0]},)")
+        model_pool.add_batch(obs, act, rew, next_obs, done)
+        return done
 
     def _run_cuda(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
                   seed: int) -> RolloutStats:
