@@ -648,6 +648,8 @@ class EnsembleDynamics(nn.Module):
             if handle is None or inf._handle_ops is not _backend.ops:
                 handle = inf.handle()
             if out is None:
+                if not deterministic and not return_members:
+                    return handle.sample(obs, act, seed)
                 return handle.step(obs, act, seed, deterministic, None, None, None, return_members)
             out_next, out_rew = _out_pair(out, single=False)
             return handle.step(obs, act, seed, deterministic, None, out_next, out_rew,

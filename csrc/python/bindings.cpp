@@ -415,6 +415,9 @@ bool overlaps(const py::array& a, const py::array& b) {
 // a new handle then).
 class EnsembleHandle {
  public:
+  // Batches up to this many rows run with the GIL held (one row takes ~5 us).
+  static constexpr int64_t kHoldGilRows = 4;
+
   EnsembleHandle(py::handle input_mean, py::handle input_std, const py::sequence& weights,
                  const py::sequence& biases, py::handle max_logvar, py::handle min_logvar, py::handle elites,
                  py::handle weights_bf16) {
@@ -469,12 +472,19 @@ class EnsembleHandle {
     }
     float* pn = next_obs.mutable_data();
     float* pr = rew.mutable_data();
-    {
+    if (B <= kHoldGilRows) {  // a few microseconds: releasing the GIL would cost more than it frees
+      ensemble_step(v, o.data(), a.data(), B, s, deterministic, mem_ptr, pn, pr, pu);
+    } else {
       py::gil_scoped_release release;
       ensemble_step(v, o.data(), a.data(), B, s, deterministic, mem_ptr, pn, pr, pu);
     }
     if (return_members) return py::make_tuple(next_obs, rew, used);
     return py::make_tuple(next_obs, rew);
+  }
+
+  // The common call (sampled step, no members, fresh outputs) with fewer arguments to parse.
+  py::tuple sample(py::handle obs, py::handle act, py::handle seed) const {
+    return step(obs, act, seed, false, py::none(), py::none(), py::none(), false);
   }
 
  private:
@@ -648,6 +658,8 @@ void bind_ensemble(py::module_& m) {
            py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"), py::arg("weights_bf16") = py::none())
       .def_property_readonly("obs_dim", &EnsembleHandle::obs_dim)
       .def_property_readonly("act_dim", &EnsembleHandle::act_dim)
+      .def("sample", &EnsembleHandle::sample, py::arg("obs"), py::arg("act"), py::arg("seed"),
+           "step(obs, act, seed) with the defaults (sampled, elites drawn, new outputs): (next_obs, rew).")
       .def("step", &EnsembleHandle::step, py::arg("obs"), py::arg("act"), py::arg("seed") = 0,
            py::arg("deterministic") = false, py::arg("members") = py::none(), py::arg("out_next_obs") = py::none(),
            py::arg("out_rew") = py::none(), py::arg("return_members") = false,

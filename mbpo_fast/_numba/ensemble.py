@@ -559,6 +559,10 @@ class EnsembleHandle:
         self._bf16 = weights_bf16
         self.obs_dim, self.act_dim = p.obs_dim, p.act_dim
 
+    def sample(self, obs, act, seed):
+        """``step(obs, act, seed)`` with the defaults: (next_obs, rew)."""
+        return self.step(obs, act, seed)
+
     def step(self, obs, act, seed=0, deterministic=False, members=None, out_next_obs=None,
              out_rew=None, return_members=False):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
