@@ -5,7 +5,9 @@ for the chosen member). The C++ side is benchmarks/cpp/bench_step.cpp (built wit
 tests: ``build/<dir>/bench_step``), which loads the file with ``mbpo_fast::Ensemble::load`` and
 times each call alone (steady_clock). The Python side times ``EnsembleDynamics.load(file)
 .step(obs, act, seed=i)`` on the active backend (native), one call per sample
-(perf_counter_ns). Every call uses a new seed. The two alternate in rounds (C++ then Python,
+(perf_counter_ns): the default call (new output arrays), and beside it the same call into
+preallocated outputs (``out=(next_obs, rew)``, what a control loop that allocates nothing
+uses; the C++ side writes into preallocated buffers too). Every call uses a new seed. The two alternate in rounds (C++ then Python,
 DESIGN §7); the reported value of each is the median over rounds of the per-round medians,
 and the ratio is Python / C++ per round, medianed. A torch matmul canary runs before and
 after (``../shared/tools/matmul_canary.py`` rates; distrust a run where it dropped).
@@ -62,13 +64,14 @@ def cpp_medians(exe: Path, model_path: Path, reps: int) -> dict[int, float]:
 
 
 def python_median(model: mf.EnsembleDynamics, obs: np.ndarray, act: np.ndarray, reps: int,
-                  seed0: int) -> float:
+                  seed0: int, out: tuple | None = None) -> float:
+    """Median µs of ``model.step(obs, act, seed=...)`` (with ``out=out`` when given)."""
     for i in range(max(reps // 10, 100)):
-        model.step(obs, act, seed=seed0 + i)
+        model.step(obs, act, seed=seed0 + i, out=out)
     samples = np.empty(reps)
     for i in range(reps):
         t0 = time.perf_counter_ns()
-        model.step(obs, act, seed=seed0 + i)
+        model.step(obs, act, seed=seed0 + i, out=out)
         samples[i] = time.perf_counter_ns() - t0
     return float(np.median(samples)) / 1e3
 
@@ -92,13 +95,17 @@ def main() -> str:
         inputs = {b: (rng.standard_normal((b, OBS), dtype=np.float32),
                       rng.standard_normal((b, ACT), dtype=np.float32)) for b in BATCHES}
         canary_before = canary_gflops()
+        outs = {b: (np.empty((b, OBS), np.float32), np.empty(b, np.float32)) for b in BATCHES}
         cpp: dict[int, list[float]] = {b: [] for b in BATCHES}
         py: dict[int, list[float]] = {b: [] for b in BATCHES}
+        py_out: dict[int, list[float]] = {b: [] for b in BATCHES}
         for r in range(args.rounds):
             for b, t in cpp_medians(exe, path, args.reps).items():
                 cpp[b].append(t)
             for b in BATCHES:
                 py[b].append(python_median(model, *inputs[b], args.reps, seed0=r * args.reps))
+                py_out[b].append(python_median(model, *inputs[b], args.reps, seed0=r * args.reps,
+                                               out=outs[b]))
         canary_after = canary_gflops()
 
     lines = [
@@ -106,14 +113,18 @@ def main() -> str:
         f"matmul canary {canary_before:.0f} GFLOP/s before, {canary_after:.0f} after.",
         "",
         "| B | C++ Ensemble::step | Python EnsembleDynamics.step | Python / C++ | "
-        "C++ GFLOP/s | C++ round medians (µs) |",
-        "|---:|---:|---:|---:|---:|---|",
+        "Python step(out=) | out= / C++ | C++ GFLOP/s | C++ round medians (µs) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def ratio(py_times: list[float], cpp_times: list[float]) -> float:
+        return statistics.median(p / c for p, c in zip(py_times, cpp_times, strict=True))
+
     for b in BATCHES:
-        c, p = statistics.median(cpp[b]), statistics.median(py[b])
-        ratio = statistics.median(pi / ci for pi, ci in zip(py[b], cpp[b], strict=True))
+        c, p, po = (statistics.median(t[b]) for t in (cpp, py, py_out))
         spread = ", ".join(f"{t:.1f}" for t in cpp[b])
-        lines.append(f"| {b} | {c:.2f} µs | {p:.2f} µs | {ratio:.2f}× | "
+        lines.append(f"| {b} | {c:.2f} µs | {p:.2f} µs | {ratio(py[b], cpp[b]):.2f}× | "
+                     f"{po:.2f} µs | {ratio(py_out[b], cpp[b]):.2f}× | "
                      f"{b * FLOP_PER_ROW / (c * 1e-6) / 1e9:.1f} | {spread} |")
     table = "\n".join(lines)
     print(table)

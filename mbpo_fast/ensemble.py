@@ -652,6 +652,8 @@ class EnsembleDynamics(nn.Module):
                     return handle.sample(obs, act, seed)
                 return handle.step(obs, act, seed, deterministic, None, None, None, return_members)
             out_next, out_rew = _out_pair(out, single=False)
+            if not deterministic and not return_members:
+                return handle.sample_into(obs, act, seed, out_next, out_rew)
             return handle.step(obs, act, seed, deterministic, None, out_next, out_rew,
                                return_members)
         if (

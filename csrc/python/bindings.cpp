@@ -106,6 +106,20 @@ py::array_t<T> new_array(const std::vector<int64_t>& shape) {
   return py::array_t<T>(s);
 }
 
+// A new C-contiguous float32 array [d0] (d1 < 0) or [d0, d1] straight from numpy's C API:
+// py::array_t's constructor builds shape and stride vectors on the heap, which is a visible
+// part of a one-row ensemble step's per-call cost (two outputs of ~5 us of work).
+py::array_t<float> new_f32(int64_t d0, int64_t d1 = -1) {
+  const auto& api = py::detail::npy_api::get();
+  Py_intptr_t dims[2] = {static_cast<Py_intptr_t>(d0), static_cast<Py_intptr_t>(d1)};
+  PyObject* descr = api.PyArray_DescrFromType_(py::detail::npy_api::NPY_FLOAT_);
+  if (descr == nullptr) throw py::error_already_set();
+  PyObject* arr = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, d1 < 0 ? 1 : 2, dims, nullptr, nullptr, 0,
+                                            nullptr);  // steals descr
+  if (arr == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::array_t<float>>(arr);
+}
+
 // ------------------------------------------------------------------ section: rng / build
 
 void bind_core(py::module_& m) {
@@ -367,7 +381,7 @@ std::pair<py::array_t<float, py::array::c_style>, py::array_t<float, py::array::
 // A writeable C-contiguous float32 output of exactly `shape`, supplied by the caller.
 uint64_t seed_arg(py::handle seed);  // (section: rollout)
 
-py::array_t<float> out_f32(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+py::array_t<float> out_f32(py::handle obj, const char* name, std::initializer_list<int64_t> expected) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(std::string(name) + ": expected a float32 numpy array, got " +
                          std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
@@ -376,7 +390,10 @@ py::array_t<float> out_f32(py::handle obj, const char* name, const std::vector<i
   if (arr.dtype().num() != py::detail::npy_api::NPY_FLOAT_) {
     throw py::type_error(std::string(name) + ": expected dtype float32, got " + std::string(py::str(arr.dtype())));
   }
-  if (shape_of(arr) != shape) {
+  bool same = arr.ndim() == static_cast<py::ssize_t>(expected.size());  // checked without heap vectors
+  for (py::ssize_t i = 0; same && i < arr.ndim(); ++i) same = arr.shape(i) == expected.begin()[i];
+  if (!same) {
+    const std::vector<int64_t> shape(expected);
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                           shape_str(shape_of(arr)));
   }
@@ -387,12 +404,13 @@ py::array_t<float> out_f32(py::handle obj, const char* name, const std::vector<i
 }
 
 // The per-row members of a step (None: nullptr, the elites are sampled), each checked to be
-// in [0, E); `keep` holds the converted array alive.
-const int64_t* member_choices(py::handle members, int64_t B, int64_t E,
-                              py::array_t<int64_t, py::array::c_style>& keep) {
+// in [0, E); `keep` holds the converted array alive. (A py::object, not a default-constructed
+// py::array_t, which would allocate an empty numpy array on every call.)
+const int64_t* member_choices(py::handle members, int64_t B, int64_t E, py::object& keep) {
   if (members.is_none()) return nullptr;
-  keep = as_i64_vector(members, "members", B);
-  const int64_t* p = keep.data();
+  auto arr = as_i64_vector(members, "members", B);
+  const int64_t* p = arr.data();
+  keep = std::move(arr);
   for (int64_t i = 0; i < B; ++i) {
     if (p[i] < 0 || p[i] >= E) {
       throw py::value_error("members: entry " + std::to_string(i) + " = " + std::to_string(p[i]) +
@@ -451,11 +469,11 @@ class EnsembleHandle {
     const uint64_t s = seed_arg(seed);
     auto [o, a] = ensemble_inputs(obs, act, v);
     const int64_t B = dim(o, 0);
-    py::array_t<int64_t, py::array::c_style> mem;
+    py::object mem;
     const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
-    auto next_obs = out_next_obs.is_none() ? new_array<float>({B, v.obs_dim})
+    auto next_obs = out_next_obs.is_none() ? new_f32(B, v.obs_dim)
                                            : out_f32(out_next_obs, "out[0] (next_obs)", {B, v.obs_dim});
-    auto rew = out_rew.is_none() ? new_array<float>({B}) : out_f32(out_rew, "out[1] (rew)", {B});
+    auto rew = out_rew.is_none() ? new_f32(B) : out_f32(out_rew, "out[1] (rew)", {B});
     if (!out_next_obs.is_none() || !out_rew.is_none()) {
       for (const py::array* in : {static_cast<const py::array*>(&o), static_cast<const py::array*>(&a)}) {
         if (overlaps(next_obs, *in) || overlaps(rew, *in)) {
@@ -464,11 +482,12 @@ class EnsembleHandle {
       }
       if (overlaps(next_obs, rew)) throw py::value_error("out: next_obs and rew must not share memory");
     }
-    py::array_t<int64_t> used;
+    py::object used;  // (see member_choices: no empty array per call)
     int64_t* pu = nullptr;
     if (return_members) {
-      used = new_array<int64_t>({B});
-      pu = used.mutable_data();
+      auto u = new_array<int64_t>({B});
+      pu = u.mutable_data();
+      used = std::move(u);
     }
     float* pn = next_obs.mutable_data();
     float* pr = rew.mutable_data();
@@ -479,12 +498,22 @@ class EnsembleHandle {
       ensemble_step(v, o.data(), a.data(), B, s, deterministic, mem_ptr, pn, pr, pu);
     }
     if (return_members) return py::make_tuple(next_obs, rew, used);
-    return py::make_tuple(next_obs, rew);
+    PyObject* pair = PyTuple_New(2);  // steals both references below
+    if (pair == nullptr) throw py::error_already_set();
+    PyTuple_SET_ITEM(pair, 0, next_obs.release().ptr());
+    PyTuple_SET_ITEM(pair, 1, rew.release().ptr());
+    return py::reinterpret_steal<py::tuple>(pair);
   }
 
   // The common call (sampled step, no members, fresh outputs) with fewer arguments to parse.
   py::tuple sample(py::handle obs, py::handle act, py::handle seed) const {
     return step(obs, act, seed, false, py::none(), py::none(), py::none(), false);
+  }
+
+  // The common call into preallocated outputs (EnsembleDynamics.step(..., out=(n, r))).
+  py::tuple sample_into(py::handle obs, py::handle act, py::handle seed, py::handle out_next_obs,
+                        py::handle out_rew) const {
+    return step(obs, act, seed, false, py::none(), out_next_obs, out_rew, false);
   }
 
  private:
@@ -502,7 +531,7 @@ void bind_ensemble(py::module_& m) {
         const EnsembleView& v = args.view;
         auto [o, a] = ensemble_inputs(obs, act, v);
         const int64_t B = dim(o, 0);
-        py::array_t<int64_t, py::array::c_style> mem;
+        py::object mem;
         const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
         if (mem_ptr == nullptr && v.num_elites < 1) {
           throw py::value_error("elites: expected at least one elite index when members is None, got " +
@@ -660,6 +689,10 @@ void bind_ensemble(py::module_& m) {
       .def_property_readonly("act_dim", &EnsembleHandle::act_dim)
       .def("sample", &EnsembleHandle::sample, py::arg("obs"), py::arg("act"), py::arg("seed"),
            "step(obs, act, seed) with the defaults (sampled, elites drawn, new outputs): (next_obs, rew).")
+      .def("sample_into", &EnsembleHandle::sample_into, py::arg("obs"), py::arg("act"), py::arg("seed"),
+           py::arg("out_next_obs"), py::arg("out_rew"),
+           "step(obs, act, seed, out_next_obs=..., out_rew=...) with the other defaults: writes and returns\n"
+           "(out_next_obs, out_rew).")
       .def("step", &EnsembleHandle::step, py::arg("obs"), py::arg("act"), py::arg("seed") = 0,
            py::arg("deterministic") = false, py::arg("members") = py::none(), py::arg("out_next_obs") = py::none(),
            py::arg("out_rew") = py::none(), py::arg("return_members") = false,
@@ -937,17 +970,17 @@ int64_t positive_arg(int64_t v, const char* name) {
 struct PoolBatch {
   py::array_t<float> obs, act, rew, next_obs;
   py::array_t<bool> term;
-  PoolBatch(std::vector<int64_t> lead, int64_t od, int64_t ad) {
-    auto with = [&](int64_t d) {
-      auto s = lead;
-      s.push_back(d);
-      return s;
-    };
-    obs = new_array<float>(with(od));
-    act = new_array<float>(with(ad));
-    rew = new_array<float>(lead);
-    next_obs = new_array<float>(with(od));
-    term = new_array<bool>(lead);
+  // Initialized in the member list: a default-constructed py::array_t allocates an empty
+  // numpy array, five wasted allocations per sample.
+  PoolBatch(const std::vector<int64_t>& lead, int64_t od, int64_t ad)
+      : obs(new_array<float>(with(lead, od))),
+        act(new_array<float>(with(lead, ad))),
+        rew(new_array<float>(lead)),
+        next_obs(new_array<float>(with(lead, od))),
+        term(new_array<bool>(lead)) {}
+  static std::vector<int64_t> with(std::vector<int64_t> lead, int64_t d) {
+    lead.push_back(d);
+    return lead;
   }
   float* o() { return obs.mutable_data(); }
   float* a() { return act.mutable_data(); }

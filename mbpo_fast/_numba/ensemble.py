@@ -563,6 +563,10 @@ class EnsembleHandle:
         """``step(obs, act, seed)`` with the defaults: (next_obs, rew)."""
         return self.step(obs, act, seed)
 
+    def sample_into(self, obs, act, seed, out_next_obs, out_rew):
+        """``step(obs, act, seed, out_next_obs=..., out_rew=...)`` with the other defaults."""
+        return self.step(obs, act, seed, out_next_obs=out_next_obs, out_rew=out_rew)
+
     def step(self, obs, act, seed=0, deterministic=False, members=None, out_next_obs=None,
              out_rew=None, return_members=False):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
