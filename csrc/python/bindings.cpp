@@ -465,12 +465,24 @@ class EnsembleHandle {
 
   py::tuple step(py::handle obs, py::handle act, py::handle seed, bool deterministic, py::handle members,
                  py::handle out_next_obs, py::handle out_rew, bool return_members) const {
-    const EnsembleView& v = args_.view;
-    const uint64_t s = seed_arg(seed);
+    return step_call(args_.view, obs, act, seed_arg(seed), deterministic, members, out_next_obs, out_rew,
+                     return_members, kHoldGilRows);
+  }
+
+  // The body of EnsembleHandle.step and of the functional ensemble_step op: checks the rows,
+  // the members and the outputs (new arrays, or the caller's `out`), runs ensemble_step (with
+  // the GIL released above `hold_gil_rows` rows) and returns (next_obs, rew[, members_used]).
+  static py::tuple step_call(const EnsembleView& v, py::handle obs, py::handle act, uint64_t s, bool deterministic,
+                             py::handle members, py::handle out_next_obs, py::handle out_rew, bool return_members,
+                             int64_t hold_gil_rows) {
     auto [o, a] = ensemble_inputs(obs, act, v);
     const int64_t B = dim(o, 0);
     py::object mem;
     const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
+    if (mem_ptr == nullptr && v.num_elites < 1) {
+      throw py::value_error("elites: expected at least one elite index when members is None, got " +
+                            std::to_string(v.num_elites));
+    }
     auto next_obs = out_next_obs.is_none() ? new_f32(B, v.obs_dim)
                                            : out_f32(out_next_obs, "out[0] (next_obs)", {B, v.obs_dim});
     auto rew = out_rew.is_none() ? new_f32(B) : out_f32(out_rew, "out[1] (rew)", {B});
@@ -491,7 +503,7 @@ class EnsembleHandle {
     }
     float* pn = next_obs.mutable_data();
     float* pr = rew.mutable_data();
-    if (B <= kHoldGilRows) {  // a few microseconds: releasing the GIL would cost more than it frees
+    if (B <= hold_gil_rows) {  // a few microseconds: releasing the GIL would cost more than it frees
       ensemble_step(v, o.data(), a.data(), B, s, deterministic, mem_ptr, pn, pr, pu);
     } else {
       py::gil_scoped_release release;
@@ -528,26 +540,8 @@ void bind_ensemble(py::module_& m) {
          uint64_t seed, bool deterministic, py::handle weights_bf16) {
         EnsembleArgs args = ensemble_args(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites);
         attach_bf16(args, weights_bf16);
-        const EnsembleView& v = args.view;
-        auto [o, a] = ensemble_inputs(obs, act, v);
-        const int64_t B = dim(o, 0);
-        py::object mem;
-        const int64_t* mem_ptr = member_choices(members, B, v.ensemble_size, mem);
-        if (mem_ptr == nullptr && v.num_elites < 1) {
-          throw py::value_error("elites: expected at least one elite index when members is None, got " +
-                                std::to_string(v.num_elites));
-        }
-        auto next_obs = new_array<float>({B, v.obs_dim});
-        auto rew = new_array<float>({B});
-        auto used = new_array<int64_t>({B});
-        float* pn = next_obs.mutable_data();
-        float* pr = rew.mutable_data();
-        int64_t* pu = used.mutable_data();
-        {
-          py::gil_scoped_release release;
-          ensemble_step(v, o.data(), a.data(), B, seed, deterministic, mem_ptr, pn, pr, pu);
-        }
-        return py::make_tuple(next_obs, rew, used);
+        return EnsembleHandle::step_call(args.view, obs, act, seed, deterministic, members, py::none(), py::none(),
+                                         /*return_members=*/true, /*hold_gil_rows=*/0);
       },
       py::arg("obs"), py::arg("act"), py::arg("input_mean"), py::arg("input_std"), py::arg("weights"),
       py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"), py::arg("elites"),
