@@ -439,6 +439,41 @@ void ensemble_predict(const EnsembleView& v, const float* obs, const float* act,
   });
 }
 
+// ------------------------------------------------------------------ every member on every row
+
+namespace {
+
+// Runs members[0 .. n_members) over each kTileRows-row tile of the batch (threads split the
+// tiles): per tile, begin_tile(row0, rows, extra), then per_member(m, head, ld, row0, rows,
+// extra) right after member m's forward (head: the tile's output rows, stride ld), then
+// end_tile(row0, rows, extra). `extra`: `extra_floats` floats of the thread's scratch.
+template <typename BeginTile, typename PerMember, typename EndTile>
+void members_over_tiles(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
+                        const int64_t* members, int64_t n_members, size_t extra_floats, BeginTile&& begin_tile,
+                        PerMember&& per_member, EndTile&& end_tile) {
+  const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
+  const Kernels kern = active_kernels();
+  const int64_t ld = round_up16(v.max_width());
+  run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
+    Scratch& s = scratch();
+    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
+    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
+    float* extra = s.ensure(s.extra, extra_floats);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row0 = t * kTileRows;
+      const int64_t rows = std::min(kTileRows, batch - row0);
+      begin_tile(row0, rows, extra);
+      for (int64_t m = 0; m < n_members; ++m) {
+        gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
+        per_member(m, forward_tile(v, members[m], xa, xb, rows, ld, kern), ld, row0, rows, extra);
+      }
+      end_tile(row0, rows, extra);
+    }
+  });
+}
+
+}  // namespace
+
 // ------------------------------------------------------------------ disagreement
 
 void ensemble_disagreement(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
@@ -458,30 +493,20 @@ void ensemble_disagreement(const EnsembleView& v, const float* obs, const float*
   if (batch == 0) return;
   MBPO_ENSEMBLE_REQUIRE(obs && act && out, "ensemble_disagreement: null input or output pointer");
   const int64_t out_dim = v.out_dim();
-  const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
-  const Kernels kern = active_kernels();
-  const int64_t ld = round_up16(v.max_width());
-  run_tiles(num_tiles, batch * n_members, [&](int64_t t0, int64_t t1) {
-    Scratch& s = scratch();
-    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
-    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
-    // means[m, r, j] of this tile
-    float* means = s.ensure(s.extra, static_cast<size_t>(n_members * kTileRows * out_dim));
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t row0 = t * kTileRows;
-      const int64_t rows = std::min(kTileRows, batch - row0);
-      for (int64_t m = 0; m < n_members; ++m) {
-        gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-        const float* head = forward_tile(v, members[m], xa, xb, rows, ld, kern);
+  // extra = means[m, r, j] of the tile
+  members_over_tiles(
+      v, obs, act, batch, members, n_members, static_cast<size_t>(n_members * kTileRows * out_dim),
+      [](int64_t, int64_t, float*) {},
+      [&](int64_t m, const float* head, int64_t ld, int64_t, int64_t rows, float* means) {
         for (int64_t r = 0; r < rows; ++r) {
           std::copy(head + r * ld, head + r * ld + out_dim, means + (m * kTileRows + r) * out_dim);
         }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        out[row0 + r] = kernels::disagreement_row(means + r * out_dim, kTileRows * out_dim, n_members, out_dim);
-      }
-    }
-  });
+      },
+      [&](int64_t row0, int64_t rows, float* means) {
+        for (int64_t r = 0; r < rows; ++r) {
+          out[row0 + r] = kernels::disagreement_row(means + r * out_dim, kTileRows * out_dim, n_members, out_dim);
+        }
+      });
 }
 
 // ------------------------------------------------------------------ step with uncertainty
@@ -498,52 +523,44 @@ void ensemble_step_uncertainty(const EnsembleView& v, const float* obs, const fl
                         "ensemble_step_uncertainty: null input or output pointer");
   const int64_t od = v.obs_dim, out_dim = v.out_dim(), K = v.num_elites;
   const uint32_t k32 = static_cast<uint32_t>(K);
-  const int64_t num_tiles = (batch + kTileRows - 1) / kTileRows;
   const Kernels kern = active_kernels();
-  const int64_t ld = round_up16(v.max_width());
-  run_tiles(num_tiles, batch * K, [&](int64_t t0, int64_t t1) {
-    Scratch& s = scratch();
-    float* xa = s.ensure(s.a, static_cast<size_t>(kTileRows * ld));
-    float* xb = s.ensure(s.b, static_cast<size_t>(kTileRows * ld));
-    // means[k, r, j] (j < obs_dim) of this tile, then the epilogue's work area.
-    float* means = s.ensure(s.extra, static_cast<size_t>(K * kTileRows * od + 2 * out_dim));
-    float* work = means + K * kTileRows * od;
-    int64_t choice[kTileRows];  // index into the elites of each row of the tile
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t row0 = t * kTileRows;
-      const int64_t rows = std::min(kTileRows, batch - row0);
-      for (int64_t r = 0; r < rows; ++r) {
-        choice[r] = kernels::member_choice(seed, static_cast<uint64_t>(row0 + r), k32);
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        gather_normalized(v, obs, act, rows, [&](int64_t r) { return row0 + r; }, xa, ld);
-        const float* head = forward_tile(v, v.elites[k], xa, xb, rows, ld, kern);
+  // extra = means[k, r, j] (j < obs_dim) of the tile, then the epilogue's work area. choice:
+  // the member (index into the elites) of each row of the tile; a thread_local named inside
+  // the lambdas, so each worker uses its own for the tiles it runs.
+  thread_local int64_t choice[kTileRows];
+  members_over_tiles(
+      v, obs, act, batch, v.elites, K, static_cast<size_t>(K * kTileRows * od + 2 * out_dim),
+      [&](int64_t row0, int64_t rows, float*) {
+        for (int64_t r = 0; r < rows; ++r) choice[r] = kernels::member_choice(seed, static_cast<uint64_t>(row0 + r), k32);
+      },
+      [&](int64_t k, const float* head, int64_t ld, int64_t row0, int64_t rows, float* means) {
+        float* work = means + K * kTileRows * od;
         for (int64_t r = 0; r < rows; ++r) {
           std::copy(head + r * ld, head + r * ld + od, means + (k * kTileRows + r) * od);
           if (choice[r] == k) {  // the sampled transition, from this same forward
             const int64_t row = row0 + r;
-            kern.step_epilogue(head + r * ld, ld, 1, &row, obs, od, v.max_logvar, v.min_logvar, seed,
-                               deterministic, next_obs_out, reward_out, work);
+            kern.step_epilogue(head + r * ld, ld, 1, &row, obs, od, v.max_logvar, v.min_logvar, seed, deterministic,
+                               next_obs_out, reward_out, work);
           }
         }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        double total = 0.0;
-        for (int64_t j = 0; j < od; ++j) {
-          double mu = 0.0;
-          for (int64_t k = 0; k < K; ++k) mu += means[(k * kTileRows + r) * od + j];
-          mu /= static_cast<double>(K);
-          double ss = 0.0;
-          for (int64_t k = 0; k < K; ++k) {
-            const double dev = means[(k * kTileRows + r) * od + j] - mu;
-            ss += dev * dev;
+      },
+      [&](int64_t row0, int64_t rows, const float* means) {
+        for (int64_t r = 0; r < rows; ++r) {
+          double total = 0.0;
+          for (int64_t j = 0; j < od; ++j) {
+            double mu = 0.0;
+            for (int64_t k = 0; k < K; ++k) mu += means[(k * kTileRows + r) * od + j];
+            mu /= static_cast<double>(K);
+            double ss = 0.0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double dev = means[(k * kTileRows + r) * od + j] - mu;
+              ss += dev * dev;
+            }
+            total += ss / static_cast<double>(K - 1);
           }
-          total += ss / static_cast<double>(K - 1);
+          disagreement_out[row0 + r] = static_cast<float>(total / static_cast<double>(od));
         }
-        disagreement_out[row0 + r] = static_cast<float>(total / static_cast<double>(od));
-      }
-    }
-  });
+      });
 }
 
 // ------------------------------------------------------------------ bf16 packing
