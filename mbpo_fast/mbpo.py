@@ -45,6 +45,7 @@ import torch
 from .checkpoint import verify_checkpoint, write_manifest
 from .config import MBPOConfig
 from .io import atomic_write
+from .plotting import write_learning_curve
 from .rollout import BranchedRollout, RolloutStats
 
 __all__ = ["PROGRESS_COLUMNS", "MBPO", "evaluate_checkpoint", "latest_checkpoint"]
@@ -351,29 +352,12 @@ class MBPO:
         return self._writer
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            from matplotlib.figure import Figure
-        except ImportError:
-            return
         x = np.array([p["env_steps"] for p in self.progress], dtype=np.float64)
         y = np.array([p["eval_return_mean"] for p in self.progress], dtype=np.float64)
         s = np.array([p["eval_return_std"] for p in self.progress], dtype=np.float64)
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        ax.plot(x, y, marker="o", ms=3, label="eval return (deterministic)")
-        ax.fill_between(x, y - s, y + s, alpha=0.25)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("return")
-        ax.set_title(f"MBPO {self.config.env_id} (seed {self.config.seed})")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write(self.logdir / "learning_curve.png", lambda f: f.write(buf.getvalue()))
+        write_learning_curve(self.logdir / "learning_curve.png", x, y, sd=s,
+                             label="eval return (deterministic)", xlabel="env steps",
+                             title=f"MBPO {self.config.env_id} (seed {self.config.seed})")
 
     def close(self) -> None:
         """Closes the envs and the TensorBoard writer."""

@@ -45,6 +45,7 @@ from .mbpo import (
     latest_checkpoint,
     resolve_logdir,
 )
+from .plotting import write_learning_curve
 
 __all__ = ["PETS", "PETSConfig", "PETS_PROGRESS_COLUMNS"]
 
@@ -347,30 +348,13 @@ class PETS:
         atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            from matplotlib.figure import Figure
-        except ImportError:
-            return
-        x = [p["episode"] for p in self.progress]
-        y = [p["episode_return"] for p in self.progress]
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        ax.plot(x, y, marker="o", ms=3, label="episode return (MPC)")
         n_random = self.config.init_random_episodes
-        if n_random:
-            ax.axvspan(0.5, n_random + 0.5, color="grey", alpha=0.2, label="random actions")
-        ax.set_xlabel("episode")
-        ax.set_ylabel("return")
-        ax.set_title(f"PETS {self.config.env_id} (seed {self.config.seed})")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write(self.logdir / "learning_curve.png", lambda f: f.write(buf.getvalue()))
+        write_learning_curve(self.logdir / "learning_curve.png",
+                             [p["episode"] for p in self.progress],
+                             [p["episode_return"] for p in self.progress],
+                             label="episode return (MPC)", xlabel="episode",
+                             title=f"PETS {self.config.env_id} (seed {self.config.seed})",
+                             shade=(0.5, n_random + 0.5, "random actions") if n_random else None)
 
     # ================================================================== checkpoints
     def save_checkpoint(self) -> Path:
