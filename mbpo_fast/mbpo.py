@@ -27,7 +27,6 @@ Every ``eval_freq`` steps: deterministic evaluation on a separate env, one row o
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 import os
@@ -44,7 +43,7 @@ import torch
 
 from .checkpoint import verify_checkpoint, write_manifest
 from .config import MBPOConfig
-from .io import atomic_write
+from .io import atomic_write, write_csv
 from .plotting import write_learning_curve
 from .rollout import BranchedRollout, RolloutStats
 
@@ -332,12 +331,7 @@ class MBPO:
         self._plot()
 
     def _write_progress_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=PROGRESS_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for row in self.progress:
-            w.writerow({k: row.get(k, "") for k in PROGRESS_COLUMNS})
-        atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
+        write_csv(self.logdir / "progress.csv", PROGRESS_COLUMNS, self.progress)
 
     def _tb(self) -> Any:
         if self._writer is None:
@@ -692,11 +686,13 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
+def _progress_bar(total: int, initial: int, disable: bool, *, unit: str = "step",
+                  desc: str = "mbpo", smoothing: float = 0.05) -> Any:
+    """A tqdm bar on a terminal (PETS: unit "episode"), else one that does nothing."""
     if disable or not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                smoothing=0.05, desc="mbpo")
+    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True,
+                smoothing=smoothing, desc=desc)
 

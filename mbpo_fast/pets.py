@@ -20,13 +20,10 @@ never stopped).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_write
+from .io import atomic_write, write_csv
 from .mbpo import (
     _derive_seed,
+    _progress_bar,
     _seed_globals,
     _torch_load,
     _torch_save,
@@ -263,7 +261,9 @@ class PETS:
         self.logdir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.logdir / "config.json", lambda f: f.write(cfg.to_json().encode()))
         self._write_progress_csv()
-        bar = _progress_bar(cfg.episodes, self.episode, disable=self.quiet)
+        # smoothing 0.3 is tqdm's default, which the PETS bar has always had
+        bar = _progress_bar(cfg.episodes, self.episode, disable=self.quiet, unit="episode",
+                            desc="pets", smoothing=0.3)
         try:
             while self.episode < cfg.episodes:
                 t0 = time.perf_counter()
@@ -340,12 +340,7 @@ class PETS:
 
     # ================================================================== outputs
     def _write_progress_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=PETS_PROGRESS_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for row in self.progress:
-            w.writerow({k: row.get(k, "") for k in PETS_PROGRESS_COLUMNS})
-        atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
+        write_csv(self.logdir / "progress.csv", PETS_PROGRESS_COLUMNS, self.progress)
 
     def _plot(self) -> None:
         n_random = self.config.init_random_episodes
@@ -415,13 +410,3 @@ class PETS:
 
     def close(self) -> None:
         self.env.close()
-
-
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
-    from .mbpo import _NoBar
-
-    if disable or not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="episode", dynamic_ncols=True, desc="pets")
