@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
     if (argc < 3) throw std::invalid_argument("expected a MODEL path and an ENV_ID");
     mbpo_fast::PlannerConfig cfg;
     int64_t reps = 50, warmup = 5;
-    mbpo_fast::bench::parse_options(argc, argv, 3, [&](const std::string& arg, const std::string& value) {
+    auto option = [&](const std::string& arg, const std::string& value) {
       if (arg == "--optimizer") {
         if (value != "cem" && value != "random") throw std::invalid_argument("--optimizer: cem or random");
         cfg.optimizer = value == "cem" ? mbpo_fast::PlanOptimizer::kCem : mbpo_fast::PlanOptimizer::kRandom;
@@ -45,15 +45,12 @@ int main(int argc, char** argv) {
         cfg.horizon = positive(arg, value);
       } else if (arg == "--particles") {
         cfg.particles = positive(arg, value);
-      } else if (arg == "--reps") {
-        reps = positive(arg, value);
-      } else if (arg == "--warmup") {
-        warmup = positive(arg, value);
       } else {
         return false;
       }
       return true;
-    });
+    };
+    mbpo_fast::bench::parse_options(argc, argv, 3, reps, warmup, option);
     auto model = std::make_shared<const mbpo_fast::Ensemble>(mbpo_fast::Ensemble::load(argv[1]));
     cfg.action_low.assign(static_cast<size_t>(model->act_dim()), -1.0f);
     cfg.action_high.assign(static_cast<size_t>(model->act_dim()), 1.0f);

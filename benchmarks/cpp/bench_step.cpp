@@ -27,20 +27,14 @@ int main(int argc, char** argv) {
     if (argc < 2) throw std::invalid_argument("expected a MODEL path");
     std::vector<int64_t> batches{1, 32};
     int64_t reps = 20000, warmup = 2000;
-    mbpo_fast::bench::parse_options(argc, argv, 2, [&](const std::string& arg, const std::string& value) {
-      if (arg == "--batch") {
-        batches.clear();
-        std::stringstream ss(value);
-        for (std::string item; std::getline(ss, item, ',');) batches.push_back(positive("--batch", item));
-      } else if (arg == "--reps") {
-        reps = positive(arg, value);
-      } else if (arg == "--warmup") {
-        warmup = positive(arg, value);
-      } else {
-        return false;
-      }
+    auto option = [&](const std::string& arg, const std::string& value) {
+      if (arg != "--batch") return false;
+      batches.clear();
+      std::stringstream ss(value);
+      for (std::string item; std::getline(ss, item, ',');) batches.push_back(positive("--batch", item));
       return true;
-    });
+    };
+    mbpo_fast::bench::parse_options(argc, argv, 2, reps, warmup, option);
     const mbpo_fast::Ensemble model = mbpo_fast::Ensemble::load(argv[1]);
     std::mt19937 gen(1);
     std::normal_distribution<float> normal(0.0f, 1.0f);

@@ -32,14 +32,22 @@ inline int64_t positive(const std::string& name, const std::string& value) {
   return v;
 }
 
-// Walks the "--option value" pairs of argv[first..argc): calls on_option(option, value), which
-// returns false for an option it does not know (then std::invalid_argument "unknown option").
+// Walks the "--option value" pairs of argv[first..argc): --reps and --warmup (integers >= 1, every
+// benchmark has them) set `reps` and `warmup`; any other option goes to on_option(option, value),
+// which returns false for one it does not know (then std::invalid_argument "unknown option").
 template <class OnOption>
-void parse_options(int argc, char** argv, int first, OnOption&& on_option) {
+void parse_options(int argc, char** argv, int first, int64_t& reps, int64_t& warmup, OnOption&& on_option) {
   for (int i = first; i < argc; i += 2) {
     const std::string arg = argv[i];
     if (i + 1 >= argc) throw std::invalid_argument(arg + ": expected a value after it");
-    if (!on_option(arg, std::string(argv[i + 1]))) throw std::invalid_argument("unknown option " + arg);
+    const std::string value = argv[i + 1];
+    if (arg == "--reps") {
+      reps = positive(arg, value);
+    } else if (arg == "--warmup") {
+      warmup = positive(arg, value);
+    } else if (!on_option(arg, value)) {
+      throw std::invalid_argument("unknown option " + arg);
+    }
   }
 }
 
