@@ -259,13 +259,7 @@ class MBPO:
         cfg = self.config
         t0 = time.perf_counter()
         data = self.real_pool.transitions()
-        fit = self.model.fit(data.obs, data.act, data.rew, data.next_obs,
-                             holdout_ratio=cfg.holdout_ratio, max_holdout=cfg.max_holdout,
-                             max_epochs=cfg.model_max_epochs, max_seconds=cfg.model_max_seconds)
-        mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
-        elites = list(fit.get("elites", self.model.elites))
-        self.last_model = {"model_holdout_mse": float(mse[elites].mean()) if mse.size else
-                           float("nan"), "model_epochs": float(fit.get("epochs", float("nan")))}
+        self.last_model = _refit_model(self.model, data, cfg)
         if self.termination_model is not None:  # learned with the model, on the same rows
             tfit = self.termination_model.fit(data.obs, data.act, data.next_obs, data.terminated,
                                               holdout_ratio=cfg.holdout_ratio)
@@ -501,6 +495,19 @@ class MBPO:
 
 
 # ====================================================================== helpers
+def _refit_model(model: Any, data: Any, config: Any) -> dict[str, float]:
+    """Fits the ensemble `model` on the transitions `data` with the holdout and caps of
+    `config` (an MBPOConfig or PETSConfig); returns the progress fields ``model_holdout_mse``
+    (holdout MSE averaged over the new elites) and ``model_epochs``."""
+    fit = model.fit(data.obs, data.act, data.rew, data.next_obs,
+                    holdout_ratio=config.holdout_ratio, max_holdout=config.max_holdout,
+                    max_epochs=config.model_max_epochs, max_seconds=config.model_max_seconds)
+    mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
+    elites = list(fit.get("elites", model.elites))
+    return {"model_holdout_mse": float(mse[elites].mean()) if mse.size else float("nan"),
+            "model_epochs": float(fit.get("epochs", float("nan")))}
+
+
 def resolve_logdir(config: Any, logdir: str | os.PathLike | None, prefix: str = "") -> Path:
     """The run directory: `logdir`, else ``config.logdir``, else
     ``runs/<prefix><env_id>-<seed>-<timestamp>``; recorded in ``config.logdir``."""

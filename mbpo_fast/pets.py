@@ -36,6 +36,7 @@ from .io import atomic_write, write_csv
 from .mbpo import (
     _derive_seed,
     _progress_bar,
+    _refit_model,
     _seed_globals,
     _torch_load,
     _torch_save,
@@ -285,16 +286,8 @@ class PETS:
 
     def fit_model(self) -> None:
         """Refits the ensemble on every real transition so far."""
-        cfg = self.config
         t0 = time.perf_counter()
-        data = self.real_pool.transitions()
-        fit = self.model.fit(data.obs, data.act, data.rew, data.next_obs,
-                             holdout_ratio=cfg.holdout_ratio, max_holdout=cfg.max_holdout,
-                             max_epochs=cfg.model_max_epochs, max_seconds=cfg.model_max_seconds)
-        mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
-        elites = list(fit.get("elites", self.model.elites))
-        self.last_model = {"model_holdout_mse": float(mse[elites].mean()),
-                           "model_epochs": float(fit.get("epochs", float("nan")))}
+        self.last_model = _refit_model(self.model, self.real_pool.transitions(), self.config)
         self.seconds["model"] += time.perf_counter() - t0
 
     def run_episode(self) -> dict[str, float]:
