@@ -33,26 +33,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a new run")
-    t.add_argument("--env", default="Pendulum-v1",
-                   help="gymnasium id; its preset from MBPOConfig.for_env (default Pendulum-v1)")
-    t.add_argument("--steps", type=int, default=None, help="total env steps (default: preset)")
-    t.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    t.add_argument("--logdir", default=None,
-                   help="output directory (default runs/<env>-<seed>-<timestamp>)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, repeatable (e.g. --set num_sac_updates=10)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    _threads_arg(t)
+    add_new_run_args(t, env_help="gymnasium id; its preset from MBPOConfig.for_env (default "
+                     "Pendulum-v1)", length="--steps", length_help="total env steps (default: "
+                     "preset)", logdir_help="output directory (default "
+                     "runs/<env>-<seed>-<timestamp>)", set_help="override a config field, "
+                     "repeatable (e.g. --set num_sac_updates=10)")
+    add_progress_args(t)
 
     r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     r.add_argument("logdir")
     r.add_argument("--steps", type=int, default=None,
                    help="new total env steps (default: the run's own)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a field that does not shape the saved state, repeatable (e.g. "
-                   "--set trainer=torch to continue on the other training backend)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    _threads_arg(r)
+    _set_arg(r, "change a field that does not shape the saved state, repeatable (e.g. "
+             "--set trainer=torch to continue on the other training backend)")
+    add_progress_args(r)
 
     e = sub.add_parser("eval", help="evaluate the policy of a run's latest checkpoint")
     e.add_argument("logdir")
@@ -91,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(e.g. 115000:125000); repeatable")
     from .pets_cli import add_pets_parser
 
-    add_pets_parser(sub, _threads_arg)
+    add_pets_parser(sub)
     _sweep.add_parser(sub)
     return p
 
@@ -100,6 +94,51 @@ def _threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and the native kernels (default: torch's choice; "
                    "on a busy machine 1 avoids oversubscription)")
+
+
+def _set_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=help_text)
+
+
+# ------------------------------------------------------- shared by train/resume and pets
+def add_new_run_args(p: argparse.ArgumentParser, *, env_help: str, length: str,
+                     length_help: str, logdir_help: str, set_help: str) -> None:
+    """--env, the run length option `length` (e.g. "--steps"), --seed, --logdir and --set: the
+    arguments of a command that starts a run (read back by :func:`new_config`)."""
+    p.add_argument("--env", default="Pendulum-v1", help=env_help)
+    p.add_argument(length, type=int, default=None, help=length_help)
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--logdir", default=None, help=logdir_help)
+    _set_arg(p, set_help)
+
+
+def add_progress_args(p: argparse.ArgumentParser) -> None:
+    """--quiet and --threads, last on every command that trains."""
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_arg(p)
+
+
+def new_config(config_cls: Any, args: argparse.Namespace, length_field: str,
+               length: int | None) -> Any:
+    """``config_cls.for_env(--env, seed=--seed)``, its `length_field` set to `length` when
+    given, then the --set overrides (ValueError for a bad one)."""
+    cfg = config_cls.for_env(args.env, seed=args.seed)
+    if length is not None:
+        setattr(cfg, length_field, length)
+    return cfg.with_overrides(args.overrides)
+
+
+def train_to_end(algo: Any, start: str) -> int:
+    """Prints `start` (where the run goes, or where it resumes) to stderr, trains `algo` to
+    its end, closes it even on an error, and prints the final result as JSON."""
+    print(start, file=sys.stderr)
+    try:
+        result = algo.train()
+    finally:
+        algo.close()
+    print(json.dumps(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,14 +168,10 @@ def _train(args: argparse.Namespace) -> int:
     from .config import MBPOConfig
     from .mbpo import MBPO
 
-    cfg = MBPOConfig.for_env(args.env, seed=args.seed)
-    if args.steps is not None:
-        cfg.total_steps = args.steps
-    cfg = cfg.with_overrides(args.overrides)
+    cfg = new_config(MBPOConfig, args, "total_steps", args.steps)
     algo = MBPO(cfg, logdir=args.logdir, quiet=args.quiet)
-    print(f"mbpo-fast: {cfg.env_id} seed {cfg.seed}, {cfg.total_steps} steps -> {algo.logdir}"
-          f" ({_trainers(algo)})", file=sys.stderr)
-    return _report(algo)
+    return train_to_end(algo, f"mbpo-fast: {cfg.env_id} seed {cfg.seed}, {cfg.total_steps} "
+                        f"steps -> {algo.logdir} ({_trainers(algo)})")
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -144,24 +179,14 @@ def _resume(args: argparse.Namespace) -> int:
 
     algo = MBPO.resume(args.logdir, quiet=args.quiet, total_steps=args.steps,
                        overrides=args.overrides)
-    print(f"mbpo-fast: resuming {algo.logdir} at step {algo.env_steps} of "
-          f"{algo.config.total_steps} ({_trainers(algo)})", file=sys.stderr)
-    return _report(algo)
+    return train_to_end(algo, f"mbpo-fast: resuming {algo.logdir} at step {algo.env_steps} of "
+                        f"{algo.config.total_steps} ({_trainers(algo)})")
 
 
 def _trainers(algo: Any) -> str:
     """Which training backends run (never a silent fallback: the user sees it at the start)."""
     bf16 = ", bf16" if algo.config.autocast_bf16 else ""
     return f"SAC trainer {algo.agent.trainer}, model trainer {algo.model.trainer}{bf16}"
-
-
-def _report(algo: Any) -> int:
-    try:
-        result = algo.train()
-    finally:
-        algo.close()
-    print(json.dumps(result))
-    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:

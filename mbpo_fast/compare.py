@@ -527,18 +527,15 @@ def plot_paths(out: PathLike, env_ids: Sequence[str]) -> dict[str, Path]:
 def plot(c: EnvComparison, path: PathLike) -> Path:
     """Draws one environment: each seed thin, the seed mean ± sd band (where n >= 2; dashed
     where fewer seeds than the most remain), the published mean ± sd band; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from .io import atomic_write
+    from .plotting import figure, save_png
 
     path = Path(path)
     last = max(r.steps[-1] for r in c.runs)
-    fig = Figure(figsize=(8, 5.4), dpi=110)
+    fig = figure((8, 5.4), 110)  # ImportError without matplotlib
+    from matplotlib import colormaps
+
     ax = fig.add_subplot()
-    colors = matplotlib.colormaps["tab10"]
+    colors = colormaps["tab10"]
     single = len(c.runs) == 1  # then the seed is the whole estimate: draw it boldly
     for i, r in enumerate(c.runs):
         ax.plot(r.steps, r.returns, lw=1.5 if single else 0.8, alpha=1.0 if single else 0.6,
@@ -587,7 +584,5 @@ def plot(c: EnvComparison, path: PathLike) -> Path:
                     "mean ± sd over the paper's seeds (Janner et al. 2019)")
     fig.text(0.01, 0.01, caption, fontsize=7.5, va="bottom", ha="left")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    save_png(fig, path)
     return path

@@ -1,4 +1,4 @@
-"""File helpers: atomic writes and validated safetensors I/O.
+"""File helpers: atomic writes, CSV tables and validated safetensors I/O.
 
 Every file mbpo_fast writes goes through :func:`atomic_write`: the bytes go to a temporary
 file in the same directory, are fsynced, then renamed over the target (and the directory
@@ -7,12 +7,14 @@ is fsynced), so a crash mid-save leaves the previous file intact.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +58,17 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def write_csv(path: PathLike, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
+    """Writes `rows` (dicts; a missing column is left empty) under a header of `columns`,
+    atomically (a run's ``progress.csv``)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: row.get(k, "") for k in columns})
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 # safetensors: 8-byte little-endian header length N, N bytes of JSON header, raw data.

@@ -27,7 +27,6 @@ Every ``eval_freq`` steps: deterministic evaluation on a separate env, one row o
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 import os
@@ -44,7 +43,8 @@ import torch
 
 from .checkpoint import verify_checkpoint, write_manifest
 from .config import MBPOConfig
-from .io import atomic_write
+from .io import atomic_write, write_csv
+from .plotting import write_learning_curve
 from .rollout import BranchedRollout, RolloutStats
 
 __all__ = ["PROGRESS_COLUMNS", "MBPO", "evaluate_checkpoint", "latest_checkpoint"]
@@ -259,13 +259,7 @@ class MBPO:
         cfg = self.config
         t0 = time.perf_counter()
         data = self.real_pool.transitions()
-        fit = self.model.fit(data.obs, data.act, data.rew, data.next_obs,
-                             holdout_ratio=cfg.holdout_ratio, max_holdout=cfg.max_holdout,
-                             max_epochs=cfg.model_max_epochs, max_seconds=cfg.model_max_seconds)
-        mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
-        elites = list(fit.get("elites", self.model.elites))
-        self.last_model = {"model_holdout_mse": float(mse[elites].mean()) if mse.size else
-                           float("nan"), "model_epochs": float(fit.get("epochs", float("nan")))}
+        self.last_model = _refit_model(self.model, data, cfg)
         if self.termination_model is not None:  # learned with the model, on the same rows
             tfit = self.termination_model.fit(data.obs, data.act, data.next_obs, data.terminated,
                                               holdout_ratio=cfg.holdout_ratio)
@@ -331,12 +325,7 @@ class MBPO:
         self._plot()
 
     def _write_progress_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=PROGRESS_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for row in self.progress:
-            w.writerow({k: row.get(k, "") for k in PROGRESS_COLUMNS})
-        atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
+        write_csv(self.logdir / "progress.csv", PROGRESS_COLUMNS, self.progress)
 
     def _tb(self) -> Any:
         if self._writer is None:
@@ -351,29 +340,12 @@ class MBPO:
         return self._writer
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            from matplotlib.figure import Figure
-        except ImportError:
-            return
         x = np.array([p["env_steps"] for p in self.progress], dtype=np.float64)
         y = np.array([p["eval_return_mean"] for p in self.progress], dtype=np.float64)
         s = np.array([p["eval_return_std"] for p in self.progress], dtype=np.float64)
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        ax.plot(x, y, marker="o", ms=3, label="eval return (deterministic)")
-        ax.fill_between(x, y - s, y + s, alpha=0.25)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("return")
-        ax.set_title(f"MBPO {self.config.env_id} (seed {self.config.seed})")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write(self.logdir / "learning_curve.png", lambda f: f.write(buf.getvalue()))
+        write_learning_curve(self.logdir / "learning_curve.png", x, y, sd=s,
+                             label="eval return (deterministic)", xlabel="env steps",
+                             title=f"MBPO {self.config.env_id} (seed {self.config.seed})")
 
     def close(self) -> None:
         """Closes the envs and the TensorBoard writer."""
@@ -523,6 +495,19 @@ class MBPO:
 
 
 # ====================================================================== helpers
+def _refit_model(model: Any, data: Any, config: Any) -> dict[str, float]:
+    """Fits the ensemble `model` on the transitions `data` with the holdout and caps of
+    `config` (an MBPOConfig or PETSConfig); returns the progress fields ``model_holdout_mse``
+    (holdout MSE averaged over the new elites) and ``model_epochs``."""
+    fit = model.fit(data.obs, data.act, data.rew, data.next_obs,
+                    holdout_ratio=config.holdout_ratio, max_holdout=config.max_holdout,
+                    max_epochs=config.model_max_epochs, max_seconds=config.model_max_seconds)
+    mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
+    elites = list(fit.get("elites", model.elites))
+    return {"model_holdout_mse": float(mse[elites].mean()) if mse.size else float("nan"),
+            "model_epochs": float(fit.get("epochs", float("nan")))}
+
+
 def resolve_logdir(config: Any, logdir: str | os.PathLike | None, prefix: str = "") -> Path:
     """The run directory: `logdir`, else ``config.logdir``, else
     ``runs/<prefix><env_id>-<seed>-<timestamp>``; recorded in ``config.logdir``."""
@@ -708,11 +693,13 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
+def _progress_bar(total: int, initial: int, disable: bool, *, unit: str = "step",
+                  desc: str = "mbpo", smoothing: float = 0.05) -> Any:
+    """A tqdm bar on a terminal (PETS: unit "episode"), else one that does nothing."""
     if disable or not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                smoothing=0.05, desc="mbpo")
+    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True,
+                smoothing=smoothing, desc=desc)
 

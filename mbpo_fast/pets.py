@@ -20,13 +20,10 @@ never stopped).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_write
+from .io import atomic_write, write_csv
 from .mbpo import (
     _derive_seed,
+    _progress_bar,
+    _refit_model,
     _seed_globals,
     _torch_load,
     _torch_save,
@@ -45,6 +44,7 @@ from .mbpo import (
     latest_checkpoint,
     resolve_logdir,
 )
+from .plotting import write_learning_curve
 
 __all__ = ["PETS", "PETSConfig", "PETS_PROGRESS_COLUMNS"]
 
@@ -262,7 +262,9 @@ class PETS:
         self.logdir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.logdir / "config.json", lambda f: f.write(cfg.to_json().encode()))
         self._write_progress_csv()
-        bar = _progress_bar(cfg.episodes, self.episode, disable=self.quiet)
+        # smoothing 0.3 is tqdm's default, which the PETS bar has always had
+        bar = _progress_bar(cfg.episodes, self.episode, disable=self.quiet, unit="episode",
+                            desc="pets", smoothing=0.3)
         try:
             while self.episode < cfg.episodes:
                 t0 = time.perf_counter()
@@ -284,16 +286,8 @@ class PETS:
 
     def fit_model(self) -> None:
         """Refits the ensemble on every real transition so far."""
-        cfg = self.config
         t0 = time.perf_counter()
-        data = self.real_pool.transitions()
-        fit = self.model.fit(data.obs, data.act, data.rew, data.next_obs,
-                             holdout_ratio=cfg.holdout_ratio, max_holdout=cfg.max_holdout,
-                             max_epochs=cfg.model_max_epochs, max_seconds=cfg.model_max_seconds)
-        mse = np.asarray(fit["holdout_mse"], dtype=np.float64)
-        elites = list(fit.get("elites", self.model.elites))
-        self.last_model = {"model_holdout_mse": float(mse[elites].mean()),
-                           "model_epochs": float(fit.get("epochs", float("nan")))}
+        self.last_model = _refit_model(self.model, self.real_pool.transitions(), self.config)
         self.seconds["model"] += time.perf_counter() - t0
 
     def run_episode(self) -> dict[str, float]:
@@ -339,38 +333,16 @@ class PETS:
 
     # ================================================================== outputs
     def _write_progress_csv(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=PETS_PROGRESS_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for row in self.progress:
-            w.writerow({k: row.get(k, "") for k in PETS_PROGRESS_COLUMNS})
-        atomic_write(self.logdir / "progress.csv", lambda f: f.write(buf.getvalue().encode()))
+        write_csv(self.logdir / "progress.csv", PETS_PROGRESS_COLUMNS, self.progress)
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            from matplotlib.figure import Figure
-        except ImportError:
-            return
-        x = [p["episode"] for p in self.progress]
-        y = [p["episode_return"] for p in self.progress]
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        ax.plot(x, y, marker="o", ms=3, label="episode return (MPC)")
         n_random = self.config.init_random_episodes
-        if n_random:
-            ax.axvspan(0.5, n_random + 0.5, color="grey", alpha=0.2, label="random actions")
-        ax.set_xlabel("episode")
-        ax.set_ylabel("return")
-        ax.set_title(f"PETS {self.config.env_id} (seed {self.config.seed})")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write(self.logdir / "learning_curve.png", lambda f: f.write(buf.getvalue()))
+        write_learning_curve(self.logdir / "learning_curve.png",
+                             [p["episode"] for p in self.progress],
+                             [p["episode_return"] for p in self.progress],
+                             label="episode return (MPC)", xlabel="episode",
+                             title=f"PETS {self.config.env_id} (seed {self.config.seed})",
+                             shade=(0.5, n_random + 0.5, "random actions") if n_random else None)
 
     # ================================================================== checkpoints
     def save_checkpoint(self) -> Path:
@@ -431,13 +403,3 @@ class PETS:
 
     def close(self) -> None:
         self.env.close()
-
-
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
-    from .mbpo import _NoBar
-
-    if disable or not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="episode", dynamic_ncols=True, desc="pets")

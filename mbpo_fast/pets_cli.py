@@ -8,33 +8,29 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
+
+from .cli import add_new_run_args, add_progress_args, new_config, train_to_end
 
 __all__ = ["add_pets_parser", "run_pets"]
 
 
-def add_pets_parser(sub: Any, threads_arg: Any) -> None:
+def add_pets_parser(sub: Any) -> None:
     """Adds the ``pets`` subparser to the ``mbpo-fast`` subparsers `sub`."""
     p = sub.add_parser("pets", help="PETS: MPC with the learned ensemble (CEM, TS-inf)",
                        description="Collects each episode with MPC after refitting the ensemble "
                        "on all real data (docs/planning.md). Same outputs as `train`: "
                        "config.json, progress.csv (one row per episode), learning_curve.png, "
                        "checkpoints/.")
-    p.add_argument("--env", default="Pendulum-v1", help="gymnasium id (default Pendulum-v1)")
-    p.add_argument("--episodes", type=int, default=None,
-                   help="total episodes (default: PETSConfig.for_env)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--logdir", default=None,
-                   help="output directory (default runs/pets-<env>-<seed>-<timestamp>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a PETSConfig field, repeatable (e.g. --set population=200)")
+    add_new_run_args(p, env_help="gymnasium id (default Pendulum-v1)", length="--episodes",
+                     length_help="total episodes (default: PETSConfig.for_env)",
+                     logdir_help="output directory (default "
+                     "runs/pets-<env>-<seed>-<timestamp>)", set_help="override a PETSConfig "
+                     "field, repeatable (e.g. --set population=200)")
     p.add_argument("--resume", default=None, metavar="LOGDIR",
                    help="continue the run in LOGDIR from its latest checkpoint (--episodes "
                    "extends it; --env/--seed/--set are ignored)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    threads_arg(p)
+    add_progress_args(p)
 
 
 def run_pets(args: argparse.Namespace) -> int:
@@ -42,19 +38,9 @@ def run_pets(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         algo = PETS.resume(args.resume, quiet=args.quiet, episodes=args.episodes)
-        print(f"mbpo-fast pets: resuming {algo.logdir} at episode {algo.episode} of "
-              f"{algo.config.episodes}", file=sys.stderr)
-    else:
-        cfg = PETSConfig.for_env(args.env, seed=args.seed)
-        if args.episodes is not None:
-            cfg.episodes = args.episodes
-        cfg = cfg.with_overrides(args.overrides)
-        algo = PETS(cfg, logdir=args.logdir, quiet=args.quiet)
-        print(f"mbpo-fast pets: {cfg.env_id} seed {cfg.seed}, {cfg.episodes} episodes -> "
-              f"{algo.logdir}", file=sys.stderr)
-    try:
-        result = algo.train()
-    finally:
-        algo.close()
-    print(json.dumps(result))
-    return 0
+        return train_to_end(algo, f"mbpo-fast pets: resuming {algo.logdir} at episode "
+                            f"{algo.episode} of {algo.config.episodes}")
+    cfg = new_config(PETSConfig, args, "episodes", args.episodes)
+    algo = PETS(cfg, logdir=args.logdir, quiet=args.quiet)
+    return train_to_end(algo, f"mbpo-fast pets: {cfg.env_id} seed {cfg.seed}, {cfg.episodes} "
+                        f"episodes -> {algo.logdir}")

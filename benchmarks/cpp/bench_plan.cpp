@@ -10,8 +10,6 @@
 // new plan (the call counter moves, the warm start shifts), from fixed random observations.
 // Prints one JSON object: {"reps": N, "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
 // "min_ms": ...}. benchmarks/bench_planner.py runs this beside MPC.plan from Python.
-#include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -20,40 +18,17 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "mbpo_fast/planner.h"
 
-namespace {
-
-double percentile(std::vector<double> v, double q) {
-  const size_t k = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
-  std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
-  return v[k];
-}
-
-int64_t positive(const std::string& name, const std::string& value) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != value.size() || v < 1)
-    throw std::invalid_argument(name + ": expected an integer >= 1, got '" + value + "'");
-  return v;
-}
-
-}  // namespace
+using mbpo_fast::bench::positive;
 
 int main(int argc, char** argv) {
   try {
     if (argc < 3) throw std::invalid_argument("expected a MODEL path and an ENV_ID");
     mbpo_fast::PlannerConfig cfg;
     int64_t reps = 50, warmup = 5;
-    for (int i = 3; i < argc; i += 2) {
-      const std::string arg = argv[i];
-      if (i + 1 >= argc) throw std::invalid_argument(arg + ": expected a value after it");
-      const std::string value = argv[i + 1];
+    auto option = [&](const std::string& arg, const std::string& value) {
       if (arg == "--optimizer") {
         if (value != "cem" && value != "random") throw std::invalid_argument("--optimizer: cem or random");
         cfg.optimizer = value == "cem" ? mbpo_fast::PlanOptimizer::kCem : mbpo_fast::PlanOptimizer::kRandom;
@@ -70,14 +45,12 @@ int main(int argc, char** argv) {
         cfg.horizon = positive(arg, value);
       } else if (arg == "--particles") {
         cfg.particles = positive(arg, value);
-      } else if (arg == "--reps") {
-        reps = positive(arg, value);
-      } else if (arg == "--warmup") {
-        warmup = positive(arg, value);
       } else {
-        throw std::invalid_argument("unknown option " + arg);
+        return false;
       }
-    }
+      return true;
+    };
+    mbpo_fast::bench::parse_options(argc, argv, 3, reps, warmup, option);
     auto model = std::make_shared<const mbpo_fast::Ensemble>(mbpo_fast::Ensemble::load(argv[1]));
     cfg.action_low.assign(static_cast<size_t>(model->act_dim()), -1.0f);
     cfg.action_high.assign(static_cast<size_t>(model->act_dim()), 1.0f);
@@ -89,21 +62,11 @@ int main(int argc, char** argv) {
       for (auto& x : obs) x = normal(gen);
       obs[0] += 1.25f;  // a healthy Hopper height (for Hopper's termination)
     };
-    for (int64_t r = 0; r < warmup; ++r) {
-      draw();
-      planner.plan(obs.data(), action.data());
-    }
-    std::vector<double> ms(static_cast<size_t>(reps));
-    for (int64_t r = 0; r < reps; ++r) {
-      draw();
-      const auto t0 = std::chrono::steady_clock::now();
-      planner.plan(obs.data(), action.data());
-      const auto t1 = std::chrono::steady_clock::now();
-      ms[static_cast<size_t>(r)] = std::chrono::duration<double, std::milli>(t1 - t0).count();
-    }
+    const std::vector<double> ms = mbpo_fast::bench::time_calls<std::milli>(
+        warmup, reps, draw, [&] { planner.plan(obs.data(), action.data()); });
+    const mbpo_fast::bench::Summary t = mbpo_fast::bench::summarize(ms);
     std::printf("{\"reps\": %lld, \"median_ms\": %.4f, \"p10_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f}\n",
-                static_cast<long long>(reps), percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9),
-                *std::min_element(ms.begin(), ms.end()));
+                static_cast<long long>(reps), t.median, t.p10, t.p90, t.min);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr,

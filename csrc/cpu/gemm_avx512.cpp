@@ -47,49 +47,6 @@ constexpr int kNr = 32;          // columns of the micro-tile (B panel width): 2
 constexpr int64_t kKc = 384;     // k block: a 32 x 384 B panel is 48 KiB, A micro-panel 21 KiB
 constexpr int64_t kNc = 2048;    // column block: packed B block <= 3 MiB
 
-// The first `lanes` lanes (none for lanes <= 0, all 16 for lanes >= 16).
-inline __mmask16 lane_mask(int64_t lanes) {
-  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF)
-                     : static_cast<__mmask16>(lanes <= 0 ? 0u : (1u << lanes) - 1u);
-}
-
-// 64-byte aligned view of a thread-local buffer of at least `count` floats.
-float* scratch(std::vector<float>& buf, int64_t count) {
-  const size_t need = static_cast<size_t>(count) + 16;
-  if (buf.size() < need) buf.resize(need);
-  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<float*>((addr + 63) & ~static_cast<uintptr_t>(63));
-}
-
-// In-register transpose of a 16 x 16 float block: t[i] holds row i on entry, column i on exit.
-inline void transpose16(__m512 t[16]) {
-  __m512 u[16];
-  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved within 128-bit lanes
-    u[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]);
-    u[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // t[4i + j], lane L: rows 4i..4i+3 at column 4L + j
-    const __m512d a = _mm512_castps_pd(u[4 * i]), b = _mm512_castps_pd(u[4 * i + 2]);
-    const __m512d c = _mm512_castps_pd(u[4 * i + 1]), d = _mm512_castps_pd(u[4 * i + 3]);
-    t[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    t[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    t[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    t[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  for (int j = 0; j < 4; ++j) {  // gather 128-bit lanes across the row groups
-    u[j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0x88);
-    u[4 + j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0xDD);
-    u[8 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0x88);
-    u[12 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0xDD);
-  }
-  for (int j = 0; j < 4; ++j) {
-    t[j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0x88);
-    t[8 + j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0xDD);
-    t[4 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0x88);
-    t[12 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0xDD);
-  }
-}
-
 // Packs rows r0 .. r0+w-1 (w <= W) of a matrix view X over k indices p0 .. p0+kc-1 into
 // dst[kc][W]: dst[p * W + r] = X(r0 + r, p0 + p), lanes r >= w zero.
 //   k_contig: X(r, p) = src[r * ld + p]   (rows of X contiguous in k: needs a transpose)
@@ -273,7 +230,7 @@ void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_
     const int64_t panels = (nc + kNr - 1) / kNr;
     for (int64_t pc = 0; pc < k; pc += kKc) {
       const int64_t kc = std::min(kKc, k - pc);
-      float* bp = direct_y ? nullptr : scratch(b_buf, panels * kNr * kc);
+      float* bp = direct_y ? nullptr : aligned_scratch(b_buf, panels * kNr * kc);
       if (!direct_y) {
         for (int64_t jp = 0; jp < panels; ++jp) {
           const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
@@ -281,7 +238,7 @@ void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_
         }
       }
       const float beta_block = pc == 0 ? beta : 1.0f;
-      float* ap = scratch(a_buf, kMr * kc);
+      float* ap = aligned_scratch(a_buf, kMr * kc);
       for (int64_t ic = 0; ic < m; ic += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
         pack<kMr>(x_k_contig, x, ldx, ic, mr, pc, kc, ap);
@@ -321,7 +278,7 @@ void sgemm_avx512(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, c
   }
   if (n == 1) {
     thread_local std::vector<float> x_buf;
-    float* x = scratch(x_buf, k);
+    float* x = aligned_scratch(x_buf, k);
     for (int64_t p = 0; p < k; ++p) x[p] = trans_b ? b[p] : b[p * ldb];
     gemv(trans_a, m, k, a, lda, x, beta, c, ldc);
     return;

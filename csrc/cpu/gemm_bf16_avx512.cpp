@@ -28,6 +28,8 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/simd_avx512.h"
+
 namespace mbpo_fast {
 namespace cpu {
 
@@ -37,18 +39,6 @@ constexpr int kMr = 14;
 constexpr int kNr = 32;
 constexpr int64_t kKc = 512;   // k block (even): a 32-column panel of 256 pairs is 32 KiB
 constexpr int64_t kNc = 2048;
-
-inline __mmask16 lane_mask(int64_t lanes) {
-  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF)
-                     : static_cast<__mmask16>(lanes <= 0 ? 0u : (1u << lanes) - 1u);
-}
-
-uint32_t* scratch(std::vector<uint32_t>& buf, int64_t count) {
-  const size_t need = static_cast<size_t>(count) + 16;
-  if (buf.size() < need) buf.resize(need);
-  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
-  return reinterpret_cast<uint32_t*>((addr + 63) & ~static_cast<uintptr_t>(63));
-}
 
 // 16 pair words from two float vectors: word i = bf16(lo[i]) | bf16(hi[i]) << 16.
 inline __m512i pair_words(__m512 lo, __m512 hi) {
@@ -63,35 +53,6 @@ inline __m512i pair_words(__m512 lo, __m512 hi) {
 inline __m512 round_bf16(__m512 x) {
   const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// In-register transpose of a 16 x 16 block of 32-bit values: t[i] holds row i on entry, column i on exit.
-inline void transpose16(__m512 t[16]) {
-  __m512 u[16];
-  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved within 128-bit lanes
-    u[2 * i] = _mm512_unpacklo_ps(t[2 * i], t[2 * i + 1]);
-    u[2 * i + 1] = _mm512_unpackhi_ps(t[2 * i], t[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // t[4i + j], lane L: rows 4i..4i+3 at column 4L + j
-    const __m512d a = _mm512_castps_pd(u[4 * i]), b = _mm512_castps_pd(u[4 * i + 2]);
-    const __m512d c = _mm512_castps_pd(u[4 * i + 1]), d = _mm512_castps_pd(u[4 * i + 3]);
-    t[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    t[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    t[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    t[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  for (int j = 0; j < 4; ++j) {  // gather 128-bit lanes across the row groups
-    u[j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0x88);
-    u[4 + j] = _mm512_shuffle_f32x4(t[j], t[4 + j], 0xDD);
-    u[8 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0x88);
-    u[12 + j] = _mm512_shuffle_f32x4(t[8 + j], t[12 + j], 0xDD);
-  }
-  for (int j = 0; j < 4; ++j) {
-    t[j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0x88);
-    t[8 + j] = _mm512_shuffle_f32x4(u[j], u[8 + j], 0xDD);
-    t[4 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0x88);
-    t[12 + j] = _mm512_shuffle_f32x4(u[4 + j], u[12 + j], 0xDD);
-  }
 }
 
 // Packs rows r0 .. r0+w-1 (w <= W) of a view X over k indices p0 .. p0+kc-1 into pair words
@@ -281,13 +242,13 @@ void gemm_blocked(bool x_k_contig, bool y_k_contig, int64_t m, int64_t n, int64_
     for (int64_t pc = 0; pc < k; pc += kKc) {
       const int64_t kc = std::min(kKc, k - pc);
       const int64_t pairs = (kc + 1) / 2;
-      uint32_t* bp = scratch(b_buf, panels * kNr * pairs);
+      uint32_t* bp = aligned_scratch(b_buf, panels * kNr * pairs);
       for (int64_t jp = 0; jp < panels; ++jp) {
         const int w = static_cast<int>(std::min<int64_t>(kNr, nc - jp * kNr));
         pack<kNr>(y_k_contig, y, ldy, jc + jp * kNr, w, pc, kc, bp + jp * kNr * pairs);
       }
       const float beta_block = pc == 0 ? beta : 1.0f;
-      uint32_t* ap = scratch(a_buf, kMr * pairs);
+      uint32_t* ap = aligned_scratch(a_buf, kMr * pairs);
       for (int64_t ic = 0; ic < m; ic += kMr) {
         const int mr = static_cast<int>(std::min<int64_t>(kMr, m - ic));
         pack<kMr>(x_k_contig, x, ldx, ic, mr, pc, kc, ap);

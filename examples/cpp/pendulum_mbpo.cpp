@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/branched_rollout.h"
 #include "mbpo_fast/ensemble_model.h"
@@ -59,20 +60,7 @@ Options parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) throw std::invalid_argument(arg + ": expected a value after it");
     const std::string value = argv[++i];
-    auto count = [&](int64_t min) {
-      size_t used = 0;
-      int64_t v = -1;
-      try {
-        v = std::stoll(value, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != value.size() || v < min) {
-        throw std::invalid_argument(arg + ": expected an integer >= " + std::to_string(min) + ", got '" +
-                                    value + "'");
-      }
-      return v;
-    };
+    auto count = [&](int64_t min) { return example::count(arg, value, min); };
     if (arg == "--episodes")
       o.episodes = count(1);
     else if (arg == "--episode-steps")

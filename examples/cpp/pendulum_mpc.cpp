@@ -19,26 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "mbpo_fast/planner.h"
 #include "pendulum.h"
 
 namespace {
 
-constexpr int64_t kEpisodeSteps = 200;
+using example::count;
 
-int64_t count(const std::string& arg, const std::string& value, int64_t min) {
-  size_t used = 0;
-  int64_t v = -1;
-  try {
-    v = std::stoll(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != value.size() || v < min) {
-    throw std::invalid_argument(arg + ": expected an integer >= " + std::to_string(min) + ", got '" + value + "'");
-  }
-  return v;
-}
+constexpr int64_t kEpisodeSteps = 200;
 
 double percentile(std::vector<double> v, double q) {
   const size_t k = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble_trainer.h"
 #include "mbpo_fast/replay_pool.h"
@@ -70,18 +71,8 @@ Options parse(int argc, char** argv) {
       o.save_model = value;
       continue;
     }
-    size_t used = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(value, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
     const bool may_be_zero = arg == "--seed" || arg == "--random-steps";
-    if (used != value.size() || v < (may_be_zero ? 0 : 1)) {
-      throw std::invalid_argument(arg + ": expected an integer >= " + (may_be_zero ? "0" : "1") +
-                                  ", got '" + value + "'");
-    }
+    const int64_t v = example::count(arg, value, may_be_zero ? 0 : 1);
     if (arg == "--steps") o.steps = v;
     else if (arg == "--seed") o.seed = static_cast<uint64_t>(v);
     else if (arg == "--random-steps") o.random_steps = v;

@@ -176,6 +176,31 @@ class _Params:
                     h = h / (np.float32(1.0) + np.exp(-h))
         return h
 
+    def epilogue(self, head, rows, obs, seed, deterministic, next_obs, rew) -> None:
+        """_step_epilogue with this model's log-variance bounds: writes rows `rows`."""
+        _step_epilogue(head, rows, obs, self.max_logvar, self.min_logvar, seed,
+                       bool(deterministic), next_obs, rew)
+
+
+def _elite_params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                  weights_bf16=None, none_error: str | None = None) -> _Params:
+    """_Params of a model that has to draw elites (a rollout, a planner, a handle): ValueError
+    `none_error` for elites None (when given), and for no elite at all."""
+    if elites is None and none_error is not None:
+        raise ValueError(none_error)
+    p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
+                weights_bf16)
+    if p.elites is None or p.elites.shape[0] < 1:
+        raise ValueError("elites: expected at least one elite index, got none")
+    return p
+
+
+def _seed_u64(seed) -> np.uint64:
+    seed = int(seed)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    return np.uint64(seed)
+
 
 # ---------------------------------------------------------------------------- bf16
 
@@ -350,11 +375,14 @@ def ensemble_step(
     p = _Params(
         input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16
     )
+    return _step(p, obs, act, members, seed, deterministic)
+
+
+def _step(p: _Params, obs, act, members, seed, deterministic):
+    """ensemble_step on validated parameters (rollouts and planners hold them for every step)."""
     obs, act = p.inputs(obs, act)
     batch = obs.shape[0]
-    seed = int(seed)
-    if not 0 <= seed < 1 << 64:
-        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    seed = _seed_u64(seed)
     if members is not None:
         used = _as_i64(members, "members", batch).copy()
         _require_range(used, "members", p.ensemble_size)
@@ -365,7 +393,7 @@ def ensemble_step(
                 f"elites: expected at least one elite index when members is None, got {n}"
             )
         used = np.empty(batch, dtype=np.int64)
-        _choose_members(np.uint64(seed), p.elites, batch, used)
+        _choose_members(seed, p.elites, batch, used)
     next_obs = np.empty((batch, p.obs_dim), dtype=np.float32)
     rew = np.empty(batch, dtype=np.float32)
     if batch == 0:
@@ -378,17 +406,7 @@ def ensemble_step(
         if rows.shape[0] == 0:
             continue
         head = np.ascontiguousarray(p.forward(e, x[rows]))
-        _step_epilogue(
-            head,
-            rows,
-            obs,
-            p.max_logvar,
-            p.min_logvar,
-            np.uint64(seed),
-            bool(deterministic),
-            next_obs,
-            rew,
-        )
+        p.epilogue(head, rows, obs, seed, deterministic, next_obs, rew)
     return next_obs, rew, used
 
 
@@ -426,6 +444,11 @@ def ensemble_disagreement(
     """Per-row disagreement f32 [B]: population std across `members` of the predicted means,
     averaged over the obs_dim + 1 outputs (reduced in float64)."""
     p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, None, weights_bf16)
+    return _disagreement(p, obs, act, members)
+
+
+def _disagreement(p: _Params, obs, act, members):
+    """ensemble_disagreement on validated parameters."""
     obs, act = p.inputs(obs, act)
     mem = _as_i64(members, "members", -1)
     if mem.shape[0] < 1:
@@ -470,22 +493,25 @@ def ensemble_step_uncertainty(
     p = _Params(
         input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16
     )
+    return _step_uncertainty(p, obs, act, seed, deterministic)
+
+
+def _step_uncertainty(p: _Params, obs, act, seed, deterministic):
+    """ensemble_step_uncertainty on validated parameters (with elites)."""
     if p.elites.shape[0] < 2:
         raise ValueError(
             "elites: the disagreement d needs at least 2 elites, got " f"{p.elites.shape[0]}"
         )
     obs, act = p.inputs(obs, act)
     batch, od = obs.shape[0], p.obs_dim
-    seed = int(seed)
-    if not 0 <= seed < 1 << 64:
-        raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
+    seed = _seed_u64(seed)
     next_obs = np.empty((batch, od), dtype=np.float32)
     rew = np.empty(batch, dtype=np.float32)
     if batch == 0:
         return next_obs, rew, np.empty(0, dtype=np.float32)
     k_count = p.elites.shape[0]
     choice = np.empty(batch, dtype=np.int64)
-    _choose_elite_index(np.uint64(seed), k_count, batch, choice)
+    _choose_elite_index(seed, k_count, batch, choice)
     x = p.normalized(obs, act)
     means = np.empty((k_count, batch, od), dtype=np.float64)
     for k in range(k_count):
@@ -493,17 +519,8 @@ def ensemble_step_uncertainty(
         means[k] = head[:, :od]
         rows = np.flatnonzero(choice == k)
         if rows.shape[0]:
-            _step_epilogue(
-                np.ascontiguousarray(head[rows]),
-                rows,
-                obs,
-                p.max_logvar,
-                p.min_logvar,
-                np.uint64(seed),
-                bool(deterministic),
-                next_obs,
-                rew,
-            )
+            p.epilogue(np.ascontiguousarray(head[rows]), rows, obs, seed, deterministic,
+                       next_obs, rew)
     d = means.var(axis=0, ddof=1).mean(axis=1).astype(np.float32)
     return next_obs, rew, d
 
@@ -550,13 +567,12 @@ class EnsembleHandle:
                     and value.flags.c_contiguous):
                 raise TypeError(f"{name}: expected a C-contiguous float32 numpy array (held by "
                                 "reference, never copied)")
-        p = _Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
-                    weights_bf16)
-        if p.elites is None or p.elites.shape[0] < 1:
-            raise ValueError("elites: expected at least one elite index, got none")
-        self._args = (input_mean, input_std, list(weights), list(biases), max_logvar, min_logvar,
-                      p.elites)
-        self._bf16 = weights_bf16
+        p = _elite_params(input_mean, input_std, weights, biases, max_logvar, min_logvar,
+                          elites, weights_bf16)
+        # Validated again on every step (as ensemble_step): in-place updates of any of these
+        # arrays, the packed bf16 ones included, are seen by the next call.
+        self._model = (input_mean, input_std, list(weights), list(biases), max_logvar,
+                       min_logvar, p.elites, weights_bf16)
         self.obs_dim, self.act_dim = p.obs_dim, p.act_dim
 
     def sample(self, obs, act, seed):
@@ -571,8 +587,8 @@ class EnsembleHandle:
              out_rew=None, return_members=False):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed: expected an int in [0, 2**64), got {type(seed).__name__}")
-        next_obs, rew, used = ensemble_step(obs, act, *self._args, members, int(seed),
-                                            bool(deterministic), self._bf16)
+        next_obs, rew, used = _step(_Params(*self._model), obs, act, members, int(seed),
+                                    deterministic)
         batch = next_obs.shape[0]
         if out_next_obs is not None or out_rew is not None:
             outs = []

@@ -175,16 +175,12 @@ def _propagation(name: str) -> bool:
 
 
 def _model(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16):
-    if elites is None:
-        raise ValueError("elites: planning needs the elite indices, got None")
-    p = _ens._Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
-                     weights_bf16)
-    if p.elites is None or p.elites.shape[0] < 1:
-        raise ValueError("elites: expected at least one elite index, got none")
-    return p
+    return _ens._elite_params(input_mean, input_std, weights, biases, max_logvar, min_logvar,
+                              elites, weights_bf16,
+                              "elites: planning needs the elite indices, got None")
 
 
-def _evaluate(p, raw, reward_fn, term_fn, obs0, x, particles, ts_inf, seed, members_out):
+def _evaluate(p, reward_fn, term_fn, obs0, x, particles, ts_inf, seed, members_out):
     """plan_evaluate (planner.h) without validation: (values f64 [N], failed rows)."""
     N, H, _ = x.shape
     P, R = particles, x.shape[0] * particles
@@ -203,8 +199,7 @@ def _evaluate(p, raw, reward_fn, term_fn, obs0, x, particles, ts_inf, seed, memb
         seed_t = rollout_step_seed(seed, t)
         act = np.ascontiguousarray(x[row_seq, t])
         with np.errstate(over="ignore", invalid="ignore"):
-            nxt, rew_model, used = _ens.ensemble_step(obs, act, *raw[:7], members, seed_t, False,
-                                                      raw[7])
+            nxt, rew_model, used = _ens._step(p, obs, act, members, seed_t, False)
         if members_out is not None:
             members_out[t] = used
         rew = rew_model if reward_fn is None else reward_fn(obs, act, nxt)
@@ -234,8 +229,6 @@ def mpc_evaluate(obs, actions, input_mean, input_std, weights, biases, max_logva
                  weights_bf16=None):
     """Scores action sequences (see the native op): (values f64 [N], members int64 [H, N*P])."""
     p = _model(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16)
-    raw = (p.input_mean, p.input_std, weights, biases, p.max_logvar, p.min_logvar, p.elites,
-           weights_bf16)
     o = _finite_f32(obs, "obs", (p.obs_dim,))
     x = _finite_f32(actions, "actions", (-1, -1, p.act_dim))
     N, H = x.shape[0], x.shape[1]
@@ -249,7 +242,7 @@ def mpc_evaluate(obs, actions, input_mean, input_std, weights, biases, max_logva
     reward_fn, term_fn = _objective(reward, termination, p.obs_dim, p.act_dim)
     seed = _check_u64("seed", seed)
     members = np.empty((H, N * particles), np.int64)
-    values, _ = _evaluate(p, raw, reward_fn, term_fn, o, x, particles, ts_inf, seed,
+    values, _ = _evaluate(p, reward_fn, term_fn, o, x, particles, ts_inf, seed,
                           members)
     return values, members
 
@@ -289,8 +282,6 @@ def mpc_plan(obs, mean, action_low, action_high, input_mean, input_std, weights,
     """One MPC plan (see the native op): (action f32 [A], final mean f32 [H, A], stats dict)."""
     t0 = time.perf_counter()
     p = _model(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites, weights_bf16)
-    raw = (p.input_mean, p.input_std, weights, biases, p.max_logvar, p.min_logvar, p.elites,
-           weights_bf16)
     A = p.act_dim
     population, num_elites, iterations = int(population), int(num_elites), int(iterations)
     particles, horizon, alpha = int(particles), int(horizon), float(alpha)
@@ -323,7 +314,7 @@ def mpc_plan(obs, mean, action_low, action_high, input_mean, input_std, weights,
             words = philox_fill_u32(s_i, STREAM_PLAN_ACTION, 0, N * H * A).reshape(N, H, A)
             u = (words >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
             x = np.clip(lo + (hi - lo) * u, lo, hi)
-        values, failed = _evaluate(p, raw, reward_fn, term_fn, o, x, particles, ts_inf,
+        values, failed = _evaluate(p, reward_fn, term_fn, o, x, particles, ts_inf,
                                    s_i, None)
         stats["failed"] += failed
         stats["iterations"] += 1

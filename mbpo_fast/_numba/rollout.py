@@ -131,12 +131,9 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
     model = _pool_arg(model_pool, "model_pool")
     actor = ActorParams(actor_weights, actor_biases, action_scale, action_bias, action_low,
                         action_high, log_std_min, log_std_max, "actor_weights", "actor_biases")
-    if elites is None:
-        raise ValueError("elites: a rollout needs the elite indices, got None")
-    ens = _ens._Params(input_mean, input_std, weights, biases, max_logvar, min_logvar, elites,
-                       weights_bf16)
-    if ens.elites is None or ens.elites.shape[0] < 1:
-        raise ValueError("elites: expected at least one elite index, got none")
+    ens = _ens._elite_params(input_mean, input_std, weights, biases, max_logvar, min_logvar,
+                             elites, weights_bf16,
+                             "elites: a rollout needs the elite indices, got None")
     seed = _check_u64("seed", seed)
     num_starts, horizon = int(num_starts), int(horizon)
     if num_starts < 0:
@@ -203,14 +200,9 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         with np.errstate(over="ignore", invalid="ignore"):
             act, _ = actor.act(obs, seed_t, 0, False)
             if not uncertain:
-                next_obs, rew, _ = _ens.ensemble_step(obs, act, ens.input_mean, ens.input_std,
-                                                      ens.weights, ens.biases, ens.max_logvar,
-                                                      ens.min_logvar, ens.elites, None, seed_t,
-                                                      False, weights_bf16)
+                next_obs, rew, _ = _ens._step(ens, obs, act, None, seed_t, False)
             else:  # every elite once per row: the same transition, and d
-                next_obs, rew, d = _ens.ensemble_step_uncertainty(
-                    obs, act, ens.input_mean, ens.input_std, ens.weights, ens.biases,
-                    ens.max_logvar, ens.min_logvar, ens.elites, seed_t, False, weights_bf16)
+                next_obs, rew, d = _ens._step_uncertainty(ens, obs, act, seed_t, False)
                 if t == 0 and quantile >= 0.0:
                     threshold = finite_quantile(d, quantile)
                     stats["disagreement_threshold"] = threshold
@@ -247,9 +239,7 @@ def branched_rollout(real_pool, model_pool, actor_weights, actor_biases, action_
         m = sample_stored  # the first stored rows (compaction keeps the order)
         if m > 0:
             with np.errstate(over="ignore", invalid="ignore"):  # an elite may overflow here
-                dis = _ens.ensemble_disagreement(obs[:m], act[:m], ens.input_mean, ens.input_std,
-                                                 ens.weights, ens.biases, ens.max_logvar,
-                                                 ens.min_logvar, ens.elites, weights_bf16)
+                dis = _ens._disagreement(ens, obs[:m], act[:m], ens.elites)
                 dis_sum += float(np.sum(dis, dtype=np.float64))
             stats["disagreement_rows"] += m
         if n > 0:
