@@ -1638,6 +1638,61 @@ void bind_cuda(py::module_& m) {
       .def("set_elites", &CudaEnsembleHandle::set_elites, py::arg("elites"))
       .def_property_readonly("elites", [](const CudaEnsembleHandle& h) { return h.elites; });
 
+  py::class_<TerminationMLPView>(m, "CudaTerminationMLPView",
+                                 "Raw device pointers of a learned termination MLP (termination_model.h), "
+                                 "borrowed, never freed: keep the tensors alive while it is used.")
+      .def(py::init([](int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, uintptr_t input_mean,
+                       uintptr_t input_std, std::vector<uintptr_t> weights, std::vector<uintptr_t> biases) {
+             const int64_t layers = static_cast<int64_t>(weights.size());
+             if (layers < 1 || layers > kTerminationMaxLayers || static_cast<int64_t>(biases.size()) != layers ||
+                 static_cast<int64_t>(widths.size()) != layers + 1) {
+               throw py::value_error("CudaTerminationMLPView: expected 1.." + std::to_string(kTerminationMaxLayers) +
+                                     " layers with one bias per weight and layers + 1 widths");
+             }
+             TerminationMLPView v;
+             v.obs_dim = obs_dim;
+             v.act_dim = act_dim;
+             v.num_layers = static_cast<int>(layers);
+             for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
+             for (int64_t i = 0; i < layers; ++i) {
+               v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
+               v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
+             }
+             v.input_mean = ptr<const float>(input_mean);
+             v.input_std = ptr<const float>(input_std);
+             v.validate();
+             return v;
+           }),
+           py::arg("obs_dim"), py::arg("act_dim"), py::arg("widths"), py::arg("input_mean"), py::arg("input_std"),
+           py::arg("weights"), py::arg("biases"));
+  m.def(
+      "cuda_termination_mlp",
+      [](const TerminationMLPView& v, uintptr_t obs, uintptr_t act, uintptr_t next_obs, int64_t n, uintptr_t out,
+         uintptr_t logits, uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_termination_mlp(v, ptr<const float>(obs), ptr<const float>(act), ptr<const float>(next_obs), n,
+                             ptr<uint8_t>(out), ptr<float>(logits), ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("next_obs"), py::arg("n"), py::arg("out"),
+      py::arg("logits"), py::arg("cuda_stream"),
+      "termination_mlp on device pointers: out uint8 [n] (logit > 0), logits f32 [n] (0: not written).");
+  m.def("cuda_ensemble_step_uncertainty_workspace_bytes", &cuda_ensemble_step_uncertainty_workspace_bytes,
+        py::arg("batch"), py::arg("num_elites"), py::arg("obs_dim"));
+  m.def(
+      "cuda_ensemble_step_uncertainty",
+      [](const CudaEnsembleHandle& h, uintptr_t obs, uintptr_t act, int64_t batch, uint64_t seed, bool deterministic,
+         uintptr_t next_obs, uintptr_t reward, uintptr_t disagreement, uintptr_t workspace, size_t workspace_bytes,
+         uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_ensemble_step_uncertainty(h.view, ptr<const float>(obs), ptr<const float>(act), batch, seed,
+                                       deterministic, ptr<float>(next_obs), ptr<float>(reward),
+                                       ptr<float>(disagreement), ptr<void>(workspace), workspace_bytes,
+                                       ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("batch"), py::arg("seed"), py::arg("deterministic"),
+      py::arg("next_obs"), py::arg("reward"), py::arg("disagreement"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("cuda_stream"),
+      "ensemble_step_uncertainty on device pointers (cuda_ops.h): the step's transition and d [batch].");
   m.def("cuda_ensemble_step_workspace_bytes", &cuda_ensemble_step_workspace_bytes, py::arg("batch"),
         py::arg("ensemble_size"));
   m.def("cuda_ensemble_disagreement_workspace_bytes", &cuda_ensemble_disagreement_workspace_bytes,
@@ -1797,7 +1852,13 @@ void bind_cuda(py::module_& m) {
          std::vector<uintptr_t> actor_weights, std::vector<uintptr_t> actor_biases, std::vector<int64_t> actor_widths,
          py::handle action_scale, py::handle action_bias, py::handle action_low, py::handle action_high,
          float log_std_min, float log_std_max, int32_t termination, int64_t num_starts, int64_t horizon,
-         uint64_t seed, uintptr_t cuda_stream) {
+         uint64_t seed, uintptr_t cuda_stream, double max_disagreement, double disagreement_quantile,
+         double uncertainty_penalty, py::handle termination_mlp) {
+        RolloutUncertainty unc;
+        unc.max_disagreement = max_disagreement;
+        unc.quantile = disagreement_quantile;
+        unc.uncertainty_penalty = uncertainty_penalty;
+        unc.validate();
         const int64_t layers = static_cast<int64_t>(actor_weights.size());
         if (layers < 1 || layers > kActorMaxLayers || static_cast<int64_t>(actor_biases.size()) != layers ||
             static_cast<int64_t>(actor_widths.size()) != layers + 1) {
@@ -1833,16 +1894,25 @@ void bind_cuda(py::module_& m) {
         // state at the start and advances model_pool's at the end, so a Python thread calling
         // model_pool.add_batch in between (GIL released) would write the same slots and lose
         // its rows from the counters. The GIL is what serializes calls on a device pool.
-        const RolloutStats st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real,
-                                                      model_pool, num_starts, horizon, seed, ptr<void>(cuda_stream));
+        const RolloutStats st =
+            termination_mlp.is_none()
+                ? cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
+                                        num_starts, horizon, seed, ptr<void>(cuda_stream), unc)
+                : cuda_branched_rollout(a, model.view, termination_mlp.cast<const TerminationMLPView&>(), real,
+                                        model_pool, num_starts, horizon, seed, ptr<void>(cuda_stream), unc);
         return rollout_stats_dict(st);
       },
       py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
       py::arg("actor_widths"), py::arg("action_scale"), py::arg("action_bias"), py::arg("action_low") = py::none(),
       py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0f, py::arg("log_std_max") = 2.0f,
       py::arg("termination") = 0, py::arg("num_starts") = 0, py::arg("horizon") = 1, py::arg("seed") = 0,
-      py::arg("cuda_stream") = 0,
-      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.");
+      py::arg("cuda_stream") = 0, py::arg("max_disagreement") = std::numeric_limits<double>::infinity(),
+      py::arg("disagreement_quantile") = -1.0, py::arg("uncertainty_penalty") = 0.0,
+      py::arg("termination_mlp") = py::none(),
+      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.\n"
+      "max_disagreement / disagreement_quantile / uncertainty_penalty: rollout.h step 4 (as branched_rollout).\n"
+      "termination_mlp: a CudaTerminationMLPView (learned termination on the device; then `termination` is "
+      "ignored).");
   m.def(
       "cuda_sample_mixed",
       [](CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio, int64_t num_batches,

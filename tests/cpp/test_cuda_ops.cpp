@@ -99,6 +99,41 @@ TEST_CASE("device entry points raise (never crash) without a device") {
   CHECK_THROWS(cuda_ensemble_predict(m.view, &dummy, &dummy, 1, &dummy, &dummy, nullptr));
 }
 
+TEST_CASE("device uncertainty step and learned termination validate before any CUDA call") {
+  Small m;
+  float dummy = 0.0f;
+  std::vector<unsigned char> ws(4096);
+  // one elite: d (a variance across the elites) is undefined -> InvalidArgument, with or without a device
+  m.view.num_elites = 1;
+  bool invalid = false;
+  try {
+    cuda_ensemble_step_uncertainty(m.view, &dummy, &dummy, 1, 0, false, &dummy, &dummy, &dummy, ws.data(), ws.size(),
+                                   nullptr);
+  } catch (const InvalidArgument& e) {
+    invalid = std::string(e.what()).find("2 elites") != std::string::npos;
+  } catch (const std::runtime_error&) {  // a build without CUDA reports that first
+    invalid = !cuda_compiled();
+  }
+  CHECK(invalid);
+  m.view.num_elites = 3;
+  if (cuda_device_count() == 0) {
+    CHECK_THROWS(cuda_ensemble_step_uncertainty(m.view, &dummy, &dummy, 1, 0, false, &dummy, &dummy, &dummy,
+                                                ws.data(), ws.size(), nullptr));
+  }
+  TerminationMLPView t;  // widths inconsistent with obs/act dims
+  t.obs_dim = 3;
+  t.act_dim = 2;
+  t.num_layers = 1;
+  t.widths[0] = 5;
+  t.widths[1] = 1;
+  t.weights[0] = &dummy;
+  t.biases[0] = &dummy;
+  t.input_mean = &dummy;
+  t.input_std = &dummy;
+  uint8_t out = 0;
+  CHECK_THROWS(cuda_termination_mlp(t, &dummy, &dummy, &dummy, 1, &out, nullptr, nullptr));
+}
+
 TEST_CASE("slot_segments (device pool save/load copies) are the CPU pool's slots of every logical row") {
   // Pools of capacity 7 after n single adds (wrapping several times), then every range of
   // logical rows: the two runs must list exactly ReplayPool::slot(r) for r in the range.
