@@ -23,6 +23,12 @@ Then the device rollout (one step per call, B = --batches) and the issue 16 feat
 (`--feature-starts`, default 400 and 100,000 starts, horizon 5): plain, the uncertainty
 features (quantile stop q0.9 + penalty: every elite once per alive row), and a learned
 termination model, median wall time per rollout and the ratio to the plain rollout.
+
+Then the MPC planner on a CUDA model (csrc/cuda/planner.cu, issue 17): one `MPC.plan` with
+PETS's settings (CEM 500 x 5, horizon 30, 20 particles, TS-inf, Hopper reward and
+termination) against bench_planner.TorchCEM on the same CUDA model, interleaved, and the
+small real-time budget (random shooting, population 200, horizon 15, 1 particle) on the GPU
+beside the CPU planner, with the two planners' actions compared for the same seed.
 """
 
 from __future__ import annotations
@@ -346,6 +352,65 @@ def time_rollout_features(starts: list[int], repeats: int, horizon: int = 5) -> 
             print(f"{n:>8} | FAILED: {type(exc).__name__}: {exc}")
 
 
+def time_planner(repeats: int) -> None:
+    """MPC.plan with a CUDA model against a lean torch CEM on the same device, and the small
+    real-time budget on the GPU and on the CPU (same weights and seed: actions compared)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    import mbpo_fast as mf
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_planner import BUDGET, PETS, TorchCEM, hopper_model, observation
+
+    cpu = hopper_model()
+    gpu = mf.EnsembleDynamics(OBS, ACT, ensemble_size=E, num_elites=K, hidden_size=HIDDEN,
+                              num_layers=LAYERS, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    low, high = -np.ones(ACT, np.float32), np.ones(ACT, np.float32)
+    obs = observation(np.random.default_rng(0))
+    env = dict(reward_fn="Hopper-v5", termination="Hopper-v5")
+    print("\nMPC planner on the GPU (Hopper-size model, Hopper-v5 reward and termination)")
+    try:
+        mpc = mf.MPC(gpu, low, high, **env, **PETS, seed=1)
+        ref = TorchCEM(gpu, low, high, PETS["horizon"], PETS["population"], PETS["elites"],
+                       PETS["iterations"], PETS["alpha"], PETS["particles"], seed=1)
+        mpc.plan(obs), ref.plan(obs)  # warm-up
+        t_mpc, t_ref = [], []
+        for _ in range(max(2, repeats // 2)):  # interleaved
+            for fn, times in ((mpc.plan, t_mpc), (ref.plan, t_ref)):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                fn(obs)
+                times.append(time.perf_counter() - t)
+        a, b = statistics.median(t_mpc), statistics.median(t_ref)
+        flop = (PETS["population"] * PETS["particles"] * PETS["horizon"] * PETS["iterations"]
+                * FLOP_PER_ROW)
+        print(f"  PETS plan: mbpo_fast {a * 1e3:.1f} ms ({flop / a / 1e9:.0f} useful GFLOP/s), "
+              f"torch CEM {b * 1e3:.1f} ms -> {b / a:.2f}x; failed particles "
+              f"{mpc.last_stats['failed']}")
+    except Exception as exc:  # keep the rest of the report
+        print(f"  PETS plan FAILED: {type(exc).__name__}: {exc}")
+    try:
+        m_gpu = mf.MPC(gpu, low, high, **env, **BUDGET, seed=2)
+        m_cpu = mf.MPC(cpu, low, high, **env, **BUDGET, seed=2)
+        acts = [(m_gpu.plan(obs), m_cpu.plan(obs)) for _ in range(2)]  # also the warm-ups
+        diff = max(float(np.abs(g - c).max()) for g, c in acts)
+        t_gpu, t_cpu = [], []
+        for _ in range(repeats):
+            for m, times in ((m_gpu, t_gpu), (m_cpu, t_cpu)):
+                t = time.perf_counter()
+                m.plan(obs)
+                times.append(time.perf_counter() - t)
+        print(f"  budget (random shooting 200 x 15, 1 particle): GPU "
+              f"{statistics.median(t_gpu) * 1e3:.2f} ms, CPU {statistics.median(t_cpu) * 1e3:.2f} "
+              f"ms; max |action GPU - CPU| over 2 calls = {diff:.2e}")
+    except Exception as exc:
+        print(f"  budget plan FAILED: {type(exc).__name__}: {exc}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,6 +423,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--feature-starts", default="400,100000",
                     help="start rows of the issue 16 feature timings ('' to skip)")
+    ap.add_argument("--skip-planner", action="store_true", help="skip the MPC planner timings")
     args = ap.parse_args(argv)
 
     try:
@@ -390,6 +456,8 @@ def main(argv=None) -> int:
     time_kernels([int(b) for b in args.batches.split(",")], args.iters, args.repeats)
     if args.feature_starts:
         time_rollout_features([int(b) for b in args.feature_starts.split(",")], args.repeats)
+    if not args.skip_planner:
+        time_planner(args.repeats)
     return status
 
 

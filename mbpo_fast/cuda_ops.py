@@ -29,6 +29,8 @@ __all__ = [
     "CudaEnsemble",
     "CudaTermination",
     "branched_rollout",
+    "mpc_evaluate",
+    "mpc_plan",
     "CudaPool",
     "as_cuda_tensor",
     "available",
@@ -795,3 +797,68 @@ def branched_rollout(
             uncertainty_penalty=float(uncertainty_penalty),
             termination_mlp=None if term_dev is None else term_dev.view,
         )
+
+
+# ---------------------------------------------------------------------------- planner
+
+_OPTIMIZER_IDS = {"cem": 0, "random": 1}
+_PROPAGATION_IDS = {"ts_inf": 0, "ts_1": 1}
+
+
+def _planning_model(model):
+    """The CudaEnsemble adapter of a CUDA EnsembleDynamics (RuntimeError without a CUDA build or
+    device, TypeError for anything else)."""
+    import torch
+
+    native = require("MPC planning with a CUDA model")
+    if getattr(model, "device", torch.device("cpu")).type != "cuda" or not hasattr(
+        model, "_cuda_native"
+    ):
+        raise TypeError("model: expected an EnsembleDynamics on a CUDA device")
+    return native, model._cuda_native()
+
+
+def _builtin_ids(reward: int, termination: int) -> tuple[int, int]:
+    if not isinstance(reward, int) or not isinstance(termination, int):
+        raise TypeError(
+            "reward_fn / termination: the CUDA planner runs the model's reward or a built-in "
+            "reward and termination (env ids) on the device; a Python callable needs the rows "
+            "on the host: plan with a CPU model for callables"
+        )
+    return reward, termination
+
+
+def mpc_plan(model, obs, mean, action_low, action_high, reward: int, termination: int,
+             optimizer: str, population: int, num_elites: int, iterations: int, alpha: float,
+             particles: int, propagation: str, horizon: int, seed: int, call: int):
+    """One MPC plan (planner.h) with the particle rollouts on the model's device
+    (csrc/cuda/planner.cu): the CPU planner's candidates, member choices and noise for the same
+    seed. Host numpy in and out: (action f32 [act_dim], final mean f32 [horizon, act_dim],
+    stats dict)."""
+    import torch
+
+    native, ens = _planning_model(model)
+    reward, termination = _builtin_ids(reward, termination)
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    call_seed = native.derive_seed(int(seed), native.STREAM_PLAN_SEED, int(call))
+    with torch.cuda.device(ens.device):
+        return native.cuda_mpc_plan(
+            ens.view, f32(obs), f32(mean), f32(action_low), f32(action_high), reward, termination,
+            _OPTIMIZER_IDS[optimizer], int(population), int(num_elites), int(iterations),
+            float(alpha), int(particles), _PROPAGATION_IDS[propagation], int(horizon), call_seed,
+            _stream(ens.device))
+
+
+def mpc_evaluate(model, obs, actions, reward: int, termination: int, particles: int,
+                 propagation: str, seed: int):
+    """plan_evaluate with the particle rollouts on the device: (values f64 [N], members int64
+    [H, N * particles]) on the host."""
+    import torch
+
+    native, ens = _planning_model(model)
+    reward, termination = _builtin_ids(reward, termination)
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    with torch.cuda.device(ens.device):
+        return native.cuda_mpc_evaluate(
+            ens.view, f32(obs), f32(actions), reward, termination, int(particles),
+            _PROPAGATION_IDS[propagation], int(seed), _stream(ens.device))

@@ -547,6 +547,12 @@ _SANITIZED = textwrap.dedent(
                               uncertainty_penalty=1.0)
     cuda_ops.branched_rollout(m, agent, mf.TerminationModel(11, 3), p, q, 200, 3, 7,
                               max_disagreement=0.5)
+    start = np.zeros(11, np.float32); start[0] = 1.25
+    for opt, prop in (("cem", "ts_inf"), ("random", "ts_1")):
+        mpc = mf.MPC(m, -np.ones(3), np.ones(3), reward_fn="Hopper-v5", termination="Hopper-v5",
+                     horizon=3, optimizer=opt, population=16, elites=4, iterations=2,
+                     particles=2, propagation=prop)
+        mpc.plan(start); mpc.evaluate(start, np.zeros((5, 3, 3), np.float32))
     torch.cuda.synchronize()
     print("ok")
     """

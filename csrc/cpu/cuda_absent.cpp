@@ -84,4 +84,12 @@ void cuda_termination_mlp(const TerminationMLPView&, const float*, const float*,
                           float*, void*) {
   no_cuda("cuda_termination_mlp");
 }
+PlanResult cuda_plan_optimize(const EnsembleView&, const PlannerConfig&, const PlanObjective&, const float*,
+                              const float*, uint64_t, float*, float*, void*) {
+  no_cuda("cuda_plan_optimize");
+}
+void cuda_plan_evaluate(const EnsembleView&, const PlanObjective&, const float*, const float*, int64_t, int64_t,
+                        int64_t, Propagation, uint64_t, double*, int64_t*, void*) {
+  no_cuda("cuda_plan_evaluate");
+}
 }  // namespace mbpo_fast

@@ -26,6 +26,7 @@
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
 #include "mbpo_fast/cuda_ops.h"
+#include "mbpo_fast/planner.h"
 #include "mbpo_fast/ensemble.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rng.h"
@@ -1913,6 +1914,89 @@ void bind_cuda(py::module_& m) {
       "max_disagreement / disagreement_quantile / uncertainty_penalty: rollout.h step 4 (as branched_rollout).\n"
       "termination_mlp: a CudaTerminationMLPView (learned termination on the device; then `termination` is "
       "ignored).");
+  // The MPC planner on the device (cuda_ops.h); mbpo_fast/cuda_ops.py mpc_plan / mpc_evaluate
+  // resolve the strings and ids. Host numpy arrays in and out, the model's device pointers.
+  auto objective = [](const EnsembleView& v, int32_t reward, int32_t termination) {
+    check_reward_args(reward, v.obs_dim, v.act_dim, "reward");
+    check_termination_args(termination, v.obs_dim, "termination");
+    PlanObjective o;
+    o.reward = static_cast<RewardId>(reward);
+    o.termination = static_cast<TerminationId>(termination);
+    return o;
+  };
+  m.def(
+      "cuda_mpc_plan",
+      [objective](const CudaEnsembleHandle& model, py::handle obs, py::handle mean, py::handle action_low,
+                  py::handle action_high, int32_t reward, int32_t termination, int32_t optimizer, int64_t population,
+                  int64_t num_elites, int64_t iterations, double alpha, int64_t particles, int32_t propagation,
+                  int64_t horizon, uint64_t call_seed, uintptr_t cuda_stream) {
+        const EnsembleView& v = model.view;
+        PlannerConfig cfg;
+        cfg.horizon = horizon;
+        cfg.optimizer = static_cast<PlanOptimizer>(optimizer);
+        cfg.population = population;
+        cfg.elites = num_elites;
+        cfg.iterations = iterations;
+        cfg.alpha = alpha;
+        cfg.particles = particles;
+        cfg.propagation = static_cast<Propagation>(propagation);
+        auto lo = borrow_f32(action_low, "action_low", {v.act_dim});
+        auto hi = borrow_f32(action_high, "action_high", {v.act_dim});
+        cfg.action_low.assign(lo.data(), lo.data() + v.act_dim);
+        cfg.action_high.assign(hi.data(), hi.data() + v.act_dim);
+        cfg.validate(v.act_dim);
+        auto o = borrow_f32(obs, "obs", {v.obs_dim});
+        auto mu = borrow_f32(mean, "mean", {horizon, v.act_dim});
+        const PlanObjective obj = objective(v, reward, termination);
+        py::array_t<float> action(static_cast<py::ssize_t>(v.act_dim));
+        py::array_t<float> mean_out({static_cast<py::ssize_t>(horizon), static_cast<py::ssize_t>(v.act_dim)});
+        float* pa = action.mutable_data();
+        float* pm = mean_out.mutable_data();
+        PlanResult r;
+        {
+          py::gil_scoped_release release;
+          r = cuda_plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm, ptr<void>(cuda_stream));
+        }
+        py::dict stats;
+        stats["best_value"] = r.best_value;
+        stats["elite_value"] = r.elite_value;
+        stats["failed"] = r.failed;
+        stats["iterations"] = r.iterations;
+        stats["seconds"] = r.seconds;
+        return py::make_tuple(action, mean_out, stats);
+      },
+      py::arg("model"), py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"),
+      py::arg("reward"), py::arg("termination"), py::arg("optimizer"), py::arg("population"), py::arg("num_elites"),
+      py::arg("iterations"), py::arg("alpha"), py::arg("particles"), py::arg("propagation"), py::arg("horizon"),
+      py::arg("call_seed"), py::arg("cuda_stream"),
+      "One MPC plan with the particle rollouts on the device (cuda_plan_optimize); optimizer 0 = cem, 1 = random;\n"
+      "propagation 0 = ts_inf, 1 = ts_1; reward 0 = the model's or a built-in id; termination a built-in id.\n"
+      "Returns (action f32 [act_dim], final mean f32 [horizon, act_dim], stats dict) as mpc_plan.");
+  m.def(
+      "cuda_mpc_evaluate",
+      [objective](const CudaEnsembleHandle& model, py::handle obs, py::handle actions, int32_t reward,
+                  int32_t termination, int64_t particles, int32_t propagation, uint64_t seed, uintptr_t cuda_stream) {
+        const EnsembleView& v = model.view;
+        auto o = borrow_f32(obs, "obs", {v.obs_dim});
+        auto x = borrow_f32(actions, "actions", {-1, -1, v.act_dim});
+        const int64_t N = dim(x, 0), H = dim(x, 1);
+        if (N < 1 || H < 1) throw py::value_error("actions: expected N >= 1 sequences of horizon >= 1");
+        if (particles < 1) throw py::value_error("particles: expected >= 1, got " + std::to_string(particles));
+        const PlanObjective obj = objective(v, reward, termination);
+        py::array_t<double> values(static_cast<py::ssize_t>(N));
+        py::array_t<int64_t> members({static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(N * particles)});
+        double* pv = values.mutable_data();
+        int64_t* pm = members.mutable_data();
+        {
+          py::gil_scoped_release release;
+          cuda_plan_evaluate(v, obj, o.data(), x.data(), N, H, particles, static_cast<Propagation>(propagation), seed,
+                             pv, pm, ptr<void>(cuda_stream));
+        }
+        return py::make_tuple(values, members);
+      },
+      py::arg("model"), py::arg("obs"), py::arg("actions"), py::arg("reward"), py::arg("termination"),
+      py::arg("particles"), py::arg("propagation"), py::arg("seed"), py::arg("cuda_stream"),
+      "plan_evaluate with the particle rollouts on the device: (values f64 [N], members int64 [H, N * P]).");
   m.def(
       "cuda_sample_mixed",
       [](CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio, int64_t num_batches,

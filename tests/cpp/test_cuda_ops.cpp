@@ -2,6 +2,7 @@
 // launches with (ensemble_step_plan, the same MBPO_HD index math) against the CPU step, and
 // the errors of the device entry points when no device (or no CUDA build) is present.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -132,6 +133,46 @@ TEST_CASE("device uncertainty step and learned termination validate before any C
   t.input_std = &dummy;
   uint8_t out = 0;
   CHECK_THROWS(cuda_termination_mlp(t, &dummy, &dummy, &dummy, 1, &out, nullptr, nullptr));
+}
+
+TEST_CASE("CUDA planner refuses callbacks and bad arguments before any CUDA call") {
+  Small m;
+  PlannerConfig cfg;
+  cfg.horizon = 3;
+  cfg.population = 8;
+  cfg.elites = 2;
+  cfg.particles = 2;
+  cfg.action_low = {-1.0f, -1.0f};
+  cfg.action_high = {1.0f, 1.0f};
+  PlanObjective obj;
+  obj.reward_callback = [](const float*, const float*, const float*, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  };
+  const std::vector<float> obs{0.1f, 0.2f, 0.3f}, mean(6, 0.0f);
+  std::vector<float> action(2), mean_out(6);
+  auto message = [&](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string callback = message(
+      [&] { cuda_plan_optimize(m.view, cfg, obj, obs.data(), mean.data(), 1, action.data(), mean_out.data(), nullptr); });
+  CHECK(callback.find(cuda_compiled() ? "callback" : "without CUDA") != std::string::npos);
+  obj.reward_callback = nullptr;
+  cfg.elites = 9;  // > population
+  const std::string elites = message(
+      [&] { cuda_plan_optimize(m.view, cfg, obj, obs.data(), mean.data(), 1, action.data(), mean_out.data(), nullptr); });
+  CHECK(elites.find(cuda_compiled() ? "elites" : "without CUDA") != std::string::npos);
+  std::vector<double> values(8);
+  const std::vector<float> bad(8 * 3 * 2, std::nanf(""));
+  const std::string nan = message([&] {
+    cuda_plan_evaluate(m.view, obj, obs.data(), bad.data(), 8, 3, 2, Propagation::kTsInf, 1, values.data(), nullptr,
+                       nullptr);
+  });
+  CHECK(nan.find(cuda_compiled() ? "non-finite" : "without CUDA") != std::string::npos);
 }
 
 TEST_CASE("slot_segments (device pool save/load copies) are the CPU pool's slots of every logical row") {

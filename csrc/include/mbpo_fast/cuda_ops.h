@@ -22,6 +22,7 @@
 
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/planner.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
@@ -213,5 +214,27 @@ RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& m
                                    const TerminationMLPView& termination, const CudaReplayPool& real,
                                    CudaReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
                                    void* cuda_stream, const RolloutUncertainty& uncertainty = {});
+
+// The MPC planner (planner.h) with its particle rollouts on the device: the same algorithm,
+// candidates, member choices (TS-inf / TS-1) and Philox noise as plan_optimize /
+// plan_evaluate, so the values agree with the CPU planner to float rounding and the chosen
+// elites / actions are the same unless two candidates' values are within rounding. `model`: as
+// cuda_ensemble_step (device pointers, host elites; the planner runs on the device holding
+// the weights). obs [obs_dim], mean [horizon, act_dim], action_out, mean_out, actions,
+// values_out and members_out are HOST arrays (members_out [horizon, num_sequences *
+// particles] may be null). The objective must be built-in (RewardId / TerminationId): a
+// reward or termination callback needs the rows on the host and is refused with
+// InvalidArgument (use plan_optimize). The CEM refit and candidate sampling run on the host
+// (planner.cpp's own loop); per iteration: one host-to-device copy of the candidates,
+// 2 + 5 * horizon launches (action gather, fused ensemble step, reward/termination/return
+// update), one device-to-host copy of the values and one stream sync. Device memory is taken
+// per call with cudaMallocAsync (stream-ordered) and freed at its end.
+PlanResult cuda_plan_optimize(const EnsembleView& model, const PlannerConfig& config, const PlanObjective& objective,
+                              const float* obs, const float* mean, uint64_t call_seed, float* action_out,
+                              float* mean_out, void* cuda_stream);
+void cuda_plan_evaluate(const EnsembleView& model, const PlanObjective& objective, const float* obs,
+                        const float* actions, int64_t num_sequences, int64_t horizon, int64_t particles,
+                        Propagation propagation, uint64_t seed, double* values_out, int64_t* members_out,
+                        void* cuda_stream);
 
 }  // namespace mbpo_fast
