@@ -6,8 +6,10 @@ method (CEM), trajectory sampling TS-inf (each particle keeps one member for the
 horizon) or TS-1 (member redrawn every step). The whole plan — iterations x population x
 particles x horizon through the fused ensemble step, rewards, terminations and the elite
 refit — is ONE call into the active backend (``_backend.ops.mpc_plan``: the C++ planner with
-the GIL released, or its Numba mirror). The exact algorithm and randomness are in
-csrc/include/mbpo_fast/planner.h; docs/planning.md explains the choices.
+the GIL released, or its Numba mirror). A CUDA :class:`EnsembleDynamics` plans on its device
+(``cuda_ops.mpc_plan``: csrc/cuda/planner.cu, the same candidates and random numbers). The
+exact algorithm and randomness are in csrc/include/mbpo_fast/planner.h; docs/planning.md
+explains the choices.
 
     mpc = mf.MPC(model, env.action_space.low, env.action_space.high, reward_fn="Pendulum-v1")
     obs, _ = env.reset(seed=0); mpc.reset()
