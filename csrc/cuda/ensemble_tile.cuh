@@ -74,6 +74,13 @@ struct MemberList {
 
 // ------------------------------------------------------------------ device helpers
 
+// Whether x[0..n) are all finite (the rollout's and the planner's non-finite checks).
+__device__ __forceinline__ bool finite_row(const float* x, int n) {
+  bool ok = true;
+  for (int j = 0; j < n; ++j) ok &= isfinite(x[j]);
+  return ok;
+}
+
 // x[r, c] = (concat(obs, act)[row(r), c] - mean[c]) / std[c] for r < rows (raw inputs when
 // m.input_mean is null: the actor); rows up to kTileRows are zero (so every value the layers
 // read is defined). row(r) = order[first + r] when order is not null, else first + r.

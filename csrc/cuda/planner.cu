@@ -66,12 +66,6 @@ __global__ void plan_act_kernel(const float* __restrict__ x, int64_t R, int64_t 
   act[e] = x[((r / P) * H + t) * A + a];
 }
 
-__device__ __forceinline__ bool finite_row(const float* x, int n) {
-  bool ok = true;
-  for (int j = 0; j < n; ++j) ok &= isfinite(x[j]);
-  return ok;
-}
-
 __global__ void __launch_bounds__(kThreads)
     plan_accumulate_kernel(int64_t R, int od, int ad, RewardId reward, TerminationId termination,
                            const float* __restrict__ act, const float* __restrict__ next,

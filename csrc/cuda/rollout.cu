@@ -160,12 +160,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__device__ __forceinline__ bool finite_row(const float* x, int n) {
-  bool ok = true;
-  for (int j = 0; j < n; ++j) ok &= isfinite(x[j]);
-  return ok;
-}
-
 // Positions [0, n] (n + 1 flags; flag n is always 0 so that the exclusive scan's entry n is
 // the total). term_given: term[] was written by the learned termination (else: built-in `id`).
 // With the uncertainty on: rew[i] -= penalty * sqrt(d[i]) (when penalty != 0), a non-finite d
