@@ -65,7 +65,8 @@ def observation(rng: np.random.Generator) -> np.ndarray:
 
 
 class TorchCEM:
-    """The planner of planner.h (CEM, TS-inf) in plain torch, the way one writes it lean."""
+    """The planner of planner.h (CEM, TS-inf) in plain torch, the way one writes it lean. Runs
+    on the model's device (benchmarks/gpu_suite.py times it on a CUDA model)."""
 
     def __init__(self, model: mf.EnsembleDynamics, low, high, horizon, population, elites,
                  iterations, alpha, particles, seed=0):
@@ -73,12 +74,13 @@ class TorchCEM:
         self.b = [layer.bias.detach() for layer in model.layers]    # [E, out]
         self.in_mean, self.in_std = model.input_mean.clone(), model.input_std.clone()
         self.max_lv, self.min_lv = model.max_logvar.detach(), model.min_logvar.detach()
-        self.elites = torch.tensor(model.elites)
-        self.lo, self.hi = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(
-            high, dtype=torch.float64)
+        self.dev = dev = model.input_mean.device
+        self.elites = torch.tensor(model.elites, device=dev)
+        self.lo = torch.as_tensor(low, dtype=torch.float64, device=dev)
+        self.hi = torch.as_tensor(high, dtype=torch.float64, device=dev)
         self.H, self.N, self.Ke, self.I, self.alpha, self.P = (horizon, population, elites,
                                                                iterations, alpha, particles)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=dev).manual_seed(seed)
         self.mean = ((self.lo + self.hi) / 2).repeat(horizon, 1)
 
     def _forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -94,22 +96,24 @@ class TorchCEM:
         R, od = N * P, OBS
         lo, hi = self.lo, self.hi
         mu, var = self.mean.clone(), ((hi - lo) ** 2 / 16).repeat(H, 1)
-        obs_t = torch.from_numpy(obs)
+        dev = self.dev
+        obs_t = torch.from_numpy(obs).to(dev)
         for _ in range(self.I):
             cvar = torch.minimum(var, torch.minimum(((mu - lo) / 2) ** 2, ((hi - mu) / 2) ** 2))
-            z = torch.randn(N, H, A, generator=self.gen).clamp_(-2, 2).double()
+            z = torch.randn(N, H, A, generator=self.gen, device=dev).clamp_(-2, 2).double()
             x = torch.maximum(torch.minimum(mu + cvar.sqrt() * z, hi), lo).float()
-            member = self.elites[torch.randint(len(self.elites), (R,), generator=self.gen)]
+            member = self.elites[torch.randint(len(self.elites), (R,), generator=self.gen,
+                                               device=dev)]
             order = torch.argsort(member, stable=True)       # rows grouped by member, once
             counts = torch.bincount(member[order], minlength=E).tolist()
             seq = torch.div(order, P, rounding_mode="floor")  # candidate of each sorted row
             o = obs_t.repeat(R, 1)
-            ret = torch.zeros(R, dtype=torch.float64)
-            alive = torch.ones(R, dtype=torch.bool)
+            ret = torch.zeros(R, dtype=torch.float64, device=dev)
+            alive = torch.ones(R, dtype=torch.bool, device=dev)
             for t in range(H):
                 a = x[seq, t]
                 inp = (torch.cat([o, a], 1) - self.in_mean) / self.in_std
-                out = torch.empty(R, 2 * (od + 1))
+                out = torch.empty(R, 2 * (od + 1), device=dev)
                 start = 0
                 for e in range(E):
                     end = start + counts[e]
@@ -119,22 +123,24 @@ class TorchCEM:
                 m, raw = out[:, : od + 1], out[:, od + 1:]
                 lv = self.max_lv - F.softplus(self.max_lv - raw)
                 lv = self.min_lv + F.softplus(lv - self.min_lv)
-                y = m + torch.exp(0.5 * lv) * torch.randn(R, od + 1, generator=self.gen)
+                y = m + torch.exp(0.5 * lv) * torch.randn(R, od + 1, generator=self.gen,
+                                                          device=dev)
                 nxt = o + y[:, :od]
                 healthy = ((nxt[:, 1:].abs() < 100).all(1) & (nxt[:, 0] > 0.7)
                            & (nxt[:, 1].abs() < 0.2))
                 r = nxt[:, 5] + healthy.float() - 1e-3 * (a * a).sum(1)
-                ret += torch.where(alive, r.double(), torch.zeros((), dtype=torch.float64))
+                ret += torch.where(alive, r.double(),
+                                   torch.zeros((), dtype=torch.float64, device=dev))
                 alive &= healthy
                 o = nxt
-            values = torch.empty(R, dtype=torch.float64)
+            values = torch.empty(R, dtype=torch.float64, device=dev)
             values[order] = ret
             values = values.view(N, P).mean(1)
             top = torch.topk(values, self.Ke).indices
             xe = x[top].double()
             mu = self.alpha * mu + (1 - self.alpha) * xe.mean(0)
             var = self.alpha * var + (1 - self.alpha) * xe.var(0, unbiased=False)
-        action = mu[0].float().numpy()
+        action = mu[0].float().cpu().numpy()
         self.mean = torch.cat([mu[1:], ((lo + hi) / 2)[None]])
         return action
 

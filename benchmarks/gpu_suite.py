@@ -18,6 +18,17 @@ median over `--repeats` rounds, one table:
   predict      mbpo_fast predict (all 7 members, mean and var) for reference
 A float32 matmul canary (TFLOP/s of a 4096^3 matmul) is printed before and after: discard
 the run when it dropped (another job on the GPU).
+
+Then the device rollout (one step per call, B = --batches) and the issue 16 features on it
+(`--feature-starts`, default 400 and 100,000 starts, horizon 5): plain, the uncertainty
+features (quantile stop q0.9 + penalty: every elite once per alive row), and a learned
+termination model, median wall time per rollout and the ratio to the plain rollout.
+
+Then the MPC planner on a CUDA model (csrc/cuda/planner.cu, issue 17): one `MPC.plan` with
+PETS's settings (CEM 500 x 5, horizon 30, 20 particles, TS-inf, Hopper reward and
+termination) against bench_planner.TorchCEM on the same CUDA model, interleaved, and the
+small real-time budget (random shooting, population 200, horizon 15, 1 particle) on the GPU
+beside the CPU planner, with the two planners' actions compared for the same seed.
 """
 
 from __future__ import annotations
@@ -266,6 +277,140 @@ def time_rollout(model, batches: list[int], repeats: int) -> None:
             print(f"{batch:>8} | FAILED: {type(exc).__name__}: {exc}")
 
 
+def _device_real_pool(batch: int):
+    import torch
+
+    import mbpo_fast as mf
+
+    real = mf.ReplayPool(batch, OBS, ACT, device="cuda")
+    obs = torch.randn(batch, OBS, device="cuda") * 0.02
+    obs[:, 0] = 1.25  # Hopper's healthy height
+    real.add_batch(
+        obs,
+        torch.zeros(batch, ACT, device="cuda"),
+        torch.zeros(batch, device="cuda"),
+        obs,
+        torch.zeros(batch, dtype=torch.bool, device="cuda"),
+    )
+    return real
+
+
+def time_rollout_features(starts: list[int], repeats: int, horizon: int = 5) -> None:
+    """Issue 16's cost on the device: the plain rollout against the uncertainty features (every
+    elite once per alive row) and a learned termination model, same seed and model."""
+    import time
+
+    import numpy as np
+    import torch
+
+    import mbpo_fast as mf
+    from mbpo_fast import cuda_ops
+
+    model = mf.EnsembleDynamics(
+        OBS, ACT, ensemble_size=E, num_elites=K, hidden_size=HIDDEN, num_layers=LAYERS,
+        device="cuda",
+    )
+    with torch.no_grad():  # calm predictions: rows live for the horizon
+        model.layers[-1].weight.mul_(0.02)
+        model.layers[-1].bias.mul_(0.02)
+        model.max_logvar.fill_(-5.0)
+        model.min_logvar.fill_(-9.0)
+    agent = mf.SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), device="cuda")
+    term = mf.TerminationModel(OBS, ACT, hidden_size=64, num_layers=2, seed=0)
+    variants = {
+        "plain": ("Hopper-v5", {}),
+        "q0.9 + penalty": ("Hopper-v5", {"disagreement_quantile": 0.9, "uncertainty_penalty": 1.0}),
+        "learned term.": (term, {}),
+        "both": (term, {"disagreement_quantile": 0.9, "uncertainty_penalty": 1.0}),
+    }
+    print(f"\n{'starts':>8} | {'rollout, horizon ' + str(horizon):<18} | {'median ms':>10} | "
+          f"{'x plain':>8} | {'rows':>8} | {'stopped':>8}")
+    print("-" * 76)
+    for n in starts:
+        try:
+            real = _device_real_pool(min(n, 100_000))
+            pool = mf.ReplayPool(max(1, n * horizon), OBS, ACT, device="cuda")
+            last = {}
+            for termination, kw in variants.values():  # warm-up
+                cuda_ops.branched_rollout(model, agent, termination, real, pool, n, horizon, 0,
+                                          **kw)
+            times = {name: [] for name in variants}
+            for r in range(repeats):  # interleaved
+                for name, (termination, kw) in variants.items():
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    last[name] = cuda_ops.branched_rollout(
+                        model, agent, termination, real, pool, n, horizon, r + 1, **kw)
+                    times[name].append(time.perf_counter() - t)
+            med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+            for name in variants:
+                st = last[name]
+                ratio = med[name] / med["plain"]
+                print(f"{n:>8} | {name:<18} | {med[name]:>10.2f} | {ratio:>8.2f} | "
+                      f"{st['rows_added']:>8} | {st['num_stopped']:>8}")
+        except Exception as exc:  # keep the rest of the report
+            print(f"{n:>8} | FAILED: {type(exc).__name__}: {exc}")
+
+
+def time_planner(repeats: int) -> None:
+    """MPC.plan with a CUDA model against a lean torch CEM on the same device, and the small
+    real-time budget on the GPU and on the CPU (same weights and seed: actions compared)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    import mbpo_fast as mf
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_planner import BUDGET, PETS, TorchCEM, hopper_model, observation
+
+    cpu = hopper_model()
+    gpu = mf.EnsembleDynamics(OBS, ACT, ensemble_size=E, num_elites=K, hidden_size=HIDDEN,
+                              num_layers=LAYERS, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    low, high = -np.ones(ACT, np.float32), np.ones(ACT, np.float32)
+    obs = observation(np.random.default_rng(0))
+    env = dict(reward_fn="Hopper-v5", termination="Hopper-v5")
+    print("\nMPC planner on the GPU (Hopper-size model, Hopper-v5 reward and termination)")
+    try:
+        mpc = mf.MPC(gpu, low, high, **env, **PETS, seed=1)
+        ref = TorchCEM(gpu, low, high, PETS["horizon"], PETS["population"], PETS["elites"],
+                       PETS["iterations"], PETS["alpha"], PETS["particles"], seed=1)
+        mpc.plan(obs), ref.plan(obs)  # warm-up
+        t_mpc, t_ref = [], []
+        for _ in range(max(2, repeats // 2)):  # interleaved
+            for fn, times in ((mpc.plan, t_mpc), (ref.plan, t_ref)):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                fn(obs)
+                times.append(time.perf_counter() - t)
+        a, b = statistics.median(t_mpc), statistics.median(t_ref)
+        flop = (PETS["population"] * PETS["particles"] * PETS["horizon"] * PETS["iterations"]
+                * FLOP_PER_ROW)
+        print(f"  PETS plan: mbpo_fast {a * 1e3:.1f} ms ({flop / a / 1e9:.0f} useful GFLOP/s), "
+              f"torch CEM {b * 1e3:.1f} ms -> {b / a:.2f}x; failed particles "
+              f"{mpc.last_stats['failed']}")
+    except Exception as exc:  # keep the rest of the report
+        print(f"  PETS plan FAILED: {type(exc).__name__}: {exc}")
+    try:
+        m_gpu = mf.MPC(gpu, low, high, **env, **BUDGET, seed=2)
+        m_cpu = mf.MPC(cpu, low, high, **env, **BUDGET, seed=2)
+        acts = [(m_gpu.plan(obs), m_cpu.plan(obs)) for _ in range(2)]  # also the warm-ups
+        diff = max(float(np.abs(g - c).max()) for g, c in acts)
+        t_gpu, t_cpu = [], []
+        for _ in range(repeats):
+            for m, times in ((m_gpu, t_gpu), (m_cpu, t_cpu)):
+                t = time.perf_counter()
+                m.plan(obs)
+                times.append(time.perf_counter() - t)
+        print(f"  budget (random shooting 200 x 15, 1 particle): GPU "
+              f"{statistics.median(t_gpu) * 1e3:.2f} ms, CPU {statistics.median(t_cpu) * 1e3:.2f} "
+              f"ms; max |action GPU - CPU| over 2 calls = {diff:.2e}")
+    except Exception as exc:
+        print(f"  budget plan FAILED: {type(exc).__name__}: {exc}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,6 +421,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="256,4096,100000")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--feature-starts", default="400,100000",
+                    help="start rows of the issue 16 feature timings ('' to skip)")
+    ap.add_argument("--skip-planner", action="store_true", help="skip the MPC planner timings")
     args = ap.parse_args(argv)
 
     try:
@@ -306,6 +454,10 @@ def main(argv=None) -> int:
         status = _run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"])
         print(f"gpu tests: {'passed' if status == 0 else f'FAILED (exit {status})'}")
     time_kernels([int(b) for b in args.batches.split(",")], args.iters, args.repeats)
+    if args.feature_starts:
+        time_rollout_features([int(b) for b in args.feature_starts.split(",")], args.repeats)
+    if not args.skip_planner:
+        time_planner(args.repeats)
     return status
 
 

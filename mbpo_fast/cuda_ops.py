@@ -27,7 +27,10 @@ from . import _backend
 
 __all__ = [
     "CudaEnsemble",
+    "CudaTermination",
     "branched_rollout",
+    "mpc_evaluate",
+    "mpc_plan",
     "CudaPool",
     "as_cuda_tensor",
     "available",
@@ -245,6 +248,46 @@ class CudaEnsemble:
         if single:
             return next_obs[0], rew[0], used[0]
         return next_obs, rew, used
+
+    def step_uncertainty(self, obs, act, seed: int = 0, deterministic: bool = False):
+        """(next_obs f32 [B, obs_dim], reward f32 [B], d f32 [B]) on the device: the transition
+        of :meth:`step` (same members and Philox noise) and the disagreement d (mean over the obs
+        dims of the unbiased variance across the elites of their predicted mean next state),
+        from ONE forward of every elite per row (needs >= 2 elites)."""
+        import torch
+
+        if len(self.elites) < 2:
+            raise ValueError(
+                "elites: the disagreement d (unbiased variance across the elites) needs at least "
+                f"2 elites, got {len(self.elites)}"
+            )
+        obs, act, single = self._rows(obs, act)
+        batch = obs.shape[0]
+        next_obs = torch.empty((batch, self.obs_dim), device=self.device, dtype=torch.float32)
+        rew = torch.empty((batch,), device=self.device, dtype=torch.float32)
+        d = torch.empty((batch,), device=self.device, dtype=torch.float32)
+        nbytes = self._native.cuda_ensemble_step_uncertainty_workspace_bytes(
+            batch, len(self.elites), self.obs_dim
+        )
+        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
+        with torch.cuda.device(self.device):
+            self._native.cuda_ensemble_step_uncertainty(
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                batch,
+                int(seed),
+                bool(deterministic),
+                next_obs.data_ptr(),
+                rew.data_ptr(),
+                d.data_ptr(),
+                work.data_ptr(),
+                nbytes,
+                _stream(self.device),
+            )
+        if single:
+            return next_obs[0], rew[0], d[0]
+        return next_obs, rew, d
 
     def predict(self, obs, act):
         """(mean, var) f32 [E, B, obs_dim + 1] on the device."""
@@ -584,20 +627,92 @@ def sample_mixed(
     return outs
 
 
+# ---------------------------------------------------------------------------- termination
+
+
+class CudaTermination:
+    """Device copy of a learned :class:`~mbpo_fast.TerminationModel` (its weights are CPU
+    torch tensors; this copies them to ``device`` once) and its view for the kernels."""
+
+    def __init__(self, term_model, device) -> None:
+        import torch
+
+        self._native = require("learned termination on CUDA")
+        self.device = torch.device(device)
+        p = term_model.native_params()
+        up = lambda x: torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(  # noqa: E731
+            self.device
+        )
+        self.input_mean = up(p["termination_input_mean"])
+        self.input_std = up(p["termination_input_std"])
+        self.weights = [up(w) for w in p["termination_weights"]]
+        self.biases = [up(b) for b in p["termination_biases"]]
+        self.obs_dim, self.act_dim = int(term_model.obs_dim), int(term_model.act_dim)
+        widths = [int(self.weights[0].shape[0])] + [int(w.shape[1]) for w in self.weights]
+        self.view = self._native.CudaTerminationMLPView(
+            self.obs_dim,
+            self.act_dim,
+            widths,
+            self.input_mean.data_ptr(),
+            self.input_std.data_ptr(),
+            [w.data_ptr() for w in self.weights],
+            [b.data_ptr() for b in self.biases],
+        )
+
+    def __call__(self, obs, act, next_obs):
+        """(terminated bool [B], logits f32 [B]) on the device for CUDA tensors obs, next_obs
+        [B, obs_dim], act [B, act_dim]."""
+        import torch
+
+        obs = as_cuda_tensor("obs", obs, (None, self.obs_dim), device=self.device)
+        n = obs.shape[0]
+        act = as_cuda_tensor("act", act, (n, self.act_dim), device=self.device)
+        next_obs = as_cuda_tensor("next_obs", next_obs, (n, self.obs_dim), device=self.device)
+        out = torch.empty((n,), device=self.device, dtype=torch.uint8)
+        logits = torch.empty((n,), device=self.device, dtype=torch.float32)
+        with torch.cuda.device(self.device):
+            self._native.cuda_termination_mlp(
+                self.view,
+                obs.data_ptr(),
+                act.data_ptr(),
+                next_obs.data_ptr(),
+                n,
+                out.data_ptr(),
+                logits.data_ptr(),
+                _stream(self.device),
+            )
+        return out.bool(), logits
+
+
 # ---------------------------------------------------------------------------- rollout
 
 
 def branched_rollout(
-    model, agent, termination, real_pool, model_pool, num_starts: int, horizon: int, seed: int = 0
+    model,
+    agent,
+    termination,
+    real_pool,
+    model_pool,
+    num_starts: int,
+    horizon: int,
+    seed: int = 0,
+    max_disagreement: float = float("inf"),
+    disagreement_quantile: float = -1.0,
+    uncertainty_penalty: float = 0.0,
 ) -> dict:
     """One MBPO branched rollout entirely on the device (csrc/cuda/rollout.cu).
 
     model: a CUDA :class:`~mbpo_fast.EnsembleDynamics`; agent: a CUDA :class:`~mbpo_fast.SAC`;
-    termination: an env id, a built-in termination function or id (custom callables are
-    CPU-only); real_pool, model_pool: ``ReplayPool(..., device="cuda")`` on the model's device
-    (may be the same pool). The algorithm and the random numbers are those of the CPU engine
+    termination: an env id, a built-in termination function or id, or a learned
+    :class:`~mbpo_fast.TerminationModel` (its weights are copied to the device per call and it
+    runs there at every step; other callables are CPU-only); real_pool, model_pool:
+    ``ReplayPool(..., device="cuda")`` on the model's device (may be the same pool). The
+    algorithm and the random numbers are those of the CPU engine
     (csrc/include/mbpo_fast/rollout.h): same start states, actions, members, noise and order of
     the appended rows. No host round trip per step; one sync at the end for the statistics.
+    max_disagreement (inf: no stop), disagreement_quantile (in [0, 1]: the threshold is that
+    quantile of d over step 0's rows; < 0: unused) and uncertainty_penalty (>= 0) are the
+    uncertainty features of rollout.h step 4, as in the CPU engine (need >= 2 elites).
     Returns the CPU engine's statistics dict (``mean_disagreement`` is NaN: not computed on
     the device yet).
     """
@@ -607,12 +722,13 @@ def branched_rollout(
     from .sac import LOG_STD_MAX, LOG_STD_MIN
 
     native = require("branched rollout on CUDA")
-    term = resolve_termination(termination)
+    learned = hasattr(termination, "native_params")
+    term = 0 if learned else resolve_termination(termination)
     if not isinstance(term, int):
         raise TypeError(
-            "termination: the device rollout runs the built-in termination functions "
-            "only (an env id or mf.termination_fn(env_id)); use the CPU engine for "
-            "custom callables"
+            "termination: the device rollout runs the built-in termination functions and a "
+            "learned mf.TerminationModel only (an env id, mf.termination_fn(env_id) or a "
+            "TerminationModel); use the CPU engine for custom callables"
         )
     pools = []
     for name, pool in (("real_pool", real_pool), ("model_pool", model_pool)):
@@ -649,6 +765,14 @@ def branched_rollout(
         x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32
     )
     low, high = getattr(agent, "_low_np", None), getattr(agent, "_high_np", None)
+    term_dev = None
+    if learned:
+        if (termination.obs_dim, termination.act_dim) != (ens.obs_dim, ens.act_dim):
+            raise ValueError(
+                f"termination: the TerminationModel has obs_dim {termination.obs_dim} and act_dim "
+                f"{termination.act_dim}, the model {ens.obs_dim} and {ens.act_dim}"
+            )
+        term_dev = CudaTermination(termination, real.device)  # alive until the final sync
     with torch.cuda.device(real.device):
         return native.cuda_branched_rollout(
             real._impl,
@@ -668,4 +792,73 @@ def branched_rollout(
             int(horizon),
             int(seed),
             _stream(real.device),
+            max_disagreement=float(max_disagreement),
+            disagreement_quantile=float(disagreement_quantile),
+            uncertainty_penalty=float(uncertainty_penalty),
+            termination_mlp=None if term_dev is None else term_dev.view,
         )
+
+
+# ---------------------------------------------------------------------------- planner
+
+_OPTIMIZER_IDS = {"cem": 0, "random": 1}
+_PROPAGATION_IDS = {"ts_inf": 0, "ts_1": 1}
+
+
+def _planning_model(model):
+    """The CudaEnsemble adapter of a CUDA EnsembleDynamics (RuntimeError without a CUDA build or
+    device, TypeError for anything else)."""
+    import torch
+
+    native = require("MPC planning with a CUDA model")
+    if getattr(model, "device", torch.device("cpu")).type != "cuda" or not hasattr(
+        model, "_cuda_native"
+    ):
+        raise TypeError("model: expected an EnsembleDynamics on a CUDA device")
+    return native, model._cuda_native()
+
+
+def _builtin_ids(reward: int, termination: int) -> tuple[int, int]:
+    if not isinstance(reward, int) or not isinstance(termination, int):
+        raise TypeError(
+            "reward_fn / termination: the CUDA planner runs the model's reward or a built-in "
+            "reward and termination (env ids) on the device; a Python callable needs the rows "
+            "on the host: plan with a CPU model for callables"
+        )
+    return reward, termination
+
+
+def mpc_plan(model, obs, mean, action_low, action_high, reward: int, termination: int,
+             optimizer: str, population: int, num_elites: int, iterations: int, alpha: float,
+             particles: int, propagation: str, horizon: int, seed: int, call: int):
+    """One MPC plan (planner.h) with the particle rollouts on the model's device
+    (csrc/cuda/planner.cu): the CPU planner's candidates, member choices and noise for the same
+    seed. Host numpy in and out: (action f32 [act_dim], final mean f32 [horizon, act_dim],
+    stats dict)."""
+    import torch
+
+    native, ens = _planning_model(model)
+    reward, termination = _builtin_ids(reward, termination)
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    call_seed = native.derive_seed(int(seed), native.STREAM_PLAN_SEED, int(call))
+    with torch.cuda.device(ens.device):
+        return native.cuda_mpc_plan(
+            ens.view, f32(obs), f32(mean), f32(action_low), f32(action_high), reward, termination,
+            _OPTIMIZER_IDS[optimizer], int(population), int(num_elites), int(iterations),
+            float(alpha), int(particles), _PROPAGATION_IDS[propagation], int(horizon), call_seed,
+            _stream(ens.device))
+
+
+def mpc_evaluate(model, obs, actions, reward: int, termination: int, particles: int,
+                 propagation: str, seed: int):
+    """plan_evaluate with the particle rollouts on the device: (values f64 [N], members int64
+    [H, N * particles]) on the host."""
+    import torch
+
+    native, ens = _planning_model(model)
+    reward, termination = _builtin_ids(reward, termination)
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    with torch.cuda.device(ens.device):
+        return native.cuda_mpc_evaluate(
+            ens.view, f32(obs), f32(actions), reward, termination, int(particles),
+            _PROPAGATION_IDS[propagation], int(seed), _stream(ens.device))

@@ -6,8 +6,10 @@ method (CEM), trajectory sampling TS-inf (each particle keeps one member for the
 horizon) or TS-1 (member redrawn every step). The whole plan — iterations x population x
 particles x horizon through the fused ensemble step, rewards, terminations and the elite
 refit — is ONE call into the active backend (``_backend.ops.mpc_plan``: the C++ planner with
-the GIL released, or its Numba mirror). The exact algorithm and randomness are in
-csrc/include/mbpo_fast/planner.h; docs/planning.md explains the choices.
+the GIL released, or its Numba mirror). A CUDA :class:`EnsembleDynamics` plans on its device
+(``cuda_ops.mpc_plan``: csrc/cuda/planner.cu, the same candidates and random numbers). The
+exact algorithm and randomness are in csrc/include/mbpo_fast/planner.h; docs/planning.md
+explains the choices.
 
     mpc = mf.MPC(model, env.action_space.low, env.action_space.high, reward_fn="Pendulum-v1")
     obs, _ = env.reset(seed=0); mpc.reset()
@@ -72,8 +74,11 @@ class MPC:
     """PETS-style model-predictive controller over an ensemble dynamics model.
 
     Args:
-        model: an :class:`EnsembleDynamics` on the CPU (its parameters are borrowed per call:
-            training between plans is seen by the next plan) or an :class:`EnsembleInference`.
+        model: an :class:`EnsembleDynamics` (its parameters are borrowed per call: training
+            between plans is seen by the next plan) or an :class:`EnsembleInference`. A model on
+            a CUDA device plans there (csrc/cuda/planner.cu: the particle rollouts on the GPU,
+            the same candidates, members and noise as the CPU planner); it takes built-in
+            rewards/terminations only (TypeError for Python callables).
         action_low, action_high: float [act_dim], the action box (low < high, finite).
         reward_fn: None (the reward the model predicts, its last output), a gymnasium env id
             with a built-in reward (``mf.reward_fn``), or a callable
@@ -116,8 +121,11 @@ class MPC:
         seed: int = 0,
     ) -> None:
         self.model = model
-        inference = self._inference()
-        self.obs_dim, self.act_dim = inference.obs_dim, inference.act_dim
+        if self._on_cuda:
+            self.obs_dim, self.act_dim = int(model.obs_dim), int(model.act_dim)
+        else:
+            inference = self._inference()
+            self.obs_dim, self.act_dim = inference.obs_dim, inference.act_dim
         self.action_low = _bounds("action_low", action_low, self.act_dim)
         self.action_high = _bounds("action_high", action_high, self.act_dim)
         if not (self.action_low < self.action_high).all():
@@ -152,11 +160,25 @@ class MPC:
         self.termination = termination
         self._reward = _resolve_reward(reward_fn)
         self._termination = 0 if termination is None else resolve_termination(termination)
+        if self._on_cuda and not (isinstance(self._reward, int)
+                                  and isinstance(self._termination, int)):
+            raise TypeError(
+                "reward_fn / termination: with a CUDA model the planner runs on the device and "
+                "takes None (the model's reward), a built-in env id or mf.reward_fn / "
+                "mf.termination_fn; a Python callable needs the rows on the host: plan with a CPU "
+                "model for callables")
         self.calls = 0
         self.last_stats: dict = {}
         self.reset()
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def _on_cuda(self) -> bool:
+        """A CUDA EnsembleDynamics: the plan runs on its device (csrc/cuda/planner.cu)."""
+        device = getattr(self.model, "device", None)
+        return not isinstance(self.model, EnsembleInference) and getattr(
+            device, "type", "cpu") == "cuda"
 
     def _inference(self) -> EnsembleInference:
         if isinstance(self.model, EnsembleInference):
@@ -209,6 +231,15 @@ class MPC:
         obs = np.asarray(obs)
         if obs.shape != (self.obs_dim,):
             raise ValueError(f"obs: expected shape ({self.obs_dim},), got {obs.shape}")
+        if self._on_cuda:
+            from . import cuda_ops
+
+            action, mean, stats = cuda_ops.mpc_plan(
+                self.model, obs, self._mean, self.action_low, self.action_high, self._reward,
+                self._termination, self.optimizer, self.population, self.elites,
+                self.iterations, self.alpha, self.particles, self.propagation, self.horizon,
+                self.seed, self.calls)
+            return self._advance(action, mean, stats)
         inf = self._inference()
         action, mean, stats = _backend.ops.mpc_plan(
             obs,
@@ -230,6 +261,10 @@ class MPC:
             call=self.calls,
             weights_bf16=inf.weights_bf16,
         )
+        return self._advance(action, mean, stats)
+
+    def _advance(self, action, mean, stats) -> np.ndarray:
+        """Shift the final mean into the next warm start, count the call, keep the stats."""
         mean = np.array(mean, dtype=np.float32)
         mean[:-1] = mean[1:].copy()
         mean[-1] = 0.5 * (self.action_low + self.action_high)
@@ -244,6 +279,12 @@ class MPC:
         ``seed``. Returns (values float64 [N]: mean return over particles, -inf when one
         produced a non-finite value; members int64 [H, N * particles]: the ensemble member each
         row used at each step, row n * particles + p)."""
+        if self._on_cuda:
+            from . import cuda_ops
+
+            return cuda_ops.mpc_evaluate(self.model, np.asarray(obs), np.asarray(actions),
+                                         self._reward, self._termination, self.particles,
+                                         self.propagation, seed)
         inf = self._inference()
         return _backend.ops.mpc_evaluate(
             np.asarray(obs),

@@ -386,11 +386,11 @@ class BranchedRollout:
                   seed: int) -> RolloutStats:
         from .cuda_ops import branched_rollout
 
-        if self.uncertain:
-            raise ValueError("max_disagreement / uncertainty_penalty: not implemented by the CUDA "
-                             "engine (device pools); use CPU pools for uncertainty-aware rollouts")
-        return _stats(branched_rollout(self.model, self.agent, self.termination, real_pool,
-                                       model_pool, num_starts, horizon, int(seed)))
+        # the uncertainty features and a learned TerminationModel run on the device too
+        return _stats(branched_rollout(
+            self.model, self.agent, self.termination, real_pool, model_pool, num_starts, horizon,
+            int(seed), max_disagreement=self._threshold, disagreement_quantile=self._quantile,
+            uncertainty_penalty=self.uncertainty_penalty))
 
     def _run_native(self, real_pool: Any, model_pool: Any, num_starts: int, horizon: int,
                     seed: int) -> RolloutStats:

@@ -533,7 +533,7 @@ _SANITIZED = textwrap.dedent(
     for b in (1, 33, 700):
         o = torch.randn(b, 11, device="cuda"); a = torch.randn(b, 3, device="cuda")
         m.step(o, a, seed=b); m.step(o, a, deterministic=True)
-        m.predict(o, a); m.disagreement(o, a)
+        m.predict(o, a); m.disagreement(o, a); m._cuda_native().step_uncertainty(o, a, seed=b)
     p = mf.ReplayPool(64, 11, 3, device="cuda")
     p.add_batch(torch.randn(100, 11, device="cuda"), torch.randn(100, 3, device="cuda"),
                 torch.randn(100, device="cuda"), torch.randn(100, 11, device="cuda"),
@@ -543,6 +543,16 @@ _SANITIZED = textwrap.dedent(
     agent = mf.SAC(11, 3, -np.ones(3), np.ones(3), device="cuda")
     q = mf.ReplayPool(500, 11, 3, device="cuda")
     cuda_ops.branched_rollout(m, agent, "Hopper-v5", p, q, 200, 3, 5)
+    cuda_ops.branched_rollout(m, agent, "Hopper-v5", p, q, 200, 3, 6, disagreement_quantile=0.9,
+                              uncertainty_penalty=1.0)
+    cuda_ops.branched_rollout(m, agent, mf.TerminationModel(11, 3), p, q, 200, 3, 7,
+                              max_disagreement=0.5)
+    start = np.zeros(11, np.float32); start[0] = 1.25
+    for opt, prop in (("cem", "ts_inf"), ("random", "ts_1")):
+        mpc = mf.MPC(m, -np.ones(3), np.ones(3), reward_fn="Hopper-v5", termination="Hopper-v5",
+                     horizon=3, optimizer=opt, population=16, elites=4, iterations=2,
+                     particles=2, propagation=prop)
+        mpc.plan(start); mpc.evaluate(start, np.zeros((5, 3, 3), np.float32))
     torch.cuda.synchronize()
     print("ok")
     """

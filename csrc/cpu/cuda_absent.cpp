@@ -65,7 +65,31 @@ void cuda_sample_mixed(CudaReplayPool&, CudaReplayPool&, int64_t, double, int64_
   no_cuda("cuda_sample_mixed");
 }
 RolloutStats cuda_branched_rollout(const ActorView&, const EnsembleView&, TerminationId, const CudaReplayPool&,
-                                   CudaReplayPool&, int64_t, int64_t, uint64_t, void*) {
+                                   CudaReplayPool&, int64_t, int64_t, uint64_t, void*, const RolloutUncertainty&) {
   no_cuda("cuda_branched_rollout");
+}
+RolloutStats cuda_branched_rollout(const ActorView&, const EnsembleView&, const TerminationMLPView&,
+                                   const CudaReplayPool&, CudaReplayPool&, int64_t, int64_t, uint64_t, void*,
+                                   const RolloutUncertainty&) {
+  no_cuda("cuda_branched_rollout");
+}
+size_t cuda_ensemble_step_uncertainty_workspace_bytes(int64_t, int64_t, int64_t) {
+  no_cuda("cuda_ensemble_step_uncertainty_workspace_bytes");
+}
+void cuda_ensemble_step_uncertainty(const EnsembleView&, const float*, const float*, int64_t, uint64_t, bool, float*,
+                                    float*, float*, void*, size_t, void*) {
+  no_cuda("cuda_ensemble_step_uncertainty");
+}
+void cuda_termination_mlp(const TerminationMLPView&, const float*, const float*, const float*, int64_t, uint8_t*,
+                          float*, void*) {
+  no_cuda("cuda_termination_mlp");
+}
+PlanResult cuda_plan_optimize(const EnsembleView&, const PlannerConfig&, const PlanObjective&, const float*,
+                              const float*, uint64_t, float*, float*, void*) {
+  no_cuda("cuda_plan_optimize");
+}
+void cuda_plan_evaluate(const EnsembleView&, const PlanObjective&, const float*, const float*, int64_t, int64_t,
+                        int64_t, Propagation, uint64_t, double*, int64_t*, void*) {
+  no_cuda("cuda_plan_evaluate");
 }
 }  // namespace mbpo_fast

@@ -128,6 +128,19 @@ int64_t evaluate(const EnsembleView& model, const PlanObjective& objective, cons
   return failed;
 }
 
+// Index order by (value desc, index asc) of the first `k` entries.
+void top_k(const std::vector<double>& values, int64_t k, std::vector<int64_t>& order) {
+  order.resize(values.size());
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+}
+
+}  // namespace
+
+namespace detail {
+
 void check_evaluate_args(const EnsembleView& model, const PlanObjective& objective, const float* obs,
                          int64_t num_sequences, int64_t horizon, int64_t particles) {
   model.validate(/*need_elites=*/true);
@@ -143,16 +156,21 @@ void check_evaluate_args(const EnsembleView& model, const PlanObjective& objecti
   require_finite_values(obs, model.obs_dim, "obs");
 }
 
-// Index order by (value desc, index asc) of the first `k` entries.
-void top_k(const std::vector<double>& values, int64_t k, std::vector<int64_t>& order) {
-  order.resize(values.size());
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
+void check_plan_args(const EnsembleView& model, const PlannerConfig& config, const PlanObjective& objective,
+                     const float* obs, const float* mean, const float* action_out, const float* mean_out) {
+  config.validate(model.act_dim);
+  check_evaluate_args(model, objective, obs, config.population, config.horizon, config.particles);
+  require(mean != nullptr && action_out != nullptr && mean_out != nullptr,
+          "plan_optimize: null mean, action_out or mean_out");
+  require_finite_values(mean, config.horizon * model.act_dim, "mean");
 }
 
-}  // namespace
+void check_actions(const float* actions, int64_t n) {
+  require(actions != nullptr, "actions: null pointer");
+  require_finite_values(actions, n, "actions");
+}
+
+}  // namespace detail
 
 // ------------------------------------------------------------------ config
 
@@ -202,11 +220,11 @@ uint64_t derive_seed(uint64_t seed, uint64_t stream, uint64_t index) {
 void plan_evaluate(const EnsembleView& model, const PlanObjective& objective, const float* obs,
                    const float* actions, int64_t num_sequences, int64_t horizon, int64_t particles,
                    Propagation propagation, uint64_t seed, double* values_out, int64_t* members_out) {
-  check_evaluate_args(model, objective, obs, num_sequences, horizon, particles);
+  detail::check_evaluate_args(model, objective, obs, num_sequences, horizon, particles);
   require(propagation == Propagation::kTsInf || propagation == Propagation::kTs1,
           "propagation: expected 'ts_inf' (0) or 'ts_1' (1), got " + std::to_string(static_cast<int>(propagation)));
-  require(actions != nullptr && values_out != nullptr, "plan_evaluate: null actions or values_out");
-  require_finite_values(actions, num_sequences * horizon * model.act_dim, "actions");
+  require(values_out != nullptr, "plan_evaluate: null values_out");
+  detail::check_actions(actions, num_sequences * horizon * model.act_dim);
   Workspace w;
   evaluate(model, objective, obs, actions, num_sequences, horizon, particles, propagation, seed, values_out,
            members_out, w);
@@ -218,12 +236,24 @@ PlanResult plan_optimize(const EnsembleView& model, const PlannerConfig& config,
                          const float* obs, const float* mean, uint64_t call_seed, float* action_out,
                          float* mean_out) {
   const auto t_start = std::chrono::steady_clock::now();
-  config.validate(model.act_dim);
-  check_evaluate_args(model, objective, obs, config.population, config.horizon, config.particles);
-  const int64_t H = config.horizon, A = model.act_dim, N = config.population, HA = H * A;
-  require(mean != nullptr && action_out != nullptr && mean_out != nullptr,
-          "plan_optimize: null mean, action_out or mean_out");
-  require_finite_values(mean, HA, "mean");
+  detail::check_plan_args(model, config, objective, obs, mean, action_out, mean_out);
+  std::vector<double> values(static_cast<size_t>(config.population));
+  Workspace w;
+  PlanResult res = detail::plan_optimize_with(
+      config, model.act_dim, mean, call_seed, action_out, mean_out, [&](const float* x, uint64_t s_i) {
+        const int64_t failed = evaluate(model, objective, obs, x, config.population, config.horizon,
+                                        config.particles, config.propagation, s_i, values.data(), nullptr, w);
+        return std::make_pair(static_cast<const double*>(values.data()), failed);
+      });
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return res;
+}
+
+namespace detail {
+
+PlanResult plan_optimize_with(const PlannerConfig& config, int64_t act_dim, const float* mean, uint64_t call_seed,
+                              float* action_out, float* mean_out, const PlanEvaluator& evaluate_candidates) {
+  const int64_t H = config.horizon, A = act_dim, N = config.population, HA = H * A;
   const float* lo = config.action_low.data();
   const float* hi = config.action_high.data();
   const bool cem = config.optimizer == PlanOptimizer::kCem;
@@ -238,7 +268,6 @@ PlanResult plan_optimize(const EnsembleView& model, const PlannerConfig& config,
   std::vector<float> x(static_cast<size_t>(N * HA));
   std::vector<double> values(static_cast<size_t>(N));
   std::vector<int64_t> order;
-  Workspace w;
   PlanResult res;
   const int64_t iterations = cem ? config.iterations : 1;
   int64_t best = 0;
@@ -268,8 +297,9 @@ PlanResult plan_optimize(const EnsembleView& model, const PlannerConfig& config,
     const int64_t total = N * HA;
     if (total < 65536) fill(0, total); else parallel_for(total, 16384, fill);
     // 2. values
-    res.failed += evaluate(model, objective, obs, x.data(), N, H, config.particles, config.propagation, s_i,
-                           values.data(), nullptr, w);
+    const std::pair<const double*, int64_t> scored = evaluate_candidates(x.data(), s_i);
+    std::copy(scored.first, scored.first + N, values.begin());
+    res.failed += scored.second;
     ++res.iterations;
     // 3. refit / best
     const int64_t k_top = cem ? config.elites : 1;
@@ -305,9 +335,10 @@ PlanResult plan_optimize(const EnsembleView& model, const PlannerConfig& config,
     std::memcpy(action_out, x.data() + best * HA, sizeof(float) * A);
     if (mean_out != mean) std::memcpy(mean_out, mean, sizeof(float) * HA);
   }
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return res;
 }
+
+}  // namespace detail
 
 void plan_shift_mean(float* mean, int64_t horizon, int64_t act_dim, const float* action_low,
                      const float* action_high) {

@@ -1,4 +1,5 @@
-// CUDA ensemble ops (cuda_ops.h): the fused step, predict and disagreement.
+// CUDA ensemble ops (cuda_ops.h): the fused step, predict, disagreement, the step with the
+// elites' uncertainty d (issue 16) and the learned termination MLP.
 //
 // Step = one memset + three launches, whatever the number of layers:
 //   1. choose_count_kernel: member of each row (kernels::step_member: the CPU's Philox
@@ -170,6 +171,112 @@ __global__ void __launch_bounds__(kThreads)
   if (i < batch) out[i] = kernels::disagreement_row(means + i * out_dim, batch * out_dim, n_members, out_dim);
 }
 
+struct UncertaintyArgs {
+  const float* obs;
+  const float* act;
+  int64_t batch;
+  const int* batch_dev;  // the rollout's alive rows (null: batch)
+  int64_t stride;        // rows per elite slice of `means`
+  uint64_t seed;
+  bool deterministic;
+  float* next_obs;
+  float* reward;
+  float* means;  // [K, stride, obs_dim]
+};
+
+// Block (x, k): rows [32x, 32x + 32) through elite k — each elite runs once per row. The block
+// of the row's chosen elite (kernels::member_choice, as ensemble_step with members = null) also
+// runs the step epilogue from this same forward: the transition of ensemble_step, bit for bit
+// the element bodies the CPU runs.
+__global__ void __launch_bounds__(kThreads)
+    uncertainty_mlp_kernel(DeviceModel m, MemberList elites, UncertaintyArgs a) {
+  extern __shared__ float smem[];
+  const int64_t batch = a.batch_dev != nullptr ? *a.batch_dev : a.batch;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  if (row0 >= batch) return;  // the whole block: batch is the same for every thread
+  const int rows = batch - row0 < kTileRows ? static_cast<int>(batch - row0) : kTileRows;
+  float* xa = smem;
+  float* xb = xa + kTileRows * m.ld;
+  float* wbuf = xb + kTileRows * m.ld;
+  const int k = static_cast<int>(blockIdx.y);
+  gather_tile(m, a.obs, a.act, nullptr, row0, rows, xa);
+  const float* head = forward_tile(m, elites.id[k], xa, xb, wbuf);
+  float* free_buf = head == xa ? xb : xa;
+  const int od = m.obs_dim, out_dim = od + 1;
+  if (threadIdx.x < rows) {
+    const int r = threadIdx.x;
+    const int64_t i = row0 + r;
+    const float* h = head + r * m.ld;
+    float* mo = a.means + (static_cast<int64_t>(k) * a.stride + i) * od;
+    for (int j = 0; j < od; ++j) mo[j] = h[j];
+    if (kernels::member_choice(a.seed, static_cast<uint64_t>(i), static_cast<uint32_t>(elites.count)) ==
+        static_cast<uint32_t>(k)) {
+      float* eps = free_buf + r * m.ld;  // out_dim <= ld floats of this row's scratch
+      if (!a.deterministic) kernels::row_noise(a.seed, static_cast<uint64_t>(i), out_dim, eps);
+      kernels::step_row_epilogue(h, a.obs + i * od, m.max_logvar, m.min_logvar, eps, a.deterministic, od,
+                                 a.next_obs + i * od, a.reward + i);
+    }
+  }
+}
+
+// d[i] = (1 / obs_dim) sum_j var_k(means[k, i, j]) with the unbiased variance (divisor K - 1),
+// reduced in double in the CPU's order (ensemble.cpp ensemble_step_uncertainty).
+__global__ void __launch_bounds__(kThreads)
+    uncertainty_reduce_kernel(const float* __restrict__ means, int64_t batch, const int* batch_dev, int64_t stride,
+                              int K, int od, float* __restrict__ d) {
+  if (batch_dev != nullptr) batch = *batch_dev;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= batch) return;
+  double total = 0.0;
+  for (int j = 0; j < od; ++j) {
+    double mu = 0.0;
+    for (int k = 0; k < K; ++k) mu += means[(k * stride + i) * od + j];
+    mu /= static_cast<double>(K);
+    double ss = 0.0;
+    for (int k = 0; k < K; ++k) {
+      const double dev = means[(k * stride + i) * od + j] - mu;
+      ss = __dadd_rn(ss, __dmul_rn(dev, dev));  // no FMA contraction: the CPU's rounding
+    }
+    total += ss / static_cast<double>(K - 1);
+  }
+  d[i] = static_cast<float>(total / static_cast<double>(od));
+}
+
+// The learned termination MLP: block x takes rows [32x, 32x + 32); the input row is
+// concat(obs, act, next_obs) normalized, as termination_mlp on the CPU.
+__global__ void __launch_bounds__(kThreads)
+    termination_mlp_kernel(DeviceModel m, const float* __restrict__ obs, const float* __restrict__ act,
+                           const float* __restrict__ next, int64_t batch, const int* batch_dev,
+                           uint8_t* __restrict__ out, float* __restrict__ logits) {
+  extern __shared__ float smem[];
+  if (batch_dev != nullptr) batch = *batch_dev;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+  if (row0 >= batch) return;
+  const int rows = batch - row0 < kTileRows ? static_cast<int>(batch - row0) : kTileRows;
+  float* xa = smem;
+  float* xb = xa + kTileRows * m.ld;
+  float* wbuf = xb + kTileRows * m.ld;
+  const int od = m.obs_dim, ad = m.act_dim, in = 2 * od + ad;
+  for (int t = threadIdx.x; t < kTileRows * in; t += kThreads) {
+    const int r = t / in, c = t - (t / in) * in;
+    float v = 0.0f;
+    if (r < rows) {
+      const int64_t row = row0 + r;
+      const float raw = c < od ? obs[row * od + c]
+                               : (c < od + ad ? act[row * ad + (c - od)] : next[row * od + (c - od - ad)]);
+      v = (raw - m.input_mean[c]) / m.input_std[c];
+    }
+    xa[r * m.ld + c] = v;
+  }
+  __syncthreads();
+  const float* head = forward_tile(m, 0, xa, xb, wbuf);
+  if (threadIdx.x < rows) {
+    const float z = head[threadIdx.x * m.ld];
+    out[row0 + threadIdx.x] = z > 0.0f ? 1 : 0;
+    if (logits != nullptr) logits[row0 + threadIdx.x] = z;
+  }
+}
+
 // ------------------------------------------------------------------ host side
 
 constexpr size_t kAlign = 256;
@@ -245,9 +352,81 @@ void launch_step(const DeviceModel& m, const MemberList& elites, const float* ob
   MBPO_CUDA_CHECK_LAUNCH();
 }
 
+void launch_step_uncertainty(const DeviceModel& m, const MemberList& elites, const float* obs, const float* act,
+                             int64_t batch, const int* batch_dev, int64_t stride, uint64_t seed, bool deterministic,
+                             float* next_obs, float* reward, float* disagreement, float* means, cudaStream_t stream) {
+  const size_t smem = smem_bytes(m);
+  allow_smem(uncertainty_mlp_kernel, smem, "ensemble step with uncertainty (CUDA)");
+  const dim3 grid(static_cast<unsigned>((batch + kTileRows - 1) / kTileRows), static_cast<unsigned>(elites.count));
+  const UncertaintyArgs args{obs, act, batch, batch_dev, stride, seed, deterministic, next_obs, reward, means};
+  uncertainty_mlp_kernel<<<grid, kThreads, smem, stream>>>(m, elites, args);
+  MBPO_CUDA_CHECK_LAUNCH();
+  uncertainty_reduce_kernel<<<blocks_for(batch), kThreads, 0, stream>>>(means, batch, batch_dev, stride,
+                                                                         elites.count, m.obs_dim, disagreement);
+  MBPO_CUDA_CHECK_LAUNCH();
+}
+
+DeviceModel termination_device_model(const TerminationMLPView& v, const char* op) {
+  v.validate();
+  require(v.num_layers <= kEnsembleMaxLayers, std::string(op) + ": the termination model has too many layers");
+  DeviceModel m{};
+  m.obs_dim = static_cast<int>(v.obs_dim);
+  m.act_dim = static_cast<int>(v.act_dim);
+  m.ensemble_size = 1;
+  set_device_layers(m, v.num_layers, v.widths, v.weights, v.biases, std::string(op) + ": termination layer");
+  m.input_mean = v.input_mean;
+  m.input_std = v.input_std;
+  m.relu_hidden = false;  // SiLU, as termination_mlp
+  return m;
+}
+
+void launch_termination_mlp(const DeviceModel& m, const float* obs, const float* act, const float* next_obs,
+                            int64_t batch, const int* batch_dev, uint8_t* out, float* logits_out,
+                            cudaStream_t stream) {
+  const size_t smem = smem_bytes(m);
+  allow_smem(termination_mlp_kernel, smem, "learned termination (CUDA)");
+  const unsigned grid = static_cast<unsigned>((batch + kTileRows - 1) / kTileRows);
+  termination_mlp_kernel<<<grid, kThreads, smem, stream>>>(m, obs, act, next_obs, batch, batch_dev, out, logits_out);
+  MBPO_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace cuda_detail
 
 using namespace cuda_detail;
+
+size_t cuda_ensemble_step_uncertainty_workspace_bytes(int64_t batch, int64_t num_elites, int64_t obs_dim) {
+  require(batch >= 0 && num_elites >= 1 && obs_dim >= 1,
+          "cuda_ensemble_step_uncertainty_workspace_bytes: batch >= 0, num_elites >= 1, obs_dim >= 1");
+  return align_up(sizeof(float) * static_cast<size_t>(num_elites * batch * obs_dim));
+}
+
+void cuda_ensemble_step_uncertainty(const EnsembleView& v, const float* obs, const float* act, int64_t batch,
+                                    uint64_t seed, bool deterministic, float* next_obs_out, float* reward_out,
+                                    float* disagreement_out, void* workspace, size_t workspace_bytes,
+                                    void* cuda_stream) {
+  check_batch(batch, "cuda_ensemble_step_uncertainty");
+  const DeviceModel m = device_model(v, /*need_elites=*/true, "cuda_ensemble_step_uncertainty");
+  const MemberList elites = member_list(v.elites, v.num_elites, "elites");
+  require(elites.count >= 2, "elites: the disagreement d (unbiased variance across the elites) needs at least 2 "
+                             "elites, got " + std::to_string(elites.count));
+  if (batch == 0) return;
+  require(obs && act && next_obs_out && reward_out && disagreement_out && workspace,
+          "cuda_ensemble_step_uncertainty: null input, output or workspace pointer");
+  const size_t need = cuda_ensemble_step_uncertainty_workspace_bytes(batch, v.num_elites, v.obs_dim);
+  require(workspace_bytes >= need, "workspace: expected at least " + std::to_string(need) + " bytes, got " +
+                                       std::to_string(workspace_bytes));
+  launch_step_uncertainty(m, elites, obs, act, batch, nullptr, batch, seed, deterministic, next_obs_out, reward_out,
+                          disagreement_out, static_cast<float*>(workspace), static_cast<cudaStream_t>(cuda_stream));
+}
+
+void cuda_termination_mlp(const TerminationMLPView& view, const float* obs, const float* act, const float* next_obs,
+                          int64_t n, uint8_t* out, float* logits_out, void* cuda_stream) {
+  check_batch(n, "cuda_termination_mlp");
+  const DeviceModel m = termination_device_model(view, "cuda_termination_mlp");
+  if (n == 0) return;
+  require(obs && next_obs && out && (act || view.act_dim == 0), "cuda_termination_mlp: null input or output pointer");
+  launch_termination_mlp(m, obs, act, next_obs, n, nullptr, out, logits_out, static_cast<cudaStream_t>(cuda_stream));
+}
 
 size_t cuda_ensemble_step_workspace_bytes(int64_t batch, int64_t ensemble_size) {
   require(batch >= 0 && ensemble_size >= 1, "cuda_ensemble_step_workspace_bytes: batch >= 0, ensemble_size >= 1");

@@ -16,6 +16,7 @@
 #include "kernels/ensemble_epilogue.h"
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda_ops.h"
+#include "mbpo_fast/termination_model.h"
 
 namespace mbpo_fast {
 namespace cuda_detail {
@@ -72,6 +73,13 @@ struct MemberList {
 };
 
 // ------------------------------------------------------------------ device helpers
+
+// Whether x[0..n) are all finite (the rollout's and the planner's non-finite checks).
+__device__ __forceinline__ bool finite_row(const float* x, int n) {
+  bool ok = true;
+  for (int j = 0; j < n; ++j) ok &= isfinite(x[j]);
+  return ok;
+}
 
 // x[r, c] = (concat(obs, act)[row(r), c] - mean[c]) / std[c] for r < rows (raw inputs when
 // m.input_mean is null: the actor); rows up to kTileRows are zero (so every value the layers
@@ -199,6 +207,26 @@ MemberList member_list(const int64_t* ids, int64_t n, const char* what);
 void launch_step(const DeviceModel& m, const MemberList& elites, const float* obs, const float* act, int64_t batch,
                  const int* batch_dev, uint64_t seed, bool deterministic, const int64_t* members, float* next_obs,
                  float* reward, int64_t* members_out, void* workspace, cudaStream_t stream);
+
+// The uncertainty step (ensemble.h ensemble_step_uncertainty) on the device: every elite runs
+// ONCE on every row (a 2-D grid: row tile x elite); the chosen elite's block also writes the
+// sampled transition (the member choice and Philox noise of ensemble_step), every block writes
+// its elite's mean next-state deltas to means [K, stride, obs_dim]; a second launch reduces
+// them to d [batch] (unbiased variance across the elites, mean over the obs dims, in double).
+// The batch is *batch_dev when batch_dev is not null (then `batch` is an upper bound sizing
+// the grids); stride >= that upper bound. elites.count >= 2 (the caller checks).
+void launch_step_uncertainty(const DeviceModel& m, const MemberList& elites, const float* obs, const float* act,
+                             int64_t batch, const int* batch_dev, int64_t stride, uint64_t seed, bool deterministic,
+                             float* next_obs, float* reward, float* disagreement, float* means, cudaStream_t stream);
+
+// The learned termination MLP (termination_model.h) on the device: out[i] = logit_i > 0 for
+// i < batch (*batch_dev when not null; `batch` then an upper bound), logits_out (may be null).
+// `m` from termination_device_model (device pointers).
+void launch_termination_mlp(const DeviceModel& m, const float* obs, const float* act, const float* next_obs,
+                            int64_t batch, const int* batch_dev, uint8_t* out, float* logits_out,
+                            cudaStream_t stream);
+// The DeviceModel of a TerminationMLPView whose arrays are device pointers (validates it).
+DeviceModel termination_device_model(const TerminationMLPView& v, const char* op);
 
 }  // namespace cuda_detail
 }  // namespace mbpo_fast

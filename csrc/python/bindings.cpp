@@ -26,6 +26,7 @@
 #include "mbpo_fast/common.h"
 #include "mbpo_fast/cuda.h"
 #include "mbpo_fast/cuda_ops.h"
+#include "mbpo_fast/planner.h"
 #include "mbpo_fast/ensemble.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rng.h"
@@ -1665,6 +1666,61 @@ void bind_cuda(py::module_& m) {
       .def("set_elites", &CudaEnsembleHandle::set_elites, py::arg("elites"))
       .def_property_readonly("elites", [](const CudaEnsembleHandle& h) { return h.elites; });
 
+  py::class_<TerminationMLPView>(m, "CudaTerminationMLPView",
+                                 "Raw device pointers of a learned termination MLP (termination_model.h), "
+                                 "borrowed, never freed: keep the tensors alive while it is used.")
+      .def(py::init([](int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, uintptr_t input_mean,
+                       uintptr_t input_std, std::vector<uintptr_t> weights, std::vector<uintptr_t> biases) {
+             const int64_t layers = static_cast<int64_t>(weights.size());
+             if (layers < 1 || layers > kTerminationMaxLayers || static_cast<int64_t>(biases.size()) != layers ||
+                 static_cast<int64_t>(widths.size()) != layers + 1) {
+               throw py::value_error("CudaTerminationMLPView: expected 1.." + std::to_string(kTerminationMaxLayers) +
+                                     " layers with one bias per weight and layers + 1 widths");
+             }
+             TerminationMLPView v;
+             v.obs_dim = obs_dim;
+             v.act_dim = act_dim;
+             v.num_layers = static_cast<int>(layers);
+             for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
+             for (int64_t i = 0; i < layers; ++i) {
+               v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
+               v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
+             }
+             v.input_mean = ptr<const float>(input_mean);
+             v.input_std = ptr<const float>(input_std);
+             v.validate();
+             return v;
+           }),
+           py::arg("obs_dim"), py::arg("act_dim"), py::arg("widths"), py::arg("input_mean"), py::arg("input_std"),
+           py::arg("weights"), py::arg("biases"));
+  m.def(
+      "cuda_termination_mlp",
+      [](const TerminationMLPView& v, uintptr_t obs, uintptr_t act, uintptr_t next_obs, int64_t n, uintptr_t out,
+         uintptr_t logits, uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_termination_mlp(v, ptr<const float>(obs), ptr<const float>(act), ptr<const float>(next_obs), n,
+                             ptr<uint8_t>(out), ptr<float>(logits), ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("next_obs"), py::arg("n"), py::arg("out"),
+      py::arg("logits"), py::arg("cuda_stream"),
+      "termination_mlp on device pointers: out uint8 [n] (logit > 0), logits f32 [n] (0: not written).");
+  m.def("cuda_ensemble_step_uncertainty_workspace_bytes", &cuda_ensemble_step_uncertainty_workspace_bytes,
+        py::arg("batch"), py::arg("num_elites"), py::arg("obs_dim"));
+  m.def(
+      "cuda_ensemble_step_uncertainty",
+      [](const CudaEnsembleHandle& h, uintptr_t obs, uintptr_t act, int64_t batch, uint64_t seed, bool deterministic,
+         uintptr_t next_obs, uintptr_t reward, uintptr_t disagreement, uintptr_t workspace, size_t workspace_bytes,
+         uintptr_t cuda_stream) {
+        py::gil_scoped_release release;
+        cuda_ensemble_step_uncertainty(h.view, ptr<const float>(obs), ptr<const float>(act), batch, seed,
+                                       deterministic, ptr<float>(next_obs), ptr<float>(reward),
+                                       ptr<float>(disagreement), ptr<void>(workspace), workspace_bytes,
+                                       ptr<void>(cuda_stream));
+      },
+      py::arg("view"), py::arg("obs"), py::arg("act"), py::arg("batch"), py::arg("seed"), py::arg("deterministic"),
+      py::arg("next_obs"), py::arg("reward"), py::arg("disagreement"), py::arg("workspace"),
+      py::arg("workspace_bytes"), py::arg("cuda_stream"),
+      "ensemble_step_uncertainty on device pointers (cuda_ops.h): the step's transition and d [batch].");
   m.def("cuda_ensemble_step_workspace_bytes", &cuda_ensemble_step_workspace_bytes, py::arg("batch"),
         py::arg("ensemble_size"));
   m.def("cuda_ensemble_disagreement_workspace_bytes", &cuda_ensemble_disagreement_workspace_bytes,
@@ -1824,7 +1880,13 @@ void bind_cuda(py::module_& m) {
          std::vector<uintptr_t> actor_weights, std::vector<uintptr_t> actor_biases, std::vector<int64_t> actor_widths,
          py::handle action_scale, py::handle action_bias, py::handle action_low, py::handle action_high,
          float log_std_min, float log_std_max, int32_t termination, int64_t num_starts, int64_t horizon,
-         uint64_t seed, uintptr_t cuda_stream) {
+         uint64_t seed, uintptr_t cuda_stream, double max_disagreement, double disagreement_quantile,
+         double uncertainty_penalty, py::handle termination_mlp) {
+        RolloutUncertainty unc;
+        unc.max_disagreement = max_disagreement;
+        unc.quantile = disagreement_quantile;
+        unc.uncertainty_penalty = uncertainty_penalty;
+        unc.validate();
         const int64_t layers = static_cast<int64_t>(actor_weights.size());
         if (layers < 1 || layers > kActorMaxLayers || static_cast<int64_t>(actor_biases.size()) != layers ||
             static_cast<int64_t>(actor_widths.size()) != layers + 1) {
@@ -1860,16 +1922,108 @@ void bind_cuda(py::module_& m) {
         // state at the start and advances model_pool's at the end, so a Python thread calling
         // model_pool.add_batch in between (GIL released) would write the same slots and lose
         // its rows from the counters. The GIL is what serializes calls on a device pool.
-        const RolloutStats st = cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real,
-                                                      model_pool, num_starts, horizon, seed, ptr<void>(cuda_stream));
+        const RolloutStats st =
+            termination_mlp.is_none()
+                ? cuda_branched_rollout(a, model.view, static_cast<TerminationId>(termination), real, model_pool,
+                                        num_starts, horizon, seed, ptr<void>(cuda_stream), unc)
+                : cuda_branched_rollout(a, model.view, termination_mlp.cast<const TerminationMLPView&>(), real,
+                                        model_pool, num_starts, horizon, seed, ptr<void>(cuda_stream), unc);
         return rollout_stats_dict(st);
       },
       py::arg("real"), py::arg("model_pool"), py::arg("model"), py::arg("actor_weights"), py::arg("actor_biases"),
       py::arg("actor_widths"), py::arg("action_scale"), py::arg("action_bias"), py::arg("action_low") = py::none(),
       py::arg("action_high") = py::none(), py::arg("log_std_min") = -20.0f, py::arg("log_std_max") = 2.0f,
       py::arg("termination") = 0, py::arg("num_starts") = 0, py::arg("horizon") = 1, py::arg("seed") = 0,
-      py::arg("cuda_stream") = 0,
-      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.");
+      py::arg("cuda_stream") = 0, py::arg("max_disagreement") = std::numeric_limits<double>::infinity(),
+      py::arg("disagreement_quantile") = -1.0, py::arg("uncertainty_penalty") = 0.0,
+      py::arg("termination_mlp") = py::none(),
+      "branched_rollout on the device (cuda_ops.h): device pools, device weights (pointers), host action box.\n"
+      "max_disagreement / disagreement_quantile / uncertainty_penalty: rollout.h step 4 (as branched_rollout).\n"
+      "termination_mlp: a CudaTerminationMLPView (learned termination on the device; then `termination` is "
+      "ignored).");
+  // The MPC planner on the device (cuda_ops.h); mbpo_fast/cuda_ops.py mpc_plan / mpc_evaluate
+  // resolve the strings and ids. Host numpy arrays in and out, the model's device pointers.
+  auto objective = [](const EnsembleView& v, int32_t reward, int32_t termination) {
+    check_reward_args(reward, v.obs_dim, v.act_dim, "reward");
+    check_termination_args(termination, v.obs_dim, "termination");
+    PlanObjective o;
+    o.reward = static_cast<RewardId>(reward);
+    o.termination = static_cast<TerminationId>(termination);
+    return o;
+  };
+  m.def(
+      "cuda_mpc_plan",
+      [objective](const CudaEnsembleHandle& model, py::handle obs, py::handle mean, py::handle action_low,
+                  py::handle action_high, int32_t reward, int32_t termination, int32_t optimizer, int64_t population,
+                  int64_t num_elites, int64_t iterations, double alpha, int64_t particles, int32_t propagation,
+                  int64_t horizon, uint64_t call_seed, uintptr_t cuda_stream) {
+        const EnsembleView& v = model.view;
+        PlannerConfig cfg;
+        cfg.horizon = horizon;
+        cfg.optimizer = static_cast<PlanOptimizer>(optimizer);
+        cfg.population = population;
+        cfg.elites = num_elites;
+        cfg.iterations = iterations;
+        cfg.alpha = alpha;
+        cfg.particles = particles;
+        cfg.propagation = static_cast<Propagation>(propagation);
+        auto lo = borrow_f32(action_low, "action_low", {v.act_dim});
+        auto hi = borrow_f32(action_high, "action_high", {v.act_dim});
+        cfg.action_low.assign(lo.data(), lo.data() + v.act_dim);
+        cfg.action_high.assign(hi.data(), hi.data() + v.act_dim);
+        cfg.validate(v.act_dim);
+        auto o = borrow_f32(obs, "obs", {v.obs_dim});
+        auto mu = borrow_f32(mean, "mean", {horizon, v.act_dim});
+        const PlanObjective obj = objective(v, reward, termination);
+        py::array_t<float> action(static_cast<py::ssize_t>(v.act_dim));
+        py::array_t<float> mean_out({static_cast<py::ssize_t>(horizon), static_cast<py::ssize_t>(v.act_dim)});
+        float* pa = action.mutable_data();
+        float* pm = mean_out.mutable_data();
+        PlanResult r;
+        {
+          py::gil_scoped_release release;
+          r = cuda_plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm, ptr<void>(cuda_stream));
+        }
+        py::dict stats;
+        stats["best_value"] = r.best_value;
+        stats["elite_value"] = r.elite_value;
+        stats["failed"] = r.failed;
+        stats["iterations"] = r.iterations;
+        stats["seconds"] = r.seconds;
+        return py::make_tuple(action, mean_out, stats);
+      },
+      py::arg("model"), py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"),
+      py::arg("reward"), py::arg("termination"), py::arg("optimizer"), py::arg("population"), py::arg("num_elites"),
+      py::arg("iterations"), py::arg("alpha"), py::arg("particles"), py::arg("propagation"), py::arg("horizon"),
+      py::arg("call_seed"), py::arg("cuda_stream"),
+      "One MPC plan with the particle rollouts on the device (cuda_plan_optimize); optimizer 0 = cem, 1 = random;\n"
+      "propagation 0 = ts_inf, 1 = ts_1; reward 0 = the model's or a built-in id; termination a built-in id.\n"
+      "Returns (action f32 [act_dim], final mean f32 [horizon, act_dim], stats dict) as mpc_plan.");
+  m.def(
+      "cuda_mpc_evaluate",
+      [objective](const CudaEnsembleHandle& model, py::handle obs, py::handle actions, int32_t reward,
+                  int32_t termination, int64_t particles, int32_t propagation, uint64_t seed, uintptr_t cuda_stream) {
+        const EnsembleView& v = model.view;
+        auto o = borrow_f32(obs, "obs", {v.obs_dim});
+        auto x = borrow_f32(actions, "actions", {-1, -1, v.act_dim});
+        const int64_t N = dim(x, 0), H = dim(x, 1);
+        if (N < 1 || H < 1) throw py::value_error("actions: expected N >= 1 sequences of horizon >= 1");
+        if (particles < 1) throw py::value_error("particles: expected >= 1, got " + std::to_string(particles));
+        const PlanObjective obj = objective(v, reward, termination);
+        py::array_t<double> values(static_cast<py::ssize_t>(N));
+        py::array_t<int64_t> members({static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(N * particles)});
+        double* pv = values.mutable_data();
+        int64_t* pm = members.mutable_data();
+        {
+          py::gil_scoped_release release;
+          cuda_plan_evaluate(v, obj, o.data(), x.data(), N, H, particles, static_cast<Propagation>(propagation), seed,
+                             pv, pm, ptr<void>(cuda_stream));
+        }
+        return py::make_tuple(values, members);
+      },
+      py::arg("model"), py::arg("obs"), py::arg("actions"), py::arg("reward"), py::arg("termination"),
+      py::arg("particles"), py::arg("propagation"), py::arg("seed"), py::arg("cuda_stream"),
+      "plan_evaluate with the particle rollouts on the device: (values f64 [N], members int64 [H, N * P]).");
   m.def(
       "cuda_sample_mixed",
       [](CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size, double real_ratio, int64_t num_batches,

@@ -2,6 +2,7 @@
 // launches with (ensemble_step_plan, the same MBPO_HD index math) against the CPU step, and
 // the errors of the device entry points when no device (or no CUDA build) is present.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -97,6 +98,81 @@ TEST_CASE("device entry points raise (never crash) without a device") {
   CHECK_THROWS(cuda_ensemble_step(m.view, &dummy, &dummy, 1, 0, false, nullptr, &dummy, &dummy, nullptr, ws.data(),
                                   ws.size(), nullptr));
   CHECK_THROWS(cuda_ensemble_predict(m.view, &dummy, &dummy, 1, &dummy, &dummy, nullptr));
+}
+
+TEST_CASE("device uncertainty step and learned termination validate before any CUDA call") {
+  Small m;
+  float dummy = 0.0f;
+  std::vector<unsigned char> ws(4096);
+  // one elite: d (a variance across the elites) is undefined -> InvalidArgument, with or without a device
+  m.view.num_elites = 1;
+  bool invalid = false;
+  try {
+    cuda_ensemble_step_uncertainty(m.view, &dummy, &dummy, 1, 0, false, &dummy, &dummy, &dummy, ws.data(), ws.size(),
+                                   nullptr);
+  } catch (const InvalidArgument& e) {
+    invalid = std::string(e.what()).find("2 elites") != std::string::npos;
+  } catch (const std::runtime_error&) {  // a build without CUDA reports that first
+    invalid = !cuda_compiled();
+  }
+  CHECK(invalid);
+  m.view.num_elites = 3;
+  if (cuda_device_count() == 0) {
+    CHECK_THROWS(cuda_ensemble_step_uncertainty(m.view, &dummy, &dummy, 1, 0, false, &dummy, &dummy, &dummy,
+                                                ws.data(), ws.size(), nullptr));
+  }
+  TerminationMLPView t;  // widths inconsistent with obs/act dims
+  t.obs_dim = 3;
+  t.act_dim = 2;
+  t.num_layers = 1;
+  t.widths[0] = 5;
+  t.widths[1] = 1;
+  t.weights[0] = &dummy;
+  t.biases[0] = &dummy;
+  t.input_mean = &dummy;
+  t.input_std = &dummy;
+  uint8_t out = 0;
+  CHECK_THROWS(cuda_termination_mlp(t, &dummy, &dummy, &dummy, 1, &out, nullptr, nullptr));
+}
+
+TEST_CASE("CUDA planner refuses callbacks and bad arguments before any CUDA call") {
+  Small m;
+  PlannerConfig cfg;
+  cfg.horizon = 3;
+  cfg.population = 8;
+  cfg.elites = 2;
+  cfg.particles = 2;
+  cfg.action_low = {-1.0f, -1.0f};
+  cfg.action_high = {1.0f, 1.0f};
+  PlanObjective obj;
+  obj.reward_callback = [](const float*, const float*, const float*, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  };
+  const std::vector<float> obs{0.1f, 0.2f, 0.3f}, mean(6, 0.0f);
+  std::vector<float> action(2), mean_out(6);
+  auto message = [&](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string callback = message(
+      [&] { cuda_plan_optimize(m.view, cfg, obj, obs.data(), mean.data(), 1, action.data(), mean_out.data(), nullptr); });
+  CHECK(callback.find(cuda_compiled() ? "callback" : "without CUDA") != std::string::npos);
+  obj.reward_callback = nullptr;
+  cfg.elites = 9;  // > population
+  const std::string elites = message(
+      [&] { cuda_plan_optimize(m.view, cfg, obj, obs.data(), mean.data(), 1, action.data(), mean_out.data(), nullptr); });
+  CHECK(elites.find(cuda_compiled() ? "elites" : "without CUDA") != std::string::npos);
+  std::vector<double> values(8);
+  const std::vector<float> bad(8 * 3 * 2, std::nanf(""));
+  const std::string nan = message([&] {
+    cuda_plan_evaluate(m.view, obj, obs.data(), bad.data(), 8, 3, 2, Propagation::kTsInf, 1, values.data(), nullptr,
+                       nullptr);
+  });
+  CHECK(nan.find(cuda_compiled() ? "non-finite" : "without CUDA") != std::string::npos);
 }
 
 TEST_CASE("slot_segments (device pool save/load copies) are the CPU pool's slots of every logical row") {

@@ -22,11 +22,17 @@
 
 #include "mbpo_fast/actor.h"
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/planner.h"
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
+#include "mbpo_fast/termination_model.h"
 
 namespace mbpo_fast {
+
+namespace cuda_detail {
+struct RolloutPoolAccess;
+}
 
 // Rows of one member a CUDA block processes (the tile_rows of ensemble_step_plan).
 constexpr int64_t kCudaEnsembleTileRows = 32;
@@ -66,6 +72,27 @@ void cuda_ensemble_predict(const EnsembleView& view, const float* obs, const flo
 void cuda_ensemble_disagreement(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
                                 const int64_t* members, int64_t n_members, float* out, void* workspace,
                                 size_t workspace_bytes, void* cuda_stream);
+
+// ensemble_step_uncertainty (ensemble.h, issue 16) on the device: every elite runs ONCE on every
+// row (two launches: the elites' forwards, a 2-D grid of row tiles x elites whose chosen-elite
+// blocks also write the sampled transition; then the per-row reduction), so no member runs
+// twice. The transition equals cuda_ensemble_step's (same member choice and Philox noise);
+// disagreement_out[i] = d = mean over the obs dims of the unbiased variance across the K elites
+// of their predicted mean next state, reduced in double. Needs K = num_elites >= 2
+// (InvalidArgument otherwise). obs, act, outputs and workspace (>=
+// cuda_ensemble_step_uncertainty_workspace_bytes: the elites' means) are device arrays.
+size_t cuda_ensemble_step_uncertainty_workspace_bytes(int64_t batch, int64_t num_elites, int64_t obs_dim);
+void cuda_ensemble_step_uncertainty(const EnsembleView& view, const float* obs, const float* act, int64_t batch,
+                                    uint64_t seed, bool deterministic, float* next_obs_out, float* reward_out,
+                                    float* disagreement_out, void* workspace, size_t workspace_bytes,
+                                    void* cuda_stream);
+
+// termination_mlp (termination_model.h) on the device: `view` holds DEVICE pointers (weights,
+// biases, input_mean, input_std); obs, act, next_obs, out [n] (0/1) and logits_out [n] (may be
+// null) are device arrays. One launch; the same float32 arithmetic order as the CPU loop
+// (bias, then k = 0..K-1, SiLU x / (1 + exp(-x))), so logits agree to float rounding.
+void cuda_termination_mlp(const TerminationMLPView& view, const float* obs, const float* act, const float* next_obs,
+                          int64_t n, uint8_t* out, float* logits_out, void* cuda_stream);
 
 // A ReplayPool (replay_pool.h) whose rows live in device memory: the same record layout,
 // FIFO semantics, Philox draws (row = random_index(seed, kStreamPoolSample,
@@ -137,10 +164,8 @@ class CudaReplayPool {
   const float* record_data() const noexcept { return rec_; }
   const uint8_t* terminated_data() const noexcept { return term_; }
 
-  friend RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& model,
-                                            TerminationId termination, const CudaReplayPool& real,
-                                            CudaReplayPool& model_pool, int64_t num_starts, int64_t horizon,
-                                            uint64_t seed, void* cuda_stream);
+  // The device rollout (rollout.cu) appends to the model pool's storage and advances its ring.
+  friend struct cuda_detail::RolloutPoolAccess;
   friend void cuda_sample_mixed(CudaReplayPool& real, CudaReplayPool& model, int64_t batch_size,
                                 double real_ratio, int64_t num_batches, float* obs, float* act,
                                 float* rew, float* next_obs, uint8_t* term, void* cuda_stream);
@@ -171,8 +196,45 @@ void cuda_sample_mixed(CudaReplayPool& real, CudaReplayPool& model, int64_t batc
 // HOST arrays (act_dim <= 32). model: as cuda_ensemble_step (device pointers, host elites).
 // Pools on the same device; they may be the same pool. mean_disagreement is NaN (not
 // computed on the device yet); custom termination callbacks are CPU-only.
+//
+// `uncertainty` (rollout.h step 4, default off: then exactly the plain device rollout): the
+// adaptive stop (fixed threshold, or the quantile of d over step 0's rows: a device radix sort,
+// no host round trip) and the reward penalty r - uncertainty_penalty * sqrt(d), with d from
+// the uncertainty step above (every elite once per alive row; needs >= 2 elites). Check, then
+// store: a row with d > threshold is not stored and stops; a non-finite d drops the row
+// (nonfinite). Statistics as the CPU engine: num_stopped, frac_stopped, mean_uncertainty,
+// mean_penalty, disagreement_threshold.
 RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& model, TerminationId termination,
                                    const CudaReplayPool& real, CudaReplayPool& model_pool, int64_t num_starts,
-                                   int64_t horizon, uint64_t seed, void* cuda_stream);
+                                   int64_t horizon, uint64_t seed, void* cuda_stream,
+                                   const RolloutUncertainty& uncertainty = {});
+// Same with a learned termination (termination_model.h) run on the device at every step:
+// `termination` holds DEVICE pointers and must match the model's obs/act dims.
+RolloutStats cuda_branched_rollout(const ActorView& actor, const EnsembleView& model,
+                                   const TerminationMLPView& termination, const CudaReplayPool& real,
+                                   CudaReplayPool& model_pool, int64_t num_starts, int64_t horizon, uint64_t seed,
+                                   void* cuda_stream, const RolloutUncertainty& uncertainty = {});
+
+// The MPC planner (planner.h) with its particle rollouts on the device: the same algorithm,
+// candidates, member choices (TS-inf / TS-1) and Philox noise as plan_optimize /
+// plan_evaluate, so the values agree with the CPU planner to float rounding and the chosen
+// elites / actions are the same unless two candidates' values are within rounding. `model`: as
+// cuda_ensemble_step (device pointers, host elites; the planner runs on the device holding
+// the weights). obs [obs_dim], mean [horizon, act_dim], action_out, mean_out, actions,
+// values_out and members_out are HOST arrays (members_out [horizon, num_sequences *
+// particles] may be null). The objective must be built-in (RewardId / TerminationId): a
+// reward or termination callback needs the rows on the host and is refused with
+// InvalidArgument (use plan_optimize). The CEM refit and candidate sampling run on the host
+// (planner.cpp's own loop); per iteration: one host-to-device copy of the candidates,
+// 2 + 5 * horizon launches (action gather, fused ensemble step, reward/termination/return
+// update), one device-to-host copy of the values and one stream sync. Device memory is taken
+// per call with cudaMallocAsync (stream-ordered) and freed at its end.
+PlanResult cuda_plan_optimize(const EnsembleView& model, const PlannerConfig& config, const PlanObjective& objective,
+                              const float* obs, const float* mean, uint64_t call_seed, float* action_out,
+                              float* mean_out, void* cuda_stream);
+void cuda_plan_evaluate(const EnsembleView& model, const PlanObjective& objective, const float* obs,
+                        const float* actions, int64_t num_sequences, int64_t horizon, int64_t particles,
+                        Propagation propagation, uint64_t seed, double* values_out, int64_t* members_out,
+                        void* cuda_stream);
 
 }  // namespace mbpo_fast

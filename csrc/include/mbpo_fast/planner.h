@@ -60,8 +60,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mbpo_fast/ensemble.h"
@@ -129,6 +131,24 @@ void plan_evaluate(const EnsembleView& model, const PlanObjective& objective, co
 PlanResult plan_optimize(const EnsembleView& model, const PlannerConfig& config, const PlanObjective& objective,
                          const float* obs, const float* mean, uint64_t call_seed, float* action_out,
                          float* mean_out);
+
+namespace detail {
+// The pieces plan_optimize is made of, shared with the CUDA planner (cuda_ops.h), which scores
+// the candidates on the device and runs the same optimizer loop on the host.
+// Validation of plan_optimize's / plan_evaluate's arguments (InvalidArgument naming the field).
+void check_plan_args(const EnsembleView& model, const PlannerConfig& config, const PlanObjective& objective,
+                     const float* obs, const float* mean, const float* action_out, const float* mean_out);
+void check_evaluate_args(const EnsembleView& model, const PlanObjective& objective, const float* obs,
+                         int64_t num_sequences, int64_t horizon, int64_t particles);
+void check_actions(const float* actions, int64_t n);  // not null, finite
+// Scores the candidates x [population, horizon, act_dim] of iteration seed s_i: returns
+// (values [population], pointer valid until the next call; failed particle rollouts).
+using PlanEvaluator = std::function<std::pair<const double*, int64_t>(const float* x, uint64_t s_i)>;
+// The optimizer loop of plan_optimize (steps 1 and 3 of the header comment; arguments
+// validated by the caller); res.seconds is left 0.
+PlanResult plan_optimize_with(const PlannerConfig& config, int64_t act_dim, const float* mean, uint64_t call_seed,
+                              float* action_out, float* mean_out, const PlanEvaluator& evaluate_candidates);
+}  // namespace detail
 
 // The warm start of the next call: mean shifted one step earlier, the last step set to the
 // middle of the box. In place, mean [horizon, act_dim].
