@@ -442,12 +442,25 @@ def _random_steps(runs: Sequence[Run]) -> str:
 _PER_RUN_KEYS = {"seed", "logdir", "total_steps", "device", "checkpoint_freq"}
 
 
+#: config keys that older versions of the library did not write, with the behaviour those
+#: versions had (the feature did not exist yet): a run without the key ran that way. (No
+#: entry for "trainer": the versions before it trained with torch, which is not the default.)
+_ABSENT_MEANS = {"termination": "builtin", "max_disagreement": None, "uncertainty_penalty": 0.0,
+                 "autocast_bf16": False}
+
+
+def _config_value(run: Run, key: str):
+    return run.config[key] if key in run.config else _ABSENT_MEANS.get(key)
+
+
 def config_differences(runs: Sequence[Run]) -> dict[str, list]:
     """Config keys (other than seed, logdir, total_steps, device, checkpoint_freq) whose
-    values differ between `runs`: key -> the value of each run, in order."""
+    values differ between `runs`: key -> the value of each run, in order. A key that an
+    older version did not write counts as that version's behaviour (``_ABSENT_MEANS``:
+    no ``termination`` key = the built-in termination), otherwise as None."""
     keys = sorted(set().union(*(r.config for r in runs)) - _PER_RUN_KEYS)
-    return {k: [r.config.get(k) for r in runs] for k in keys
-            if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1}
+    return {k: [_config_value(r, k) for r in runs] for k in keys
+            if len({json.dumps(_config_value(r, k), sort_keys=True) for r in runs}) > 1}
 
 
 def _markdown_env(c: EnvComparison) -> str:

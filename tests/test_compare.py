@@ -217,6 +217,21 @@ def test_config_differences_are_reported(tmp_path):
     assert "logdir" not in md
 
 
+def test_a_key_an_older_version_did_not_write_means_its_behaviour(tmp_path):
+    # a run from before the learned termination has no "termination" key: it used the
+    # built-in one, so it does not differ from a run with termination="builtin" ...
+    a = _write_run(tmp_path, "a", "Hopper-v5", 0, [1000, 2000], [1.0, 2.0])
+    b = _write_run(tmp_path, "b", "Hopper-v5", 1, [1000, 2000], [3.0, 4.0],
+                   termination="builtin", uncertainty_penalty=0.0, max_disagreement=None)
+    assert cmp.config_differences([cmp.load_run(a), cmp.load_run(b)]) == {}
+    # ... but it does differ from a learned one, and an unknown absent key stays None
+    c = _write_run(tmp_path, "c", "Hopper-v5", 2, [1000, 2000], [3.0, 4.0],
+                   termination="learned", some_new_key=3)
+    runs = [cmp.load_run(a), cmp.load_run(c)]
+    assert cmp.config_differences(runs) == {"termination": ["builtin", "learned"],
+                                            "some_new_key": [None, 3]}
+
+
 # ---------------------------------------------------------------- the command line
 
 
