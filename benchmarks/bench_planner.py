@@ -246,13 +246,20 @@ def main() -> str:
         f"| PETS, opt-in bf16 weights (`model.use_bf16(True)`) | same | {med(bf16_s):.2f} s | "
         f"torch float32 (above) | {med(ratios_bf16):.2f}x (rounds: "
         f"{', '.join(f'{r:.2f}' for r in ratios_bf16)}) |",
-        f"| real-time budget (random shooting) | pop 200, H 15, 1 particle "
-        f"({budget_gflop:.2f} GFLOP/plan) | C++ Planner::plan {med(cpp_ms):.2f} ms | Python "
-        f"MPC.plan {med(py_ms):.2f} ms | Python / C++ = {med(py_ms) / med(cpp_ms):.2f} |",
+    ]
+    if args.budget_rounds:  # (--skip-budget: no budget row)
+        lines.append(
+            f"| real-time budget (random shooting) | pop 200, H 15, 1 particle "
+            f"({budget_gflop:.2f} GFLOP/plan) | C++ Planner::plan {med(cpp_ms):.2f} ms | Python "
+            f"MPC.plan {med(py_ms):.2f} ms | Python / C++ = {med(py_ms) / med(cpp_ms):.2f} |")
+    lines += [
         "",
-        f"Rounds: {args.rounds} interleaved plans each (PETS settings); {args.budget_rounds} "
-        f"rounds of {args.budget_reps} plans each, medians (budget). Command: "
-        "`PYTHONPATH=. python benchmarks/bench_planner.py`.",
+        f"Rounds: {args.rounds} interleaved plans each (PETS settings)"
+        + (f"; {args.budget_rounds} rounds of {args.budget_reps} plans each, medians (budget)"
+           if args.budget_rounds else "")
+        + ". Command: `PYTHONPATH=. python benchmarks/bench_planner.py"
+        + (f" --threads {args.threads}" if args.threads is not None else "")
+        + (" --skip-budget" if args.skip_budget else "") + "`.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
