@@ -87,6 +87,7 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
         raise ValueError(f"{source}: {name}: {len(saved['param_groups'])} parameter groups, "
                          f"expected {len(groups)}")
     params: dict[Any, torch.Tensor] = {}
+    groups_of: dict[Any, dict] = {}
     lrs: set[float] = set()
     for g, (sg, group) in enumerate(zip(saved["param_groups"], groups, strict=True)):
         ids = sg.get("params") if isinstance(sg, Mapping) else None
@@ -118,6 +119,7 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
             if not isinstance(pid, int) or isinstance(pid, bool) or pid in params:
                 raise ValueError(f"{source}: {name}: parameter id {pid!r} is not a distinct int")
             params[pid] = p
+            groups_of[pid] = group
     if len(lrs) > 1:  # every optimizer here steps its groups at one rate (native trainers too)
         raise ValueError(f"{source}: {name}: parameter groups with different lr {sorted(lrs)}")
     for pid, st in saved["state"].items():
@@ -134,6 +136,8 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
             if key in st:
                 check_tensor(source, f"{where}[{key!r}]", st[key], p.shape, p.dtype,
                              minimum=0.0 if key == "exp_avg_sq" else None)
+        if "exp_avg" in st:
+            _check_moments(source, where, st["exp_avg"], st["exp_avg_sq"], groups_of[pid])
         if "step" in st and not (_real(st["step"]) and float(st["step"]) >= 0):
             raise ValueError(f"{source}: {where}['step']: expected a finite scalar >= 0, got "
                              f"{_describe(st['step'])}")
@@ -148,6 +152,25 @@ def check_generator_state(source: str, name: str, saved: Any,
         torch.Generator(device=generator.device).set_state(saved.cpu())
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"{source}: {name}: not a valid generator state ({exc})") from None
+
+
+def _check_moments(source: str, where: str, m: torch.Tensor, v: torch.Tensor,
+                   group: Mapping[str, Any]) -> None:
+    """Adam's moments bound each other: m = (1-b1) sum b1^k g_k and v = (1-b2) sum b2^k g_k^2
+    give |m| <= (1-b1) / sqrt((1-b2) (1-b1^2/b2)) * sqrt(v) (Cauchy-Schwarz; 7.3 sqrt(v) for
+    the default betas), so every update step |m| / (sqrt(v) + eps) is bounded. A moment past
+    twice that bound (+ eps for float underflow) is no Adam state: a corrupt value that would
+    blow the next update up to inf/NaN."""
+    b1, b2 = (float(b) for b in group["betas"])
+    if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2):
+        return
+    c = 2 * (1 - b1) / math.sqrt((1 - b2) * (1 - b1 * b1 / b2))
+    excess = m.abs().double() - c * (v.double().sqrt() + float(group["eps"]))
+    if m.numel() and float(excess.max()) > 0:
+        i = int(excess.argmax())
+        raise ValueError(f"{source}: tensor {where}['exp_avg'] = {float(m.flatten()[i]):g} at "
+                         f"flat index {i} exceeds what Adam allows for its exp_avg_sq "
+                         f"({float(v.flatten()[i]):g}): a corrupt value")
 
 
 def copy_adam_state(saved: Mapping[str, Any]) -> dict:
