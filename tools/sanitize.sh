@@ -7,7 +7,7 @@
 #                                  #   module; then the Python tests of the native code under it
 #   tools/sanitize.sh tsan         # build/tsan: TSan core + the C++ tests that run threads
 #   tools/sanitize.sh fuzz [SEC]   # build/fuzz: every fuzz target for SEC seconds (default 30),
-#                                  #   then the Python checkpoint fuzzer (MBPO.resume) SEC/2 s
+#                                  #   then the Python checkpoint fuzzer (MBPO.resume) SEC/3 s
 #   tools/sanitize.sh all [SEC]    # the three, in that order
 #
 # Environment: CXX picks the compiler for asan/tsan (default: c++); FUZZ_CXX the one for
@@ -118,7 +118,7 @@ run_fuzz() {
   # The checkpoint loader end to end (MBPO.resume on mutated checkpoint directories, then one
   # training step): Python, so it runs the Python module; after `asan` (mode all) its ASan
   # build, so that the native readers and kernels it reaches are checked too.
-  local py_seconds=$(( seconds / 2 > 5 ? seconds / 2 : 5 ))
+  local py_seconds=$(( seconds / 3 > 5 ? seconds / 3 : 5 ))  # + ~10 s start-up and replays
   echo "== fuzz checkpoint (Python, MBPO.resume): ${py_seconds}s"
   if [ -n "${ASAN_MODULE:-}" ]; then
     LD_PRELOAD="$ASAN_PRELOAD" MBPO_FAST_NATIVE_PATH="$ASAN_MODULE" MBPO_FAST_BACKEND=native \

@@ -610,6 +610,8 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
         if isinstance(exc, KeyboardInterrupt):
             raise
         return verdict(exc, logdir), f"rejected: {type(exc).__name__}: {str(exc)[:160]}"
+    finally:
+        _RESUMED_RSS_MB[0] = _peak_rss_mb()
     try:
         algo._step()  # the loaded state drives env, model training, rollouts and SAC
     except Exception as exc:  # noqa: BLE001
@@ -620,6 +622,15 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
     finally:
         algo.close()
     return None, "resumed"
+
+
+_RESUMED_RSS_MB = [0]  # peak RSS (MB) right after the last resume, before its step
+
+
+def _peak_rss_mb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 # ============================================================================ worker
@@ -633,7 +644,8 @@ def worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     named = [(d.name, read_checkpoint(d)) for d in seed_dirs([Path(p) for p in args.seeds])]
     seeds = [files for _, files in named]
-    replays = [(d, read_input(d)) for d in seed_dirs([Path(p) for p in args.replays])]
+    replays = [(d, read_input(d)) for d in seed_dirs([Path(p) for p in args.replays
+                                                      if p != "-"])]
     logdir = Path(args.scratch) / "run"
     current = Path(args.scratch) / "current"
     if "asan" not in os.environ.get("LD_PRELOAD", ""):  # ASan maps terabytes of shadow
@@ -687,6 +699,11 @@ def worker(args: argparse.Namespace) -> int:
                 bad, outcome = None, why
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         if bad is None and rss - baseline > args.max_rss_mb:
+            if data_only and _RESUMED_RSS_MB[0] - baseline <= args.max_rss_mb:
+                # the step's batch of a hyperparameter's size, as in a fresh run; the peak is
+                # spent for this process: the supervisor goes on in a fresh one
+                report("OK", i, f"{outcome} (the step used {rss - baseline} MB)")
+                return _RESTART
             bad = f"peak RSS grew by {rss - baseline} MB (limit {args.max_rss_mb} MB)"
         if bad:
             report("FAIL", i, bad)
@@ -720,55 +737,64 @@ def _save_input(files: dict[str, bytes], where: Path, info: dict) -> None:
 
 
 # ============================================================================ supervisor
+_RESTART = 3  # worker exit status: start a fresh worker at the next input (see worker)
+
+
 def supervise(args: argparse.Namespace) -> int:
     artifacts = Path(args.artifacts)
     scratch = Path(tempfile.mkdtemp(prefix="mbpo_fuzz_ckpt."))
-    cmd = [sys.executable, __file__, "--worker", "--scratch", str(scratch),
-           "--seconds", str(args.seconds), "--seed", str(args.seed), "--start", str(args.start),
-           "--max-rss-mb", str(args.max_rss_mb)]
-    if args.runs is not None:
-        cmd += ["--runs", str(args.runs)]
-    for s in args.seeds:
-        cmd += ["--seed-dir", s]
-    for s in args.replays:
-        cmd += ["--replay", s]
     env = dict(os.environ)
     if importlib.util.find_spec("mbpo_fast") is None:  # not installed: the source tree
         env["PYTHONPATH"] = os.pathsep.join(
             [str(HERE.parents[1])] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True, bufsize=1)
     counts = {"resumed": 0, "rejected": 0, "data": 0}
     last_run, failure, tail = None, None, []
-    try:
-        while True:
-            ready, _, _ = select.select([proc.stdout], [], [], args.timeout)
-            if not ready:
-                failure = f"hang: no result within {args.timeout} s"
-                proc.send_signal(signal.SIGKILL)
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            line = line.rstrip("\n")
-            tag = line.split(" ", 1)[0]
-            if tag == "RUN":
-                last_run = line
-            elif tag == "OK":
-                kind = "resumed" if line.endswith("resumed") else \
-                    "data" if "data refused in the step" in line else "rejected"
-                counts[kind] += 1
-                if args.verbose:
-                    print(line, flush=True)
-            elif tag == "FAIL":
-                failure = line
-            else:
-                tail = (tail + [line])[-40:]
-    finally:
-        rc = proc.wait()
-    if failure is None and rc != 0:
-        failure = f"worker died (exit status {rc}, signal {-rc if rc < 0 else 0})"
+    first, replays = args.start, args.replays
+    while True:
+        left = args.seconds - (time.monotonic() - start)
+        runs = None if args.runs is None else args.runs - (first - args.start)
+        cmd = [sys.executable, __file__, "--worker", "--scratch", str(scratch),
+               "--seconds", str(max(left, 0.0)), "--seed", str(args.seed), "--start", str(first),
+               "--max-rss-mb", str(args.max_rss_mb), *(["--runs", str(runs)] if runs else [])]
+        cmd += [a for d in args.seeds for a in ("--seed-dir", d)]
+        cmd += [a for d in replays for a in ("--replay", d)] or ["--replay", "-"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                text=True, bufsize=1)
+        last_ok = first - 1
+        try:
+            while True:
+                ready, _, _ = select.select([proc.stdout], [], [], args.timeout)
+                if not ready:
+                    failure = f"hang: no result within {args.timeout} s"
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                line = line.rstrip("\n")
+                tag = line.split(" ", 1)[0]
+                if tag == "RUN":
+                    last_run = line
+                elif tag == "OK":
+                    last_ok = int(line.split(" ", 2)[1])
+                    kind = "resumed" if line.endswith("resumed") else \
+                        "data" if "data refused in the step" in line else "rejected"
+                    counts[kind] += 1
+                    if args.verbose:
+                        print(line, flush=True)
+                elif tag == "FAIL":
+                    failure = line
+                else:
+                    tail = (tail + [line])[-40:]
+        finally:
+            rc = proc.wait()
+        if failure is None and rc == _RESTART:  # the worker's peak RSS is spent: a fresh one
+            first, replays = last_ok + 1, []
+            continue
+        if failure is None and rc != 0:
+            failure = f"worker died (exit status {rc}, signal {-rc if rc < 0 else 0})"
+        break
     total = sum(counts.values())
     print(f"== fuzz checkpoint: {total} inputs in {time.monotonic() - start:.0f} s "
           f"({counts['resumed']} resumed and stepped, {counts['rejected']} rejected with a "
