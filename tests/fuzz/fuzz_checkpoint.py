@@ -685,13 +685,13 @@ def worker(args: argparse.Namespace) -> int:
                                      "seed": seed_name, "manifest": policy})
         report("RUN", i, what)
         changed = {n for n in set(files) | set(seed) if files.get(n) != seed.get(n)}
-        data_only = all(n in ("config.json", "MANIFEST.json") or n.endswith(".bin") and n in files
-                        for n in changed)
+        data = {n for n in changed if n in files and (n == "config.json" or n.endswith(".bin"))}
+        data_only = changed <= data | {"MANIFEST.json"}
         bad, outcome = run_one(files, logdir, data_only)
-        if outcome == "step failed" and "config.json" in changed:
-            # with other mutations too: if the seed with this config.json alone fails the step
-            # the same way, the hyperparameters are the cause (see run_one), not the loaders
-            alone = dict(seed, **{"config.json": files.get("config.json", b"")})
+        if outcome == "step failed" and data:
+            # with other mutations too: if the seed with these config.json / pool changes alone
+            # fails the step the same way, they are the cause (see run_one), not the loaders
+            alone = dict(seed, **{n: files[n] for n in data})
             alone["MANIFEST.json"] = _manifest(alone)
             _, why = run_one(alone, logdir, data_only=True)
             kind = bad.split(" raised ")[1].split(":")[0]
