@@ -42,12 +42,12 @@ BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::sha
       termination_model_(std::move(termination)),
       disagreement_rows_(disagreement_rows) {
   check_components();
-  require(termination_model_ != nullptr, "termination: expected a loaded TerminationModel, got a null pointer");
-  require(termination_model_->obs_dim() == model_->obs_dim() && termination_model_->act_dim() == model_->act_dim(),
-          "termination: the termination model has obs_dim " + std::to_string(termination_model_->obs_dim()) +
-              " and act_dim " + std::to_string(termination_model_->act_dim()) + ", the model " +
-              std::to_string(model_->obs_dim()) + " and " + std::to_string(model_->act_dim()) +
-              " (files of different runs?)");
+  const TerminationModel* t = termination_model_.get();
+  require(t != nullptr, "termination: expected a loaded TerminationModel, got a null pointer");
+  require(t->obs_dim() == model_->obs_dim() && t->act_dim() == model_->act_dim(),
+          "termination: the termination model has obs_dim " + std::to_string(t->obs_dim()) + " and act_dim " +
+              std::to_string(t->act_dim()) + ", the model " + std::to_string(model_->obs_dim()) + " and " +
+              std::to_string(model_->act_dim()) + " (files of different runs?)");
   callback_ = termination_model_->callback();
 }
 

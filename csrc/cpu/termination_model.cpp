@@ -140,8 +140,8 @@ TerminationModel TerminationModel::load(const std::string& path) {
   const int64_t L = f.metadata_int("num_layers");
   constexpr int64_t kMaxDim = int64_t{1} << 24;  // as the other readers: 2 * od + ad cannot overflow
   if (od < 1 || ad < 0 || od > kMaxDim || ad > kMaxDim) {
-    fail("metadata obs_dim must be in [1, 2^24] and act_dim in [0, 2^24], got " + std::to_string(od) + " and " +
-         std::to_string(ad));
+    fail("metadata obs_dim must be in [1, 2^24] and act_dim in [0, 2^24], got " + std::to_string(od) +
+         " and " + std::to_string(ad));
   }
   if (L < 1 || L > kTerminationMaxLayers) fail("metadata num_layers must be in [1, 16]");
   if (f.has("layers." + std::to_string(L) + ".weight")) fail("holds more layers than metadata num_layers");

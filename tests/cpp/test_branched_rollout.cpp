@@ -258,11 +258,13 @@ TEST_CASE("a learned termination model: its dims are checked against the model's
   ReplayPool a(5000, kOd, kAd), b(5000, kOd, kAd);
   CHECK(same_stats(by_model.run(real, a, 300, 3, 9), by_callback.run(real, b, 300, 3, 9)));
   CHECK(Contents(a) == Contents(b) && a.size() > 0);
-  const std::string other = message_of([&] { BranchedRollout(model, actor, random_termination(kOd - 1, kAd, 55)); });
+  const auto narrower = random_termination(kOd - 1, kAd, 55);
+  const auto wider_act = random_termination(kOd, kAd + 1, 56);
+  const std::string other = message_of([&] { BranchedRollout(model, actor, narrower); });
   CHECK(contains(other, "termination") && contains(other, "10") && contains(other, "11"));
-  CHECK(contains(message_of([&] { BranchedRollout(model, actor, random_termination(kOd, kAd + 1, 56)); }), "act_dim"));
-  CHECK(contains(message_of([&] { BranchedRollout(model, actor, std::shared_ptr<const TerminationModel>()); }),
-                 "termination"));
+  CHECK(contains(message_of([&] { BranchedRollout(model, actor, wider_act); }), "act_dim"));
+  const std::shared_ptr<const TerminationModel> none;
+  CHECK(contains(message_of([&] { BranchedRollout(model, actor, none); }), "termination"));
 }
 
 TEST_CASE("TerminationModel::load: dims whose 2 * obs_dim + act_dim overflows are a FormatError") {
