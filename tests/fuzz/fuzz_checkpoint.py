@@ -600,7 +600,11 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
     when only ``config.json`` or the pools' rows changed (`data_only`): hyperparameters and
     transitions a fresh run can have too (a batch of 2**40 rows, lr = 1e308, an observation
     of -2e38 that overflows the model's training) fail there the same way; a clean exception
-    in that step is counted, not a finding (a crash, a hang or memory growth still are)."""
+    in that step is counted, not a finding (a crash, a hang or memory growth still are).
+    Likewise a step stopped by the library's own guard against non-finite values (the
+    ValueError a diverging fresh run gets): the loaders accept any finite weight, and a
+    weight of -2e38 overflows the next forward pass; there is no principled bound to check
+    (the Adam moments have one, and it is checked)."""
     from mbpo_fast.mbpo import MBPO
 
     write_run(files, logdir)
@@ -615,7 +619,7 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
     try:
         algo._step()  # the loaded state drives env, model training, rollouts and SAC
     except Exception as exc:  # noqa: BLE001
-        if data_only:
+        if data_only or (isinstance(exc, ValueError) and "non-finite" in str(exc)):
             return None, f"data refused in the step: {type(exc).__name__}: {str(exc)[:120]}"
         return (f"resumed, then the first step raised {type(exc).__name__}: {exc}",
                 "step failed")
@@ -798,8 +802,8 @@ def supervise(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     print(f"== fuzz checkpoint: {total} inputs in {time.monotonic() - start:.0f} s "
           f"({counts['resumed']} resumed and stepped, {counts['rejected']} rejected with a "
-          f"clear error, {counts['data']} with hyperparameters or pool rows that fail the "
-          f"first training step cleanly, as in a fresh run)")
+          f"clear error, {counts['data']} whose hyperparameters, pool rows or extreme finite "
+          f"values fail the first training step cleanly, as in a fresh run)")
     if failure is None:
         shutil.rmtree(scratch, ignore_errors=True)
         return 0
