@@ -20,7 +20,8 @@ only for a pool capacity, as documented) whose message names a file of the check
 resumed run then takes one training step (env step, model training when due, SAC update,
 rollout: the loaded state drives the native kernels; see run_one for the one exception: the
 hyperparameters and pool rows a fresh run may have too). Any other exception, a crash (signal),
-a hang (``--timeout``) or memory growth past ``--max-rss-mb`` is a finding: the input is
+a hang (``--timeout``) or memory growth past ``--max-rss-mb`` (unless ``config.json`` changed:
+its buffers and batches take what a fresh run with it takes) is a finding: the input is
 copied to ``--artifacts`` as a checkpoint directory and the driver exits 1. Once fixed,
 ``--save-regression ARTIFACT NAME`` stores it under ``tests/fuzz/regressions/checkpoint/NAME/``
 (its difference from the seed): replayed by every run and by ``tests/test_hardening.py``.
@@ -602,7 +603,7 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
     when only ``config.json`` or the pools' rows changed (`data_only`): hyperparameters and
     transitions a fresh run can have too (a batch of 2**40 rows, lr = 1e308, an observation
     of -2e38 that overflows the model's training) fail there the same way; a clean exception
-    in that step is counted, not a finding (a crash, a hang or memory growth still are).
+    in that step is counted, not a finding (a crash or a hang still is).
     Likewise a step stopped by the library's own guard against non-finite values (the
     ValueError a diverging fresh run gets): the loaders accept any finite weight, and a
     weight of -2e38 overflows the next forward pass; there is no principled bound to check
@@ -616,8 +617,6 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
         if isinstance(exc, KeyboardInterrupt):
             raise
         return verdict(exc, logdir), f"rejected: {type(exc).__name__}: {str(exc)[:160]}"
-    finally:
-        _RESUMED_RSS_MB[0] = _peak_rss_mb()
     try:
         algo._step()  # the loaded state drives env, model training, rollouts and SAC
     except Exception as exc:  # noqa: BLE001
@@ -628,15 +627,6 @@ def run_one(files: dict[str, bytes], logdir: Path, data_only: bool = False
     finally:
         algo.close()
     return None, "resumed"
-
-
-_RESUMED_RSS_MB = [0]  # peak RSS (MB) right after the last resume, before its step
-
-
-def _peak_rss_mb() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 # ============================================================================ worker
@@ -705,9 +695,10 @@ def worker(args: argparse.Namespace) -> int:
                 bad, outcome = None, why
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         if bad is None and rss - baseline > args.max_rss_mb:
-            if data_only and _RESUMED_RSS_MB[0] - baseline <= args.max_rss_mb:
-                # the step's batch of a hyperparameter's size, as in a fresh run; the peak is
-                # spent for this process: the supervisor goes on in a fresh one
+            if "config.json" in changed:
+                # buffers and batches of the hyperparameters' size (built by the resume or by the
+                # step), as in a fresh run with this config; the loaders' own memory is bounded
+                # by the files' sizes. The peak is spent: the supervisor goes on in a fresh worker
                 report("OK", i, f"{outcome} (the step used {rss - baseline} MB)")
                 return _RESTART
             bad = f"peak RSS grew by {rss - baseline} MB (limit {args.max_rss_mb} MB)"
