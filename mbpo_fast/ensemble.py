@@ -38,6 +38,12 @@ from .ensemble_trainer import (
 )
 from .io import load_safetensors, require_tensor, save_safetensors
 from .nn import BatchedLinear
+from .state_checks import (
+    check_adam_state,
+    check_generator_state,
+    check_module_state,
+    copy_adam_state,
+)
 
 __all__ = ["EnsembleDynamics", "layer_weight_decays"]
 
@@ -917,11 +923,35 @@ class EnsembleDynamics(nn.Module):
             "generator": self._generator.get_state(),
         }
 
-    def load_training_state(self, state: dict) -> None:
-        """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model)."""
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, with every tensor checked first (torch copies the
+        matching tensors before it reports a wrong shape): with ``strict``, a missing or
+        unexpected key, a tensor of another shape or dtype than this model's (ValueError naming
+        it, the expected and the actual shape) or elites that are not distinct member indices
+        raise before anything is copied."""
+        if strict:
+            check_module_state("load_state_dict", "EnsembleDynamics", state_dict, self)
+            el = state_dict["elite_index"]
+            if el.numel() and (int(el.min()) < 0 or int(el.max()) >= self.ensemble_size
+                               or torch.unique(el).numel() != el.numel()):
+                raise ValueError(f"load_state_dict: tensor elite_index = {el.tolist()} must "
+                                 f"be distinct indices in [0, {self.ensemble_size})")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def load_training_state(self, state: dict, *, source: str = "load_training_state") -> None:
+        """Restores :meth:`training_state` output (after ``load_state_dict`` of the same model).
+        The Adam state and the generator state are checked against this model first
+        (ValueError prefixed with `source`, naming the tensor; nothing changes then)."""
+        if not isinstance(state, dict) or set(state) != {"optimizer", "generator"}:
+            keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{source}: expected {{'optimizer', 'generator'}}, got {keys}")
+        if state["optimizer"] is not None:
+            check_adam_state(source, "optimizer", state["optimizer"],
+                             self._optimizer or self._make_optimizer())
+        check_generator_state(source, "generator", state["generator"], self._generator)
         if state.get("optimizer") is not None:
             opt = self._optimizer or self._make_optimizer()
-            opt.load_state_dict(copy.deepcopy(state["optimizer"]))
+            opt.load_state_dict(copy_adam_state(state["optimizer"]))
             self._optimizer = opt
         self._generator.set_state(state["generator"])
         self._invalidate_inference()

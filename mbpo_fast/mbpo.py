@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import verify_checkpoint, write_manifest
+from .checkpoint import load_torch_file, verify_checkpoint, write_manifest
 from .config import MBPOConfig
 from .io import atomic_write, write_csv
 from .plotting import write_learning_curve
@@ -397,10 +397,10 @@ class MBPO:
             "env_started": self.env_steps > 0,
             "action_space_rng": self.env.action_space.np_random.bit_generator.state,
             "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
+            "numpy_rng": _numpy_rng_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        _torch_save(d / "state.pt", state)
+        _torch_save(d / "state.pt", _plain(state))
         if self.termination_model is not None:
             self.termination_model.save(d / "termination_model.safetensors")
         atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
@@ -436,7 +436,12 @@ class MBPO:
                 raise ValueError(f"resume: cannot override {bad}: the checkpoint's state was "
                                  f"built with them (start a new run instead)")
             config = changed
-        self = cls(config, logdir=logdir, quiet=quiet, termination=termination)
+        _check_networks_fit_files(ckpt, config)
+        try:
+            self = cls(config, logdir=logdir, quiet=quiet, termination=termination)
+        except Exception as exc:  # e.g. gymnasium's errors for an unknown env id
+            raise ValueError(f"{ckpt / 'config.json'}: cannot build the run it describes "
+                             f"({type(exc).__name__}: {exc})"[:500]) from None
         self._load_checkpoint_files(ckpt)
         return self
 
@@ -450,16 +455,21 @@ class MBPO:
             raise ValueError(f"{d / 'state.pt'}: not a {_STATE_FORMAT} file")
         agent = SAC.load(d / "agent.pt", device=self.config.device)
         with _naming(d / "agent.pt"):
-            self.agent.load_state_dict(agent.state_dict())
+            self.agent.load_state_dict(agent.state_dict(), source=str(d / "agent.pt"))
         model = EnsembleDynamics.load(d / "model.safetensors", device=self.config.device)
         with _naming(d / "model.safetensors"):
             self.model.load_state_dict(model.state_dict())
         with _naming(d / "model_train.pt"):
-            self.model.load_training_state(_torch_load(d / "model_train.pt"))
+            self.model.load_training_state(_torch_load(d / "model_train.pt"),
+                                           source=str(d / "model_train.pt"))
         with _naming(d / "state.pt"):
             self._restore_state(state)
         real_pool = ReplayPool.load(d / "real_pool.bin")
         model_pool = ReplayPool.load(d / "model_pool.bin")
+        for name, pool in (("real_pool.bin", real_pool), ("model_pool.bin", model_pool)):
+            if (pool.obs_dim, pool.act_dim) != (self.obs_dim, self.act_dim):
+                raise ValueError(f"{d / name}: rows of obs_dim {pool.obs_dim}, act_dim "
+                                 f"{pool.act_dim}; the env has {self.obs_dim}, {self.act_dim}")
         if real_pool.capacity < self.config.total_steps:  # a resume that extends the run
             real_pool.resize(self.config.total_steps)
         self.real_pool, self.model_pool = real_pool, model_pool
@@ -467,7 +477,11 @@ class MBPO:
         if self.termination_model is not None:
             from .termination_model import TerminationModel
 
-            loaded = TerminationModel.load(d / "termination_model.safetensors")
+            path = d / "termination_model.safetensors"
+            loaded = TerminationModel.load(path)
+            if (loaded.obs_dim, loaded.act_dim) != (self.obs_dim, self.act_dim):
+                raise ValueError(f"{path}: a model of obs_dim {loaded.obs_dim}, act_dim "
+                                 f"{loaded.act_dim}; the env has {self.obs_dim}, {self.act_dim}")
             self.termination_model.__dict__.update(loaded.__dict__)  # the rollout holds it
 
     def _restore_state(self, state: dict) -> None:
@@ -490,7 +504,7 @@ class MBPO:
             self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
         self.env.action_space.np_random.bit_generator.state = state["action_space_rng"]
         random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        _set_numpy_rng_state(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
 
 
@@ -553,13 +567,38 @@ def commit_checkpoint(root: Path, name: str, write_files: Callable[[Path], None]
     return final
 
 
+def _check_networks_fit_files(ckpt: Path, config: MBPOConfig) -> None:
+    """Limits before allocation: the networks ``config.json`` describes must fit in the files
+    that hold their weights (agent.pt, model.safetensors), counted with 1-dim observations
+    and actions (a lower bound), so building the run costs memory in proportion to the
+    checkpoint's size, whatever the config claims. ValueError naming config.json otherwise."""
+    from .sac import _num_network_floats
+
+    h, n, e = config.model_hidden_size, config.model_num_layers, config.ensemble_size
+    # [2 -> h] + (n - 1) x [h -> h] + [h -> 4] per member (weights and biases)
+    ensemble = e * (3 * h + max(n - 1, 0) * (h * h + h) + 4 * h + 4) if n < 1 << 16 \
+        else 1 << 62
+    for name, floats in (("agent.pt", _num_network_floats(1, 1, config.sac_hidden_size,
+                                                           config.sac_num_layers)),
+                         ("model.safetensors", ensemble)):
+        try:
+            size = (ckpt / name).stat().st_size
+        except FileNotFoundError:
+            raise ValueError(f"{ckpt / name}: missing from the checkpoint") from None
+        if 4 * floats > size:
+            raise ValueError(f"{ckpt / name}: {size} bytes, too small for the networks "
+                             f"{ckpt / 'config.json'} describes (at least {4 * floats} "
+                             f"bytes): a truncated file or a config of another run")
+
+
 @contextlib.contextmanager
 def _naming(path: Path) -> Iterator[None]:
     """Re-raises a malformed file's KeyError/TypeError/ValueError/RuntimeError as a
     ValueError naming `path` (a file that parsed but does not hold what a checkpoint needs)."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError,
+            OverflowError) as exc:
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: corrupt checkpoint file ({type(exc).__name__}: "
@@ -677,14 +716,41 @@ def _torch_save(path: Path, obj: Any) -> None:
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        # our own files (python/numpy RNG states are tuples/ndarrays, not only tensors)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # zip/pickle errors differ by torch version
-        raise ValueError(f"{path}: corrupt checkpoint file ({type(exc).__name__}: {exc})") \
-            from None
+    """A checkpoint's ``*.pt`` file, read without running code from it (weights-only)."""
+    return load_torch_file(path, map_location="cpu")
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` with numpy arrays and scalars (inside dicts, lists, tuples) turned into lists and
+    Python numbers: what ``torch.load(weights_only=True)`` reads back without numpy globals."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    return obj
+
+
+def _numpy_rng_state() -> tuple:
+    """``np.random.get_state()`` as plain values (the key a list of ints), so ``state.pt``
+    holds no numpy object and loads with ``weights_only=True``."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return (str(name), [int(k) for k in key], int(pos), int(has_gauss), float(gauss))
+
+
+def _set_numpy_rng_state(state: Any) -> None:
+    """Inverse of :func:`_numpy_rng_state`; also takes the tuple of older checkpoints (the key
+    a uint32 array). Raises ValueError for anything that is not an MT19937 state."""
+    if not isinstance(state, (tuple, list)) or len(state) != 5 or state[0] != "MT19937":
+        raise ValueError("numpy_rng: expected ('MT19937', key[624], pos, has_gauss, gauss)")
+    key = np.asarray(state[1])
+    if key.shape != (624,) or key.dtype.kind not in "iu" or key.min() < 0 or \
+            key.max() >= 2**32:
+        raise ValueError(f"numpy_rng: expected 624 uint32 key words, got shape {key.shape} "
+                         f"dtype {key.dtype}")
+    np.random.set_state(("MT19937", key.astype(np.uint32), int(state[2]), int(state[3]),
+                         float(state[4])))
 
 
 class _NoBar:

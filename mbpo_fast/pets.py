@@ -32,12 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import verify_checkpoint
 from .io import atomic_write, write_csv
 from .mbpo import (
     _derive_seed,
+    _numpy_rng_state,
+    _plain,
     _progress_bar,
     _refit_model,
     _seed_globals,
+    _set_numpy_rng_state,
     _torch_load,
     _torch_save,
     commit_checkpoint,
@@ -47,6 +51,8 @@ from .mbpo import (
 from .plotting import write_learning_curve
 
 __all__ = ["PETS", "PETSConfig", "PETS_PROGRESS_COLUMNS"]
+
+_CKPT_FILES = ("model.safetensors", "model_train.pt", "real_pool.bin", "state.pt", "config.json")
 
 #: Columns of a PETS ``progress.csv`` (one row per episode; seconds_* cumulative).
 PETS_PROGRESS_COLUMNS: tuple[str, ...] = (
@@ -359,10 +365,10 @@ class PETS:
             "seconds": dict(self.seconds), "wall_seconds": self.wall_seconds,
             "progress": list(self.progress), "last_model": dict(self.last_model),
             "mpc": self.mpc.state_dict(),
-            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(), "numpy_rng": _numpy_rng_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        _torch_save(d / "state.pt", state)
+        _torch_save(d / "state.pt", _plain(state))  # no numpy objects: weights-only
         atomic_write(d / "config.json", lambda f: f.write(self.config.to_json().encode()))
 
     @classmethod
@@ -375,6 +381,7 @@ class PETS:
 
         logdir = Path(logdir)
         ckpt = latest_checkpoint(logdir)
+        verify_checkpoint(ckpt, _CKPT_FILES)
         config = PETSConfig.from_json((ckpt / "config.json").read_text())
         if episodes is not None:
             config.episodes = int(episodes)
@@ -385,7 +392,8 @@ class PETS:
             raise ValueError(f"{ckpt / 'state.pt'}: not a {_STATE_FORMAT} file")
         model = EnsembleDynamics.load(ckpt / "model.safetensors")
         self.model.load_state_dict(model.state_dict())
-        self.model.load_training_state(_torch_load(ckpt / "model_train.pt"))
+        self.model.load_training_state(_torch_load(ckpt / "model_train.pt"),
+                                       source=str(ckpt / "model_train.pt"))
         pool = ReplayPool.load(ckpt / "real_pool.bin")
         if pool.capacity < config.episodes * self.max_steps:
             pool.resize(config.episodes * self.max_steps)
@@ -397,7 +405,7 @@ class PETS:
         self.last_model = dict(state["last_model"])
         self.mpc.load_state_dict(state["mpc"])
         random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        _set_numpy_rng_state(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         return self
 

@@ -36,7 +36,6 @@ at any block.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import math
@@ -49,9 +48,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checkpoint import load_torch_file
 from .io import atomic_write, save_safetensors
 from .nn import BatchedLinear
 from .sac_trainer import TRAINERS, make_trainer
+from .state_checks import (
+    check_adam_state,
+    check_generator_state,
+    check_module_state,
+    check_tensor,
+    copy_adam_state,
+)
 from .types import Transition
 
 logger = logging.getLogger("mbpo_fast.sac")
@@ -224,33 +231,10 @@ class SAC:
         compile: bool = False,
         trainer: str = "auto",
     ) -> None:
-        for arg, value in (("obs_dim", obs_dim), ("act_dim", act_dim),
-                           ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"SAC: {arg} must be a positive int, got {value!r}")
+        low, high, target_entropy = _check_arguments(
+            obs_dim, act_dim, action_low, action_high, hidden_size, num_layers, lr, gamma, tau,
+            target_entropy, init_alpha, trainer)
         obs_dim, act_dim = int(obs_dim), int(act_dim)
-        low = np.asarray(action_low, dtype=np.float64)
-        high = np.asarray(action_high, dtype=np.float64)
-        for name, b in (("action_low", low), ("action_high", high)):
-            if b.shape != (act_dim,):
-                raise ValueError(f"SAC: {name} must have shape ({act_dim},) (act_dim), "
-                                 f"got {b.shape}")
-            if not np.all(np.isfinite(b)):
-                raise ValueError(f"SAC: {name} must be finite, got {b}")
-        if not np.all(low < high):
-            raise ValueError(f"SAC: action_low must be < action_high elementwise, got "
-                             f"low={low}, high={high}")
-        for arg, value, lo, hi in (("lr", lr, 0.0, math.inf), ("gamma", gamma, 0.0, 1.0),
-                                   ("tau", tau, 0.0, 1.0),
-                                   ("init_alpha", init_alpha, 0.0, math.inf)):
-            if not (lo < float(value) <= hi) or not math.isfinite(float(value)):
-                raise ValueError(f"SAC: {arg} must be in ({lo}, {hi}], got {value!r}")
-        if trainer not in TRAINERS:
-            raise ValueError(f"SAC: trainer must be one of {TRAINERS}, got {trainer!r}")
-        if target_entropy is None:
-            target_entropy = -float(act_dim)
-        if not math.isfinite(float(target_entropy)):
-            raise ValueError(f"SAC: target_entropy must be finite, got {target_entropy!r}")
 
         self.device = torch.device(device)
         self.config: dict[str, Any] = dict(
@@ -475,24 +459,23 @@ class SAC:
         }
 
     _ARCH_KEYS = ("obs_dim", "act_dim", "hidden_size", "num_layers")
+    _CONFIG_KEYS = frozenset({"obs_dim", "act_dim", "action_low", "action_high", "hidden_size",
+                              "num_layers", "lr", "gamma", "tau", "target_entropy",
+                              "init_alpha", "seed", "autocast_bf16", "compile", "trainer"})
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, source: str = "load_state_dict"
+                        ) -> None:
         """Restores :meth:`state_dict` output. The architecture (obs_dim, act_dim,
-        hidden_size, num_layers) must match (ValueError otherwise; nothing is changed)."""
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ValueError(f"load_state_dict: not a {_FORMAT} state")
-        cfg = state["config"]
+        hidden_size, num_layers) must match, and every tensor (networks, log_alpha, Adam
+        moments, generator state) must have this agent's shape and dtype: all of it is checked
+        before anything is copied, so a bad state raises ValueError (prefixed with `source`,
+        naming the tensor, the expected and the actual shape) and changes nothing."""
+        cfg = _check_config(state, source)
         diff = {k: (cfg.get(k), self.config[k]) for k in self._ARCH_KEYS
                 if cfg.get(k) != self.config[k]}
         if diff:
-            raise ValueError(f"load_state_dict: architecture mismatch (saved, this agent): {diff}")
-        # Validate everything on scratch copies first so a failure leaves this agent intact.
-        try:
-            scratch = SAC(**{k: v for k, v in cfg.items() if k not in ("compile", "trainer")},
-                          device=self.device, trainer="torch")
-            scratch._load_unchecked(state)
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise ValueError(f"load_state_dict: invalid state ({exc})") from exc
+            raise ValueError(f"{source}: architecture mismatch (saved, this agent): {diff}")
+        self._check_state(state, source)
         self._load_unchecked(state)
         for key in ("action_low", "action_high", "lr", "gamma", "tau", "target_entropy",
                     "init_alpha", "seed", "autocast_bf16"):
@@ -508,6 +491,19 @@ class SAC:
             self._low.copy_(torch.from_numpy(self._low_np))
             self._high.copy_(torch.from_numpy(self._high_np))
 
+    def _check_state(self, state: Mapping[str, Any], source: str) -> None:
+        """Every tensor of `state` against this agent's (see :mod:`mbpo_fast.state_checks`)."""
+        for name in ("actor", "critic", "critic_target"):
+            check_module_state(source, name, state.get(name), getattr(self, name))
+        check_tensor(source, "log_alpha", state.get("log_alpha"), self.log_alpha.shape,
+                     self.log_alpha.dtype)
+        check_adam_state(source, "actor_optim", state.get("actor_optim"), self.actor_optim)
+        check_adam_state(source, "critic_optim", state.get("critic_optim"), self.critic_optim)
+        check_generator_state(source, "generator", state.get("generator"), self.generator)
+        n = state.get("num_updates")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{source}: num_updates = {n!r}, expected an int >= 0")
+
     def _load_unchecked(self, state: Mapping[str, Any]) -> None:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
@@ -516,8 +512,8 @@ class SAC:
             self.log_alpha.copy_(state["log_alpha"])
         # Optimizer.load_state_dict keeps the given tensors when dtype and device already
         # match: copy them, or this agent would share Adam moments with the state's owner.
-        self.actor_optim.load_state_dict(copy.deepcopy(state["actor_optim"]))
-        self.critic_optim.load_state_dict(copy.deepcopy(state["critic_optim"]))
+        self.actor_optim.load_state_dict(copy_adam_state(state["actor_optim"]))
+        self.critic_optim.load_state_dict(copy_adam_state(state["critic_optim"]))
         self.generator.set_state(state["generator"])
         self.num_updates = int(state["num_updates"])
 
@@ -532,21 +528,101 @@ class SAC:
              trainer: str | None = None) -> SAC:
         """Rebuilds an agent saved with :meth:`save`; training continues exactly as if the
         original had never stopped. ``trainer`` overrides the saved choice (None: keep it;
-        checkpoints without one: "auto"). Raises ValueError for a truncated or corrupt file."""
-        with open(path, "rb") as f:
-            blob = f.read()
-        try:
-            state = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-        except Exception as exc:  # pickle/zip errors differ by torch version
-            raise ValueError(f"{path}: not a valid SAC checkpoint ({type(exc).__name__}: "
-                             f"{exc})") from None
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a {_FORMAT} checkpoint")
-        config = dict(state["config"])
+        checkpoints without one: "auto"). Raises ValueError naming the file for a truncated,
+        corrupt or unsafe one (the file is read weights-only: it runs no code), for a config
+        whose networks the file cannot hold (checked before they are built: memory stays
+        bounded by the file's size), and for any tensor of another shape than the agent's."""
+        source = os.fspath(path)
+        state = load_torch_file(path, map_location=device)
+        config = _check_config(state, source)
+        need = 4 * _num_network_floats(config["obs_dim"], config["act_dim"],
+                                       config["hidden_size"], config["num_layers"])
+        size = os.path.getsize(path)
+        if need > size:
+            raise ValueError(f"{source}: config describes networks of {need} bytes "
+                             f"(obs_dim, act_dim, hidden_size, num_layers = "
+                             f"{[config[k] for k in cls._ARCH_KEYS]}), the file has {size}")
         config["trainer"] = trainer if trainer is not None else config.get("trainer", "auto")
-        agent = cls(**config, device=device)
-        agent.load_state_dict(state)
+        try:
+            agent = cls(**config, device=device)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        agent.load_state_dict(state, source=source)
         return agent
+
+
+def _check_config(state: Any, source: str) -> dict[str, Any]:
+    """The ``config`` of a :meth:`SAC.state_dict`, checked as the constructor checks its
+    arguments (ValueError prefixed with `source`)."""
+    if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
+        raise ValueError(f"{source}: not a {_FORMAT} checkpoint")
+    cfg = state.get("config")
+    if not isinstance(cfg, Mapping) or not (set(SAC._CONFIG_KEYS) - {"compile", "trainer"}
+                                            <= set(cfg) <= SAC._CONFIG_KEYS):
+        keys = sorted(map(str, cfg)) if isinstance(cfg, Mapping) else type(cfg).__name__
+        raise ValueError(f"{source}: config: expected the keys {sorted(SAC._CONFIG_KEYS)}, "
+                         f"got {keys}")
+    cfg = dict(cfg)
+    try:
+        _check_arguments(cfg["obs_dim"], cfg["act_dim"], cfg["action_low"], cfg["action_high"],
+                         cfg["hidden_size"], cfg["num_layers"], cfg["lr"], cfg["gamma"],
+                         cfg["tau"], cfg["target_entropy"], cfg["init_alpha"],
+                         cfg.get("trainer", "auto"))
+        for key in ("seed",):
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int):
+                raise ValueError(f"SAC: {key} must be an int, got {cfg[key]!r}")
+        for key in ("autocast_bf16", "compile"):
+            if not isinstance(cfg.get(key, False), bool):
+                raise ValueError(f"SAC: {key} must be a bool, got {cfg[key]!r}")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{source}: config: {exc}") from None
+    return cfg
+
+
+def _num_network_floats(obs_dim: int, act_dim: int, hidden_size: int, num_layers: int) -> int:
+    """Parameters of the actor, the critic and its target (exact Python ints)."""
+    def mlp(members: int, sizes: list[int]) -> int:
+        return members * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    if num_layers > 1 << 16:  # no such file exists; keeps the sum below cheap
+        return 1 << 62
+    hidden = [hidden_size] * num_layers
+    return (mlp(1, [obs_dim, *hidden, 2 * act_dim])
+            + 2 * mlp(2, [obs_dim + act_dim, *hidden, 1]))
+
+
+def _check_arguments(obs_dim, act_dim, action_low, action_high, hidden_size, num_layers, lr,
+                     gamma, tau, target_entropy, init_alpha, trainer):
+    """The constructor's argument checks (ValueError naming the argument); returns the
+    float64 action bounds and the target entropy (default ``-act_dim``)."""
+    for arg, value in (("obs_dim", obs_dim), ("act_dim", act_dim),
+                       ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"SAC: {arg} must be a positive int, got {value!r}")
+    obs_dim, act_dim = int(obs_dim), int(act_dim)
+    low = np.asarray(action_low, dtype=np.float64)
+    high = np.asarray(action_high, dtype=np.float64)
+    for name, b in (("action_low", low), ("action_high", high)):
+        if b.shape != (act_dim,):
+            raise ValueError(f"SAC: {name} must have shape ({act_dim},) (act_dim), "
+                             f"got {b.shape}")
+        if not np.all(np.isfinite(b)):
+            raise ValueError(f"SAC: {name} must be finite, got {b}")
+    if not np.all(low < high):
+        raise ValueError(f"SAC: action_low must be < action_high elementwise, got "
+                         f"low={low}, high={high}")
+    for arg, value, lo, hi in (("lr", lr, 0.0, math.inf), ("gamma", gamma, 0.0, 1.0),
+                               ("tau", tau, 0.0, 1.0),
+                               ("init_alpha", init_alpha, 0.0, math.inf)):
+        if not (lo < float(value) <= hi) or not math.isfinite(float(value)):
+            raise ValueError(f"SAC: {arg} must be in ({lo}, {hi}], got {value!r}")
+    if trainer not in TRAINERS:
+        raise ValueError(f"SAC: trainer must be one of {TRAINERS}, got {trainer!r}")
+    if target_entropy is None:
+        target_entropy = -float(act_dim)
+    if not math.isfinite(float(target_entropy)):
+        raise ValueError(f"SAC: target_entropy must be finite, got {target_entropy!r}")
+    return low, high, float(target_entropy)
 
 
 def _fast_adam_kwargs(device: torch.device) -> dict[str, bool]:

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from . import _backend
-from .io import load_safetensors, save_safetensors
+from .io import load_safetensors, require_tensor, save_safetensors
 
 __all__ = ["TerminationModel"]
 
 FORMAT = "mbpo_fast.termination_model/1"
+_MAX_DIM = 1 << 24  # as the native readers: sums and products of dims cannot overflow
 
 
 def _rows(name: str, x: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -222,29 +223,54 @@ class TerminationModel:
 
     @classmethod
     def load(cls, path: str | Path) -> TerminationModel:
-        """Reads a file :meth:`save` wrote; ValueError for another or a damaged file."""
+        """Reads a file :meth:`save` wrote; ValueError naming the file for another or a damaged
+        file. Every tensor's shape and dtype is checked against the metadata (a tensor that
+        disagrees is named, with the expected and the actual shape), and values must be
+        finite with ``input_std > 0``, before a model is built: its size is then that of the
+        file's own tensors."""
         tensors, meta = load_safetensors(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: metadata format is {meta.get('format')!r}, expected "
                              f"{FORMAT!r}")
+        if meta.get("activation", "silu") != "silu":
+            raise ValueError(f"{path}: activation {meta['activation']!r} is not supported")
         try:
             od, ad, nl = int(meta["obs_dim"]), int(meta["act_dim"]), int(meta["num_layers"])
-            hidden, seed = int(meta.get("hidden_size", 1)), int(meta.get("seed", 0))
+            seed = int(meta.get("seed", 0))
+            hidden = int(meta["hidden_size"]) if "hidden_size" in meta else None
         except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: bad metadata ({e})") from None
-        model = cls(od, ad, hidden_size=hidden, num_layers=max(1, nl - 1), seed=seed)
+            raise ValueError(f"{path}: bad metadata ({type(e).__name__}: {e})") from None
+        if not (1 <= od <= _MAX_DIM and 0 <= ad <= _MAX_DIM and 1 <= nl <= 16):
+            raise ValueError(f"{path}: metadata obs_dim = {od}, act_dim = {ad}, num_layers = "
+                             f"{nl}: expected 1 <= obs_dim, 0 <= act_dim (both <= {_MAX_DIM}) "
+                             f"and 1 <= num_layers <= 16")
+        if nl >= 2 and hidden is None:  # older files: the width of the first layer
+            w0 = tensors.get("layers.0.weight")
+            hidden = int(w0.shape[1]) if w0 is not None and w0.ndim == 2 else 1
+        hidden = 1 if hidden is None else hidden
+        if nl >= 2 and hidden < 1:
+            raise ValueError(f"{path}: metadata hidden_size = {hidden} must be >= 1")
         in_dim = 2 * od + ad
-        try:
-            mean = np.asarray(tensors["input_mean"], np.float32)
-            std = np.asarray(tensors["input_std"], np.float32)
-            ws = [torch.from_numpy(np.array(tensors[f"layers.{i}.weight"], np.float32))
-                  for i in range(nl)]
-            bs = [torch.from_numpy(np.array(tensors[f"layers.{i}.bias"], np.float32))
-                  for i in range(nl)]
-        except KeyError as e:
-            raise ValueError(f"{path}: missing tensor {e}") from None
-        if mean.shape != (in_dim,) or std.shape != (in_dim,) or ws[0].shape[0] != in_dim \
-                or ws[-1].shape[1] != 1:
-            raise ValueError(f"{path}: tensor shapes do not match obs_dim {od}, act_dim {ad}")
-        model.input_mean, model.input_std, model.weights, model.biases = mean, std, ws, bs
+        widths = [in_dim] + [hidden] * (nl - 1) + [1]
+        specs = {"input_mean": (in_dim,), "input_std": (in_dim,)}
+        for i in range(nl):
+            specs[f"layers.{i}.weight"] = (widths[i], widths[i + 1])
+            specs[f"layers.{i}.bias"] = (widths[i + 1],)
+        extra = sorted(set(tensors) - set(specs))
+        if extra:
+            raise ValueError(f"{path}: unexpected tensors {extra} for metadata num_layers = {nl}")
+        arrays = {name: require_tensor(tensors, name, shape, np.float32, path)
+                  for name, shape in specs.items()}
+        for name, arr in arrays.items():
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{path}: tensor {name!r} contains non-finite values")
+        if not (arrays["input_std"] > 0).all():
+            raise ValueError(f"{path}: tensor 'input_std' must be > 0 everywhere")
+        # the constructor allocates layers of the checked widths (those of the file's tensors)
+        model = cls(od, ad, hidden_size=hidden if nl >= 2 else 1, num_layers=max(1, nl - 1),
+                    seed=seed)
+        model.hidden_size = hidden
+        model.input_mean, model.input_std = arrays["input_mean"], arrays["input_std"]
+        model.weights = [torch.from_numpy(arrays[f"layers.{i}.weight"]) for i in range(nl)]
+        model.biases = [torch.from_numpy(arrays[f"layers.{i}.bias"]) for i in range(nl)]
         return model

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import mbpo_fast as mf
-from mbpo_fast.checkpoint import MANIFEST, verify_checkpoint
+from mbpo_fast.checkpoint import MANIFEST, verify_checkpoint, write_manifest
 from mbpo_fast.config import MBPOConfig
 from mbpo_fast.mbpo import _CKPT_FILES, MBPO, latest_checkpoint
 
@@ -101,6 +101,85 @@ def test_damaged_latest_pointer_falls_back_to_the_complete_checkpoint(run_dir, t
         assert latest_checkpoint(logdir).name == "ckpt-150"
     assert MBPO.resume(logdir, quiet=True).env_steps == 150
 
+
+
+# ------------------------------------------------------------------ hostile files
+class _Payload:
+    """Unpickling this calls open(path, "w"), i.e. creates a file: a stand-in for any code
+    a pickle's __reduce__ can run (os.system, ...)."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("name", ["state.pt", "model_train.pt", "agent.pt"])
+def test_a_pickle_that_runs_code_is_refused_and_never_runs(run_dir, tmp_path, name,
+                                                           one_torch_thread):
+    """Every *.pt file of a checkpoint is read weights-only: a file whose pickle would run
+    code (here: create a file) is refused with a ValueError naming it, and the payload never
+    runs, even with a manifest rewritten to match (it guards against accidents, not attacks)."""
+    logdir = tmp_path / "run"
+    shutil.copytree(run_dir, logdir)
+    ckpt = latest_checkpoint(logdir)
+    marker = tmp_path / "payload_ran"
+    obj = torch.load(ckpt / name, weights_only=True, map_location="cpu") \
+        if name != "state.pt" else {"format": "mbpo_fast.mbpo_checkpoint/1"}
+    obj["payload"] = _Payload(marker)
+    torch.save(obj, ckpt / name)
+    write_manifest(ckpt, sorted(p.name for p in ckpt.iterdir() if p.name != MANIFEST))
+    with pytest.raises(ValueError, match=re.escape(str(ckpt / name)) + ": unsafe checkpoint "
+                       r"file, refused.*GLOBAL (io|builtins)\.open"):
+        MBPO.resume(logdir, quiet=True)
+    assert not marker.exists()
+
+
+def test_a_compressed_torch_archive_is_refused(run_dir, tmp_path, one_torch_thread):
+    """torch.save stores archive members uncompressed; a deflated member could expand a
+    thousandfold in memory (a 1 MB file claiming a 1 GB tensor), so it is refused unread."""
+    import zipfile
+
+    logdir = tmp_path / "run"
+    shutil.copytree(run_dir, logdir)
+    ckpt = latest_checkpoint(logdir)
+    src = zipfile.ZipFile(ckpt / "model_train.pt")
+    members = [(i.filename, src.read(i.filename)) for i in src.infolist()]
+    with zipfile.ZipFile(ckpt / "model_train.pt", "w", zipfile.ZIP_DEFLATED) as z:
+        for n, d in members:
+            z.writestr(n, d)
+    write_manifest(ckpt, sorted(p.name for p in ckpt.iterdir() if p.name != MANIFEST))
+    with pytest.raises(ValueError, match=re.escape(str(ckpt / "model_train.pt"))
+                       + ".*is compressed"):
+        MBPO.resume(logdir, quiet=True)
+
+
+def test_new_state_files_hold_no_numpy_objects(run_dir):
+    """state.pt loads with weights_only=True and no extra allowed globals at all."""
+    state = torch.load(latest_checkpoint(run_dir) / "state.pt", weights_only=True)
+    assert state["format"] == "mbpo_fast.mbpo_checkpoint/1"
+    assert isinstance(state["numpy_rng"][1], list) and len(state["numpy_rng"][1]) == 624
+
+
+def test_a_checkpoint_written_before_weights_only_loading_still_resumes(tmp_path,
+                                                                       one_torch_thread):
+    """tests/fuzz/corpus/checkpoint/legacy-learned was written by the code before this change
+    (its state.pt pickles the numpy RNG key as an ndarray): it still resumes, with the same
+    RNG states, and trains on."""
+    src = Path(__file__).parent / "fuzz" / "corpus" / "checkpoint" / "legacy-learned"
+    logdir = tmp_path / "run"
+    shutil.copytree(src, logdir / "checkpoints" / "ckpt-150")
+    (logdir / "checkpoints" / "latest").write_text("ckpt-150")
+    old = torch.load(src / "state.pt", weights_only=False)  # trusted: our own test file
+    algo = MBPO.resume(logdir, quiet=True)
+    key = np.random.get_state()[1]
+    assert np.array_equal(key, old["numpy_rng"][1]) and algo.env_steps == 150
+    assert torch.equal(torch.get_rng_state(), old["torch_rng"])
+    algo.config.total_steps = 160
+    algo.train()
+    assert algo.env_steps == 160
+    algo.close()
 
 # ------------------------------------------------------------------ kill during save
 class _Killer:

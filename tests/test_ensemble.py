@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -403,6 +404,64 @@ def test_training_state_resumes_exactly():
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
+
+
+def _model_and_opt_tensors(model):
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = model._optimizer
+    for i, st in enumerate(opt.state.values() if opt is not None else ()):
+        for k, v in st.items():
+            out[f"opt.{i}.{k}"] = v.detach().clone()
+    out["generator"] = model._generator.get_state()
+    return out
+
+
+@pytest.mark.parametrize("key", ["input_mean", "layers.1.weight", "layers.2.bias", "min_logvar"])
+def test_load_state_dict_checks_every_shape_before_copying(key):
+    """torch's load_state_dict copies the tensors before a wrong one; this one raises first,
+    naming the tensor with the expected and the actual shape, and changes nothing."""
+    data = _data(300)
+    a, b = _small(), _small(seed=9)
+    a.fit(*data, max_epochs=1)
+    b.fit(*data, max_epochs=1)
+    state = a.state_dict()
+    good = tuple(state[key].shape)
+    state[key] = torch.zeros(*good[:-1], good[-1] + 1)
+    before = _model_and_opt_tensors(b)
+    with pytest.raises(ValueError, match=rf"\[{key!r}\]: expected shape "
+                       rf"{re.escape(str(good))}.*got shape"):
+        b.load_state_dict(state)
+    state = a.state_dict()
+    state["elite_index"] = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match="elite_index"):
+        b.load_state_dict(state)
+    after = _model_and_opt_tensors(b)
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda st: st["optimizer"]["state"][2].update(exp_avg=torch.zeros(3)),
+     r"optimizer state\[2\]\['exp_avg'\]: expected shape"),
+    (lambda st: st["optimizer"]["state"][0].pop("exp_avg_sq"), r"optimizer state\[0\]"),
+    (lambda st: st["optimizer"]["param_groups"].pop(), "parameter groups"),
+    (lambda st: st["optimizer"]["param_groups"][0].update(lr="fast"), "lr"),
+    (lambda st: st.update(generator=torch.zeros(3, dtype=torch.uint8)), "generator"),
+    (lambda st: st.update(extra=1), "expected"),
+])
+def test_load_training_state_checks_before_changing_anything(edit, match):
+    data = _data(300)
+    a, b = _small(), _small(seed=9)
+    a.fit(*data, max_epochs=1)
+    b.fit(*data, max_epochs=1)
+    state = a.training_state()
+    edit(state)
+    before = _model_and_opt_tensors(b)
+    with pytest.raises(ValueError, match=match):
+        b.load_training_state(state, source="model_train.pt")
+    after = _model_and_opt_tensors(b)
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
 
 # ---------------------------------------------------------------------------- inference
 

@@ -215,3 +215,50 @@ def test_fuzz_regressions_pool(path, backend):
         assert str(path) in str(exc)
     else:
         pool.transitions()
+
+
+def _checkpoint_fuzzer():
+    """tests/fuzz/fuzz_checkpoint.py as a module (tests/fuzz is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_checkpoint", ROOT / "tests" / "fuzz" / "fuzz_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CKPT_SEEDS = sorted((ROOT / "tests" / "fuzz" / "corpus" / "checkpoint").iterdir())
+
+
+@pytest.mark.parametrize("path", _CKPT_SEEDS + _regressions("checkpoint"), ids=lambda p: p.name)
+def test_fuzz_regressions_checkpoint(path, tmp_path, one_torch_thread):
+    """The checkpoint fuzzer's seeds resume and take a training step; the inputs it once
+    found (stored as differences from a seed) resume or are rejected with an error naming
+    a file of the checkpoint, exactly as in a fuzz run."""
+    fc = _checkpoint_fuzzer()
+    bad, outcome = fc.run_one(fc.read_input(path), tmp_path / "run")
+    assert bad is None, bad
+    if path in _CKPT_SEEDS:
+        assert outcome == "resumed"
+
+
+@pytest.mark.parametrize("path", _regressions("checkpoint_load"), ids=lambda p: p.name)
+def test_fuzz_regressions_checkpoint_load(path, tmp_path):
+    """The native checkpoint target's inputs (a checkpoint's files in one buffer), file by
+    file through the Python readers: each loads or is rejected naming the file."""
+    blob, pos = path.read_bytes(), 8
+    assert blob[:8] == b"MBPOCKPT"
+    readers = [mf.ReplayPool.load, mf.ReplayPool.load, mf.EnsembleDynamics.load,
+               mf.TerminationModel.load, None]
+    for i, read in enumerate(readers):
+        (n,) = struct.unpack("<I", blob[pos:pos + 4])
+        section, pos = blob[pos + 4:pos + 4 + n], pos + 4 + n
+        if read is None or not section:
+            continue
+        file = tmp_path / f"section{i}"
+        file.write_bytes(section)
+        try:
+            read(file)
+        except (ValueError, MemoryError) as exc:
+            assert str(file) in str(exc)

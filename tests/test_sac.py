@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -460,7 +461,7 @@ def test_load_state_dict_rejects_other_architecture_and_changes_nothing(rng):
     del state["critic_optim"]
     target = _agent(seed=1)
     before_target = {k: v.clone() for k, v in _all_tensors(target).items()}
-    with pytest.raises(ValueError, match="invalid state"):
+    with pytest.raises(ValueError, match="critic_optim"):
         target.load_state_dict(state)
     for k, v in _all_tensors(other).items():
         assert torch.equal(v, before[k])
@@ -474,16 +475,125 @@ def test_load_rejects_truncated_and_corrupt_files(tmp_path):
     agent.save(path)
     blob = path.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(ValueError, match="not a valid SAC checkpoint"):
+    with pytest.raises(ValueError, match="trunc.pt: corrupt checkpoint file"):
         SAC.load(tmp_path / "trunc.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(ValueError, match="not a valid SAC checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt: corrupt checkpoint file"):
         SAC.load(tmp_path / "junk.pt")
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a mbpo_fast.SAC/1 checkpoint"):
         SAC.load(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         SAC.load(tmp_path / "missing.pt")
+
+
+def _every_tensor(agent):
+    """Networks, log_alpha, Adam state and generator state: what a load may change."""
+    out = {k: v.detach().clone() for k, v in _all_tensors(agent).items()}
+    for name, opt in (("actor_optim", agent.actor_optim), ("critic_optim", agent.critic_optim)):
+        for i, st in enumerate(opt.state.values()):
+            for k, v in st.items():
+                out[f"{name}.{i}.{k}"] = v.detach().clone()
+    out["generator"] = agent.generator.get_state()
+    return out
+
+
+def _wrong_shape(state, where):
+    """`state` with the tensor at path `where` (keys) replaced by one of another shape."""
+    *path, last = where
+    d = state
+    for k in path:
+        d = d[k]
+    old = d[last]
+    d[last] = torch.zeros(*(old.shape[:-1] if old.dim() else ()), (old.shape[-1] if old.dim()
+                          else 1) + 1, dtype=old.dtype)
+    return tuple(old.shape), tuple(d[last].shape)
+
+
+_TENSOR_PATHS = [
+    (("actor", "layers.0.weight"), r"actor\['layers.0.weight'\]"),
+    (("critic", "layers.2.bias"), r"critic\['layers.2.bias'\]"),
+    (("critic_target", "layers.1.weight"), r"critic_target\['layers.1.weight'\]"),
+    (("log_alpha",), "log_alpha"),
+    (("critic_optim", "state", 3, "exp_avg"), r"critic_optim state\[3\]\['exp_avg'\]"),
+    (("actor_optim", "state", 0, "exp_avg_sq"), r"actor_optim state\[0\]\['exp_avg_sq'\]"),
+    (("generator",), "generator"),
+]
+
+
+@pytest.mark.parametrize("where,name", _TENSOR_PATHS, ids=lambda x: str(x))
+def test_load_state_dict_checks_every_shape_before_copying(rng, where, name):
+    """One tensor of another shape anywhere (networks, log_alpha, Adam moments, generator):
+    a ValueError naming it with the expected and the actual shape, and nothing changes,
+    neither the tensors before it in the state nor the optimizer state."""
+    agent = _agent()
+    for _ in range(2):
+        agent.update(_batch(rng))
+    state = agent.state_dict()
+    expected, actual = _wrong_shape(state, where)
+    target = _agent(seed=7)
+    target.update(_batch(rng))
+    before, before_cfg = _every_tensor(target), dict(target.config)
+    with pytest.raises(ValueError, match=rf"{name}.*expected shape {re.escape(str(expected))}"
+                       rf".*got shape {re.escape(str(actual))}"):
+        target.load_state_dict(state)
+    after = _every_tensor(target)
+    assert after.keys() == before.keys() and target.config == before_cfg
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+
+
+def test_load_names_the_file_and_tensor_of_a_wrong_shape(tmp_path, rng):
+    agent = _agent()
+    agent.update(_batch(rng))
+    state = agent.state_dict()
+    _wrong_shape(state, ("critic_optim", "state", 1, "exp_avg"))
+    path = tmp_path / "agent.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r".*critic_optim state\[1\]"):
+        SAC.load(path)
+
+
+def test_load_rejects_a_config_the_file_cannot_hold_before_building_it(tmp_path):
+    """A config claiming huge networks, with the tensors of small ones: rejected from the
+    file's size, before any network of the claimed size is built (no 400 GB allocation)."""
+    state = _agent().state_dict()
+    state["config"]["hidden_size"] = 10**7
+    path = tmp_path / "agent.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*the file has"):
+        SAC.load(path)
+    state["config"]["hidden_size"] = "32"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+        SAC.load(path)
+    state["config"]["hidden_size"] = 32
+    state["config"]["surprise"] = 1
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="config: expected the keys"):
+        SAC.load(path)
+
+
+def test_load_refuses_a_pickle_that_runs_code(tmp_path):
+    """agent.pt is read weights-only: a __reduce__ payload is refused and never runs."""
+    marker = tmp_path / "payload_ran"
+    state = _agent().state_dict()
+    state["config"]["seed"] = _Payload(marker)
+    path = tmp_path / "agent.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": unsafe checkpoint file"):
+        SAC.load(path)
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this calls open(path, "w"): creates a file (a stand-in for any code)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 # ---------------------------------------------------------------- validation

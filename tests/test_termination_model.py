@@ -10,6 +10,7 @@ import torch
 from test_rollout_native import AD, OD, filled_pool, make_agent, make_model
 
 import mbpo_fast as mf
+from mbpo_fast.io import load_safetensors, save_safetensors
 from mbpo_fast.rollout_native import run_native_rollout
 
 
@@ -75,6 +76,32 @@ def test_save_load_round_trip(rng, tmp_path):
     with pytest.raises(ValueError):
         mf.TerminationModel.load(bad)
 
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t, m: t.update({"layers.1.weight": np.zeros((16, 15), np.float32)}),
+     r"'layers.1.weight' expected shape \(16, 16\) float32, got \(16, 15\)"),
+    (lambda t, m: t.update({"layers.2.bias": np.zeros(2, np.float32)}), "'layers.2.bias'"),
+    (lambda t, m: t.update({"input_std": np.zeros(2 * OD + AD, np.float32)}), "input_std"),
+    (lambda t, m: t["layers.0.weight"].__setitem__((0, 0), np.nan), "non-finite"),
+    (lambda t, m: t.pop("layers.2.weight"), "missing tensor 'layers.2.weight'"),
+    (lambda t, m: t.update({"layers.3.weight": np.zeros((1, 1), np.float32)}), "unexpected"),
+    (lambda t, m: m.update(hidden_size="1000000000"), "'layers.0.weight' expected shape"),
+    (lambda t, m: m.update(obs_dim="4611686018427387904"), "obs_dim"),
+    (lambda t, m: m.update(num_layers="1000000"), "num_layers"),
+])
+def test_load_checks_every_tensor_before_building(tmp_path, edit, match):
+    """Every tensor against the metadata (the tensor named, with the expected and actual
+    shape), before a model of the metadata's size is built: a 10^9 hidden_size claim with
+    small tensors is a shape error, not a 10^9-wide allocation."""
+    tm = mf.TerminationModel(OD, AD, hidden_size=16, num_layers=2, seed=2)
+    path = tmp_path / "term.safetensors"
+    tm.save(path)
+    tensors, meta = load_safetensors(path)
+    edit(tensors, meta)
+    save_safetensors(path, tensors, meta)
+    with pytest.raises(ValueError, match=match):
+        mf.TerminationModel.load(path)
 
 def test_fit_bad_inputs(rng):
     tm = mf.TerminationModel(OD, AD)

@@ -6,7 +6,8 @@
 #   tools/sanitize.sh asan         # build/asan: ASan+UBSan core, C++ tests (ctest) and the Python
 #                                  #   module; then the Python tests of the native code under it
 #   tools/sanitize.sh tsan         # build/tsan: TSan core + the C++ tests that run threads
-#   tools/sanitize.sh fuzz [SEC]   # build/fuzz: every fuzz target for SEC seconds (default 30)
+#   tools/sanitize.sh fuzz [SEC]   # build/fuzz: every fuzz target for SEC seconds (default 30),
+#                                  #   then the Python checkpoint fuzzer (MBPO.resume) SEC/3 s
 #   tools/sanitize.sh all [SEC]    # the three, in that order
 #
 # Environment: CXX picks the compiler for asan/tsan (default: c++); FUZZ_CXX the one for
@@ -62,6 +63,7 @@ run_asan() {
   local preload
   preload="$("${CXX:-c++}" -print-file-name=libasan.so) $("${CXX:-c++}" -print-file-name=libstdc++.so)"
   # (test_storage_is_exactly...: measures RSS, which ASan's allocator changes.)
+  ASAN_MODULE="$ROOT/$module" ASAN_PRELOAD="$preload"  # for the Python checkpoint fuzzer (mode all)
   LD_PRELOAD="$preload" MBPO_FAST_NATIVE_PATH="$ROOT/$module" MBPO_FAST_BACKEND=native \
     ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" \
     "$PY" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
@@ -100,7 +102,7 @@ run_fuzz() {
   local artifacts=$dir/artifacts
   mkdir -p "$artifacts"
   local target
-  for target in pool_load safetensors ensemble_load actor_load; do
+  for target in pool_load safetensors ensemble_load actor_load checkpoint_load; do
     local corpus=tests/fuzz/corpus/$target work=$dir/corpus/$target
     # Replay the committed seeds and regression inputs, then fuzz from a scratch copy
     # (libFuzzer adds what it finds to its first directory; the committed one stays clean).
@@ -113,6 +115,20 @@ run_fuzz() {
       "$work" "$corpus" tests/fuzz/regressions/$target 2>&1 | tail -n 25
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== fuzz $target FAILED: inputs in $artifacts"; return 1; }
   done
+  # The checkpoint loader end to end (MBPO.resume on mutated checkpoint directories, then one
+  # training step): Python, so it runs the Python module; after `asan` (mode all) its ASan
+  # build, so that the native readers and kernels it reaches are checked too.
+  local py_seconds=$(( seconds / 3 > 5 ? seconds / 3 : 5 ))  # + ~10 s start-up and replays
+  echo "== fuzz checkpoint (Python, MBPO.resume): ${py_seconds}s"
+  if [ -n "${ASAN_MODULE:-}" ]; then
+    LD_PRELOAD="$ASAN_PRELOAD" MBPO_FAST_NATIVE_PATH="$ASAN_MODULE" MBPO_FAST_BACKEND=native \
+      ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" \
+      "$PY" tests/fuzz/fuzz_checkpoint.py --seconds "$py_seconds" --seed "${FUZZ_SEED:-$RANDOM}" \
+      --artifacts "$artifacts" || { echo "== fuzz checkpoint FAILED: input in $artifacts"; return 1; }
+  else
+    "$PY" tests/fuzz/fuzz_checkpoint.py --seconds "$py_seconds" --seed "${FUZZ_SEED:-$RANDOM}" \
+      --artifacts "$artifacts" || { echo "== fuzz checkpoint FAILED: input in $artifacts"; return 1; }
+  fi
 }
 
 mode=${1:-all}

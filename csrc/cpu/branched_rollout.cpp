@@ -35,6 +35,22 @@ BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::sha
   require(static_cast<bool>(callback_), "termination: expected a callable, got an empty function");
 }
 
+BranchedRollout::BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
+                                 std::shared_ptr<const TerminationModel> termination, int64_t disagreement_rows)
+    : model_(std::move(model)),
+      actor_(std::move(actor)),
+      termination_model_(std::move(termination)),
+      disagreement_rows_(disagreement_rows) {
+  check_components();
+  const TerminationModel* t = termination_model_.get();
+  require(t != nullptr, "termination: expected a loaded TerminationModel, got a null pointer");
+  require(t->obs_dim() == model_->obs_dim() && t->act_dim() == model_->act_dim(),
+          "termination: the termination model has obs_dim " + std::to_string(t->obs_dim()) + " and act_dim " +
+              std::to_string(t->act_dim()) + ", the model " + std::to_string(model_->obs_dim()) + " and " +
+              std::to_string(model_->act_dim()) + " (files of different runs?)");
+  callback_ = termination_model_->callback();
+}
+
 void BranchedRollout::check_components() const {
   (void)disagreement_sample_rows(disagreement_rows_, 0);  // InvalidArgument for an unknown rule
   require(model_ != nullptr, "model: expected a loaded Ensemble, got a null pointer");

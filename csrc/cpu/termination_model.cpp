@@ -138,7 +138,11 @@ TerminationModel TerminationModel::load(const std::string& path) {
   if (it != meta.end() && it->second != "silu") fail("activation '" + it->second + "' is not supported");
   const int64_t od = f.metadata_int("obs_dim"), ad = f.metadata_int("act_dim");
   const int64_t L = f.metadata_int("num_layers");
-  if (od < 1 || ad < 0) fail("metadata obs_dim must be >= 1 and act_dim >= 0");
+  constexpr int64_t kMaxDim = int64_t{1} << 24;  // as the other readers: 2 * od + ad cannot overflow
+  if (od < 1 || ad < 0 || od > kMaxDim || ad > kMaxDim) {
+    fail("metadata obs_dim must be in [1, 2^24] and act_dim in [0, 2^24], got " + std::to_string(od) +
+         " and " + std::to_string(ad));
+  }
   if (L < 1 || L > kTerminationMaxLayers) fail("metadata num_layers must be in [1, 16]");
   if (f.has("layers." + std::to_string(L) + ".weight")) fail("holds more layers than metadata num_layers");
   const int64_t in = 2 * od + ad;

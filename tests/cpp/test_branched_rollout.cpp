@@ -235,4 +235,53 @@ TEST_CASE("validation: unknown env ids list the known ones; mismatches are named
   CHECK(pool.size() == 0);
 }
 
+// A small learned termination model (in = 2 * obs_dim + act_dim -> 4 -> 1), random weights.
+std::shared_ptr<const TerminationModel> random_termination(int64_t od, int64_t ad, uint32_t seed) {
+  std::mt19937 gen(seed);
+  const int64_t in = 2 * od + ad;
+  std::vector<float> stdv(static_cast<size_t>(in), 1.0f);
+  return std::make_shared<const TerminationModel>(
+      od, ad, std::vector<int64_t>{in, 4, 1}, normal(gen, static_cast<size_t>(in), 0.1f), stdv,
+      std::vector<std::vector<float>>{normal(gen, static_cast<size_t>(in * 4), 0.5f), normal(gen, 4, 0.5f)},
+      std::vector<std::vector<float>>{normal(gen, 4, 0.1f), normal(gen, 1, 0.1f)});
+}
+
+TEST_CASE("a learned termination model: its dims are checked against the model's") {
+  // (fuzz_checkpoint_load: a termination_model.safetensors of another run read rows of the
+  // wrong width out of bounds through TerminationModel::callback())
+  const auto model = load_random_model(51);
+  const auto actor = load_random_actor(52);
+  const ReplayPool real = real_pool(200, 53);
+  const auto term = random_termination(kOd, kAd, 54);
+  const BranchedRollout by_model(model, actor, term, 0);
+  const BranchedRollout by_callback(model, actor, term->callback(), 0);
+  ReplayPool a(5000, kOd, kAd), b(5000, kOd, kAd);
+  CHECK(same_stats(by_model.run(real, a, 300, 3, 9), by_callback.run(real, b, 300, 3, 9)));
+  CHECK(Contents(a) == Contents(b) && a.size() > 0);
+  const auto narrower = random_termination(kOd - 1, kAd, 55);
+  const auto wider_act = random_termination(kOd, kAd + 1, 56);
+  const std::string other = message_of([&] { BranchedRollout(model, actor, narrower); });
+  CHECK(contains(other, "termination") && contains(other, "10") && contains(other, "11"));
+  CHECK(contains(message_of([&] { BranchedRollout(model, actor, wider_act); }), "act_dim"));
+  const std::shared_ptr<const TerminationModel> none;
+  CHECK(contains(message_of([&] { BranchedRollout(model, actor, none); }), "termination"));
+}
+
+TEST_CASE("TerminationModel::load: dims whose 2 * obs_dim + act_dim overflows are a FormatError") {
+  const std::string path = "test_branched_rollout_term_dims.safetensors";
+  mbpo_fast_test::write_safetensors(path, {{"input_mean", st_f32({1}, {0.0f})}},
+                                    {{"format", "mbpo_fast.termination_model/1"},
+                                     {"obs_dim", "4611686018427387904"},
+                                     {"act_dim", "4611686018427387904"},
+                                     {"num_layers", "1"}});
+  std::string msg;
+  try {
+    TerminationModel::load(path);
+  } catch (const FormatError& e) {
+    msg = e.what();
+  }
+  std::remove(path.c_str());
+  CHECK(contains(msg, "obs_dim") && contains(msg, path));
+}
+
 MBPO_TEST_MAIN

@@ -18,31 +18,41 @@
 namespace mbpo_fast_fuzz {
 
 // A per-process scratch file, rewritten with each input (the pool, ensemble and actor
-// loaders read from a path, as users call them).
+// loaders read from a path, as users call them); scratch_path(slot) for targets that read
+// several files. The path is never destroyed: the atexit handler that unlinks the files
+// runs after the destructors of statics constructed before it was registered.
 inline const std::string& scratch_path() {
-  static const std::string path = [] {
+  static const std::string* const path = [] {
     const char* dir = std::getenv("TMPDIR");
-    std::string p = std::string(dir && *dir ? dir : "/tmp") + "/mbpo_fast_fuzz.XXXXXX";
-    const int fd = ::mkstemp(&p[0]);
+    auto* p = new std::string(std::string(dir && *dir ? dir : "/tmp") + "/mbpo_fast_fuzz.XXXXXX");
+    const int fd = ::mkstemp(&(*p)[0]);
     if (fd < 0) {
       std::perror("mkstemp");
       std::abort();
     }
     ::close(fd);
-    std::atexit([] { ::unlink(scratch_path().c_str()); });
+    std::atexit([] {
+      ::unlink(scratch_path().c_str());
+      for (int i = 0; i < 16; ++i) ::unlink((scratch_path() + "." + std::to_string(i)).c_str());
+    });
     return p;
   }();
-  return path;
+  return *path;
 }
 
-inline const std::string& write_scratch(const uint8_t* data, size_t size) {
-  const std::string& path = scratch_path();
+inline std::string scratch_path(int slot) { return scratch_path() + "." + std::to_string(slot); }
+
+inline void write_file(const std::string& path, const uint8_t* data, size_t size) {
   FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr || (size > 0 && std::fwrite(data, 1, size, f) != size) || std::fclose(f) != 0) {
     std::perror("write scratch file");
     std::abort();
   }
-  return path;
+}
+
+inline const std::string& write_scratch(const uint8_t* data, size_t size) {
+  write_file(scratch_path(), data, size);
+  return scratch_path();
 }
 
 // Runs `body`; the library's own exceptions are the expected way to reject an input.

@@ -41,6 +41,7 @@
 #include "mbpo_fast/replay_pool.h"
 #include "mbpo_fast/rollout.h"
 #include "mbpo_fast/termination.h"
+#include "mbpo_fast/termination_model.h"
 
 namespace mbpo_fast {
 
@@ -61,6 +62,12 @@ class BranchedRollout {
   // Built-in termination by id.
   BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
                   TerminationId termination, int64_t disagreement_rows = kDefaultDisagreementRows);
+  // A learned termination model (termination_model.h, e.g. a checkpoint's
+  // termination_model.safetensors): InvalidArgument unless its obs_dim and act_dim are the
+  // model's (a file of another run); the rollout shares its ownership.
+  BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
+                  std::shared_ptr<const TerminationModel> termination,
+                  int64_t disagreement_rows = kDefaultDisagreementRows);
   // A user C++ callable (see TerminationCallback in rollout.h): called once per step with the
   // alive rows; must write 0 or 1 per row.
   BranchedRollout(std::shared_ptr<const Ensemble> model, std::shared_ptr<const Actor> actor,
@@ -92,6 +99,7 @@ class BranchedRollout {
   std::shared_ptr<const Actor> actor_;
   TerminationId termination_ = TerminationId::kNever;
   TerminationCallback callback_;  // empty: built-in termination_
+  std::shared_ptr<const TerminationModel> termination_model_;  // what callback_ reads, if any
   int64_t disagreement_rows_;
   RolloutUncertainty uncertainty_;
 };

@@ -57,7 +57,9 @@ class TerminationModel {
   int64_t obs_dim() const noexcept { return obs_dim_; }
   int64_t act_dim() const noexcept { return act_dim_; }
   // A rollout termination (rollout.h) that calls termination_mlp on this model; the model must
-  // outlive the callback.
+  // outlive the callback, and the rollout's rows must have this model's obs_dim and act_dim
+  // (the callback cannot check: rows of another width are read out of bounds). Prefer
+  // BranchedRollout(model, actor, std::shared_ptr<const TerminationModel>), which checks both.
   TerminationCallback callback() const;
 
  private:
