@@ -141,9 +141,9 @@ TEST_CASE("load + termination_mlp match a float64 reference on random inputs, va
       m.callback()(o.data(), a.data(), nx.data(), n, via_callback.data());
       int positives = 0;
       for (int64_t r = 0; r < n; ++r) {
-        const double ref = reference_logit(p, &o[static_cast<size_t>(r * s.obs_dim)],
-                                           &a[static_cast<size_t>(r * s.act_dim)],
-                                           &nx[static_cast<size_t>(r * s.obs_dim)]);
+        // (data() + offset, not &v[i]: with act_dim 0 the act vector is empty)
+        const double ref = reference_logit(p, o.data() + r * s.obs_dim, a.data() + r * s.act_dim,
+                                           nx.data() + r * s.obs_dim);
         CHECK_NEAR(logits[static_cast<size_t>(r)], ref, 1e-4 * (1.0 + std::fabs(ref)));
         CHECK(out[static_cast<size_t>(r)] == (logits[static_cast<size_t>(r)] > 0.0f ? 1 : 0));
         CHECK(via_callback[static_cast<size_t>(r)] == out[static_cast<size_t>(r)]);
