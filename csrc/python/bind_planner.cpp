@@ -232,13 +232,7 @@ void bind_planner(py::module_& m) {
           py::gil_scoped_release release;
           r = plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm);
         }
-        py::dict stats;
-        stats["best_value"] = r.best_value;
-        stats["elite_value"] = r.elite_value;
-        stats["failed"] = r.failed;
-        stats["iterations"] = r.iterations;
-        stats["seconds"] = r.seconds;
-        return py::make_tuple(action, mean_out, stats);
+        return py::make_tuple(action, mean_out, mbpo_fast_python::plan_stats(r));
       },
       py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"), py::arg("input_mean"),
       py::arg("input_std"), py::arg("weights"), py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"),

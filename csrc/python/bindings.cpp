@@ -1625,6 +1625,25 @@ struct CudaEnsembleHandle {
 template <typename T>
 T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+// The layer fields shared by EnsembleView and TerminationMLPView from device pointers
+// (uintptr_t from torch's data_ptr()): checks the counts, then widths, weights and biases.
+template <typename View>
+void fill_device_layers(View& v, const char* what, int64_t max_layers, const std::vector<int64_t>& widths,
+                        const std::vector<uintptr_t>& weights, const std::vector<uintptr_t>& biases) {
+  const int64_t layers = static_cast<int64_t>(weights.size());
+  if (layers < 1 || layers > max_layers || static_cast<int64_t>(biases.size()) != layers ||
+      static_cast<int64_t>(widths.size()) != layers + 1) {
+    throw py::value_error(std::string(what) + ": expected 1.." + std::to_string(max_layers) +
+                          " layers with one bias per weight and layers + 1 widths");
+  }
+  v.num_layers = static_cast<int>(layers);
+  for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < layers; ++i) {
+    v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
+    v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
+  }
+}
+
 void bind_cuda(py::module_& m) {
   m.attr("CUDA_ENSEMBLE_TILE_ROWS") = py::int_(kCudaEnsembleTileRows);
   m.attr("CUDA_MAX_MEMBERS") = py::int_(kCudaMaxMembers);
@@ -1636,23 +1655,12 @@ void bind_cuda(py::module_& m) {
                        uintptr_t input_mean, uintptr_t input_std, std::vector<uintptr_t> weights,
                        std::vector<uintptr_t> biases, uintptr_t max_logvar, uintptr_t min_logvar,
                        std::vector<int64_t> elites) {
-             const int64_t layers = static_cast<int64_t>(weights.size());
-             if (layers < 1 || layers > kEnsembleMaxLayers || static_cast<int64_t>(biases.size()) != layers ||
-                 static_cast<int64_t>(widths.size()) != layers + 1) {
-               throw py::value_error("CudaEnsembleView: expected 1.." + std::to_string(kEnsembleMaxLayers) +
-                                     " layers with one bias per weight and layers + 1 widths");
-             }
              CudaEnsembleHandle h;
              EnsembleView& v = h.view;
+             fill_device_layers(v, "CudaEnsembleView", kEnsembleMaxLayers, widths, weights, biases);
              v.obs_dim = obs_dim;
              v.act_dim = act_dim;
              v.ensemble_size = ensemble_size;
-             v.num_layers = static_cast<int>(layers);
-             for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
-             for (int64_t i = 0; i < layers; ++i) {
-               v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
-               v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
-             }
              v.input_mean = ptr<const float>(input_mean);
              v.input_std = ptr<const float>(input_std);
              v.max_logvar = ptr<const float>(max_logvar);
@@ -1671,21 +1679,10 @@ void bind_cuda(py::module_& m) {
                                  "borrowed, never freed: keep the tensors alive while it is used.")
       .def(py::init([](int64_t obs_dim, int64_t act_dim, std::vector<int64_t> widths, uintptr_t input_mean,
                        uintptr_t input_std, std::vector<uintptr_t> weights, std::vector<uintptr_t> biases) {
-             const int64_t layers = static_cast<int64_t>(weights.size());
-             if (layers < 1 || layers > kTerminationMaxLayers || static_cast<int64_t>(biases.size()) != layers ||
-                 static_cast<int64_t>(widths.size()) != layers + 1) {
-               throw py::value_error("CudaTerminationMLPView: expected 1.." + std::to_string(kTerminationMaxLayers) +
-                                     " layers with one bias per weight and layers + 1 widths");
-             }
              TerminationMLPView v;
+             fill_device_layers(v, "CudaTerminationMLPView", kTerminationMaxLayers, widths, weights, biases);
              v.obs_dim = obs_dim;
              v.act_dim = act_dim;
-             v.num_layers = static_cast<int>(layers);
-             for (int64_t i = 0; i <= layers; ++i) v.widths[i] = widths[static_cast<size_t>(i)];
-             for (int64_t i = 0; i < layers; ++i) {
-               v.weights[i] = ptr<const float>(weights[static_cast<size_t>(i)]);
-               v.biases[i] = ptr<const float>(biases[static_cast<size_t>(i)]);
-             }
              v.input_mean = ptr<const float>(input_mean);
              v.input_std = ptr<const float>(input_std);
              v.validate();
@@ -1984,13 +1981,7 @@ void bind_cuda(py::module_& m) {
           py::gil_scoped_release release;
           r = cuda_plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm, ptr<void>(cuda_stream));
         }
-        py::dict stats;
-        stats["best_value"] = r.best_value;
-        stats["elite_value"] = r.elite_value;
-        stats["failed"] = r.failed;
-        stats["iterations"] = r.iterations;
-        stats["seconds"] = r.seconds;
-        return py::make_tuple(action, mean_out, stats);
+        return py::make_tuple(action, mean_out, mbpo_fast_python::plan_stats(r));
       },
       py::arg("model"), py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"),
       py::arg("reward"), py::arg("termination"), py::arg("optimizer"), py::arg("population"), py::arg("num_elites"),

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mbpo_fast/ensemble.h"
+#include "mbpo_fast/planner.h"
 #include "mbpo_fast/rollout.h"
 
 namespace mbpo_fast_python {
@@ -32,5 +33,17 @@ uint64_t seed_from_python(pybind11::handle seed);
 
 // fn(obs, act, next_obs) -> bool [n], called with the GIL (copies of the rows).
 mbpo_fast::TerminationCallback termination_from_python(pybind11::function fn, int64_t obs_dim, int64_t act_dim);
+
+// The stats dict of one plan (CPU and CUDA planners): best_value, elite_value, failed,
+// iterations, seconds.
+inline pybind11::dict plan_stats(const mbpo_fast::PlanResult& r) {
+  pybind11::dict stats;
+  stats["best_value"] = r.best_value;
+  stats["elite_value"] = r.elite_value;
+  stats["failed"] = r.failed;
+  stats["iterations"] = r.iterations;
+  stats["seconds"] = r.seconds;
+  return stats;
+}
 
 }  // namespace mbpo_fast_python
