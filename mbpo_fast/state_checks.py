@@ -76,8 +76,8 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
     """`saved` must be an Adam state_dict for `optim`'s parameters: the same number of groups
     and parameters per group; the same options as `optim` (betas, eps, weight decay, amsgrad,
     ...) but the learning rate (restored from the file: finite, > 0, one per optimizer) and
-    the implementation (foreach / fused); per parameter at most ``step`` (a finite scalar
-    >= 0), ``exp_avg`` and ``exp_avg_sq`` of the parameter's shape and dtype."""
+    the implementation (foreach / fused); per parameter at most ``step`` (a 0-dim float32
+    tensor >= 0), ``exp_avg`` and ``exp_avg_sq`` of the parameter's shape and dtype."""
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) \
             or not isinstance(saved.get("param_groups"), (list, tuple)):
         raise ValueError(f"{source}: {name}: expected an optimizer state dict "
@@ -138,9 +138,8 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
                              minimum=0.0 if key == "exp_avg_sq" else None)
         if "exp_avg" in st:
             _check_moments(source, where, st["exp_avg"], st["exp_avg_sq"], groups_of[pid])
-        if "step" in st and not (_real(st["step"]) and float(st["step"]) >= 0):
-            raise ValueError(f"{source}: {where}['step']: expected a finite scalar >= 0, got "
-                             f"{_describe(st['step'])}")
+        if "step" in st:  # as torch's Adam and the native trainers keep it: a 0-dim float32
+            check_tensor(source, f"{where}['step']", st["step"], (), torch.float32, minimum=0.0)
 
 
 def check_generator_state(source: str, name: str, saved: Any,
