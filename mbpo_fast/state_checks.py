@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 _ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq"})
+_ADAM_NUMBERS = frozenset({"lr", "betas", "eps", "weight_decay"})
 # Adam options that change the update rule (or need state this file does not hold)
 _SEMANTIC_FLAGS = ("amsgrad", "maximize", "decoupled_weight_decay", "differentiable",
                    "capturable")
@@ -98,6 +99,9 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
         extra = sorted(map(str, set(sg) - set(group) - {"initial_lr"}))
         if extra:
             raise ValueError(f"{source}: {name}: group {g} has unknown options {extra[:8]}")
+        missing = sorted(_ADAM_NUMBERS - set(sg))  # (Adam's __setstate__ fills in the flags)
+        if missing:
+            raise ValueError(f"{source}: {name}: group {g} lacks the options {missing}")
         for key in _SEMANTIC_FLAGS:  # flags that change the algorithm: must be this one's
             if key in sg and sg[key] is not group.get(key, False):
                 raise ValueError(f"{source}: {name}: group {g} {key} = {sg[key]!r}, this "
