@@ -77,8 +77,8 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
     """`saved` must be an Adam state_dict for `optim`'s parameters: the same number of groups
     and parameters per group; the same options as `optim` (betas, eps, weight decay, amsgrad,
     ...) but the learning rate (restored from the file: finite, > 0, one per optimizer) and
-    the implementation (foreach / fused); per parameter at most ``step`` (a 0-dim float32
-    tensor >= 0), ``exp_avg`` and ``exp_avg_sq`` of the parameter's shape and dtype."""
+    the implementation (foreach / fused); per parameter nothing or all of ``step`` (a 0-dim
+    float32 tensor >= 0), ``exp_avg`` and ``exp_avg_sq`` (the parameter's shape and dtype)."""
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) \
             or not isinstance(saved.get("param_groups"), (list, tuple)):
         raise ValueError(f"{source}: {name}: expected an optimizer state dict "
@@ -131,18 +131,16 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
             raise ValueError(f"{source}: {name}: state for unknown parameter id {pid!r}")
         p = params[pid]
         where = f"{name} state[{pid}]"
-        if not isinstance(st, Mapping) or not set(st) <= _ADAM_KEYS or \
-                ("exp_avg" in st) != ("exp_avg_sq" in st):
+        if not isinstance(st, Mapping) or set(st) not in (set(), _ADAM_KEYS):  # all or nothing
             keys = sorted(map(str, st)) if isinstance(st, Mapping) else _describe(st)
             raise ValueError(f"{source}: {where}: expected Adam state {sorted(_ADAM_KEYS)}, "
                              f"got {keys}")
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in st:
-                check_tensor(source, f"{where}[{key!r}]", st[key], p.shape, p.dtype,
-                             minimum=0.0 if key == "exp_avg_sq" else None)
-        if "exp_avg" in st:
+        for key in ("exp_avg", "exp_avg_sq") if st else ():
+            check_tensor(source, f"{where}[{key!r}]", st[key], p.shape, p.dtype,
+                         minimum=0.0 if key == "exp_avg_sq" else None)
+        if st:
             _check_moments(source, where, st["exp_avg"], st["exp_avg_sq"], groups_of[pid])
-        if "step" in st:  # as torch's Adam and the native trainers keep it: a 0-dim float32
+        if st:  # as torch's Adam and the native trainers keep it: a 0-dim float32
             check_tensor(source, f"{where}['step']", st["step"], (), torch.float32, minimum=0.0)
 
 
