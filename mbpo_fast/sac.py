@@ -547,7 +547,11 @@ class SAC:
             agent = cls(**config, device=device)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
-        agent.load_state_dict(state, source=source)
+        try:
+            agent.load_state_dict(state, source=source)
+        except (KeyError, TypeError, IndexError, RuntimeError) as exc:  # past every check: a
+            raise ValueError(f"{source}: invalid SAC state ({type(exc).__name__}: {exc})") \
+                from None  # gap in them, still a file this agent cannot hold
         return agent
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 _ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq"})
+_ADAM_NUMBERS = frozenset({"lr", "betas", "eps", "weight_decay"})
 # Adam options that change the update rule (or need state this file does not hold)
 _SEMANTIC_FLAGS = ("amsgrad", "maximize", "decoupled_weight_decay", "differentiable",
                    "capturable")
@@ -76,8 +77,8 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
     """`saved` must be an Adam state_dict for `optim`'s parameters: the same number of groups
     and parameters per group; the same options as `optim` (betas, eps, weight decay, amsgrad,
     ...) but the learning rate (restored from the file: finite, > 0, one per optimizer) and
-    the implementation (foreach / fused); per parameter at most ``step`` (a finite scalar
-    >= 0), ``exp_avg`` and ``exp_avg_sq`` of the parameter's shape and dtype."""
+    the implementation (foreach / fused); per parameter nothing or all of ``step`` (a 0-dim
+    float32 tensor >= 0), ``exp_avg`` and ``exp_avg_sq`` (the parameter's shape and dtype)."""
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) \
             or not isinstance(saved.get("param_groups"), (list, tuple)):
         raise ValueError(f"{source}: {name}: expected an optimizer state dict "
@@ -98,6 +99,9 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
         extra = sorted(map(str, set(sg) - set(group) - {"initial_lr"}))
         if extra:
             raise ValueError(f"{source}: {name}: group {g} has unknown options {extra[:8]}")
+        missing = sorted(_ADAM_NUMBERS - set(sg))  # (Adam's __setstate__ fills in the flags)
+        if missing:
+            raise ValueError(f"{source}: {name}: group {g} lacks the options {missing}")
         for key in _SEMANTIC_FLAGS:  # flags that change the algorithm: must be this one's
             if key in sg and sg[key] is not group.get(key, False):
                 raise ValueError(f"{source}: {name}: group {g} {key} = {sg[key]!r}, this "
@@ -127,20 +131,17 @@ def check_adam_state(source: str, name: str, saved: Any, optim: torch.optim.Opti
             raise ValueError(f"{source}: {name}: state for unknown parameter id {pid!r}")
         p = params[pid]
         where = f"{name} state[{pid}]"
-        if not isinstance(st, Mapping) or not set(st) <= _ADAM_KEYS or \
-                ("exp_avg" in st) != ("exp_avg_sq" in st):
+        if not isinstance(st, Mapping) or set(st) not in (set(), _ADAM_KEYS):  # all or nothing
             keys = sorted(map(str, st)) if isinstance(st, Mapping) else _describe(st)
             raise ValueError(f"{source}: {where}: expected Adam state {sorted(_ADAM_KEYS)}, "
                              f"got {keys}")
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in st:
-                check_tensor(source, f"{where}[{key!r}]", st[key], p.shape, p.dtype,
-                             minimum=0.0 if key == "exp_avg_sq" else None)
-        if "exp_avg" in st:
+        for key in ("exp_avg", "exp_avg_sq") if st else ():
+            check_tensor(source, f"{where}[{key!r}]", st[key], p.shape, p.dtype,
+                         minimum=0.0 if key == "exp_avg_sq" else None)
+        if st:
             _check_moments(source, where, st["exp_avg"], st["exp_avg_sq"], groups_of[pid])
-        if "step" in st and not (_real(st["step"]) and float(st["step"]) >= 0):
-            raise ValueError(f"{source}: {where}['step']: expected a finite scalar >= 0, got "
-                             f"{_describe(st['step'])}")
+        if st:  # as torch's Adam and the native trainers keep it: a 0-dim float32
+            check_tensor(source, f"{where}['step']", st["step"], (), torch.float32, minimum=0.0)
 
 
 def check_generator_state(source: str, name: str, saved: Any,

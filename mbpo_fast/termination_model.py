@@ -61,6 +61,9 @@ class TerminationModel:
                             ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+                not 0 <= seed < 2**64:  # what numpy's and torch's generators both accept
+            raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
         if num_layers + 1 > 16:
             raise ValueError(f"num_layers: expected at most 15 hidden layers, got {num_layers}")
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
@@ -267,8 +270,11 @@ class TerminationModel:
         if not (arrays["input_std"] > 0).all():
             raise ValueError(f"{path}: tensor 'input_std' must be > 0 everywhere")
         # the constructor allocates layers of the checked widths (those of the file's tensors)
-        model = cls(od, ad, hidden_size=hidden if nl >= 2 else 1, num_layers=max(1, nl - 1),
-                    seed=seed)
+        try:
+            model = cls(od, ad, hidden_size=hidden if nl >= 2 else 1, num_layers=max(1, nl - 1),
+                        seed=seed)
+        except ValueError as exc:
+            raise ValueError(f"{path}: metadata {exc}") from None
         model.hidden_size = hidden
         model.input_mean, model.input_std = arrays["input_mean"], arrays["input_std"]
         model.weights = [torch.from_numpy(arrays[f"layers.{i}.weight"]) for i in range(nl)]

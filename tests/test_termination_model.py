@@ -89,6 +89,7 @@ def test_save_load_round_trip(rng, tmp_path):
     (lambda t, m: m.update(hidden_size="1000000000"), "'layers.0.weight' expected shape"),
     (lambda t, m: m.update(obs_dim="4611686018427387904"), "obs_dim"),
     (lambda t, m: m.update(num_layers="1000000"), "num_layers"),
+    (lambda t, m: m.update(seed="-1"), r"metadata seed: expected an int in \[0, 2\*\*64\)"),
 ])
 def test_load_checks_every_tensor_before_building(tmp_path, edit, match):
     """Every tensor against the metadata (the tensor named, with the expected and actual
