@@ -90,6 +90,10 @@ def test_cuda_planner_errors(rng):
         m.plan(np.array([np.nan, 0, 0], np.float32))
     with pytest.raises(ValueError, match="shape"):
         m.plan(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="actions: contains a non-finite"):
+        m.evaluate(np.zeros(3, np.float32), np.full((2, 4, 1), np.nan, np.float32))
+    with pytest.raises(ValueError, match="obs: contains a non-finite"):
+        m.evaluate(np.array([0, np.inf, 0], np.float32), np.zeros((2, 4, 1), np.float32))
     assert m.calls == 0
     with pytest.raises(ValueError, match="reward"):  # Hopper's reward needs obs_dim 11
         mf.MPC(gpu, [-2], [2], reward_fn="Hopper-v5", horizon=4, population=10, elites=2).plan(

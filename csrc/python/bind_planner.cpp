@@ -19,6 +19,7 @@
 namespace py = pybind11;
 using namespace mbpo_fast;
 using mbpo_fast_python::BorrowedEnsemble;
+using mbpo_fast_python::finite_f32;
 
 namespace {
 
@@ -34,35 +35,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 }
 
 std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
-
-// A C-contiguous float32 copy/view of a real-valued array of `shape` (-1: any), finite.
-py::array_t<float, py::array::c_style | py::array::forcecast> finite_f32(py::handle obj, const char* name,
-                                                                         const std::vector<int64_t>& shape) {
-  py::array a = py::array::ensure(obj);
-  if (!a) {
-    throw py::type_error(std::string(name) + ": expected a numeric array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
-  }
-  const char k = a.dtype().kind();
-  if (k != 'f' && k != 'i' && k != 'u') {
-    throw py::type_error(std::string(name) + ": expected a real numeric dtype (float32 preferred), got " +
-                         std::string(py::str(a.dtype())));
-  }
-  const auto got = shape_of(a);
-  bool ok = got.size() == shape.size();
-  for (size_t i = 0; ok && i < got.size(); ++i) ok = shape[i] < 0 || shape[i] == got[i];
-  if (!ok) throw py::value_error(std::string(name) + ": expected shape " + shape_text(shape) + ", got " + shape_text(got));
-  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
-  if (!out) throw py::error_already_set();
-  const float* p = out.data();
-  for (py::ssize_t i = 0; i < out.size(); ++i) {
-    if (!std::isfinite(p[i])) {
-      throw py::value_error(std::string(name) + ": contains a non-finite value (NaN or Inf) at flat index " +
-                            std::to_string(i));
-    }
-  }
-  return out;
-}
 
 bool is_int(py::handle h) { return PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr()); }
 
@@ -145,6 +117,71 @@ BorrowedEnsemble planning_model(py::handle input_mean, py::handle input_std, con
 
 }  // namespace
 
+namespace mbpo_fast_python {
+
+py::array_t<float, py::array::c_style | py::array::forcecast> finite_f32(py::handle obj, const char* name,
+                                                                         const std::vector<int64_t>& shape) {
+  py::array a = py::array::ensure(obj);
+  if (!a) {
+    throw py::type_error(std::string(name) + ": expected a numeric array, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  }
+  const char k = a.dtype().kind();
+  if (k != 'f' && k != 'i' && k != 'u') {
+    throw py::type_error(std::string(name) + ": expected a real numeric dtype (float32 preferred), got " +
+                         std::string(py::str(a.dtype())));
+  }
+  const auto got = shape_of(a);
+  bool ok = got.size() == shape.size();
+  for (size_t i = 0; ok && i < got.size(); ++i) ok = shape[i] < 0 || shape[i] == got[i];
+  if (!ok) throw py::value_error(std::string(name) + ": expected shape " + shape_text(shape) + ", got " + shape_text(got));
+  auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!out) throw py::error_already_set();
+  const float* p = out.data();
+  for (py::ssize_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(p[i])) {
+      throw py::value_error(std::string(name) + ": contains a non-finite value (NaN or Inf) at flat index " +
+                            std::to_string(i));
+    }
+  }
+  return out;
+}
+
+PlannerConfig planner_config_from_python(int64_t act_dim, int64_t horizon, PlanOptimizer optimizer,
+                                         int64_t population, int64_t elites, int64_t iterations, double alpha,
+                                         int64_t particles, Propagation propagation, py::handle action_low,
+                                         py::handle action_high) {
+  PlannerConfig cfg;
+  cfg.horizon = horizon;
+  cfg.optimizer = optimizer;
+  cfg.population = population;
+  cfg.elites = elites;
+  cfg.iterations = iterations;
+  cfg.alpha = alpha;
+  cfg.particles = particles;
+  cfg.propagation = propagation;
+  auto lo = finite_f32(action_low, "action_low", {act_dim});
+  auto hi = finite_f32(action_high, "action_high", {act_dim});
+  cfg.action_low.assign(lo.data(), lo.data() + act_dim);
+  cfg.action_high.assign(hi.data(), hi.data() + act_dim);
+  cfg.validate(act_dim);
+  return cfg;
+}
+
+PlanOptimizer optimizer_from_id(int32_t id) {
+  if (id == static_cast<int32_t>(PlanOptimizer::kCem)) return PlanOptimizer::kCem;
+  if (id == static_cast<int32_t>(PlanOptimizer::kRandom)) return PlanOptimizer::kRandom;
+  throw py::value_error("optimizer: expected 0 (cem) or 1 (random), got " + std::to_string(id));
+}
+
+Propagation propagation_from_id(int32_t id) {
+  if (id == static_cast<int32_t>(Propagation::kTsInf)) return Propagation::kTsInf;
+  if (id == static_cast<int32_t>(Propagation::kTs1)) return Propagation::kTs1;
+  throw py::value_error("propagation: expected 0 (ts_inf) or 1 (ts_1), got " + std::to_string(id));
+}
+
+}  // namespace mbpo_fast_python
+
 void bind_planner(py::module_& m) {
   m.attr("STREAM_PLAN_SEED") = py::int_(kStreamPlanSeed);
   m.attr("STREAM_PLAN_ACTION") = py::int_(kStreamPlanAction);
@@ -204,20 +241,9 @@ void bind_planner(py::module_& m) {
         BorrowedEnsemble model = planning_model(input_mean, input_std, weights, biases, max_logvar, min_logvar,
                                                 elites, weights_bf16);
         const EnsembleView& v = model.view;
-        PlannerConfig cfg;
-        cfg.horizon = horizon;
-        cfg.optimizer = optimizer_arg(optimizer);
-        cfg.population = population;
-        cfg.elites = num_elites;
-        cfg.iterations = iterations;
-        cfg.alpha = alpha;
-        cfg.particles = particles;
-        cfg.propagation = propagation_arg(propagation);
-        auto lo = finite_f32(action_low, "action_low", {v.act_dim});
-        auto hi = finite_f32(action_high, "action_high", {v.act_dim});
-        cfg.action_low.assign(lo.data(), lo.data() + v.act_dim);
-        cfg.action_high.assign(hi.data(), hi.data() + v.act_dim);
-        cfg.validate(v.act_dim);
+        const PlannerConfig cfg = mbpo_fast_python::planner_config_from_python(
+            v.act_dim, horizon, optimizer_arg(optimizer), population, num_elites, iterations, alpha, particles,
+            propagation_arg(propagation), action_low, action_high);
         auto o = finite_f32(obs, "obs", {v.obs_dim});
         auto mu = finite_f32(mean, "mean", {horizon, v.act_dim});
         PlanObjective obj = objective_from_python(reward, termination, v);

@@ -1955,22 +1955,12 @@ void bind_cuda(py::module_& m) {
                   int64_t num_elites, int64_t iterations, double alpha, int64_t particles, int32_t propagation,
                   int64_t horizon, uint64_t call_seed, uintptr_t cuda_stream) {
         const EnsembleView& v = model.view;
-        PlannerConfig cfg;
-        cfg.horizon = horizon;
-        cfg.optimizer = static_cast<PlanOptimizer>(optimizer);
-        cfg.population = population;
-        cfg.elites = num_elites;
-        cfg.iterations = iterations;
-        cfg.alpha = alpha;
-        cfg.particles = particles;
-        cfg.propagation = static_cast<Propagation>(propagation);
-        auto lo = borrow_f32(action_low, "action_low", {v.act_dim});
-        auto hi = borrow_f32(action_high, "action_high", {v.act_dim});
-        cfg.action_low.assign(lo.data(), lo.data() + v.act_dim);
-        cfg.action_high.assign(hi.data(), hi.data() + v.act_dim);
-        cfg.validate(v.act_dim);
-        auto o = borrow_f32(obs, "obs", {v.obs_dim});
-        auto mu = borrow_f32(mean, "mean", {horizon, v.act_dim});
+        const PlannerConfig cfg = mbpo_fast_python::planner_config_from_python(
+            v.act_dim, horizon, mbpo_fast_python::optimizer_from_id(optimizer), population, num_elites,
+            iterations, alpha, particles, mbpo_fast_python::propagation_from_id(propagation), action_low,
+            action_high);
+        auto o = mbpo_fast_python::finite_f32(obs, "obs", {v.obs_dim});
+        auto mu = mbpo_fast_python::finite_f32(mean, "mean", {horizon, v.act_dim});
         const PlanObjective obj = objective(v, reward, termination);
         py::array_t<float> action(static_cast<py::ssize_t>(v.act_dim));
         py::array_t<float> mean_out({static_cast<py::ssize_t>(horizon), static_cast<py::ssize_t>(v.act_dim)});
@@ -1995,11 +1985,12 @@ void bind_cuda(py::module_& m) {
       [objective](const CudaEnsembleHandle& model, py::handle obs, py::handle actions, int32_t reward,
                   int32_t termination, int64_t particles, int32_t propagation, uint64_t seed, uintptr_t cuda_stream) {
         const EnsembleView& v = model.view;
-        auto o = borrow_f32(obs, "obs", {v.obs_dim});
-        auto x = borrow_f32(actions, "actions", {-1, -1, v.act_dim});
+        auto o = mbpo_fast_python::finite_f32(obs, "obs", {v.obs_dim});
+        auto x = mbpo_fast_python::finite_f32(actions, "actions", {-1, -1, v.act_dim});
         const int64_t N = dim(x, 0), H = dim(x, 1);
         if (N < 1 || H < 1) throw py::value_error("actions: expected N >= 1 sequences of horizon >= 1");
         if (particles < 1) throw py::value_error("particles: expected >= 1, got " + std::to_string(particles));
+        const Propagation prop = mbpo_fast_python::propagation_from_id(propagation);
         const PlanObjective obj = objective(v, reward, termination);
         py::array_t<double> values(static_cast<py::ssize_t>(N));
         py::array_t<int64_t> members({static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(N * particles)});
@@ -2007,7 +1998,7 @@ void bind_cuda(py::module_& m) {
         int64_t* pm = members.mutable_data();
         {
           py::gil_scoped_release release;
-          cuda_plan_evaluate(v, obj, o.data(), x.data(), N, H, particles, static_cast<Propagation>(propagation), seed,
+          cuda_plan_evaluate(v, obj, o.data(), x.data(), N, H, particles, prop, seed,
                              pv, pm, ptr<void>(cuda_stream));
         }
         return py::make_tuple(values, members);

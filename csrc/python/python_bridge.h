@@ -3,6 +3,7 @@
 // Python termination callables, with bindings.cpp's validation and error messages.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -33,6 +34,25 @@ uint64_t seed_from_python(pybind11::handle seed);
 
 // fn(obs, act, next_obs) -> bool [n], called with the GIL (copies of the rows).
 mbpo_fast::TerminationCallback termination_from_python(pybind11::function fn, int64_t obs_dim, int64_t act_dim);
+
+// A C-contiguous float32 copy/view of a real-valued array of `shape` (-1: any size) whose
+// every entry is finite. TypeError (not numeric) / ValueError (shape, NaN or Inf) naming `name`.
+pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast> finite_f32(
+    pybind11::handle obj, const char* name, const std::vector<int64_t>& shape);
+
+// A planner's settings from Python, validated as mbpo_fast::PlannerConfig::validate does
+// (ValueError naming the setting): the CPU and the CUDA planner bindings share it.
+// action_low/high: finite float [act_dim].
+mbpo_fast::PlannerConfig planner_config_from_python(int64_t act_dim, int64_t horizon, mbpo_fast::PlanOptimizer optimizer,
+                                                    int64_t population, int64_t elites, int64_t iterations,
+                                                    double alpha, int64_t particles,
+                                                    mbpo_fast::Propagation propagation, pybind11::handle action_low,
+                                                    pybind11::handle action_high);
+
+// The enums from their integer ids (0 = cem, 1 = random; 0 = ts_inf, 1 = ts_1); ValueError
+// naming the argument for any other value.
+mbpo_fast::PlanOptimizer optimizer_from_id(int32_t id);
+mbpo_fast::Propagation propagation_from_id(int32_t id);
 
 // The stats dict of one plan (CPU and CUDA planners): best_value, elite_value, failed,
 // iterations, seconds.
