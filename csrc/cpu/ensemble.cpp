@@ -546,19 +546,7 @@ void ensemble_step_uncertainty(const EnsembleView& v, const float* obs, const fl
       },
       [&](int64_t row0, int64_t rows, const float* means) {
         for (int64_t r = 0; r < rows; ++r) {
-          double total = 0.0;
-          for (int64_t j = 0; j < od; ++j) {
-            double mu = 0.0;
-            for (int64_t k = 0; k < K; ++k) mu += means[(k * kTileRows + r) * od + j];
-            mu /= static_cast<double>(K);
-            double ss = 0.0;
-            for (int64_t k = 0; k < K; ++k) {
-              const double dev = means[(k * kTileRows + r) * od + j] - mu;
-              ss += dev * dev;
-            }
-            total += ss / static_cast<double>(K - 1);
-          }
-          disagreement_out[row0 + r] = static_cast<float>(total / static_cast<double>(od));
+          disagreement_out[row0 + r] = kernels::unbiased_disagreement_row(means + r * od, kTileRows * od, K, od);
         }
       });
 }

@@ -220,26 +220,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // d[i] = (1 / obs_dim) sum_j var_k(means[k, i, j]) with the unbiased variance (divisor K - 1),
-// reduced in double in the CPU's order (ensemble.cpp ensemble_step_uncertainty).
+// reduced in double by the function the CPU step uses (kernels::unbiased_disagreement_row).
 __global__ void __launch_bounds__(kThreads)
     uncertainty_reduce_kernel(const float* __restrict__ means, int64_t batch, const int* batch_dev, int64_t stride,
                               int K, int od, float* __restrict__ d) {
   if (batch_dev != nullptr) batch = *batch_dev;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= batch) return;
-  double total = 0.0;
-  for (int j = 0; j < od; ++j) {
-    double mu = 0.0;
-    for (int k = 0; k < K; ++k) mu += means[(k * stride + i) * od + j];
-    mu /= static_cast<double>(K);
-    double ss = 0.0;
-    for (int k = 0; k < K; ++k) {
-      const double dev = means[(k * stride + i) * od + j] - mu;
-      ss = __dadd_rn(ss, __dmul_rn(dev, dev));  // no FMA contraction: the CPU's rounding
-    }
-    total += ss / static_cast<double>(K - 1);
-  }
-  d[i] = static_cast<float>(total / static_cast<double>(od));
+  d[i] = kernels::unbiased_disagreement_row(means + i * od, stride * od, K, od);
 }
 
 // The learned termination MLP: block x takes rows [32x, 32x + 32); the input row is

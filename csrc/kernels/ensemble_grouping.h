@@ -78,5 +78,31 @@ MBPO_HD float disagreement_row(const float* mu_row, int64_t member_stride, int64
   return static_cast<float>(total / static_cast<double>(out_dim));
 }
 
+// Issue 16's disagreement d of one row (rollout.h step 4): means of elite k at
+// mu_row[k * member_stride + j], j < out_dim;
+//   d = (1 / out_dim) * sum_j (1 / (K - 1)) sum_k (mu_kj - mean_k mu_kj)^2   (unbiased, as torch.var),
+// reduced in double. The device rounds every product and sum as the host does (no FMA
+// contraction), so the CPU and CUDA steps agree to the last bit. n_members >= 2.
+MBPO_HD float unbiased_disagreement_row(const float* mu_row, int64_t member_stride, int64_t n_members,
+                                        int64_t out_dim) {
+  double total = 0.0;
+  for (int64_t j = 0; j < out_dim; ++j) {
+    double mu = 0.0;
+    for (int64_t k = 0; k < n_members; ++k) mu += mu_row[k * member_stride + j];
+    mu /= static_cast<double>(n_members);
+    double ss = 0.0;
+    for (int64_t k = 0; k < n_members; ++k) {
+      const double dev = mu_row[k * member_stride + j] - mu;
+#if defined(__CUDA_ARCH__)
+      ss = __dadd_rn(ss, __dmul_rn(dev, dev));
+#else
+      ss += dev * dev;
+#endif
+    }
+    total += ss / static_cast<double>(n_members - 1);
+  }
+  return static_cast<float>(total / static_cast<double>(out_dim));
+}
+
 }  // namespace kernels
 }  // namespace mbpo_fast
