@@ -14,36 +14,29 @@
 #include <vector>
 
 #include "mbpo_fast/ensemble_trainer.h"
+#include "python_bridge.h"
 
 namespace py = pybind11;
+using mbpo_fast_python::shape_of;
+using mbpo_fast_python::shape_str;
+using mbpo_fast_python::type_name;
 using namespace mbpo_fast;
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
 
 // A borrowed, writeable float32 C-contiguous array of exactly `shape` (no conversion: the
 // trainer writes into it).
 float* borrow_f32(const py::handle& obj, const std::string& name, const std::vector<int64_t>& shape) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(name + ": expected a numpy float32 array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(py::dtype::of<float>())) {
     throw py::type_error(name + ": expected dtype float32, got " + std::string(py::str(a.dtype())));
   }
   if (shape_of(a) != shape) {
-    throw py::value_error(name + ": expected shape " + shape_text(shape) + ", got " + shape_text(shape_of(a)));
+    throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_str(shape_of(a)));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": expected a C-contiguous array");
   if (!a.writeable()) throw py::value_error(name + ": expected a writeable array (the trainer updates it in place)");
@@ -74,7 +67,7 @@ py::array_t<T, py::array::c_style | py::array::forcecast> input(const py::handle
       if (shown[i] < 0) os << "*"; else os << shown[i];
     }
     os << (shown.size() == 1 ? ",)" : ")");
-    throw py::value_error(std::string(name) + ": expected shape " + os.str() + ", got " + shape_text(got));
+    throw py::value_error(std::string(name) + ": expected shape " + os.str() + ", got " + shape_str(got));
   }
   auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
   if (!out) throw py::error_already_set();

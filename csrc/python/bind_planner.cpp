@@ -17,24 +17,14 @@
 #include "python_bridge.h"
 
 namespace py = pybind11;
+using mbpo_fast_python::shape_of;
+using mbpo_fast_python::shape_str;
+using mbpo_fast_python::type_name;
 using namespace mbpo_fast;
 using mbpo_fast_python::BorrowedEnsemble;
 using mbpo_fast_python::finite_f32;
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "");
-    if (shape[i] < 0) os << "*"; else os << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
 
 bool is_int(py::handle h) { return PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr()); }
 
@@ -42,22 +32,7 @@ bool is_int(py::handle h) { return PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr(
 RewardCallback reward_from_python(py::function fn, int64_t od, int64_t ad) {
   return [fn = std::move(fn), od, ad](const float* o, const float* a, const float* next, int64_t n, float* out) {
     py::gil_scoped_acquire gil;
-    auto copy = [](const float* p, int64_t rows, int64_t cols) {
-      py::array_t<float> arr({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
-      std::memcpy(arr.mutable_data(), p, sizeof(float) * static_cast<size_t>(rows * cols));
-      return arr;
-    };
-    py::object res = fn(copy(o, n, od), copy(a, n, ad), copy(next, n, od));
-    py::array arr = py::array::ensure(res);
-    if (!arr || (arr.dtype().kind() != 'f' && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
-      throw py::type_error("reward: the callable must return a float array, got " +
-                           (arr ? std::string(py::str(arr.dtype()))
-                                : std::string(py::str(py::type::handle_of(res).attr("__name__")))));
-    }
-    if (arr.ndim() != 1 || arr.shape(0) != n) {
-      throw py::value_error("reward: the callable must return shape " + shape_text({n}) + ", got " +
-                            shape_text(shape_of(arr)));
-    }
+    py::array arr = mbpo_fast_python::call_rows_callback(fn, o, a, next, n, od, ad, "reward", "fiu", "float");
     auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
     std::memcpy(out, f.data(), sizeof(float) * static_cast<size_t>(n));
   };
@@ -76,7 +51,7 @@ PlanObjective objective_from_python(py::handle reward, py::handle termination, c
   } else {
     throw py::type_error("reward: expected a built-in reward id (int, 0 = the model's reward) or a callable "
                          "(obs, act, next_obs) -> float [n], got " +
-                         std::string(py::str(py::type::handle_of(reward).attr("__name__"))));
+                         type_name(reward));
   }
   if (is_int(termination)) {
     const int32_t id = termination.cast<int32_t>();
@@ -88,7 +63,7 @@ PlanObjective objective_from_python(py::handle reward, py::handle termination, c
   } else {
     throw py::type_error("termination: expected a built-in termination id (int) or a callable "
                          "(obs, act, next_obs) -> bool [n], got " +
-                         std::string(py::str(py::type::handle_of(termination).attr("__name__"))));
+                         type_name(termination));
   }
   return o;
 }
@@ -124,7 +99,7 @@ py::array_t<float, py::array::c_style | py::array::forcecast> finite_f32(py::han
   py::array a = py::array::ensure(obj);
   if (!a) {
     throw py::type_error(std::string(name) + ": expected a numeric array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   const char k = a.dtype().kind();
   if (k != 'f' && k != 'i' && k != 'u') {
@@ -134,7 +109,7 @@ py::array_t<float, py::array::c_style | py::array::forcecast> finite_f32(py::han
   const auto got = shape_of(a);
   bool ok = got.size() == shape.size();
   for (size_t i = 0; ok && i < got.size(); ++i) ok = shape[i] < 0 || shape[i] == got[i];
-  if (!ok) throw py::value_error(std::string(name) + ": expected shape " + shape_text(shape) + ", got " + shape_text(got));
+  if (!ok) throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " + shape_str(got));
   auto out = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
   if (!out) throw py::error_already_set();
   const float* p = out.data();
@@ -284,7 +259,7 @@ void bind_planner(py::module_& m) {
         const int64_t N = x.shape(0), H = x.shape(1);
         if (N < 1 || H < 1) {
           throw py::value_error("actions: expected shape (N >= 1, horizon >= 1, " + std::to_string(v.act_dim) +
-                                "), got " + shape_text(shape_of(x)));
+                                "), got " + shape_str(shape_of(x)));
         }
         if (particles < 1) throw py::value_error("particles: expected >= 1, got " + std::to_string(particles));
         const Propagation prop = propagation_arg(propagation);

@@ -14,24 +14,21 @@
 #include <vector>
 
 #include "mbpo_fast/sac_learner.h"
+#include "python_bridge.h"
 
 namespace py = pybind11;
+using mbpo_fast_python::shape_of;
+using mbpo_fast_python::shape_str;
+using mbpo_fast_python::type_name;
 using namespace mbpo_fast;
 
 namespace {
-
-// "(2, 3)" / "(5,)": Python's own spelling of a shape.
-std::string shape_of(const py::array& a) {
-  py::tuple t(a.ndim());
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) t[i] = a.shape(i);
-  return std::string(py::str(t));
-}
 
 // A writable, C-contiguous float32 array of exactly `shape`, borrowed (never copied).
 py::array borrow_f32(py::handle obj, const std::string& name, const std::vector<int64_t>& shape) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(name + ": expected a numpy array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(py::dtype::of<float>())) {
@@ -43,7 +40,7 @@ py::array borrow_f32(py::handle obj, const std::string& name, const std::vector<
     py::tuple want(shape.size());
     for (size_t i = 0; i < shape.size(); ++i) want[i] = shape[i];
     throw py::value_error(name + ": expected shape " + std::string(py::str(want)) + ", got " +
-                          shape_of(a));
+                          shape_str(a));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be C-contiguous");
   if (!a.writeable()) throw py::value_error(name + ": must be writeable");
@@ -56,7 +53,7 @@ py::array input_array(py::handle obj, const std::string& name, const py::dtype& 
                       const std::vector<int64_t>& shape, const std::string& spelled) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(name + ": expected a numpy array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(dtype)) {
@@ -65,7 +62,7 @@ py::array input_array(py::handle obj, const std::string& name, const py::dtype& 
   }
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || shape[i] == a.shape(i);
-  if (!ok) throw py::value_error(name + ": expected shape " + spelled + ", got " + shape_of(a));
+  if (!ok) throw py::value_error(name + ": expected shape " + spelled + ", got " + shape_str(a));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be C-contiguous");
   return a;
 }
@@ -152,7 +149,7 @@ class PySacLearner {
     const int64_t k = obs.shape(0), b = obs.shape(1);
     if (k < 1 || b < 1) {
       throw py::value_error("obs: expected shape (K, B, " + O + ") with K, B >= 1, got " +
-                            shape_of(obs));
+                            shape_str(obs));
     }
     const std::string K = std::to_string(k), B = std::to_string(b);
     py::array act = input_array(act_h, "act", f32, {k, b, cfg.act_dim},

@@ -19,8 +19,12 @@
 #include <tuple>
 
 #include "mbpo_fast/train_ops.h"
+#include "python_bridge.h"
 
 namespace py = pybind11;
+using mbpo_fast_python::shape_of;
+using mbpo_fast_python::shape_str;
+using mbpo_fast_python::type_name;
 using namespace mbpo_fast;
 
 namespace {
@@ -35,16 +39,6 @@ struct Mat {
     return rows == 0 || cols == 0 ? lo() : reinterpret_cast<const char*>(data + (rows - 1) * ld + cols);
   }
 };
-
-std::string type_name(py::handle obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
-
-std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) os << (i ? ", " : "") << a.shape(i);
-  os << (a.ndim() == 1 ? ",)" : ")");
-  return os.str();
-}
 
 py::array float32_array(py::handle obj, const char* name, bool writable) {
   if (!py::isinstance<py::array>(obj)) {

@@ -36,6 +36,9 @@
 #include "python_bridge.h"
 
 namespace py = pybind11;
+using mbpo_fast_python::shape_of;
+using mbpo_fast_python::shape_str;
+using mbpo_fast_python::type_name;
 using namespace mbpo_fast;
 
 // Defined in csrc/python/bind_*.cpp (one file per native trainer).
@@ -48,22 +51,6 @@ namespace {
 
 // ------------------------------------------------------------------ validation helpers
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) os << ", ";
-    if (shape[i] < 0) os << "*"; else os << shape[i];
-  }
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::vector<int64_t> shape_of(const py::array& a) {
-  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
-}
-
 // Converts `obj` to a C-contiguous float32 array whose shape matches `expected`
 // (-1 = any size). Raises TypeError for non-numeric input and ValueError for a
 // wrong shape. Copies only when the input is not already contiguous float32.
@@ -71,7 +58,7 @@ py::array_t<float, py::array::c_style | py::array::forcecast> as_f32(py::handle 
                                               const std::vector<int64_t>& expected) {
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected a numeric array, got " +
-                                 std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                                 type_name(obj));
   const char kind = arr.dtype().kind();
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
     throw py::type_error(std::string(name) + ": expected a real numeric dtype (float32 preferred), got " +
@@ -213,7 +200,7 @@ py::array_t<int64_t, py::array::c_style> as_i64_vector(py::handle obj, const cha
   }
   py::array arr = py::array::ensure(obj);
   if (!arr) throw py::type_error(std::string(name) + ": expected an integer array, got " +
-                                 std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                                 type_name(obj));
   const char kind = arr.dtype().kind();
   if (kind != 'i' && kind != 'u') {
     throw py::type_error(std::string(name) + ": expected an integer dtype (int64 preferred), got " +
@@ -385,7 +372,7 @@ uint64_t seed_arg(py::handle seed);  // (section: rollout)
 py::array_t<float> out_f32(py::handle obj, const char* name, std::initializer_list<int64_t> expected) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(std::string(name) + ": expected a float32 numpy array, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   auto arr = py::reinterpret_borrow<py::array>(obj);
   if (arr.dtype().num() != py::detail::npy_api::NPY_FLOAT_) {
@@ -706,7 +693,7 @@ void bind_termination(py::module_& m) {
         py::array arr = py::array::ensure(next_obs);
         if (!arr) {
           throw py::type_error("next_obs: expected a numeric array, got " +
-                               std::string(py::str(py::type::handle_of(next_obs).attr("__name__"))));
+                               type_name(next_obs));
         }
         const char kind = arr.dtype().kind();
         if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
@@ -829,7 +816,7 @@ class PoolLock {
 uint64_t seed_arg(py::handle seed) {
   if (!PyIndex_Check(seed.ptr()) || PyBool_Check(seed.ptr())) {
     throw py::type_error("seed: expected an int in [0, 2**64), got " +
-                         std::string(py::str(py::type::handle_of(seed).attr("__name__"))));
+                         type_name(seed));
   }
   const py::object value = py::reinterpret_steal<py::object>(PyNumber_Index(seed.ptr()));
   if (!value) throw py::error_already_set();
@@ -904,7 +891,7 @@ bool flag_arg(py::handle obj, const char* name) {
   const char kind = arr ? arr.dtype().kind() : '?';
   if (!arr || (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')) {
     throw py::type_error(std::string(name) + ": expected a bool, got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   if (arr.ndim() != 0) {
     throw py::value_error(std::string(name) + ": expected a scalar (shape ()), got shape " +
@@ -932,7 +919,7 @@ py::array_t<uint8_t, py::array::c_style> flags_arg(py::handle obj, const char* n
   if (!arr || (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')) {
     throw py::type_error(std::string(name) + ": expected a bool array, got " +
                          (arr ? std::string(py::str(arr.dtype()))
-                              : std::string(py::str(py::type::handle_of(obj).attr("__name__")))));
+                              : type_name(obj)));
   }
   if (arr.ndim() != 1 || arr.shape(0) != n) {
     throw py::value_error(std::string(name) + ": expected shape " + shape_str({n}) + note +
@@ -993,7 +980,7 @@ std::vector<int64_t> lead_dims(int64_t batch_size, const py::object& num_batches
   }
   if (!PyIndex_Check(num_batches.ptr()) || PyBool_Check(num_batches.ptr())) {
     throw py::type_error("num_batches: expected an int or None, got " +
-                         std::string(py::str(py::type::handle_of(num_batches).attr("__name__"))));
+                         type_name(num_batches));
   }
   const int64_t k = positive_arg(num_batches.cast<int64_t>(), "num_batches");
   total = k * batch_size;
@@ -1260,7 +1247,7 @@ NativePool& native_pool_arg(py::handle obj, const char* name) {
     throw py::type_error(std::string(name) +
                          ": expected a native pool (mbpo_fast._C.ReplayPool, e.g. "
                          "mbpo_fast.ReplayPool(...)._impl on the native backend), got " +
-                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+                         type_name(obj));
   }
   return obj.cast<NativePool&>();
 }
@@ -1285,28 +1272,38 @@ py::dict rollout_stats_dict(const RolloutStats& s) {
   return d;
 }
 
+}  // namespace
+
+py::array mbpo_fast_python::call_rows_callback(const py::function& fn, const float* obs, const float* act,
+                                               const float* next_obs, int64_t n, int64_t obs_dim, int64_t act_dim,
+                                               const char* what, const char* kinds, const char* kind_text) {
+  auto copy = [](const float* p, int64_t rows, int64_t cols) {
+    auto arr = new_array<float>({rows, cols});
+    std::memcpy(arr.mutable_data(), p, sizeof(float) * static_cast<size_t>(rows * cols));
+    return arr;
+  };
+  py::object res = fn(copy(obs, n, obs_dim), copy(act, n, act_dim), copy(next_obs, n, obs_dim));
+  py::array arr = py::array::ensure(res);
+  if (!arr || std::strchr(kinds, arr.dtype().kind()) == nullptr) {
+    throw py::type_error(std::string(what) + ": the callable must return a " + kind_text + " array, got " +
+                         (arr ? std::string(py::str(arr.dtype())) : type_name(res)));
+  }
+  if (arr.ndim() != 1 || arr.shape(0) != n) {
+    throw py::value_error(std::string(what) + ": the callable must return shape " + shape_str({n}) + ", got " +
+                          shape_str(arr));
+  }
+  return arr;
+}
+
+namespace {
+
 // A custom termination written in Python: fn(obs, act, next_obs) -> bool [n]. Called with
 // the GIL held and fresh copies of the rows (the callee may keep them).
 TerminationCallback python_termination(py::function fn, int64_t od, int64_t ad) {
   return [fn = std::move(fn), od, ad](const float* o, const float* a, const float* next, int64_t n,
                                       uint8_t* out) {
     py::gil_scoped_acquire gil;
-    auto copy = [](const float* p, int64_t rows, int64_t cols) {
-      auto arr = new_array<float>({rows, cols});
-      std::memcpy(arr.mutable_data(), p, sizeof(float) * static_cast<size_t>(rows * cols));
-      return arr;
-    };
-    py::object res = fn(copy(o, n, od), copy(a, n, ad), copy(next, n, od));
-    py::array arr = py::array::ensure(res);
-    if (!arr || (arr.dtype().kind() != 'b' && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
-      throw py::type_error("termination: the callable must return a bool array, got " +
-                           (arr ? std::string(py::str(arr.dtype()))
-                                : std::string(py::str(py::type::handle_of(res).attr("__name__")))));
-    }
-    if (arr.ndim() != 1 || arr.shape(0) != n) {
-      throw py::value_error("termination: the callable must return shape " + shape_str({n}) + ", got " +
-                            shape_str(shape_of(arr)));
-    }
+    py::array arr = mbpo_fast_python::call_rows_callback(fn, o, a, next, n, od, ad, "termination", "biu", "bool");
     auto flags = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
     const int64_t* f = flags.data();
     for (int64_t i = 0; i < n; ++i) {
@@ -1517,7 +1514,7 @@ void bind_rollout(py::module_& m) {
           throw py::type_error(
               "termination: expected a built-in termination id (int, see termination_id) or a "
               "callable (obs, act, next_obs) -> bool [n], got " +
-              std::string(py::str(py::type::handle_of(termination).attr("__name__"))));
+              type_name(termination));
         }
         int32_t tid = 0;
         if (builtin) {

@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "mbpo_fast/ensemble.h"
@@ -14,6 +16,30 @@
 #include "mbpo_fast/rollout.h"
 
 namespace mbpo_fast_python {
+
+// Python's spelling of a shape, "(2, 3)" / "(5,)"; a negative extent (any size) prints "*".
+inline std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) os << ", ";
+    if (shape[i] < 0) os << "*"; else os << shape[i];
+  }
+  if (shape.size() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+inline std::vector<int64_t> shape_of(const pybind11::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+inline std::string shape_str(const pybind11::array& a) { return shape_str(shape_of(a)); }
+
+// The name of obj's type, for "expected ..., got <type>" messages.
+inline std::string type_name(pybind11::handle obj) {
+  return pybind11::str(pybind11::type::handle_of(obj).attr("__name__"));
+}
 
 // The borrowed parameters of one call: `keep` holds the arrays the view points into.
 struct BorrowedEnsemble {
@@ -31,6 +57,14 @@ BorrowedEnsemble borrow_ensemble(pybind11::handle input_mean, pybind11::handle i
 
 // A seed in [0, 2**64) from any Python integer (TypeError/ValueError otherwise).
 uint64_t seed_from_python(pybind11::handle seed);
+
+// Calls fn(obs, act, next_obs) with fresh float32 copies of n rows (the caller holds the GIL;
+// the callee may keep the copies) and returns its result, checked to be a 1-D array of n
+// entries whose dtype kind is one of `kinds` (e.g. "fiu"): TypeError "<what>: the callable
+// must return a <kind_text> array, got <dtype>" / ValueError naming the shape otherwise.
+pybind11::array call_rows_callback(const pybind11::function& fn, const float* obs, const float* act,
+                                   const float* next_obs, int64_t n, int64_t obs_dim, int64_t act_dim,
+                                   const char* what, const char* kinds, const char* kind_text);
 
 // fn(obs, act, next_obs) -> bool [n], called with the GIL (copies of the rows).
 mbpo_fast::TerminationCallback termination_from_python(pybind11::function fn, int64_t obs_dim, int64_t act_dim);
