@@ -9,14 +9,6 @@
 #include <utility>
 
 namespace mbpo_fast {
-namespace {
-
-constexpr uint64_t kMaxHeader = 100ull * 1024 * 1024;
-// Deepest JSON nesting the header may have (tensor entries need 3 levels; skipped values
-// of unknown keys may nest further). The reader recurses, so this bounds its stack.
-constexpr int kMaxJsonDepth = 64;
-// Most dimensions a tensor may have (its extents are parsed into memory first).
-constexpr size_t kMaxRank = 64;
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream os;
@@ -29,6 +21,15 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   os << ")";
   return os.str();
 }
+
+namespace {
+
+constexpr uint64_t kMaxHeader = 100ull * 1024 * 1024;
+// Deepest JSON nesting the header may have (tensor entries need 3 levels; skipped values
+// of unknown keys may nest further). The reader recurses, so this bounds its stack.
+constexpr int kMaxJsonDepth = 64;
+// Most dimensions a tensor may have (its extents are parsed into memory first).
+constexpr size_t kMaxRank = 64;
 
 // A minimal JSON reader for the safetensors header: objects, arrays, strings, integers
 // (and, for robustness, true/false/null and plain numbers in metadata-free places).

@@ -7,7 +7,6 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,17 +17,7 @@
 namespace mbpo_fast_python {
 
 // Python's spelling of a shape, "(2, 3)" / "(5,)"; a negative extent (any size) prints "*".
-inline std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) os << ", ";
-    if (shape[i] < 0) os << "*"; else os << shape[i];
-  }
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
+inline std::string shape_str(const std::vector<int64_t>& shape) { return mbpo_fast::shape_string(shape); }
 
 inline std::vector<int64_t> shape_of(const pybind11::array& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());

@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // MBPO_HD marks functions that compile as both host and device code. Under nvcc they
 // become __host__ __device__; under a plain C++ compiler the macro is empty, so the
@@ -51,6 +52,10 @@ class AllocationError : public std::bad_alloc {
  private:
   std::string message_;
 };
+
+// Python's spelling of a shape for error messages: "(2, 3)", "(5,)"; a negative extent
+// (any size) prints "*".
+std::string shape_string(const std::vector<int64_t>& shape);
 
 // Throws InvalidArgument(message) when `condition` is false. Used instead of the assert macro:
 // validation must survive release builds.
