@@ -216,6 +216,25 @@ class CudaEnsemble:
             )
         return m
 
+    def _empty(self, *shape, dtype=None):
+        """An uninitialized float32 (or ``dtype``) tensor of ``shape`` on the model's device."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
+        return torch.empty(shape, device=self.device, dtype=dtype)
+
+    def _launch(self, op, *args, workspace: int | None = None) -> None:
+        """``op(view, *args[, workspace ptr, workspace bytes], stream)`` on the model's device
+        and current stream; ``workspace`` bytes of fresh device scratch when not None."""
+        import torch
+
+        tail = ()
+        if workspace is not None:
+            work = self._empty(max(workspace, 1), dtype=torch.uint8)
+            tail = (work.data_ptr(), workspace)
+        with torch.cuda.device(self.device):
+            op(self.view, *args, *tail, _stream(self.device))
+
     def step(self, obs, act, seed: int = 0, deterministic: bool = False, members=None):
         """(next_obs f32 [B, obs_dim], reward f32 [B], members_used int64 [B]) on the device;
         the same member choices and Philox noise as the CPU backend."""
@@ -224,38 +243,20 @@ class CudaEnsemble:
         obs, act, single = self._rows(obs, act)
         batch = obs.shape[0]
         mem = self._members(members, batch)
-        next_obs = torch.empty((batch, self.obs_dim), device=self.device, dtype=torch.float32)
-        rew = torch.empty((batch,), device=self.device, dtype=torch.float32)
-        used = torch.empty((batch,), device=self.device, dtype=torch.int64)
-        nbytes = self._native.cuda_ensemble_step_workspace_bytes(batch, self.ensemble_size)
-        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
-        with torch.cuda.device(self.device):
-            self._native.cuda_ensemble_step(
-                self.view,
-                obs.data_ptr(),
-                act.data_ptr(),
-                batch,
-                int(seed),
-                bool(deterministic),
-                0 if mem is None else mem.data_ptr(),
-                next_obs.data_ptr(),
-                rew.data_ptr(),
-                used.data_ptr(),
-                work.data_ptr(),
-                nbytes,
-                _stream(self.device),
-            )
-        if single:
-            return next_obs[0], rew[0], used[0]
-        return next_obs, rew, used
+        out = (self._empty(batch, self.obs_dim), self._empty(batch),
+               self._empty(batch, dtype=torch.int64))
+        self._launch(self._native.cuda_ensemble_step, obs.data_ptr(), act.data_ptr(), batch,
+                     int(seed), bool(deterministic), 0 if mem is None else mem.data_ptr(),
+                     *(t.data_ptr() for t in out),
+                     workspace=self._native.cuda_ensemble_step_workspace_bytes(
+                         batch, self.ensemble_size))
+        return tuple(t[0] for t in out) if single else out
 
     def step_uncertainty(self, obs, act, seed: int = 0, deterministic: bool = False):
         """(next_obs f32 [B, obs_dim], reward f32 [B], d f32 [B]) on the device: the transition
         of :meth:`step` (same members and Philox noise) and the disagreement d (mean over the obs
         dims of the unbiased variance across the elites of their predicted mean next state),
         from ONE forward of every elite per row (needs >= 2 elites)."""
-        import torch
-
         if len(self.elites) < 2:
             raise ValueError(
                 "elites: the disagreement d (unbiased variance across the elites) needs at least "
@@ -263,77 +264,33 @@ class CudaEnsemble:
             )
         obs, act, single = self._rows(obs, act)
         batch = obs.shape[0]
-        next_obs = torch.empty((batch, self.obs_dim), device=self.device, dtype=torch.float32)
-        rew = torch.empty((batch,), device=self.device, dtype=torch.float32)
-        d = torch.empty((batch,), device=self.device, dtype=torch.float32)
-        nbytes = self._native.cuda_ensemble_step_uncertainty_workspace_bytes(
-            batch, len(self.elites), self.obs_dim
-        )
-        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
-        with torch.cuda.device(self.device):
-            self._native.cuda_ensemble_step_uncertainty(
-                self.view,
-                obs.data_ptr(),
-                act.data_ptr(),
-                batch,
-                int(seed),
-                bool(deterministic),
-                next_obs.data_ptr(),
-                rew.data_ptr(),
-                d.data_ptr(),
-                work.data_ptr(),
-                nbytes,
-                _stream(self.device),
-            )
-        if single:
-            return next_obs[0], rew[0], d[0]
-        return next_obs, rew, d
+        out = (self._empty(batch, self.obs_dim), self._empty(batch), self._empty(batch))
+        self._launch(self._native.cuda_ensemble_step_uncertainty, obs.data_ptr(), act.data_ptr(),
+                     batch, int(seed), bool(deterministic), *(t.data_ptr() for t in out),
+                     workspace=self._native.cuda_ensemble_step_uncertainty_workspace_bytes(
+                         batch, len(self.elites), self.obs_dim))
+        return tuple(t[0] for t in out) if single else out
 
     def predict(self, obs, act):
         """(mean, var) f32 [E, B, obs_dim + 1] on the device."""
-        import torch
-
         obs, act, single = self._rows(obs, act)
         batch = obs.shape[0]
-        shape = (self.ensemble_size, batch, self.obs_dim + 1)
-        mean = torch.empty(shape, device=self.device, dtype=torch.float32)
-        var = torch.empty(shape, device=self.device, dtype=torch.float32)
-        with torch.cuda.device(self.device):
-            self._native.cuda_ensemble_predict(
-                self.view,
-                obs.data_ptr(),
-                act.data_ptr(),
-                batch,
-                mean.data_ptr(),
-                var.data_ptr(),
-                _stream(self.device),
-            )
+        mean = self._empty(self.ensemble_size, batch, self.obs_dim + 1)
+        var = self._empty(self.ensemble_size, batch, self.obs_dim + 1)
+        self._launch(self._native.cuda_ensemble_predict, obs.data_ptr(), act.data_ptr(), batch,
+                     mean.data_ptr(), var.data_ptr())
         return (mean[:, 0], var[:, 0]) if single else (mean, var)
 
     def disagreement(self, obs, act, members=None):
         """f32 [B] on the device (population std across `members` of the means, averaged)."""
-        import torch
-
         obs, act, single = self._rows(obs, act)
         batch = obs.shape[0]
         mem = self.elites if members is None else [int(m) for m in np.asarray(members).reshape(-1)]
-        out = torch.empty((batch,), device=self.device, dtype=torch.float32)
-        nbytes = self._native.cuda_ensemble_disagreement_workspace_bytes(
-            batch, len(mem), self.obs_dim
-        )
-        work = torch.empty((max(nbytes, 1),), device=self.device, dtype=torch.uint8)
-        with torch.cuda.device(self.device):
-            self._native.cuda_ensemble_disagreement(
-                self.view,
-                obs.data_ptr(),
-                act.data_ptr(),
-                batch,
-                mem,
-                out.data_ptr(),
-                work.data_ptr(),
-                nbytes,
-                _stream(self.device),
-            )
+        out = self._empty(batch)
+        self._launch(self._native.cuda_ensemble_disagreement, obs.data_ptr(), act.data_ptr(), batch,
+                     mem, out.data_ptr(),
+                     workspace=self._native.cuda_ensemble_disagreement_workspace_bytes(
+                         batch, len(mem), self.obs_dim))
         return out[0] if single else out
 
 

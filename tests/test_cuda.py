@@ -201,6 +201,64 @@ def test_gpu_suite_exits_cleanly_without_a_gpu():
     assert "no CUDA device" in proc.stdout
 
 
+def test_cuda_ensemble_adapter_passes_each_op_its_arguments_in_order(monkeypatch):
+    """CudaEnsemble's wiring without a device: a recording stand-in for the native ops checks
+    that step / step_uncertainty / predict / disagreement hand every kernel its inputs, its
+    output buffers (those returned), the workspace and the stream, in the bindings' order."""
+    import contextlib
+
+    import torch
+
+    from mbpo_fast import cuda_ops
+
+    calls = {}
+
+    class Native:
+        def __getattr__(self, name):
+            if name.endswith("_workspace_bytes"):
+                return lambda *a: 64 + len(a)
+            return lambda *a: calls.__setitem__(name, a)
+
+    def as_tensor(name, x, shape, device=None):
+        t = torch.as_tensor(np.asarray(x, np.float32))
+        assert t.ndim == len(shape), name
+        return t
+
+    monkeypatch.setattr(cuda_ops, "as_cuda_tensor", as_tensor)
+    monkeypatch.setattr(cuda_ops, "_stream", lambda device: 7)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    ens = object.__new__(cuda_ops.CudaEnsemble)
+    ens._native, ens.view, ens.device = Native(), "VIEW", torch.device("cpu")
+    ens.obs_dim, ens.act_dim, ens.ensemble_size, ens.elites = 3, 2, 5, [0, 2, 4]
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+
+    out = ens.step(obs, act, seed=9, deterministic=True, members=[1, 0, 4, 2])
+    a = calls["cuda_ensemble_step"]
+    assert a[0] == "VIEW" and a[3:6] == (4, 9, True) and a[6] != 0
+    assert a[7:10] == tuple(t.data_ptr() for t in out) and out[2].dtype == torch.int64
+    assert a[10:] == (a[10], 64 + 2, 7)
+    assert [tuple(t.shape) for t in out] == [(4, 3), (4,), (4,)]
+    out = ens.step(obs, act)
+    assert calls["cuda_ensemble_step"][6] == 0  # no explicit members: null pointer
+
+    out = ens.step_uncertainty(obs, act, seed=3)
+    a = calls["cuda_ensemble_step_uncertainty"]
+    assert a[3:6] == (4, 3, False) and a[6:9] == tuple(t.data_ptr() for t in out)
+    assert a[10:] == (64 + 3, 7)
+
+    mean, var = ens.predict(obs, act)
+    a = calls["cuda_ensemble_predict"]
+    assert a[3:] == (4, mean.data_ptr(), var.data_ptr(), 7) and mean.shape == (5, 4, 4)
+
+    d = ens.disagreement(obs, act)
+    a = calls["cuda_ensemble_disagreement"]
+    assert a[3:6] == (4, [0, 2, 4], d.data_ptr()) and a[7:] == (64 + 3, 7)
+
+    one = ens.step(obs[0], act[0])
+    assert [tuple(t.shape) for t in one] == [(3,), (), ()]
+
+
 # ---------------------------------------------------------------------------- GPU: parity
 
 
