@@ -509,11 +509,12 @@ class MBPO:
 
 
 # ====================================================================== helpers
-def _refit_model(model: Any, data: Any, config: Any) -> dict[str, float]:
+def _refit_model(model: Any, data: Any, config: Any, batch_size: int = 256) -> dict[str, float]:
     """Fits the ensemble `model` on the transitions `data` with the holdout and caps of
-    `config` (an MBPOConfig or PETSConfig); returns the progress fields ``model_holdout_mse``
-    (holdout MSE averaged over the new elites) and ``model_epochs``."""
-    fit = model.fit(data.obs, data.act, data.rew, data.next_obs,
+    `config` (an MBPOConfig or PETSConfig), `batch_size` rows per member and Adam step;
+    returns the progress fields ``model_holdout_mse`` (holdout MSE averaged over the new
+    elites) and ``model_epochs``."""
+    fit = model.fit(data.obs, data.act, data.rew, data.next_obs, batch_size=batch_size,
                     holdout_ratio=config.holdout_ratio, max_holdout=config.max_holdout,
                     max_epochs=config.model_max_epochs, max_seconds=config.model_max_seconds)
     mse = np.asarray(fit["holdout_mse"], dtype=np.float64)

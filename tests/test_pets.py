@@ -59,3 +59,32 @@ def test_cli_pets_and_errors(tmp_path, capsys):
     assert main(["pets", "--set", "population=5", "--set", "elites=9"]) == 2
     assert "elites: expected <= population = 5, got 9" in capsys.readouterr().err
     assert main(["pets", "--resume", str(tmp_path / "missing")]) == 2
+
+
+def test_model_batch_size_reaches_the_fit_and_old_configs_keep_256(monkeypatch, tmp_path):
+    """PETSConfig.model_batch_size (PETS / mbrl-lib: 32) is the refit's batch; a config.json
+    written before the field existed resumes with the 256 it ran with."""
+    import json
+
+    from mbpo_fast import pets as pets_mod
+
+    seen = []
+    real_fit = mf.EnsembleDynamics.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("batch_size"))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(mf.EnsembleDynamics, "fit", spy)
+    cfg = small_config(2)
+    assert cfg.model_batch_size == 32
+    mf.PETS(cfg.with_overrides(["model_batch_size=7"]), logdir=tmp_path / "a", quiet=True).train()
+    assert seen == [7]
+    old = json.loads(cfg.to_json())
+    del old["model_batch_size"]
+    assert mf.PETSConfig.from_json(json.dumps(old)).model_batch_size == 256
+    assert pets_mod._ABSENT_MEANS == {"model_batch_size": 256}
+    with pytest.raises(ValueError, match="model_batch_size: expected an int >= 1, got 0"):
+        cfg.with_overrides(["model_batch_size=0"])
+    ip = mf.PETSConfig.for_env("InvertedPendulum-v5")
+    assert (ip.init_random_episodes, ip.episodes) == (25, 35)
