@@ -4,7 +4,8 @@ Run:  PYTHONPATH=. python benchmarks/bench_rollout_uncertainty.py [--reps 5] [--
 
 Sizes as benchmarks/bench_rollout.py (Hopper: obs 11, act 3, 7 x 4 x 200 SiLU ensemble with 5
 elites, SAC actor 2 x 256). Variants, each ``mf.BranchedRollout(...).run(real, pool, n, h)``
-with the disagreement statistic off (``disagreement_rows=0``) so only the features differ:
+with the library's defaults otherwise (the disagreement statistic on, as a user gets it;
+``--statistic-off`` sets ``disagreement_rows=0`` in every variant, so only the features differ):
   plain    : both features off (today's code path: one elite per row)
   stop     : max_disagreement="q0.9" (every elite once per alive row)
   penalty  : uncertainty_penalty=1.0
@@ -43,7 +44,7 @@ VARIANTS = {
 }
 
 
-def measure(num_starts: int, horizon: int, reps: int) -> list[dict]:
+def measure(num_starts: int, horizon: int, reps: int, statistic: bool = True) -> list[dict]:
     rng = np.random.default_rng(0)
     model = as_dynamics(make_model(0))
     agent = SAC(OD, AD, -np.ones(AD), np.ones(AD), hidden_size=256, num_layers=2, seed=0)
@@ -52,8 +53,9 @@ def measure(num_starts: int, horizon: int, reps: int) -> list[dict]:
     real.add_batch(s, rng.uniform(-1, 1, (200_000, AD)).astype(np.float32),
                    np.zeros(200_000, np.float32), s, np.zeros(200_000, bool))
     pool = mf.ReplayPool(max(4 * num_starts * horizon, 1000), OD, AD)
-    rollouts = {k: mf.BranchedRollout(model, agent, "Hopper-v5", disagreement_rows=0,
-                                      engine="native", **kw) for k, kw in VARIANTS.items()}
+    extra = {} if statistic else {"disagreement_rows": 0}
+    rollouts = {k: mf.BranchedRollout(model, agent, "Hopper-v5", engine="native", **extra, **kw)
+                for k, kw in VARIANTS.items()}
     for r in rollouts.values():  # warm-up (allocations, thread pool)
         r.run(real, pool, num_starts, horizon, seed=0)
     times: dict[str, list[float]] = {k: [] for k in VARIANTS}
@@ -84,11 +86,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--horizon", type=int, default=5)
     ap.add_argument("--starts", type=int, nargs="+", default=[400, 100_000])
+    ap.add_argument("--statistic-off", action="store_true",
+                    help="disagreement_rows=0 in every variant (not the default)")
     args = ap.parse_args()
     before = canary_gflops()
-    rows = [r for n in args.starts for r in measure(n, args.horizon, args.reps)]
+    rows = [r for n in args.starts
+            for r in measure(n, args.horizon, args.reps, statistic=not args.statistic_off)]
     after = canary_gflops()
-    print(f"matmul canary: {before:.0f} GFLOP/s before, {after:.0f} after")
+    print(f"matmul canary: {before:.0f} GFLOP/s before, {after:.0f} after; disagreement "
+          f"statistic {'off' if args.statistic_off else 'on (default)'}")
     print("| starts | h | variant | median ms/call | us per stepped row | x plain (per row) "
           "| x plain (per call) | mean length | frac stopped | mean penalty |")
     print("|---|---|---|---|---|---|---|---|---|---|")
