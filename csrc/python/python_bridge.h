@@ -1,6 +1,7 @@
-// Helpers of bindings.cpp shared with the other csrc/python/bind_*.cpp files (only these
-// files include pybind11): borrowing an ensemble's parameters as an EnsembleView, seeds and
-// Python termination callables, with bindings.cpp's validation and error messages.
+// Helpers shared by csrc/python/bindings.cpp and the bind_*.cpp files (only these files
+// include pybind11): shape and type spellings for error messages, borrowing an ensemble's
+// parameters as an EnsembleView, finite float32 arrays, planner settings, seeds, and calling
+// Python reward/termination callables, with one set of validation and error messages.
 #pragma once
 
 #include <pybind11/numpy.h>
