@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -99,6 +100,12 @@ class PETSConfig:
     """particles per candidate."""
     propagation: str = "ts_inf"
     """"ts_inf" or "ts_1"."""
+    state_bounds: dict[str, float] | None = None
+    """planning only: also end a planned trajectory where ``|next_obs[i]| > bound`` for any
+    ``{"i": bound}`` (JSON keys are strings), e.g. ``{"0": 0.9}`` for InvertedPendulum's cart
+    before the end of its rail, as cartpole ends at its track limit. None: the env's
+    termination alone. With bounds the termination runs as a Python callable (once per
+    horizon step of a plan) instead of natively."""
     ensemble_size: int = 5
     """ensemble members (PETS: 5 bootstraps)."""
     num_elites: int = 5
@@ -171,6 +178,18 @@ class PETSConfig:
             raise ValueError(f"alpha: expected 0 <= alpha < 1, got {self.alpha}")
         if not 0.0 < self.holdout_ratio < 1.0:
             raise ValueError(f"holdout_ratio: expected 0 < ratio < 1, got {self.holdout_ratio}")
+        if self.state_bounds is not None:
+            if not isinstance(self.state_bounds, dict) or not self.state_bounds:
+                raise ValueError(f"state_bounds: expected None or a non-empty dict "
+                                 f"{{\"index\": bound}}, got {self.state_bounds!r}")
+            for key, bound in self.state_bounds.items():
+                if not (isinstance(key, str) and key.isdigit()):
+                    raise ValueError(f"state_bounds: keys must be observation indices written "
+                                     f"as strings (\"0\"), got {key!r}")
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)) or \
+                        not math.isfinite(bound) or bound <= 0:
+                    raise ValueError(f"state_bounds[{key!r}]: expected a finite bound > 0, "
+                                     f"got {bound!r}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps: expected None or >= 1, got "
                              f"{self.max_episode_steps}")
@@ -221,6 +240,24 @@ def _make_env(config: PETSConfig) -> Any:
     return gym.make(config.env_id, disable_env_checker=True, **kwargs)
 
 
+def _bounded_termination(base: Any, bounds: dict[str, float], obs_dim: int) -> Any:
+    """``base`` (a termination callable or None) OR ``|next_obs[:, i]| > bound`` for every
+    ``{"i": bound}`` of PETSConfig.state_bounds; ValueError for an index outside obs_dim."""
+    index = np.array([int(k) for k in bounds], dtype=np.int64)
+    if (index >= obs_dim).any():
+        raise ValueError(f"state_bounds: observation indices must be < obs_dim = {obs_dim}, got "
+                         f"{sorted(int(k) for k in bounds)}")
+    limit = np.array([float(v) for v in bounds.values()], dtype=np.float32)
+
+    def termination(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        out = (np.abs(next_obs[:, index]) > limit).any(axis=1)
+        if base is not None:
+            out |= np.asarray(base(obs, act, next_obs), dtype=bool)
+        return out
+
+    return termination
+
+
 class PETS:
     """One PETS run: env, real pool, ensemble, MPC controller, logging and checkpoints.
 
@@ -260,6 +297,8 @@ class PETS:
                                       num_layers=config.model_num_layers,
                                       seed=_derive_seed(config.seed, _STREAM_MODEL))
         termination = termination_fn(config.env_id) if config.env_id in KNOWN_ENV_IDS else None
+        if config.state_bounds is not None:
+            termination = _bounded_termination(termination, config.state_bounds, self.obs_dim)
         self.mpc = MPC(self.model, space.low, space.high,
                        reward_fn=config.env_id if config.reward == "env" else None,
                        termination=termination, horizon=config.horizon,

@@ -88,3 +88,40 @@ def test_model_batch_size_reaches_the_fit_and_old_configs_keep_256(monkeypatch, 
         cfg.with_overrides(["model_batch_size=0"])
     ip = mf.PETSConfig.for_env("InvertedPendulum-v5")
     assert (ip.init_random_episodes, ip.episodes) == (25, 35)
+
+
+def test_state_bounds_end_planned_trajectories_beyond_the_bounds(tmp_path, rng):
+    """PETSConfig.state_bounds: the planning termination is the env's OR |next_obs[i]| > bound,
+    validated, and a run with it plans (and resumes with it from config.json)."""
+    from mbpo_fast.pets import _bounded_termination
+
+    base = mf.termination_fn("InvertedPendulum-v5")
+    term = _bounded_termination(base, {"0": 0.9, "2": 1.5}, 4)
+    o = rng.normal(size=(300, 4)).astype(np.float32)
+    a = rng.normal(size=(300, 1)).astype(np.float32)
+    n = rng.normal(size=(300, 4)).astype(np.float32)
+    n[:, 1] *= 0.15
+    want = base(o, a, n) | (np.abs(n[:, 0]) > 0.9) | (np.abs(n[:, 2]) > 1.5)
+    got = term(o, a, n)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < got.sum() < len(got) and (got != base(o, a, n)).any()
+    with pytest.raises(ValueError, match="state_bounds: observation indices must be < obs_dim = 4"):
+        _bounded_termination(base, {"4": 1.0}, 4)
+
+    cfg = small_config(2)
+    for bad, msg in [("{}", "non-empty dict"), ('{"x": 1}', "keys must be observation indices"),
+                     ('{"0": 0}', r"state_bounds\['0'\]: expected a finite bound > 0"),
+                     ('{"0": true}', "expected a finite bound")]:
+        with pytest.raises(ValueError, match=msg):
+            cfg.with_overrides([f"state_bounds={bad}"])
+    run = mf.PETS(cfg.with_overrides(['state_bounds={"2": 6.0}']), logdir=tmp_path / "b",
+                  quiet=True)
+    assert callable(run.mpc._termination)  # not the native id: the bounded callable
+    run.train()
+    resumed = mf.PETS.resume(tmp_path / "b", quiet=True)
+    assert resumed.config.state_bounds == {"2": 6.0} and callable(resumed.mpc._termination)
+    assert isinstance(mf.PETS(small_config(1), logdir=tmp_path / "d", quiet=True).mpc._termination,
+                      int)
+    with pytest.raises(ValueError, match="obs_dim = 3"):
+        mf.PETS(cfg.with_overrides(['state_bounds={"3": 1.0}']), logdir=tmp_path / "c",
+                quiet=True)
