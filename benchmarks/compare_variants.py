@@ -84,7 +84,8 @@ def table(runs: list[Path], every: int, window: tuple[int, int], columns: list[s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="run directories (progress.csv, config.json)")
+    ap.add_argument("runs", nargs="+", type=Path,
+                    help="run directories (progress.csv, config.json)")
     ap.add_argument("--every", type=int, default=5000, help="grid spacing in env steps")
     ap.add_argument("--window", default="10000:30000", help="LO:HI env steps for the means")
     ap.add_argument("--columns", nargs="*", default=[], help="progress.csv columns to average")
