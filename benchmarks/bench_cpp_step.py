@@ -9,8 +9,9 @@ times each call alone (steady_clock). The Python side times ``EnsembleDynamics.l
 preallocated outputs (``out=(next_obs, rew)``, what a control loop that allocates nothing
 uses; the C++ side writes into preallocated buffers too). Every call uses a new seed. The two
 alternate in rounds (C++ then Python, DESIGN §7); the reported value of each is the median
-over rounds of the per-round medians, and the ratio is Python / C++ per round, medianed. A torch matmul canary runs before and
-after (``../shared/tools/matmul_canary.py`` rates; distrust a run where it dropped).
+over rounds of the per-round medians, and the ratio is Python / C++ per round, medianed. A
+torch matmul canary runs before and after (``../shared/tools/matmul_canary.py`` rates;
+distrust a run where it dropped).
 
 Run (prints a Markdown table; --out also writes it):
     PYTHONPATH=. python benchmarks/bench_cpp_step.py [--exe build/dev/bench_step] [--out FILE]
