@@ -224,16 +224,9 @@ void bind_planner(py::module_& m) {
         PlanObjective obj = objective_from_python(reward, termination, v);
         const uint64_t call_seed = derive_seed(mbpo_fast_python::seed_from_python(seed), kStreamPlanSeed,
                                                mbpo_fast_python::seed_from_python(call));
-        py::array_t<float> action(static_cast<py::ssize_t>(v.act_dim));
-        py::array_t<float> mean_out({static_cast<py::ssize_t>(horizon), static_cast<py::ssize_t>(v.act_dim)});
-        float* pa = action.mutable_data();
-        float* pm = mean_out.mutable_data();
-        PlanResult r;
-        {
-          py::gil_scoped_release release;
-          r = plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm);
-        }
-        return py::make_tuple(action, mean_out, mbpo_fast_python::plan_stats(r));
+        return mbpo_fast_python::run_plan(horizon, v.act_dim, [&](float* pa, float* pm) {
+          return plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm);
+        });
       },
       py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"), py::arg("input_mean"),
       py::arg("input_std"), py::arg("weights"), py::arg("biases"), py::arg("max_logvar"), py::arg("min_logvar"),

@@ -1959,16 +1959,9 @@ void bind_cuda(py::module_& m) {
         auto o = mbpo_fast_python::finite_f32(obs, "obs", {v.obs_dim});
         auto mu = mbpo_fast_python::finite_f32(mean, "mean", {horizon, v.act_dim});
         const PlanObjective obj = objective(v, reward, termination);
-        py::array_t<float> action(static_cast<py::ssize_t>(v.act_dim));
-        py::array_t<float> mean_out({static_cast<py::ssize_t>(horizon), static_cast<py::ssize_t>(v.act_dim)});
-        float* pa = action.mutable_data();
-        float* pm = mean_out.mutable_data();
-        PlanResult r;
-        {
-          py::gil_scoped_release release;
-          r = cuda_plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm, ptr<void>(cuda_stream));
-        }
-        return py::make_tuple(action, mean_out, mbpo_fast_python::plan_stats(r));
+        return mbpo_fast_python::run_plan(horizon, v.act_dim, [&](float* pa, float* pm) {
+          return cuda_plan_optimize(v, cfg, obj, o.data(), mu.data(), call_seed, pa, pm, ptr<void>(cuda_stream));
+        });
       },
       py::arg("model"), py::arg("obs"), py::arg("mean"), py::arg("action_low"), py::arg("action_high"),
       py::arg("reward"), py::arg("termination"), py::arg("optimizer"), py::arg("population"), py::arg("num_elites"),

@@ -90,4 +90,22 @@ inline pybind11::dict plan_stats(const mbpo_fast::PlanResult& r) {
   return stats;
 }
 
+// One plan into fresh outputs with the GIL released, for the CPU and CUDA planner bindings:
+// plan(action f32 [act_dim], final mean f32 [horizon, act_dim]) -> PlanResult. Returns
+// (action, final mean, plan_stats).
+template <typename Plan>
+pybind11::tuple run_plan(int64_t horizon, int64_t act_dim, Plan&& plan) {
+  pybind11::array_t<float> action(static_cast<pybind11::ssize_t>(act_dim));
+  pybind11::array_t<float> mean_out(
+      {static_cast<pybind11::ssize_t>(horizon), static_cast<pybind11::ssize_t>(act_dim)});
+  float* pa = action.mutable_data();
+  float* pm = mean_out.mutable_data();
+  mbpo_fast::PlanResult r;
+  {
+    pybind11::gil_scoped_release release;
+    r = plan(pa, pm);
+  }
+  return pybind11::make_tuple(action, mean_out, plan_stats(r));
+}
+
 }  // namespace mbpo_fast_python
