@@ -390,6 +390,50 @@ def _to_cuda(batch):
     return tuple(torch.from_numpy(np.ascontiguousarray(x)).cuda() for x in batch)
 
 
+def _spread_pair(seed: int = 3, scale: float = 0.05):
+    """(cpu_model, cuda_model), identical, with calm predictions: the output layer scaled by
+    `scale`, log-variances in [-9, -5]. Rollouts live a few steps, some rows terminate, and the
+    elites still disagree (d varies from row to row)."""
+    import torch
+
+    cpu = _cpu_model(seed)
+    with torch.no_grad():
+        cpu.layers[-1].weight.mul_(scale)
+        cpu.layers[-1].bias.mul_(scale)
+        cpu.max_logvar.fill_(-5.0)
+        cpu.min_logvar.fill_(-9.0)
+    cpu._invalidate_inference()
+    gpu = mf.EnsembleDynamics(OBS, ACT, seed=seed, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    assert gpu.elites == cpu.elites
+    return cpu, gpu
+
+
+def _rollout_setup(seed: int = 3, capacity: int = 100_000, scale: float = 0.05):
+    """Everything a CPU-against-device rollout comparison needs, in identical pairs:
+    (cpu_model, gpu_model, agent_c, agent_g, real_c, real_g, pool_c, pool_g). The real pools
+    hold 1,500 healthy Hopper-like start states; the model pools are empty, of `capacity`."""
+    import torch
+
+    cpu, gpu = _spread_pair(seed, scale)
+    low, high = -np.ones(ACT), np.ones(ACT)
+    agent_c = mf.SAC(OBS, ACT, low, high, seed=4)
+    agent_g = mf.SAC(OBS, ACT, low, high, seed=4, device="cuda")
+    agent_g.actor.load_state_dict(agent_c.actor.state_dict())
+    real_c = mf.ReplayPool(2000, OBS, ACT, seed=1)
+    real_g = mf.ReplayPool(2000, OBS, ACT, seed=1, device="cuda")
+    b = list(_batch(1500, 12))
+    b[0] = b[0] * 0.02
+    b[0][:, 0] = 1.25  # Hopper's height: healthy start states
+    b[3] = b[0].copy()
+    real_c.add_batch(*b)
+    real_g.add_batch(*_to_cuda(tuple(b)))
+    pool_c = mf.ReplayPool(capacity, OBS, ACT)
+    pool_g = mf.ReplayPool(capacity, OBS, ACT, device="cuda")
+    assert torch.cuda.is_available()
+    return cpu, gpu, agent_c, agent_g, real_c, real_g, pool_c, pool_g
+
+
 def _assert_same(got, want):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g.cpu().numpy(), w)
@@ -537,35 +581,14 @@ def test_device_pool_save_load_is_the_cpu_file_format(tmp_path, adds):
 @pytest.mark.parametrize("capacity", [100_000, 700])  # 700: the ring wraps
 def test_device_rollout_matches_cpu_engine(capacity):
     """Same start states, actions, members, noise, terminations and order of stored rows."""
-    import torch
 
     from mbpo_fast import cuda_ops
     from mbpo_fast.rollout_native import run_native_rollout
 
-    cpu_model = _cpu_model(3)
-    with torch.no_grad():  # small, calm predictions: rollouts live a few steps, some terminate
-        cpu_model.layers[-1].weight.mul_(0.02)
-        cpu_model.layers[-1].bias.mul_(0.02)
-        cpu_model.max_logvar.fill_(-5.0)
-        cpu_model.min_logvar.fill_(-9.0)
-    cpu_model._invalidate_inference()
-    gpu_model = mf.EnsembleDynamics(OBS, ACT, seed=3, device="cuda")
-    gpu_model.load_state_dict(cpu_model.state_dict())
-    low, high = -np.ones(ACT), np.ones(ACT)
-    agent_c = mf.SAC(OBS, ACT, low, high, seed=4)
-    agent_g = mf.SAC(OBS, ACT, low, high, seed=4, device="cuda")
-    agent_g.actor.load_state_dict(agent_c.actor.state_dict())
-    real_c = mf.ReplayPool(2000, OBS, ACT, seed=1)
-    real_g = mf.ReplayPool(2000, OBS, ACT, seed=1, device="cuda")
-    b = list(_batch(1500, 12))
-    b[0] = b[0] * 0.02
-    b[0][:, 0] = 1.25  # Hopper's height: healthy start states
-    b[3] = b[0].copy()
-    b = tuple(b)
-    real_c.add_batch(*b)
-    real_g.add_batch(*_to_cuda(b))
-    pool_c = mf.ReplayPool(capacity, OBS, ACT)
-    pool_g = mf.ReplayPool(capacity, OBS, ACT, device="cuda")
+    # small, calm predictions: rollouts live a few steps, some terminate
+    cpu_model, gpu_model, agent_c, agent_g, real_c, real_g, pool_c, pool_g = _rollout_setup(
+        3, capacity, scale=0.02
+    )
     pool_c.add_batch(*_batch(50, 13))
     pool_g.add_batch(*_to_cuda(_batch(50, 13)))
     want = run_native_rollout(cpu_model, agent_c, "Hopper-v5", real_c, pool_c, 300, 4, 77,

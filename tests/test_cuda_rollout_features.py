@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from test_cuda import ACT, OBS, _batch, _close, _cpu_model, _rows, _to_cuda
+from test_cuda import ACT, OBS, _close, _rollout_setup, _rows, _spread_pair
 
 import mbpo_fast as mf
 from mbpo_fast import _backend
@@ -21,24 +21,6 @@ from mbpo_fast import _backend
 needs_native = pytest.mark.skipif(
     "native" not in _backend.available(), reason="needs the native extension"
 )
-
-
-def _spread_pair(seed: int = 3):
-    """(cpu_model, cuda_model), identical, with calm predictions (rollouts live a few steps,
-    some rows terminate) whose elites still disagree (d varies from row to row)."""
-    import torch
-
-    cpu = _cpu_model(seed)
-    with torch.no_grad():
-        cpu.layers[-1].weight.mul_(0.05)
-        cpu.layers[-1].bias.mul_(0.05)
-        cpu.max_logvar.fill_(-5.0)
-        cpu.min_logvar.fill_(-9.0)
-    cpu._invalidate_inference()
-    gpu = mf.EnsembleDynamics(OBS, ACT, seed=seed, device="cuda")
-    gpu.load_state_dict(cpu.state_dict())
-    assert gpu.elites == cpu.elites
-    return cpu, gpu
 
 
 def _term_model(seed: int = 5):
@@ -54,28 +36,6 @@ def _term_model(seed: int = 5):
     with torch.no_grad():
         tm.biases[-1].fill_(-0.6)
     return tm
-
-
-def _rollout_setup(seed: int = 3, capacity: int = 100_000):
-    import torch
-
-    cpu, gpu = _spread_pair(seed)
-    low, high = -np.ones(ACT), np.ones(ACT)
-    agent_c = mf.SAC(OBS, ACT, low, high, seed=4)
-    agent_g = mf.SAC(OBS, ACT, low, high, seed=4, device="cuda")
-    agent_g.actor.load_state_dict(agent_c.actor.state_dict())
-    real_c = mf.ReplayPool(2000, OBS, ACT, seed=1)
-    real_g = mf.ReplayPool(2000, OBS, ACT, seed=1, device="cuda")
-    b = list(_batch(1500, 12))
-    b[0] = b[0] * 0.02
-    b[0][:, 0] = 1.25  # Hopper's height: healthy start states
-    b[3] = b[0].copy()
-    real_c.add_batch(*b)
-    real_g.add_batch(*_to_cuda(tuple(b)))
-    pool_c = mf.ReplayPool(capacity, OBS, ACT)
-    pool_g = mf.ReplayPool(capacity, OBS, ACT, device="cuda")
-    assert torch.cuda.is_available()
-    return cpu, gpu, agent_c, agent_g, real_c, real_g, pool_c, pool_g
 
 
 def _assert_rollouts_agree(got, want, pool_g, pool_c):

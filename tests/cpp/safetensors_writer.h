@@ -29,8 +29,9 @@ inline StTensor st_i64(const std::vector<int64_t>& v) {
   return t;
 }
 
-inline void write_safetensors(const std::string& path, const std::map<std::string, StTensor>& tensors,
-                              const std::map<std::string, std::string>& meta) {
+// The bytes of a safetensors file: 8-byte little-endian header size, JSON header, data.
+inline std::string safetensors_bytes(const std::map<std::string, StTensor>& tensors,
+                                     const std::map<std::string, std::string>& meta) {
   std::string header = "{\"__metadata__\":{";
   bool first = true;
   for (const auto& [k, v] : meta) {
@@ -50,7 +51,16 @@ inline void write_safetensors(const std::string& path, const std::map<std::strin
   std::string file(8, '\0');
   for (int i = 0; i < 8; ++i)
     file[static_cast<size_t>(i)] = static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i));
-  std::ofstream(path, std::ios::binary) << file << header << data;
+  return file + header + data;
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+inline void write_safetensors(const std::string& path, const std::map<std::string, StTensor>& tensors,
+                              const std::map<std::string, std::string>& meta) {
+  write_bytes(path, safetensors_bytes(tensors, meta));
 }
 
 }  // namespace mbpo_fast_test

@@ -11,59 +11,18 @@
 #include <vector>
 
 #include "harness.h"
+#include "safetensors_writer.h"
 #include "mbpo_fast/ensemble_model.h"
 
 using namespace mbpo_fast;
 
 namespace {
 
-struct Tensor {
-  std::string dtype;
-  std::vector<int64_t> shape;
-  std::vector<uint8_t> bytes;
-};
-
-Tensor f32(std::vector<int64_t> shape, const std::vector<float>& v) {
-  Tensor t{"F32", std::move(shape), std::vector<uint8_t>(v.size() * 4)};
-  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
-  return t;
-}
-
-Tensor i64(const std::vector<int64_t>& v) {
-  Tensor t{"I64", {static_cast<int64_t>(v.size())}, std::vector<uint8_t>(v.size() * 8)};
-  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
-  return t;
-}
-
-std::vector<uint8_t> safetensors_bytes(const std::map<std::string, Tensor>& tensors,
-                                       const std::map<std::string, std::string>& meta) {
-  std::string header = "{\"__metadata__\":{";
-  bool first = true;
-  for (const auto& [k, v] : meta) {
-    header += (first ? "" : ",") + std::string("\"") + k + "\":\"" + v + "\"";
-    first = false;
-  }
-  header += "}";
-  std::vector<uint8_t> data;
-  for (const auto& [name, t] : tensors) {
-    header += ",\"" + name + "\":{\"dtype\":\"" + t.dtype + "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i) header += (i ? "," : "") + std::to_string(t.shape[i]);
-    header += "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
-              std::to_string(data.size() + t.bytes.size()) + "]}";
-    data.insert(data.end(), t.bytes.begin(), t.bytes.end());
-  }
-  header += "}";
-  std::vector<uint8_t> out(8);
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
-  out.insert(out.end(), header.begin(), header.end());
-  out.insert(out.end(), data.begin(), data.end());
-  return out;
-}
-
-void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
+using Tensor = mbpo_fast_test::StTensor;
+using mbpo_fast_test::safetensors_bytes;
+using mbpo_fast_test::write_bytes;
+const auto f32 = mbpo_fast_test::st_f32;
+const auto i64 = mbpo_fast_test::st_i64;
 
 constexpr int64_t kObs = 5, kAct = 2, kE = 3, kHidden = 16;
 
@@ -120,7 +79,7 @@ void random_rows(int64_t batch, uint32_t seed, std::vector<float>& obs, std::vec
 // Writes `m` to a temporary file and loads it with Ensemble::load.
 Ensemble load_model(const Model& m) {
   const std::string path = "test_ensemble_model_tmp.safetensors";
-  write_file(path, safetensors_bytes(m.tensors, kMeta));
+  write_bytes(path, safetensors_bytes(m.tensors, kMeta));
   Ensemble model = Ensemble::load(path);
   std::remove(path.c_str());
   return model;
@@ -257,7 +216,7 @@ TEST_CASE("Ensemble::load rejects bad files with FormatError") {
   const std::string path = "test_ensemble_model_bad.safetensors";
   auto expect_format_error = [&](const std::map<std::string, Tensor>& tensors,
                                  const std::map<std::string, std::string>& meta) {
-    write_file(path, safetensors_bytes(tensors, meta));
+    write_bytes(path, safetensors_bytes(tensors, meta));
     bool threw = false;
     try {
       Ensemble::load(path);
@@ -285,7 +244,7 @@ TEST_CASE("Ensemble::load rejects bad files with FormatError") {
   const auto bytes = safetensors_bytes(good.tensors, kMeta);
   bool all = true;
   for (size_t cut : {size_t{0}, size_t{7}, size_t{40}, bytes.size() / 2, bytes.size() - 1}) {
-    write_file(path, std::vector<uint8_t>(bytes.begin(), bytes.begin() + static_cast<long>(cut)));
+    write_bytes(path, bytes.substr(0, cut));
     bool threw = false;
     try {
       Ensemble::load(path);
