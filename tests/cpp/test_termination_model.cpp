@@ -162,75 +162,61 @@ TEST_CASE("bad files give a FormatError that names the file and the problem") {
     write_safetensors(path, t, m);
   };
 
-  auto meta = meta_of(p);
-  meta["format"] = "mbpo_fast.ensemble/1";
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "format"));
+  // One metadata entry changed (value nullptr: removed) -> a FormatError naming `expected`.
+  struct MetaCase {
+    const char *key, *value, *expected;
+  };
+  const MetaCase meta_cases[] = {
+      {"format", "mbpo_fast.ensemble/1", "format"},
+      {"format", nullptr, "format"},
+      {"activation", "tanh", "activation"},
+      {"num_layers", "2", "more layers"},      // the file holds 3
+      {"num_layers", "4", "layers.3.weight"},  // one more than the file holds
+      {"num_layers", "17", "num_layers"},
+      {"obs_dim", "0", "obs_dim"},
+      {"act_dim", "three", "act_dim"},
+      {"obs_dim", "12", "layers.0.weight"},  // the input width no longer matches layer 0 and the normalizer
+  };
+  for (const MetaCase& c : meta_cases) {
+    auto meta = meta_of(p);
+    if (c.value == nullptr) {
+      meta.erase(c.key);
+    } else {
+      meta[c.key] = c.value;
+    }
+    write(tensors_of(p), meta);
+    if (!throws_format_error_mentioning(path, c.expected)) {
+      fail(__FILE__, __LINE__, std::string("metadata ") + c.key + " = " + (c.value ? c.value : "(removed)") +
+                                   ": expected a FormatError mentioning '" + c.expected + "'");
+    }
+  }
 
-  meta = meta_of(p);
-  meta.erase("format");
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "format"));
-
-  meta = meta_of(p);
-  meta["activation"] = "tanh";
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "activation"));
-
-  meta = meta_of(p);
-  meta["num_layers"] = "2";  // the file holds 3
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "more layers"));
-
-  meta = meta_of(p);
-  meta["num_layers"] = "4";  // one more than the file holds
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "layers.3.weight"));
-
-  meta = meta_of(p);
-  meta["num_layers"] = "17";
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "num_layers"));
-
-  meta = meta_of(p);
-  meta["obs_dim"] = "0";
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "obs_dim"));
-
-  meta = meta_of(p);
-  meta["act_dim"] = "three";
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "act_dim"));
-
-  meta = meta_of(p);
-  meta["obs_dim"] = "12";  // the input width no longer matches layer 0 and the normalizer
-  write(tensors_of(p), meta);
-  CHECK(throws_format_error_mentioning(path, "layers.0.weight"));
-
-  auto t = tensors_of(p);
-  t.erase("input_std");
-  write(t, meta_of(p));
-  CHECK(throws_format_error_mentioning(path, "input_std"));
-
-  t = tensors_of(p);
-  t["layers.1.bias"] = st_f32({15}, std::vector<float>(15, 0.1f));
-  write(t, meta_of(p));
-  CHECK(throws_format_error_mentioning(path, "layers.1.bias"));
-
-  t = tensors_of(p);
-  t["layers.2.weight"] = st_f32({16, 2}, std::vector<float>(32, 0.1f));  // the last layer must be 1 wide
-  write(t, meta_of(p));
-  CHECK(throws_format_error_mentioning(path, "layers.2.weight"));
-
-  t = tensors_of(p);
-  t["input_std"] = st_f32({25}, std::vector<float>(25, 0.0f));  // std must be > 0
-  write(t, meta_of(p));
-  CHECK(throws_format_error_mentioning(path, "input_std"));
-
-  t = tensors_of(p);
-  t["input_mean"] = st_i64(std::vector<int64_t>(25, 1));  // wrong dtype
-  write(t, meta_of(p));
-  CHECK(throws_format_error_mentioning(path, "input_mean"));
+  // One tensor replaced (or removed) -> a FormatError naming it.
+  struct TensorCase {
+    const char* name;
+    bool remove;
+    StTensor tensor;
+    const char* why;
+  };
+  const TensorCase tensor_cases[] = {
+      {"input_std", true, {}, "missing"},
+      {"layers.1.bias", false, st_f32({15}, std::vector<float>(15, 0.1f)), "wrong width"},
+      {"layers.2.weight", false, st_f32({16, 2}, std::vector<float>(32, 0.1f)), "the last layer must be 1 wide"},
+      {"input_std", false, st_f32({25}, std::vector<float>(25, 0.0f)), "std must be > 0"},
+      {"input_mean", false, st_i64(std::vector<int64_t>(25, 1)), "wrong dtype"},
+  };
+  for (const TensorCase& c : tensor_cases) {
+    auto t = tensors_of(p);
+    if (c.remove) {
+      t.erase(c.name);
+    } else {
+      t[c.name] = c.tensor;
+    }
+    write(t, meta_of(p));
+    if (!throws_format_error_mentioning(path, c.name)) {
+      fail(__FILE__, __LINE__, std::string("tensor ") + c.name + " (" + c.why + "): expected a FormatError naming it");
+    }
+  }
 
   // truncated: every prefix of a good file is refused (never a crash or a partial model)
   write(tensors_of(p), meta_of(p));
